@@ -1,0 +1,316 @@
+/*
+ * ml_wire.h — the tickinfer wire contract. THIS HEADER IS THE SOURCE OF TRUTH.
+ *
+ * The Rust server mirrors it in src/wire.rs; tests/wire_layout.rs compiles a C
+ * program against this file and checks every size and offset against Rust.
+ *
+ * ---------------------------------------------------------------------------
+ * Transport and framing
+ * ---------------------------------------------------------------------------
+ * A Unix-domain SOCK_STREAM socket carrying fixed-size packed frames:
+ *
+ *   client -> server : ml_hello_t, then ml_request_t * N   (pipelining allowed)
+ *   server -> client : ml_hello_ack_t, then ml_response_t * N (one per request,
+ *                      in the order the requests were sent on that connection)
+ *
+ * Why a stream plus an explicit hello, rather than SOCK_SEQPACKET:
+ *   - one read() on the server drains every request a client has pipelined and
+ *     one write() returns every response of a batch: the syscall count per
+ *     request falls as load rises, which a datagram-per-message socket cannot do
+ *     without recvmmsg/sendmmsg gymnastics;
+ *   - the hello frame is the layout check: it carries the protocol version and
+ *     sizeof() of every frame the client was compiled with. A client built
+ *     against another layout is refused with ML_ERR_VERSION / ML_ERR_LAYOUT in
+ *     the ack before a single request is read, so the server never answers
+ *     garbage;
+ *   - every request ends with a fixed trailer (ML_REQUEST_END). A stream that
+ *     lost frame alignment (a partial write by a buggy client, stray bytes) is
+ *     detected on the very next frame: the server answers one response with
+ *     ML_ERR_BAD_FRAME and closes that connection. Other clients are unaffected.
+ *
+ * Version first: ml_hello_t and ml_hello_ack_t start with their version and
+ * their own size, and the first 12 bytes of the ack (version, ack_size, magic,
+ * status) are frozen across protocol versions, so any client can read a refusal.
+ * ml_request_t keeps the original trading system's field order (timestamp
+ * first); its version is the one agreed in the hello.
+ *
+ * Byte order: little-endian (the host order of every supported platform:
+ * x86-64 and AArch64 Linux). Structs are packed (no padding, alignment 1).
+ *
+ * ---------------------------------------------------------------------------
+ * Units
+ * ---------------------------------------------------------------------------
+ *   timestamp_ns    client's event time, ns; any epoch (exchange time of the
+ *                   snapshot, usually ns since the Unix epoch). Echoed nowhere,
+ *                   passed to the model's features only if its manifest asks.
+ *   *_price         fixed-point: price = value / price_scale. price_scale is
+ *                   configured per server (it comes from the model manifest)
+ *                   and is reported in ml_hello_ack_t.price_scale. Example: at
+ *                   scale 10000 (LOBSTER), 123.4500 USD is 1234500.
+ *   *_size          resting quantity in shares/contracts (plain integer, >= 0).
+ *   book_imbalance  (bid_size - ask_size) / (bid_size + ask_size) as fixed point
+ *                   with ML_IMBALANCE_SCALE: range [-1000000, +1000000].
+ *   features[]      extra model features, IEEE-754 float32; only the first
+ *                   n_features are read; each must be finite.
+ *   *_ns stamps     in responses: CLOCK_MONOTONIC nanoseconds of the server
+ *                   host, so a client on the same host can subtract its own
+ *                   CLOCK_MONOTONIC stamps.
+ */
+#ifndef TICKINFER_ML_WIRE_H
+#define TICKINFER_ML_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#define ML_STATIC_ASSERT(cond, msg) static_assert(cond, msg)
+#else
+#define ML_STATIC_ASSERT(cond, msg) _Static_assert(cond, msg)
+#endif
+
+/* ---- constants ---------------------------------------------------------- */
+
+/** Protocol version; bumped on any change to a frame's layout or meaning. */
+#define ML_PROTOCOL_VERSION 1u
+
+/** Capacity of ml_request_t.features. */
+#define ML_MAX_FEATURES 32u
+
+/** Fixed-point scale of ml_request_t.book_imbalance (parts per million). */
+#define ML_IMBALANCE_SCALE 1000000
+
+/** Magic of ml_hello_t: the bytes "TKHI" in little-endian order. */
+#define ML_HELLO_MAGIC 0x49484B54u
+/** Magic of ml_hello_ack_t: "TKHA". */
+#define ML_HELLO_ACK_MAGIC 0x41484B54u
+/** Trailer of every ml_request_t: "TKRQ". */
+#define ML_REQUEST_END 0x51524B54u
+/** Trailer of every ml_response_t: "TKRS". */
+#define ML_RESPONSE_END 0x53524B54u
+
+/** Length of ml_hello_ack_t.model_name including its NUL terminator. */
+#define ML_MODEL_NAME_LEN 28u
+
+/* ---- status codes -------------------------------------------------------- */
+/*
+ * Wire status codes (ml_response_t.status, ml_hello_ack_t.status): numbered,
+ * never reused. Codes 1..3 and 15..16 end the connection; the others answer one
+ * request and the connection stays open.
+ */
+typedef enum ml_status {
+    ML_OK = 0,
+    ML_ERR_VERSION = 1,              /* hello: protocol version not supported      */
+    ML_ERR_LAYOUT = 2,               /* hello: frame sizes differ from the server's */
+    ML_ERR_BAD_FRAME = 3,            /* bad magic/trailer: stream closed            */
+    ML_ERR_FEATURE_COUNT = 4,        /* n_features > ML_MAX_FEATURES or != model's  */
+    ML_ERR_NONFINITE_FEATURE = 5,    /* a feature is NaN or infinite                */
+    ML_ERR_BAD_PRICE = 6,            /* a price is zero or negative                 */
+    ML_ERR_CROSSED_BOOK = 7,         /* bid_price >= ask_price                      */
+    ML_ERR_BAD_SIZE = 8,             /* a size is negative                          */
+    ML_ERR_BAD_IMBALANCE = 9,        /* |book_imbalance| > ML_IMBALANCE_SCALE        */
+    ML_ERR_UNKNOWN_SYMBOL = 10,      /* symbol_id not in the server's symbol table  */
+    ML_ERR_RESERVED_NONZERO = 11,    /* a reserved field is not zero                */
+    ML_ERR_OVERLOADED = 12,          /* too many requests in flight: retry later    */
+    ML_ERR_MODEL_FAILURE = 13,       /* the model run failed; server stays up       */
+    ML_ERR_SHUTTING_DOWN = 14,       /* server draining: request not run            */
+    ML_ERR_TOO_MANY_CONNECTIONS = 15,/* hello: connection limit reached             */
+    ML_ERR_PERMISSION_DENIED = 16,   /* hello: peer uid/gid not allowed             */
+    ML_ERR_INTERNAL = 17             /* a server bug; please report                 */
+} ml_status;
+
+/** Number of wire status codes (one past the largest). */
+#define ML_STATUS_COUNT 18u
+
+/*
+ * Client-library result codes (proto/ml_client.h): negative, never on the
+ * wire. ml_status_str() names both kinds.
+ */
+#define ML_CLIENT_ERR_CONNECT (-1)     /* socket()/connect() failed              */
+#define ML_CLIENT_ERR_TIMEOUT (-2)     /* deadline passed                        */
+#define ML_CLIENT_ERR_IO (-3)          /* read/write failed (errno in message)   */
+#define ML_CLIENT_ERR_CLOSED (-4)      /* server closed the connection           */
+#define ML_CLIENT_ERR_WOULD_BLOCK (-5) /* non-blocking call: nothing ready yet   */
+#define ML_CLIENT_ERR_PROTOCOL (-6)    /* server sent bytes that are no frame    */
+#define ML_CLIENT_ERR_REFUSED (-7)     /* hello refused: see ml_client_t.ack     */
+#define ML_CLIENT_ERR_INVALID_ARG (-8) /* bad argument (e.g. uninitialised req)  */
+
+/** Human-readable name of a wire status (>= 0) or client result (< 0). */
+static inline const char *ml_status_str(int code) {
+    switch (code) {
+    case ML_OK: return "ok";
+    case ML_ERR_VERSION: return "protocol version not supported by server";
+    case ML_ERR_LAYOUT: return "frame layout differs from server (rebuild against this ml_wire.h)";
+    case ML_ERR_BAD_FRAME: return "malformed frame (bad magic or trailer); connection closed";
+    case ML_ERR_FEATURE_COUNT: return "feature count exceeds capacity or differs from the model's";
+    case ML_ERR_NONFINITE_FEATURE: return "feature is NaN or infinite";
+    case ML_ERR_BAD_PRICE: return "price is zero or negative";
+    case ML_ERR_CROSSED_BOOK: return "crossed or locked book (bid >= ask)";
+    case ML_ERR_BAD_SIZE: return "size is negative";
+    case ML_ERR_BAD_IMBALANCE: return "book_imbalance outside [-ML_IMBALANCE_SCALE, ML_IMBALANCE_SCALE]";
+    case ML_ERR_UNKNOWN_SYMBOL: return "unknown symbol_id";
+    case ML_ERR_RESERVED_NONZERO: return "reserved field is not zero";
+    case ML_ERR_OVERLOADED: return "server overloaded (too many requests in flight)";
+    case ML_ERR_MODEL_FAILURE: return "model run failed";
+    case ML_ERR_SHUTTING_DOWN: return "server shutting down";
+    case ML_ERR_TOO_MANY_CONNECTIONS: return "too many connections";
+    case ML_ERR_PERMISSION_DENIED: return "peer credentials not allowed";
+    case ML_ERR_INTERNAL: return "internal server error";
+    case ML_CLIENT_ERR_CONNECT: return "connect failed";
+    case ML_CLIENT_ERR_TIMEOUT: return "timed out";
+    case ML_CLIENT_ERR_IO: return "socket I/O error";
+    case ML_CLIENT_ERR_CLOSED: return "connection closed by server";
+    case ML_CLIENT_ERR_WOULD_BLOCK: return "would block";
+    case ML_CLIENT_ERR_PROTOCOL: return "protocol error (unexpected bytes from server)";
+    case ML_CLIENT_ERR_REFUSED: return "handshake refused by server";
+    case ML_CLIENT_ERR_INVALID_ARG: return "invalid argument";
+    default: return "unknown status";
+    }
+}
+
+/* ---- frames ------------------------------------------------------------- */
+#pragma pack(push, 1)
+
+/** First frame a client sends (16 bytes). */
+typedef struct ml_hello_t {
+    uint16_t version;       /* ML_PROTOCOL_VERSION the client was built with */
+    uint16_t hello_size;    /* sizeof(ml_hello_t)                            */
+    uint32_t magic;         /* ML_HELLO_MAGIC                                */
+    uint16_t request_size;  /* sizeof(ml_request_t)                          */
+    uint16_t response_size; /* sizeof(ml_response_t)                         */
+    uint16_t max_features;  /* ML_MAX_FEATURES                               */
+    uint16_t reserved;      /* 0                                             */
+} ml_hello_t;
+
+/** The server's answer to ml_hello_t (64 bytes). Bytes 0..11 never change. */
+typedef struct ml_hello_ack_t {
+    uint16_t version;       /* the server's ML_PROTOCOL_VERSION              */
+    uint16_t ack_size;      /* sizeof(ml_hello_ack_t) of the server          */
+    uint32_t magic;         /* ML_HELLO_ACK_MAGIC                            */
+    uint16_t status;        /* ML_OK, or why the connection is refused       */
+    uint16_t request_size;  /* the server's sizeof(ml_request_t)             */
+    uint16_t response_size; /* the server's sizeof(ml_response_t)            */
+    uint16_t max_features;  /* the server's ML_MAX_FEATURES                  */
+    int64_t price_scale;    /* fixed-point scale of every price on the wire  */
+    uint16_t model_features;/* extra features the model reads (n_features)   */
+    uint16_t reserved;      /* 0                                             */
+    uint32_t max_inflight;  /* per-connection bound before ML_ERR_OVERLOADED */
+    uint32_t model_version; /* version of the model now serving              */
+    char model_name[ML_MODEL_NAME_LEN]; /* NUL-terminated, truncated        */
+} ml_hello_ack_t;
+
+/** One market snapshot to score (194 bytes). Fill with ml_request_init(). */
+typedef struct ml_request_t {
+    uint64_t timestamp_ns;   /* client event time, ns                         */
+    uint16_t symbol_id;      /* instrument id (server symbol table optional)  */
+    int64_t bid_price;       /* fixed point, / price_scale                    */
+    int64_t ask_price;       /* fixed point, / price_scale                    */
+    int64_t bid_size;        /* shares/contracts, >= 0                        */
+    int64_t ask_size;        /* shares/contracts, >= 0                        */
+    int64_t book_imbalance;  /* (bid-ask)/(bid+ask) * ML_IMBALANCE_SCALE      */
+    uint64_t request_id;     /* client-chosen, echoed in the response         */
+    uint16_t n_features;     /* valid entries in features[]                   */
+    uint16_t reserved;       /* 0                                             */
+    float features[ML_MAX_FEATURES]; /* extra model features (finite)         */
+    uint32_t frame_end;      /* ML_REQUEST_END                                */
+} ml_request_t;
+
+/** The server's answer to one request (58 bytes). */
+typedef struct ml_response_t {
+    int8_t direction;              /* -1 sell, 0 flat, +1 buy                */
+    uint8_t confidence;            /* 0..100                                  */
+    int64_t target_price;          /* fixed point, / price_scale              */
+    uint64_t inference_latency_ns; /* model run time for this request's batch */
+    uint64_t request_id;           /* echoed from the request                 */
+    uint16_t symbol_id;            /* echoed from the request                 */
+    uint16_t status;               /* ml_status                               */
+    uint64_t server_recv_ns;       /* CLOCK_MONOTONIC: request bytes read     */
+    uint64_t server_send_ns;       /* CLOCK_MONOTONIC: response handed to the kernel */
+    uint32_t model_version;        /* model that produced this answer         */
+    uint16_t batch_size;           /* requests scored in the same model run   */
+    uint16_t reserved;             /* 0                                       */
+    uint32_t frame_end;            /* ML_RESPONSE_END                         */
+} ml_response_t;
+
+#pragma pack(pop)
+
+/* ---- layout pins: the Rust mirror asserts the same numbers -------------- */
+ML_STATIC_ASSERT(sizeof(ml_hello_t) == 16, "ml_hello_t size");
+ML_STATIC_ASSERT(offsetof(ml_hello_t, version) == 0, "hello.version");
+ML_STATIC_ASSERT(offsetof(ml_hello_t, hello_size) == 2, "hello.hello_size");
+ML_STATIC_ASSERT(offsetof(ml_hello_t, magic) == 4, "hello.magic");
+ML_STATIC_ASSERT(offsetof(ml_hello_t, request_size) == 8, "hello.request_size");
+ML_STATIC_ASSERT(offsetof(ml_hello_t, response_size) == 10, "hello.response_size");
+ML_STATIC_ASSERT(offsetof(ml_hello_t, max_features) == 12, "hello.max_features");
+ML_STATIC_ASSERT(offsetof(ml_hello_t, reserved) == 14, "hello.reserved");
+
+ML_STATIC_ASSERT(sizeof(ml_hello_ack_t) == 64, "ml_hello_ack_t size");
+ML_STATIC_ASSERT(offsetof(ml_hello_ack_t, version) == 0, "ack.version");
+ML_STATIC_ASSERT(offsetof(ml_hello_ack_t, ack_size) == 2, "ack.ack_size");
+ML_STATIC_ASSERT(offsetof(ml_hello_ack_t, magic) == 4, "ack.magic");
+ML_STATIC_ASSERT(offsetof(ml_hello_ack_t, status) == 8, "ack.status");
+ML_STATIC_ASSERT(offsetof(ml_hello_ack_t, request_size) == 10, "ack.request_size");
+ML_STATIC_ASSERT(offsetof(ml_hello_ack_t, response_size) == 12, "ack.response_size");
+ML_STATIC_ASSERT(offsetof(ml_hello_ack_t, max_features) == 14, "ack.max_features");
+ML_STATIC_ASSERT(offsetof(ml_hello_ack_t, price_scale) == 16, "ack.price_scale");
+ML_STATIC_ASSERT(offsetof(ml_hello_ack_t, model_features) == 24, "ack.model_features");
+ML_STATIC_ASSERT(offsetof(ml_hello_ack_t, reserved) == 26, "ack.reserved");
+ML_STATIC_ASSERT(offsetof(ml_hello_ack_t, max_inflight) == 28, "ack.max_inflight");
+ML_STATIC_ASSERT(offsetof(ml_hello_ack_t, model_version) == 32, "ack.model_version");
+ML_STATIC_ASSERT(offsetof(ml_hello_ack_t, model_name) == 36, "ack.model_name");
+
+ML_STATIC_ASSERT(sizeof(ml_request_t) == 194, "ml_request_t size");
+ML_STATIC_ASSERT(offsetof(ml_request_t, timestamp_ns) == 0, "req.timestamp_ns");
+ML_STATIC_ASSERT(offsetof(ml_request_t, symbol_id) == 8, "req.symbol_id");
+ML_STATIC_ASSERT(offsetof(ml_request_t, bid_price) == 10, "req.bid_price");
+ML_STATIC_ASSERT(offsetof(ml_request_t, ask_price) == 18, "req.ask_price");
+ML_STATIC_ASSERT(offsetof(ml_request_t, bid_size) == 26, "req.bid_size");
+ML_STATIC_ASSERT(offsetof(ml_request_t, ask_size) == 34, "req.ask_size");
+ML_STATIC_ASSERT(offsetof(ml_request_t, book_imbalance) == 42, "req.book_imbalance");
+ML_STATIC_ASSERT(offsetof(ml_request_t, request_id) == 50, "req.request_id");
+ML_STATIC_ASSERT(offsetof(ml_request_t, n_features) == 58, "req.n_features");
+ML_STATIC_ASSERT(offsetof(ml_request_t, reserved) == 60, "req.reserved");
+ML_STATIC_ASSERT(offsetof(ml_request_t, features) == 62, "req.features");
+ML_STATIC_ASSERT(offsetof(ml_request_t, frame_end) == 190, "req.frame_end");
+
+ML_STATIC_ASSERT(sizeof(ml_response_t) == 58, "ml_response_t size");
+ML_STATIC_ASSERT(offsetof(ml_response_t, direction) == 0, "resp.direction");
+ML_STATIC_ASSERT(offsetof(ml_response_t, confidence) == 1, "resp.confidence");
+ML_STATIC_ASSERT(offsetof(ml_response_t, target_price) == 2, "resp.target_price");
+ML_STATIC_ASSERT(offsetof(ml_response_t, inference_latency_ns) == 10, "resp.inference_latency_ns");
+ML_STATIC_ASSERT(offsetof(ml_response_t, request_id) == 18, "resp.request_id");
+ML_STATIC_ASSERT(offsetof(ml_response_t, symbol_id) == 26, "resp.symbol_id");
+ML_STATIC_ASSERT(offsetof(ml_response_t, status) == 28, "resp.status");
+ML_STATIC_ASSERT(offsetof(ml_response_t, server_recv_ns) == 30, "resp.server_recv_ns");
+ML_STATIC_ASSERT(offsetof(ml_response_t, server_send_ns) == 38, "resp.server_send_ns");
+ML_STATIC_ASSERT(offsetof(ml_response_t, model_version) == 46, "resp.model_version");
+ML_STATIC_ASSERT(offsetof(ml_response_t, batch_size) == 50, "resp.batch_size");
+ML_STATIC_ASSERT(offsetof(ml_response_t, reserved) == 52, "resp.reserved");
+ML_STATIC_ASSERT(offsetof(ml_response_t, frame_end) == 54, "resp.frame_end");
+
+/* ---- helpers ------------------------------------------------------------- */
+
+/** Zero a request and set its trailer; fill the fields afterwards. */
+static inline void ml_request_init(ml_request_t *req) {
+    unsigned char *p = (unsigned char *)req;
+    size_t i;
+    for (i = 0; i < sizeof(*req); i++) p[i] = 0;
+    req->frame_end = ML_REQUEST_END;
+}
+
+/** Fill a hello for this header's layout. */
+static inline void ml_hello_init(ml_hello_t *hello) {
+    hello->version = (uint16_t)ML_PROTOCOL_VERSION;
+    hello->hello_size = (uint16_t)sizeof(ml_hello_t);
+    hello->magic = ML_HELLO_MAGIC;
+    hello->request_size = (uint16_t)sizeof(ml_request_t);
+    hello->response_size = (uint16_t)sizeof(ml_response_t);
+    hello->max_features = (uint16_t)ML_MAX_FEATURES;
+    hello->reserved = 0;
+}
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* TICKINFER_ML_WIRE_H */

@@ -1,0 +1,103 @@
+//! The header is the source of truth: compile a C program against
+//! `proto/ml_wire.h`, print every size and offset, and compare with the Rust
+//! mirror's table. Also checks the header builds as C11 and C++20 with warnings
+//! as errors, and that both sides name the same status codes.
+mod util;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use tickinfer::wire::{layout_table, Status};
+
+fn c_program() -> String {
+    let mut rows = String::new();
+    for (name, _) in layout_table() {
+        if let Some(ty) = name.strip_prefix("sizeof ") {
+            rows += &format!("    printf(\"{name} %zu\\n\", sizeof({ty}));\n");
+        } else {
+            let (ty, field) = name.split_once('.').unwrap();
+            rows += &format!("    printf(\"{name} %zu\\n\", offsetof({ty}, {field}));\n");
+        }
+    }
+    let mut statuses = String::new();
+    for s in Status::ALL {
+        statuses +=
+            &format!("    printf(\"status %d %s\\n\", {code}, ml_status_str({code}));\n", code = s.code());
+    }
+    format!(
+        "#include <stdio.h>\n#include \"ml_wire.h\"\nint main(void) {{\n{rows}{statuses}    \
+         printf(\"status_count %u\\n\", ML_STATUS_COUNT);\n    return 0;\n}}\n"
+    )
+}
+
+/// `ML_STATIC_ASSERT(sizeof(T) == N` and `ML_STATIC_ASSERT(offsetof(T, f) == N` lines of the header.
+fn header_pins() -> BTreeMap<String, usize> {
+    let header = std::fs::read_to_string(util::repo_root().join("proto/ml_wire.h")).unwrap();
+    let mut pins = BTreeMap::new();
+    for line in header.lines().filter_map(|l| l.strip_prefix("ML_STATIC_ASSERT(")) {
+        let (lhs, n) = line.split_once(" == ").unwrap();
+        let n: usize = n.split(',').next().unwrap().trim().parse().unwrap();
+        let key = if let Some(ty) = lhs.strip_prefix("sizeof(").and_then(|r| r.strip_suffix(')')) {
+            format!("sizeof {ty}")
+        } else {
+            let inner = lhs.strip_prefix("offsetof(").and_then(|r| r.strip_suffix(')')).unwrap();
+            let (ty, f) = inner.split_once(", ").unwrap();
+            format!("{ty}.{f}")
+        };
+        pins.insert(key, n);
+    }
+    pins
+}
+
+#[test]
+fn c_and_rust_agree_on_every_size_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("layout.c");
+    std::fs::write(&src, c_program()).unwrap();
+    let exe = dir.path().join("layout");
+    util::compile("c", &[&src], &exe);
+    let out = Command::new(&exe).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+
+    let mut c_layout = BTreeMap::new();
+    let mut c_status = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("status ") {
+            let (code, msg) = rest.split_once(' ').unwrap();
+            c_status.insert(code.parse::<u16>().unwrap(), msg.to_string());
+        } else if let Some(n) = line.strip_prefix("status_count ") {
+            assert_eq!(n.parse::<usize>().unwrap(), Status::COUNT, "ML_STATUS_COUNT");
+        } else {
+            let (name, v) = line.rsplit_once(' ').unwrap();
+            c_layout.insert(name.to_string(), v.parse::<usize>().unwrap());
+        }
+    }
+    let rust: BTreeMap<String, usize> = layout_table().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    assert_eq!(c_layout, rust, "C (left) and Rust (right) layouts differ");
+    // The header's own _Static_assert pins name the same fields with the same numbers,
+    // so a field added to the header without a pin, or to Rust only, is caught.
+    assert_eq!(header_pins(), rust, "header pins (left) and Rust table (right) differ");
+    for s in Status::ALL {
+        assert_eq!(c_status[&s.code()], s.as_str(), "status {} text", s.code());
+    }
+}
+
+#[test]
+fn header_is_clean_c11_and_cxx20() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = "#include \"ml_client.h\"\nint main(void) { ml_request_t r; ml_request_init(&r); \
+                return (int)(r.frame_end != ML_REQUEST_END) + (ml_status_str(ML_ERR_LAYOUT)[0] == 0); }\n";
+    let c = dir.path().join("h.c");
+    let cpp = dir.path().join("h.cpp");
+    std::fs::write(&c, body).unwrap();
+    std::fs::write(&cpp, body).unwrap();
+    for (lang, src) in [("c", &c), ("c++", &cpp)] {
+        let exe = dir.path().join(format!("h-{lang}"));
+        util::compile(lang, &[src], &exe);
+        assert!(Command::new(&exe).status().unwrap().success(), "{lang} program failed");
+    }
+    // The wire header alone needs nothing but <stddef.h>/<stdint.h>.
+    let w = dir.path().join("w.c");
+    std::fs::write(&w, "#include \"ml_wire.h\"\nint main(void) { return ML_OK; }\n").unwrap();
+    util::compile("c", &[&w], &dir.path().join("w"));
+}
