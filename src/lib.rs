@@ -7,4 +7,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod clock;
+pub mod engine;
+pub mod features;
+pub mod manifest;
 pub mod wire;

@@ -168,3 +168,60 @@ fn serve_conn(mut conn: UnixStream, limits: &Limits, answered: &AtomicU64) {
         }
     }
 }
+
+/// A parity fixture written by `scripts/make_fixtures.py`.
+pub struct ParityCase {
+    pub request: MlRequest,
+    pub input: Vec<f32>,
+    pub output: Vec<f32>,
+    pub direction: i8,
+    pub confidence: u8,
+    pub target_price: i64,
+}
+
+/// Load `tests/fixtures/parity/<name>.json`.
+pub fn parity_cases(name: &str) -> Vec<ParityCase> {
+    let path = repo_root().join(format!("tests/fixtures/parity/{name}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let floats = |v: &serde_json::Value| -> Vec<f32> {
+        v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    };
+    v["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let r = &c["request"];
+            let int = |k: &str| r[k].as_i64().unwrap();
+            let extras = floats(&r["features"]);
+            let mut req = MlRequest {
+                symbol_id: int("symbol_id") as u16,
+                request_id: int("request_id") as u64,
+                bid_price: int("bid_price"),
+                ask_price: int("ask_price"),
+                bid_size: int("bid_size"),
+                ask_size: int("ask_size"),
+                book_imbalance: int("book_imbalance"),
+                n_features: extras.len() as u16,
+                ..MlRequest::new()
+            };
+            let mut f = [0f32; wire::MAX_FEATURES];
+            f[..extras.len()].copy_from_slice(&extras);
+            req.features = f;
+            ParityCase {
+                request: req,
+                input: floats(&c["input"]),
+                output: floats(&c["output"]),
+                direction: c["direction"].as_i64().unwrap() as i8,
+                confidence: c["confidence"].as_i64().unwrap() as u8,
+                target_price: c["target_price"].as_i64().unwrap(),
+            }
+        })
+        .collect()
+}
+
+/// Engine options for tests: few warm-up runs, small max batch.
+pub fn test_engine_options() -> tickinfer::engine::EngineOptions {
+    tickinfer::engine::EngineOptions { warmup_runs: 2, max_batch: 16, ..Default::default() }
+}

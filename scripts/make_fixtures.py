@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""Make the engine's test fixtures: two small models of other shapes than the default
+one, and parity files (requests + Python onnxruntime outputs) for all three.
+
+    python3 scripts/make_fixtures.py
+
+Writes tests/fixtures/models/{lgbm_direction,ridge_return}.{onnx,toml} and
+tests/fixtures/parity/{lobster_direction,lgbm_direction,ridge_return}.json.
+Training data for the fixture models is synthetic (seeded): they exist to pin
+shapes and numerics, not to predict anything.
+"""
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import onnxruntime as ort
+
+sys.path.insert(0, os.path.dirname(__file__))
+from tickfeatures import IMBALANCE_SCALE, feature_matrix, toml_list  # noqa: E402
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+FIX = os.path.join(ROOT, "tests", "fixtures")
+PRICE_SCALE = 10_000
+
+
+def random_requests(rng, n, n_extra):
+    mid = rng.uniform(50.0, 500.0, n)
+    spread = rng.integers(1, 40, n) / 100.0
+    bid = np.round((mid - spread / 2) * PRICE_SCALE)
+    ask = bid + np.round(spread * PRICE_SCALE)
+    bsz = rng.integers(0, 5000, n)
+    asz = rng.integers(0, 5000, n)
+    asz[0] = bsz[0] = 0  # an empty book side pair: microprice falls back to mid
+    tot = bsz + asz
+    imb = np.trunc((bsz - asz) * IMBALANCE_SCALE / np.where(tot > 0, tot, 1))
+    feats = rng.normal(0, 1, (n, n_extra)).astype(np.float32)
+    return {
+        "bid_price": bid.astype(np.int64), "ask_price": ask.astype(np.int64),
+        "bid_size": bsz.astype(np.int64), "ask_size": asz.astype(np.int64),
+        "book_imbalance": imb.astype(np.int64), "features": feats,
+    }
+
+
+def as_float_fields(r):
+    return {k: (v.astype(np.float64) if k != "features" else v) for k, v in r.items()}
+
+
+def decode(kind, out, r, cfg):
+    """Mirror of src/manifest.rs output decoding: (direction, confidence, target_price)."""
+    res = []
+    for i in range(len(out)):
+        mid2 = int(r["bid_price"][i]) + int(r["ask_price"][i])
+        if kind == "classes":
+            p = [float(x) for x in out[i]]
+            j = max(range(len(p)), key=lambda c: (p[c], -c))  # first maximum
+            dirs = {"sell": -1, "flat": 0, "buy": 1}
+            res.append((dirs[cfg["classes"][j]], max(0, min(100, math.floor(100.0 * p[j] + 0.5))), mid2 // 2))
+        else:
+            y = float(out[i][0])
+            mid = mid2 / 2.0
+            d = 0 if abs(y) <= cfg["flat_threshold"] else (1 if y > 0 else -1)
+            conf = max(0, min(100, math.floor(100.0 * abs(y) / cfg["full_confidence"] + 0.5)))
+            res.append((d, conf, int(math.floor(mid * (1.0 + y / 1e4) + 0.5))))
+    return res
+
+
+def write_parity(name, onnx_path, manifest, r, input_name, output_name):
+    x = feature_matrix(manifest["features"], as_float_fields(r), PRICE_SCALE, manifest.get("mean"), manifest.get("std"))
+    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    out = sess.run([output_name], {input_name: x})[0].reshape(len(x), -1)
+    preds = decode(manifest["kind"], out, r, manifest)
+    n_extra = r["features"].shape[1]
+    cases = []
+    for i in range(len(x)):
+        cases.append({
+            "request": {
+                "symbol_id": i % 7, "request_id": 1000 + i,
+                "bid_price": int(r["bid_price"][i]), "ask_price": int(r["ask_price"][i]),
+                "bid_size": int(r["bid_size"][i]), "ask_size": int(r["ask_size"][i]),
+                "book_imbalance": int(r["book_imbalance"][i]),
+                "features": [float(v) for v in r["features"][i]][:n_extra],
+            },
+            "input": [float(v) for v in x[i]],
+            "output": [float(v) for v in out[i]],
+            "direction": preds[i][0], "confidence": preds[i][1], "target_price": preds[i][2],
+        })
+    os.makedirs(os.path.join(FIX, "parity"), exist_ok=True)
+    with open(os.path.join(FIX, "parity", f"{name}.json"), "w") as f:
+        json.dump({"model": name, "onnxruntime": ort.__version__, "cases": cases}, f, indent=1)
+    print(f"{name}: {len(cases)} parity cases")
+
+
+def lgbm_fixture(rng):
+    import lightgbm as lgb
+    from onnxmltools import convert_lightgbm
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    feats = ["book_imbalance", "spread_bps", "log_bid_size", "log_ask_size", "extra:0", "extra:1"]
+    r = random_requests(rng, 3000, 2)
+    x = feature_matrix(feats, as_float_fields(r), PRICE_SCALE)
+    score = 2.0 * x[:, 0] + 0.5 * x[:, 4] - 0.3 * x[:, 5] + rng.normal(0, 0.5, len(x))
+    y = np.digitize(score, [-0.7, 0.7])  # 0 sell, 1 flat, 2 buy
+    clf = lgb.LGBMClassifier(n_estimators=30, num_leaves=8, learning_rate=0.2, verbose=-1, random_state=3)
+    clf.fit(x, y)
+    onx = convert_lightgbm(clf, initial_types=[("x", FloatTensorType([None, len(feats)]))], zipmap=False,
+                           target_opset=15)
+    path = os.path.join(FIX, "models", "lgbm_direction.onnx")
+    with open(path, "wb") as f:
+        f.write(onx.SerializeToString())
+    out_name = [o.name for o in onx.graph.output if "prob" in o.name][0]
+    manifest = {"features": feats, "kind": "classes", "classes": ["sell", "flat", "buy"]}
+    with open(os.path.join(FIX, "models", "lgbm_direction.toml"), "w") as f:
+        f.write(f"""# Fixture: LightGBM 3-class tree ensemble (onnxmltools), raw features, 2 extras.
+[model]
+name = "lgbm_direction"
+version = 3
+onnx = "lgbm_direction.onnx"
+price_scale = {PRICE_SCALE}
+
+[input]
+name = "x"
+features = {toml_list(feats)}
+
+[output]
+kind = "classes"
+name = "{out_name}"
+classes = ["sell", "flat", "buy"]
+""")
+    write_parity("lgbm_direction", path, manifest, random_requests(rng, 48, 2), "x", out_name)
+
+
+def ridge_fixture(rng):
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.linear_model import Ridge
+
+    feats = ["microprice_offset_bps", "size_imbalance", "extra:0"]
+    r = random_requests(rng, 2000, 1)
+    raw = feature_matrix(feats, as_float_fields(r), PRICE_SCALE).astype(np.float64)
+    mean, std = raw.mean(axis=0), raw.std(axis=0)
+    x = feature_matrix(feats, as_float_fields(r), PRICE_SCALE, mean, std)
+    y = 1.5 * x[:, 0] + 0.8 * x[:, 1] - 0.4 * x[:, 2] + rng.normal(0, 0.2, len(x))
+    reg = Ridge(alpha=1.0).fit(x, y)
+    onx = to_onnx(reg, initial_types=[("features", FloatTensorType([None, len(feats)]))], target_opset=17)
+    path = os.path.join(FIX, "models", "ridge_return.onnx")
+    with open(path, "wb") as f:
+        f.write(onx.SerializeToString())
+    out_name = onx.graph.output[0].name
+    cfg = {"features": feats, "mean": list(mean), "std": list(std), "kind": "regression",
+           "flat_threshold": 0.5, "full_confidence": 3.0}
+    with open(os.path.join(FIX, "models", "ridge_return.toml"), "w") as f:
+        f.write(f"""# Fixture: ridge regressor of the mid return in bps, 3 features (1 extra), normalised.
+[model]
+name = "ridge_return"
+version = 2
+onnx = "ridge_return.onnx"
+price_scale = {PRICE_SCALE}
+
+[input]
+name = "features"
+features = {toml_list(feats)}
+mean = {toml_list(mean)}
+std = {toml_list(std)}
+
+[output]
+kind = "regression"
+name = "{out_name}"
+target = "mid_return_bps"
+flat_threshold = 0.5
+full_confidence = 3.0
+""")
+    write_parity("ridge_return", path, cfg, random_requests(rng, 48, 1), "features", out_name)
+
+
+def default_model_parity(rng):
+    import tomllib
+    with open(os.path.join(ROOT, "models", "lobster_direction.toml"), "rb") as f:
+        m = tomllib.load(f)
+    cfg = {"features": m["input"]["features"], "mean": m["input"]["mean"], "std": m["input"]["std"],
+           "kind": "classes", "classes": m["output"]["classes"]}
+    r = random_requests(rng, 48, 0)
+    # Spreads and prices near the training data's (AMZN ~ $220, 1-20 cent spreads).
+    write_parity("lobster_direction", os.path.join(ROOT, "models", "lobster_direction.onnx"), cfg, r,
+                 m["input"]["name"], m["output"]["name"])
+
+
+if __name__ == "__main__":
+    os.makedirs(os.path.join(FIX, "models"), exist_ok=True)
+    rng = np.random.default_rng(20261122)
+    lgbm_fixture(rng)
+    ridge_fixture(rng)
+    default_model_parity(rng)

@@ -1,0 +1,455 @@
+//! Model manifest: the TOML file beside a `.onnx` that says which features fill
+//! the input tensor and how the output becomes a signal. Validated against the
+//! model's real inputs and outputs at load; every mismatch is named.
+//!
+//! ```toml
+//! [model]
+//! name = "lobster_direction"
+//! version = 1
+//! onnx = "lobster_direction.onnx"      # relative to this file
+//! price_scale = 10000                   # fixed point of every price on the wire
+//!
+//! [input]
+//! name = "input"                        # the model's input tensor, float32 [batch, n]
+//! features = ["spread_bps", "size_imbalance", "extra:0"]
+//! mean = [1.2, 0.0, 0.0]                # optional, with std: (x - mean) / std
+//! std = [0.8, 0.5, 1.0]
+//!
+//! [output]                              # classifier: float32 [batch, classes]
+//! kind = "classes"
+//! name = "probabilities"
+//! classes = ["sell", "flat", "buy"]     # column order of the probabilities
+//! # or a regressor: float32 [batch, 1] or [batch]
+//! # kind = "regression"; name = "variable"; target = "mid_return_bps" | "mid_change"
+//! # flat_threshold = 0.5  (|y| at or below → direction 0); full_confidence = 3.0 (|y| → confidence 100)
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::features::FeatureMap;
+use crate::wire::MlRequest;
+
+/// Why a manifest cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read manifest {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("manifest {path} is not valid: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("model {onnx} does not match its manifest {path}:\n  - {}", .mismatches.join("\n  - "))]
+    Mismatch { path: PathBuf, onnx: PathBuf, mismatches: Vec<String> },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    model: ModelSection,
+    input: InputSection,
+    output: OutputSection,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelSection {
+    name: String,
+    version: u32,
+    onnx: PathBuf,
+    price_scale: i64,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputSection {
+    name: String,
+    features: Vec<String>,
+    mean: Option<Vec<f64>>,
+    std: Option<Vec<f64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+enum OutputSection {
+    Classes { name: String, classes: Vec<String> },
+    Regression { name: String, target: Target, flat_threshold: f64, full_confidence: f64 },
+}
+
+/// What a regression output predicts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// Expected mid return in basis points: target = mid × (1 + y/10⁴).
+    MidReturnBps,
+    /// Expected mid change in price units: target = mid + y.
+    MidChange,
+}
+
+/// How the output row becomes direction, confidence and target price.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OutputSpec {
+    /// Class probabilities; `directions[j]` is the direction of column j.
+    /// direction = argmax (first on ties), confidence = round(100·p), target = mid.
+    Classes { name: String, directions: Vec<i8> },
+    /// One value per row; direction = sign(y) when |y| > flat_threshold,
+    /// confidence = round(100·|y|/full_confidence) capped at 100.
+    Regression { name: String, target: Target, flat_threshold: f64, full_confidence: f64 },
+}
+
+impl OutputSpec {
+    /// Output tensor name.
+    pub fn name(&self) -> &str {
+        match self {
+            OutputSpec::Classes { name, .. } | OutputSpec::Regression { name, .. } => name,
+        }
+    }
+
+    /// Values per row the output must have.
+    pub fn width(&self) -> usize {
+        match self {
+            OutputSpec::Classes { directions, .. } => directions.len(),
+            OutputSpec::Regression { .. } => 1,
+        }
+    }
+}
+
+/// A decoded signal for one request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Prediction {
+    pub direction: i8,
+    pub confidence: u8,
+    pub target_price: i64,
+}
+
+/// A model's input or output as the runtime reports it (independent of `ort`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IoDesc {
+    pub name: String,
+    /// `"float32"`, `"int64"`, … or `"sequence"`/`"map"` for non-tensors.
+    pub dtype: String,
+    /// Dimensions; -1 where dynamic. Empty for non-tensors.
+    pub shape: Vec<i64>,
+}
+
+impl std::fmt::Display for IoDesc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dims: Vec<String> =
+            self.shape.iter().map(|&d| if d < 0 { "?".into() } else { d.to_string() }).collect();
+        write!(f, "{}: {}[{}]", self.name, self.dtype, dims.join(", "))
+    }
+}
+
+/// Batch capability found while checking the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchDim {
+    /// First dimension dynamic: up to N rows in one run.
+    Dynamic,
+    /// First dimension fixed at 1: one run per request.
+    One,
+}
+
+/// A parsed, self-consistent manifest (not yet checked against its model).
+#[derive(Clone, Debug)]
+pub struct Manifest {
+    pub path: PathBuf,
+    pub name: String,
+    pub version: u32,
+    pub description: String,
+    /// The `.onnx`, resolved relative to the manifest.
+    pub onnx: PathBuf,
+    pub price_scale: i64,
+    pub input_name: String,
+    pub feature_names: Vec<String>,
+    pub features: FeatureMap,
+    pub output: OutputSpec,
+}
+
+impl Manifest {
+    /// Read and check a manifest file.
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ManifestError::Read { path: path.to_path_buf(), source })?;
+        Manifest::parse(&text, path)
+    }
+
+    /// Parse manifest text; `path` locates the `.onnx` and names errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+        let invalid = |message: String| ManifestError::Invalid { path: path.to_path_buf(), message };
+        let file: File = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let features = FeatureMap::new(
+            &file.input.features,
+            file.input.mean.as_deref(),
+            file.input.std.as_deref(),
+            file.model.price_scale,
+        )
+        .map_err(invalid)?;
+        let output = match file.output {
+            OutputSection::Classes { name, classes } => {
+                let mut directions = Vec::with_capacity(classes.len());
+                for c in &classes {
+                    directions.push(match c.as_str() {
+                        "sell" => -1,
+                        "flat" => 0,
+                        "buy" => 1,
+                        other => {
+                            return Err(invalid(format!(
+                                "output class `{other}`: classes are \"sell\", \"flat\", \"buy\""
+                            )))
+                        }
+                    });
+                }
+                let mut sorted = directions.clone();
+                sorted.sort_unstable();
+                sorted.dedup();
+                if sorted.len() != directions.len() || directions.len() < 2 {
+                    return Err(invalid(format!(
+                        "output classes {classes:?}: need 2 or 3 distinct of sell/flat/buy"
+                    )));
+                }
+                OutputSpec::Classes { name, directions }
+            }
+            OutputSection::Regression { name, target, flat_threshold, full_confidence } => {
+                if !(flat_threshold.is_finite() && flat_threshold >= 0.0) {
+                    return Err(invalid(format!("flat_threshold {flat_threshold} must be finite and >= 0")));
+                }
+                if !(full_confidence.is_finite() && full_confidence > 0.0) {
+                    return Err(invalid(format!("full_confidence {full_confidence} must be finite and > 0")));
+                }
+                OutputSpec::Regression { name, target, flat_threshold, full_confidence }
+            }
+        };
+        let onnx = if file.model.onnx.is_absolute() {
+            file.model.onnx
+        } else {
+            path.parent().unwrap_or(Path::new(".")).join(file.model.onnx)
+        };
+        Ok(Manifest {
+            path: path.to_path_buf(),
+            name: file.model.name,
+            version: file.model.version,
+            description: file.model.description,
+            onnx,
+            price_scale: file.model.price_scale,
+            input_name: file.input.name,
+            feature_names: file.input.features,
+            features,
+            output,
+        })
+    }
+
+    /// Check the manifest against the model's real inputs and outputs. Every
+    /// mismatch found is listed in the error.
+    pub fn check_model(&self, inputs: &[IoDesc], outputs: &[IoDesc]) -> Result<BatchDim, ManifestError> {
+        let mut bad = Vec::new();
+        let mut batch = BatchDim::Dynamic;
+        let list = |xs: &[IoDesc]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("; ");
+        if inputs.len() != 1 {
+            bad.push(format!(
+                "the model has {} inputs ({}); tickinfer feeds exactly one float32 [batch, features] input",
+                inputs.len(),
+                list(inputs)
+            ));
+        }
+        match inputs.iter().find(|i| i.name == self.input_name) {
+            None => bad.push(format!(
+                "input `{}` named in the manifest is not a model input (model inputs: {})",
+                self.input_name,
+                list(inputs)
+            )),
+            Some(input) => {
+                if input.dtype != "float32" {
+                    bad.push(format!("input `{}` is {}, expected float32", input.name, input.dtype));
+                }
+                match input.shape.as_slice() {
+                    [b, n] => {
+                        match *b {
+                            d if d < 0 => batch = BatchDim::Dynamic,
+                            1 => batch = BatchDim::One,
+                            d => bad.push(format!(
+                                "input `{}` has a fixed batch dimension {d}; expected dynamic or 1",
+                                input.name
+                            )),
+                        }
+                        if *n >= 0 && *n as usize != self.features.len() {
+                            bad.push(format!(
+                                "input `{}` takes {n} features; the manifest lists {} ({})",
+                                input.name,
+                                self.features.len(),
+                                self.feature_names.join(", ")
+                            ));
+                        }
+                    }
+                    other => bad.push(format!(
+                        "input `{}` has shape {other:?}; expected rank 2 [batch, features]",
+                        input.name
+                    )),
+                }
+            }
+        }
+        let out_name = self.output.name();
+        match outputs.iter().find(|o| o.name == out_name) {
+            None => bad.push(format!(
+                "output `{out_name}` named in the manifest is not a model output (model outputs: {})",
+                list(outputs)
+            )),
+            Some(out) if out.dtype == "sequence" || out.dtype == "map" => bad.push(format!(
+                "output `{out_name}` is a {} (a ZipMap?), not a tensor: export classifiers with zipmap=False",
+                out.dtype
+            )),
+            Some(out) => {
+                if out.dtype != "float32" {
+                    bad.push(format!("output `{out_name}` is {}, expected float32", out.dtype));
+                }
+                let width = self.output.width() as i64;
+                let ok = match out.shape.as_slice() {
+                    [_, k] => *k < 0 || *k == width,
+                    [_] => width == 1,
+                    _ => false,
+                };
+                if !ok {
+                    bad.push(format!(
+                        "output `{out_name}` has shape {:?}; the manifest's {} needs [batch, {width}]{}",
+                        out.shape,
+                        match self.output {
+                            OutputSpec::Classes { .. } => "classes",
+                            OutputSpec::Regression { .. } => "regression",
+                        },
+                        if width == 1 { " or [batch]" } else { "" }
+                    ));
+                }
+            }
+        }
+        if bad.is_empty() {
+            Ok(batch)
+        } else {
+            Err(ManifestError::Mismatch { path: self.path.clone(), onnx: self.onnx.clone(), mismatches: bad })
+        }
+    }
+
+    /// Turn one output row into a signal for `req`. No allocation.
+    #[inline]
+    pub fn decode(&self, row: &[f32], req: &MlRequest) -> Prediction {
+        let mid2 = req.bid_price + req.ask_price; // validated positive, no overflow for sane prices
+        match &self.output {
+            OutputSpec::Classes { directions, .. } => {
+                let mut best = 0;
+                for (j, &p) in row.iter().enumerate() {
+                    if p > row[best] {
+                        best = j;
+                    }
+                }
+                let confidence = (100.0 * row[best] as f64 + 0.5).floor().clamp(0.0, 100.0) as u8;
+                Prediction { direction: directions[best], confidence, target_price: mid2 / 2 }
+            }
+            OutputSpec::Regression { target, flat_threshold, full_confidence, .. } => {
+                let y = row[0] as f64;
+                let mid = mid2 as f64 / 2.0;
+                let direction = if !(y.abs() > *flat_threshold) {
+                    0
+                } else if y > 0.0 {
+                    1
+                } else {
+                    -1
+                };
+                let confidence = (100.0 * y.abs() / full_confidence + 0.5).floor().clamp(0.0, 100.0) as u8;
+                let target = match target {
+                    Target::MidReturnBps => mid * (1.0 + y / 1e4),
+                    Target::MidChange => mid + y * self.price_scale as f64,
+                };
+                Prediction { direction, confidence, target_price: (target + 0.5).floor() as i64 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = r#"
+[model]
+name = "m"
+version = 4
+onnx = "m.onnx"
+price_scale = 10000
+[input]
+name = "x"
+features = ["spread_bps", "extra:1"]
+[output]
+kind = "classes"
+name = "probabilities"
+classes = ["sell", "flat", "buy"]
+"#;
+
+    fn io(name: &str, dtype: &str, shape: &[i64]) -> IoDesc {
+        IoDesc { name: name.into(), dtype: dtype.into(), shape: shape.to_vec() }
+    }
+
+    #[test]
+    fn parses_and_resolves_onnx_beside_manifest() {
+        let m = Manifest::parse(TEXT, Path::new("/models/m.toml")).unwrap();
+        assert_eq!(m.onnx, Path::new("/models/m.onnx"));
+        assert_eq!(m.features.extras(), 2);
+        assert_eq!(m.output.width(), 3);
+        let ok = m.check_model(&[io("x", "float32", &[-1, 2])], &[io("probabilities", "float32", &[-1, 3])]);
+        assert_eq!(ok.unwrap(), BatchDim::Dynamic);
+        let one = m.check_model(&[io("x", "float32", &[1, 2])], &[io("probabilities", "float32", &[1, 3])]);
+        assert_eq!(one.unwrap(), BatchDim::One);
+    }
+
+    #[test]
+    fn every_mismatch_is_named() {
+        let m = Manifest::parse(TEXT, Path::new("m.toml")).unwrap();
+        let err = m
+            .check_model(
+                &[io("input", "float64", &[-1, 5])],
+                &[io("label", "int64", &[-1]), io("probabilities", "sequence", &[])],
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("input `x` named in the manifest is not a model input"), "{err}");
+        assert!(err.contains("input: float64[?, 5]"), "{err}");
+        assert!(err.contains("ZipMap"), "{err}");
+        let err = m
+            .check_model(&[io("x", "float64", &[-1, 5])], &[io("probabilities", "float32", &[-1, 2])])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("input `x` is float64, expected float32"), "{err}");
+        assert!(err.contains("takes 5 features; the manifest lists 2 (spread_bps, extra:1)"), "{err}");
+        assert!(err.contains("output `probabilities` has shape [-1, 2]"), "{err}");
+    }
+
+    #[test]
+    fn bad_manifests_say_why() {
+        let e = |t: &str| Manifest::parse(t, Path::new("m.toml")).unwrap_err().to_string();
+        assert!(e(&TEXT.replace("\"buy\"]", "\"up\"]")).contains("output class `up`"));
+        assert!(e(&TEXT.replace("spread_bps", "sprad")).contains("unknown feature `sprad`"));
+        assert!(e(&TEXT.replace("price_scale = 10000", "price_scale = 0")).contains("price_scale"));
+        assert!(e(&TEXT.replace("version = 4", "version = 4\nbogus = 1")).contains("bogus"));
+        assert!(e(&TEXT.replace("\"flat\", ", "\"sell\", ")).contains("distinct"));
+    }
+
+    #[test]
+    fn decodes_classes_and_regression() {
+        let m = Manifest::parse(TEXT, Path::new("m.toml")).unwrap();
+        let req = MlRequest { bid_price: 1_000_000, ask_price: 1_000_101, ..MlRequest::new() };
+        let p = m.decode(&[0.2, 0.3, 0.5], &req);
+        assert_eq!(p, Prediction { direction: 1, confidence: 50, target_price: 1_000_050 });
+        assert_eq!(m.decode(&[0.4, 0.4, 0.2], &req).direction, -1, "first maximum wins ties");
+
+        let reg = TEXT.replace(
+            "kind = \"classes\"\nname = \"probabilities\"\nclasses = [\"sell\", \"flat\", \"buy\"]",
+            "kind = \"regression\"\nname = \"variable\"\ntarget = \"mid_return_bps\"\nflat_threshold = 0.5\nfull_confidence = 2.0",
+        );
+        let m = Manifest::parse(&reg, Path::new("m.toml")).unwrap();
+        let p = m.decode(&[-1.0], &req);
+        assert_eq!(p.direction, -1);
+        assert_eq!(p.confidence, 50);
+        assert_eq!(p.target_price, (1_000_050.5f64 * (1.0 - 1e-4) + 0.5).floor() as i64);
+        assert_eq!(m.decode(&[0.5], &req).direction, 0, "at the threshold is flat");
+        assert_eq!(m.decode(&[f32::NAN], &req).direction, 0, "NaN output is flat");
+        assert_eq!(m.decode(&[9.0], &req).confidence, 100);
+    }
+}

@@ -1,0 +1,149 @@
+//! Engine: parity with Python onnxruntime for three models of different shapes,
+//! manifest/model mismatches rejected by name, batching equals one-by-one.
+//! ONNX Runtime is provisioned automatically on first use (see engine::runtime).
+mod util;
+
+use tickinfer::engine::{Engine, EngineError};
+use tickinfer::features::FeatureMap;
+use tickinfer::manifest::{Manifest, Prediction};
+use util::{parity_cases, repo_root, test_engine_options};
+
+const MODELS: [(&str, &str); 3] = [
+    ("lobster_direction", "models/lobster_direction.toml"),
+    ("lgbm_direction", "tests/fixtures/models/lgbm_direction.toml"),
+    ("ridge_return", "tests/fixtures/models/ridge_return.toml"),
+];
+
+fn load(manifest: &str) -> Engine {
+    let _ = env_logger::builder().is_test(true).try_init();
+    Engine::load(&repo_root().join(manifest), &test_engine_options())
+        .unwrap_or_else(|e| panic!("{manifest}: {e}"))
+}
+
+#[test]
+fn features_match_python_bit_for_bit() {
+    for (name, manifest) in MODELS {
+        let m = Manifest::load(&repo_root().join(manifest)).unwrap();
+        let map: &FeatureMap = &m.features;
+        for (i, case) in parity_cases(name).iter().enumerate() {
+            let mut row = vec![0f32; map.len()];
+            map.fill(&case.request, &mut row);
+            for (j, (got, want)) in row.iter().zip(&case.input).enumerate() {
+                // Same f64 arithmetic as numpy; allow 1 ulp for libm's log1p.
+                let ulps = (got.to_bits() as i64 - want.to_bits() as i64).abs();
+                assert!(ulps <= 1, "{name} case {i} feature {j}: {got} vs python {want}");
+            }
+        }
+    }
+}
+
+#[test]
+fn outputs_match_python_onnxruntime() {
+    for (name, manifest) in MODELS {
+        let mut engine = load(manifest);
+        let cases = parity_cases(name);
+        assert!(cases.len() >= 32, "{name}: fixture too small");
+        let width = engine.manifest().output.width();
+        // One at a time (batch 1) and in batches: both must equal Python's numbers.
+        for chunk in [1, 7, 16] {
+            for (k, group) in cases.chunks(chunk).enumerate() {
+                let reqs: Vec<_> = group.iter().map(|c| c.request).collect();
+                let rows = engine.run_rows(&reqs).unwrap().to_vec();
+                for (i, case) in group.iter().enumerate() {
+                    for (j, want) in case.output.iter().enumerate() {
+                        let got = rows[i * width + j];
+                        assert!(
+                            (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                            "{name} batch {chunk} case {}: output[{j}] {got} vs python {want}",
+                            k * chunk + i
+                        );
+                    }
+                }
+            }
+        }
+        let reqs: Vec<_> = cases.iter().map(|c| c.request).collect();
+        let mut preds = vec![Prediction::default(); reqs.len()];
+        engine.predict(&reqs, &mut preds).unwrap();
+        for (i, (p, c)) in preds.iter().zip(&cases).enumerate() {
+            assert_eq!(
+                (p.direction, p.confidence, p.target_price),
+                (c.direction, c.confidence, c.target_price),
+                "{name} case {i}: decoded signal differs from the Python decoder"
+            );
+        }
+        let info = engine.info();
+        assert_eq!(info.provider, "cpu");
+        assert_eq!(info.max_batch, 16);
+    }
+}
+
+fn write_variant(dir: &std::path::Path, from: &str, edit: impl Fn(String) -> String) -> std::path::PathBuf {
+    let src = repo_root().join(from);
+    let text = std::fs::read_to_string(&src).unwrap();
+    let onnx_dir = src.parent().unwrap().display().to_string();
+    // Point the copy at the original .onnx by absolute path.
+    let text = text.replace("onnx = \"", &format!("onnx = \"{onnx_dir}/"));
+    let path = dir.join("variant.toml");
+    std::fs::write(&path, edit(text)).unwrap();
+    path
+}
+
+#[test]
+fn mismatched_manifest_is_rejected_naming_each_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = test_engine_options();
+    let cases: [(&str, fn(String) -> String, &[&str]); 4] = [
+        (
+            "wrong input name",
+            |t| t.replace("name = \"x\"", "name = \"features\""),
+            &["input `features` named in the manifest is not a model input", "x: float32[?, 6]"],
+        ),
+        (
+            "one feature too few",
+            |t| t.replace(", \"extra:1\"]", "]"),
+            &["input `x` takes 6 features; the manifest lists 5"],
+        ),
+        (
+            "regression manifest on a classifier",
+            |t| {
+                t.replace(
+                    "kind = \"classes\"",
+                    "kind = \"regression\"\ntarget = \"mid_change\"\nflat_threshold = 0.0\nfull_confidence = 1.0",
+                )
+                .replace("classes = [\"sell\", \"flat\", \"buy\"]\n", "")
+            },
+            &["output `probabilities` has shape [-1, 3]; the manifest's regression needs [batch, 1]"],
+        ),
+        (
+            "missing output",
+            |t| t.replace("name = \"probabilities\"", "name = \"probs\""),
+            &["output `probs` named in the manifest is not a model output", "probabilities: float32[?, 3]"],
+        ),
+    ];
+    for (what, edit, needles) in cases {
+        let path = write_variant(dir.path(), "tests/fixtures/models/lgbm_direction.toml", edit);
+        let err = match Engine::load(&path, &opts) {
+            Err(e @ EngineError::Manifest(_)) => e.to_string(),
+            Err(e) => panic!("{what}: wrong error kind: {e}"),
+            Ok(_) => panic!("{what}: a mismatched manifest was accepted"),
+        };
+        for needle in needles {
+            assert!(err.contains(needle), "{what}: `{needle}` not in:\n{err}");
+        }
+    }
+    // A manifest naming a model file that does not exist.
+    let path = dir.path().join("nofile.toml");
+    let text = std::fs::read_to_string(repo_root().join("models/lobster_direction.toml")).unwrap();
+    std::fs::write(&path, text.replace("lobster_direction.onnx", "missing.onnx")).unwrap();
+    let err = Engine::load(&path, &opts).err().unwrap().to_string();
+    assert!(err.contains("missing.onnx") && err.contains("does not exist"), "{err}");
+}
+
+#[test]
+fn model_failure_is_an_error_not_a_panic() {
+    let mut engine = load("models/lobster_direction.toml");
+    let err = engine.run_rows(&[]).unwrap_err().to_string();
+    assert!(err.contains("batch of 0"), "{err}");
+    let too_many = vec![tickinfer::wire::MlRequest::new(); engine.max_batch() + 1];
+    assert!(engine.run_rows(&too_many).is_err());
+}

@@ -1,0 +1,89 @@
+//! Zero heap allocations per request in steady state, counted by a global
+//! allocator that tallies every allocation made by this thread. Covers the
+//! engine's batch-1 and batched paths (features, model run, decoding).
+//!
+//! Scope: this counts Rust heap allocations (ours and the `ort` crate's).
+//! ONNX Runtime's own C++ allocations go through its arena allocator and are
+//! not visible to Rust's global allocator.
+mod util;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use tickinfer::engine::Engine;
+use tickinfer::manifest::Prediction;
+use tickinfer::wire::MlRequest;
+
+struct Counting;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static COUNT: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards every call to the system allocator unchanged; the counter is a thread-local Cell.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.with(Cell::get) {
+            COUNT.with(|c| c.set(c.get() + 1));
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.with(Cell::get) {
+            COUNT.with(|c| c.set(c.get() + 1));
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations_during(f: impl FnOnce()) -> u64 {
+    COUNT.with(|c| c.set(0));
+    COUNTING.with(|c| c.set(true));
+    f();
+    COUNTING.with(|c| c.set(false));
+    COUNT.with(Cell::get)
+}
+
+#[test]
+fn steady_state_requests_allocate_nothing() {
+    for manifest in ["models/lobster_direction.toml", "tests/fixtures/models/lgbm_direction.toml"] {
+        let mut engine =
+            Engine::load(&util::repo_root().join(manifest), &util::test_engine_options()).unwrap();
+        let cases = util::parity_cases(if manifest.contains("lgbm") {
+            "lgbm_direction"
+        } else {
+            "lobster_direction"
+        });
+        let reqs: Vec<MlRequest> = cases.iter().map(|c| c.request).cycle().take(16).collect();
+        let mut preds = vec![Prediction::default(); reqs.len()];
+
+        // The counter itself works: a Vec allocates.
+        assert_eq!(allocations_during(|| drop(vec![1u8; 10])), 1);
+
+        let n = allocations_during(|| {
+            for i in 0..2000 {
+                let one = &reqs[i % reqs.len()..][..1];
+                engine.predict(one, &mut preds[..1]).unwrap();
+            }
+        });
+        assert_eq!(n, 0, "{manifest}: batch-1 path allocated {n} times in 2000 requests");
+
+        let n = allocations_during(|| {
+            for _ in 0..200 {
+                engine.predict(&reqs, &mut preds).unwrap();
+            }
+        });
+        assert_eq!(n, 0, "{manifest}: batch-16 path allocated {n} times in 200 batches");
+        assert!(preds.iter().all(|p| p.confidence <= 100 && p.target_price > 0));
+    }
+}
