@@ -346,7 +346,7 @@ impl Manifest {
             OutputSpec::Regression { target, flat_threshold, full_confidence, .. } => {
                 let y = row[0] as f64;
                 let mid = mid2 as f64 / 2.0;
-                let direction = if !(y.abs() > *flat_threshold) {
+                let direction = if y.is_nan() || y.abs() <= *flat_threshold {
                     0
                 } else if y > 0.0 {
                     1
