@@ -92,7 +92,8 @@ fn write_variant(dir: &std::path::Path, from: &str, edit: impl Fn(String) -> Str
 fn mismatched_manifest_is_rejected_naming_each_mismatch() {
     let dir = tempfile::tempdir().unwrap();
     let opts = test_engine_options();
-    let cases: [(&str, fn(String) -> String, &[&str]); 4] = [
+    type Case = (&'static str, fn(String) -> String, &'static [&'static str]);
+    let cases: [Case; 4] = [
         (
             "wrong input name",
             |t| t.replace("name = \"x\"", "name = \"features\""),
