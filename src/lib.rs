@@ -1,13 +1,21 @@
 //! tickinfer — low-latency trading-signal inference over a Unix socket.
 //!
 //! The request's path, one module per stage (see README "Architecture"):
-//! [`wire`] (the C header's mirror) → transport → ring → features → engine →
-//! response. [`clock`] stamps every stage on `CLOCK_MONOTONIC`.
+//! [`wire`] (the C header's mirror) → [`transport`] (sockets, buffers, decoding)
+//! → [`ring`] (SPSC hand-off, pipeline mode) → [`features`] → [`engine`] (ONNX
+//! Runtime) → [`manifest`] (output decoding) → response. [`server`] drives the
+//! stages; [`clock`] stamps them; [`stats`] and [`control`] stay off the hot path.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod clock;
+pub mod control;
 pub mod engine;
 pub mod features;
 pub mod manifest;
+pub mod ring;
+pub mod server;
+pub mod stats;
+mod sys;
+pub mod transport;
 pub mod wire;

@@ -1,0 +1,302 @@
+//! `tickinfer serve` options: a TOML config file whose keys the command-line
+//! flags override. Every key of the file is a flag of the same name
+//! (`max_inflight` ↔ `--max-inflight`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::engine::{EngineOptions, ExecutionProvider};
+use crate::transport::SocketPolicy;
+
+/// Where the request stages run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Pipeline with ≥ 3 usable cores (I/O, worker, and one left for a client), else inline.
+    Auto,
+    /// One pinned thread runs I/O and inference.
+    Inline,
+    /// A pinned I/O thread and a pinned inference worker joined by SPSC rings.
+    Pipeline,
+}
+
+/// How idle threads wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PollMode {
+    /// Busy-poll: lowest latency, one core at 100%.
+    Spin,
+    /// Spin for `spin_us` after the last work, then block.
+    Adaptive,
+    /// Block in epoll / park: ~45 µs wake-up on a VM, no idle CPU.
+    Block,
+}
+
+/// Execution provider names for the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderName {
+    Cpu,
+    Cuda,
+    Tensorrt,
+}
+
+/// Options of `tickinfer serve`, from flags and/or the config file.
+#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct ServeOptions {
+    /// TOML config file; its keys are these options' long names with `_` for `-`. Flags override it.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Model manifest (TOML beside the .onnx), e.g. models/lobster_direction.toml.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Unix socket path to listen on. The control socket is PATH.ctl.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Stage layout [default: auto].
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// How idle threads wait [default: spin].
+    #[arg(long, value_enum)]
+    pub poll: Option<PollMode>,
+    /// Adaptive polling: microseconds to spin after the last work before blocking [default: 200].
+    #[arg(long)]
+    pub spin_us: Option<u64>,
+    /// Core for the I/O (or inline) thread [default: from the affinity mask, isolated cores first].
+    #[arg(long)]
+    pub io_core: Option<usize>,
+    /// Core for the inference worker in pipeline mode [default: the next usable core].
+    #[arg(long)]
+    pub worker_core: Option<usize>,
+    /// Do not pin threads to cores.
+    #[arg(long)]
+    pub no_pin: Option<bool>,
+    /// Most concurrent client connections; more are refused in the hello ack [default: 64].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Requests in flight per connection before ML_ERR_OVERLOADED answers [default: 256].
+    #[arg(long)]
+    pub max_inflight: Option<u32>,
+    /// Most requests per model run (dynamic-batch models) [default: 32].
+    #[arg(long)]
+    pub max_batch: Option<usize>,
+    /// Bytes of unsent responses per connection before a slow reader is disconnected [default: 4194304].
+    #[arg(long)]
+    pub write_buffer_limit: Option<usize>,
+    /// Socket file mode, octal [default: 600].
+    #[arg(long)]
+    pub socket_mode: Option<String>,
+    /// Socket file group (name or gid).
+    #[arg(long)]
+    pub socket_group: Option<String>,
+    /// Peer uids allowed (SO_PEERCRED); repeatable. Empty: anyone who can open the socket.
+    #[arg(long = "allow-uid")]
+    pub allow_uids: Option<Vec<u32>>,
+    /// Peer gids allowed; repeatable.
+    #[arg(long = "allow-gid")]
+    pub allow_gids: Option<Vec<u32>>,
+    /// Symbol table: the symbol_ids served (others get ML_ERR_UNKNOWN_SYMBOL); repeatable.
+    #[arg(long = "symbol")]
+    pub symbols: Option<Vec<u16>>,
+    /// Seconds between stats log lines; 0 turns them off [default: 10].
+    #[arg(long)]
+    pub stats_interval_s: Option<u64>,
+    /// libonnxruntime.so.1.31.1 to load [default: $TICKINFER_ORT_LIB, then the cache, provisioned from PyPI].
+    #[arg(long)]
+    pub ort_lib: Option<PathBuf>,
+    /// ONNX Runtime intra-op threads [default: 1].
+    #[arg(long)]
+    pub intra_threads: Option<usize>,
+    /// Execution provider; GPU providers need the `cuda`/`tensorrt` cargo features [default: cpu].
+    #[arg(long, value_enum)]
+    pub provider: Option<ProviderName>,
+    /// GPU device id [default: 0].
+    #[arg(long)]
+    pub device_id: Option<i32>,
+    /// TensorRT engine cache directory.
+    #[arg(long)]
+    pub trt_cache: Option<PathBuf>,
+    /// TensorRT fp16.
+    #[arg(long)]
+    pub trt_fp16: Option<bool>,
+}
+
+macro_rules! overlay {
+    ($base:ident, $top:ident, $($field:ident),*) => {
+        $( if $top.$field.is_some() { $base.$field = $top.$field; } )*
+    };
+}
+
+impl ServeOptions {
+    /// Flags over the config file (if `--config` was given).
+    pub fn with_config_file(self) -> Result<ServeOptions, String> {
+        let Some(path) = self.config.clone() else { return Ok(self) };
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("config {}: {e}", path.display()))?;
+        let mut base: ServeOptions =
+            toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))?;
+        let top = self;
+        overlay!(
+            base,
+            top,
+            config,
+            model,
+            socket,
+            mode,
+            poll,
+            spin_us,
+            io_core,
+            worker_core,
+            no_pin,
+            max_connections,
+            max_inflight,
+            max_batch,
+            write_buffer_limit,
+            socket_mode,
+            socket_group,
+            allow_uids,
+            allow_gids,
+            symbols,
+            stats_interval_s,
+            ort_lib,
+            intra_threads,
+            provider,
+            device_id,
+            trt_cache,
+            trt_fp16
+        );
+        Ok(base)
+    }
+
+    /// Resolve defaults and check values.
+    pub fn resolve(self) -> Result<ServerConfig, String> {
+        let model = self.model.ok_or("--model is required (or `model` in the config file)")?;
+        let socket = self.socket.ok_or("--socket is required (or `socket` in the config file)")?;
+        let mode = u32::from_str_radix(self.socket_mode.as_deref().unwrap_or("600"), 8)
+            .map_err(|_| "--socket-mode must be octal, e.g. 600 or 660".to_string())?;
+        if mode & !0o777 != 0 {
+            return Err(format!("--socket-mode {mode:o}: only permission bits (0..777)"));
+        }
+        let group = match &self.socket_group {
+            None => None,
+            Some(g) => Some(crate::sys::group_id(g).map_err(|e| format!("--socket-group {g}: {e}"))?),
+        };
+        let max_connections = self.max_connections.unwrap_or(64);
+        let max_inflight = self.max_inflight.unwrap_or(256);
+        if max_connections == 0 || max_connections > 65_536 {
+            return Err("--max-connections must be in 1..=65536".into());
+        }
+        if max_inflight == 0 || max_inflight > 65_536 {
+            return Err("--max-inflight must be in 1..=65536".into());
+        }
+        let provider = match self.provider.unwrap_or(ProviderName::Cpu) {
+            ProviderName::Cpu => ExecutionProvider::Cpu,
+            ProviderName::Cuda => ExecutionProvider::Cuda { device_id: self.device_id.unwrap_or(0) },
+            ProviderName::Tensorrt => ExecutionProvider::TensorRt {
+                device_id: self.device_id.unwrap_or(0),
+                engine_cache: self.trt_cache.clone(),
+                fp16: self.trt_fp16.unwrap_or(false),
+            },
+        };
+        Ok(ServerConfig {
+            model,
+            socket,
+            mode: self.mode.unwrap_or(Mode::Auto),
+            poll: self.poll.unwrap_or(PollMode::Spin),
+            spin: Duration::from_micros(self.spin_us.unwrap_or(200)),
+            io_core: self.io_core,
+            worker_core: self.worker_core,
+            pin: !self.no_pin.unwrap_or(false),
+            max_connections,
+            max_inflight,
+            write_buffer_limit: self.write_buffer_limit.unwrap_or(4 << 20).max(64 * 1024),
+            policy: SocketPolicy {
+                mode,
+                group,
+                allow_uids: self.allow_uids.unwrap_or_default(),
+                allow_gids: self.allow_gids.unwrap_or_default(),
+            },
+            symbols: self.symbols,
+            stats_interval: Duration::from_secs(self.stats_interval_s.unwrap_or(10)),
+            engine: EngineOptions {
+                ort_lib: self.ort_lib,
+                intra_threads: self.intra_threads.unwrap_or(1),
+                max_batch: self.max_batch.unwrap_or(32),
+                warmup_runs: 20,
+                provider,
+            },
+        })
+    }
+}
+
+/// A resolved server configuration.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub model: PathBuf,
+    pub socket: PathBuf,
+    pub mode: Mode,
+    pub poll: PollMode,
+    /// Adaptive polling's spin window.
+    pub spin: Duration,
+    pub io_core: Option<usize>,
+    pub worker_core: Option<usize>,
+    pub pin: bool,
+    pub max_connections: usize,
+    pub max_inflight: u32,
+    pub write_buffer_limit: usize,
+    pub policy: SocketPolicy,
+    pub symbols: Option<Vec<u16>>,
+    /// Zero: no periodic stats log line.
+    pub stats_interval: Duration,
+    pub engine: EngineOptions,
+}
+
+impl ServerConfig {
+    /// A configuration with defaults for `model` on `socket`.
+    pub fn new(model: impl Into<PathBuf>, socket: impl Into<PathBuf>) -> ServerConfig {
+        ServeOptions { model: Some(model.into()), socket: Some(socket.into()), ..Default::default() }
+            .resolve()
+            .expect("defaults are valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("serve.toml");
+        std::fs::write(
+            &file,
+            "model = \"m.toml\"\nsocket = \"/tmp/a.sock\"\nmax_inflight = 8\npoll = \"block\"\nsymbols = [1, 2]\n",
+        )
+        .unwrap();
+        let flags = ServeOptions { config: Some(file), max_inflight: Some(16), ..Default::default() };
+        let cfg = flags.with_config_file().unwrap().resolve().unwrap();
+        assert_eq!(cfg.max_inflight, 16, "flag wins");
+        assert_eq!(cfg.poll, PollMode::Block, "file value kept");
+        assert_eq!(cfg.symbols, Some(vec![1, 2]));
+        assert_eq!(cfg.policy.mode, 0o600);
+        std::fs::write(dir.path().join("bad.toml"), "symbol = [1]\n").unwrap();
+        let bad = ServeOptions { config: Some(dir.path().join("bad.toml")), ..Default::default() };
+        let e = bad.with_config_file().unwrap_err();
+        assert!(e.contains("unknown field `symbol`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let base =
+            || ServeOptions { model: Some("m".into()), socket: Some("s".into()), ..Default::default() };
+        let e = ServeOptions { socket_mode: Some("9x".into()), ..base() }.resolve().unwrap_err();
+        assert!(e.contains("octal"), "{e}");
+        let e = ServeOptions { max_inflight: Some(0), ..base() }.resolve().unwrap_err();
+        assert!(e.contains("--max-inflight"), "{e}");
+        let e = ServeOptions { model: None, ..base() }.resolve().unwrap_err();
+        assert!(e.contains("--model"), "{e}");
+    }
+}

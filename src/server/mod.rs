@@ -1,0 +1,898 @@
+//! The server: a pinned mio event loop, the scoring stage inline or on a pinned
+//! worker behind SPSC rings, per-connection order, bounded everything, drain.
+//!
+//! # The event loop
+//! Rules, as mio requires and as this loop keeps them:
+//! - Readiness is edge-triggered: a readable connection is read until
+//!   `WouldBlock` (or EOF, or until it must pause — see below, in which case it
+//!   is put on the resume list and read again without waiting for an event).
+//! - `EINTR` is retried everywhere (`poll`, `read`, `write`).
+//! - Spurious events are harmless: every handler tolerates finding nothing to do.
+//! - Each iteration: poll → accept/read/write per event → score (inline) or
+//!   exchange with the worker (pipeline) → route responses to their connections
+//!   → flush → close what is finished → stats tick → shutdown check.
+//!
+//! # Order and bounds
+//! Every request read becomes one job, valid or not, and every job flows through
+//! the same FIFO path (the inline stage, or the request ring, worker and
+//! response ring), so responses leave each connection in request order and
+//! error answers never overtake model answers. A connection may have
+//! `max_inflight` runnable requests in flight; beyond that, requests are
+//! answered `ML_ERR_OVERLOADED` (in order) for up to one read buffer more, and
+//! then the connection is not read until answers drain (backpressure). That
+//! hard limit bounds the rings: `max_connections × hard limit` slots, so a push
+//! never fails. A connection whose unsent answers exceed `write_buffer_limit`
+//! is a slow reader: it is disconnected with a log line; others never wait on it.
+
+pub mod config;
+pub mod stage;
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use mio::net::UnixListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+pub use config::{Mode, PollMode, ServeOptions, ServerConfig};
+use stage::{Done, Job, Scorer};
+
+use crate::clock::now_ns;
+use crate::engine::{Engine, EngineError, ModelInfo};
+use crate::ring::{self, Consumer, Doorbell, Producer};
+use crate::stats::{Stats, StatsReport};
+use crate::transport::{Conn, Decoded, ListenError, ReadOutcome, SocketFile, READ_BUFFER};
+use crate::wire::{Limits, MlHelloAck, ServerInfo, Status, REQUEST_SIZE};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(usize::MAX);
+/// Inline mode scores at most this many jobs at once (the buffer never grows).
+const INLINE_JOBS: usize = 1024;
+/// How often hot threads fold their stats into the shared copy.
+const PUBLISH_EVERY_NS: u64 = 200_000_000;
+/// How long a drain may take before unsent answers are given up.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("inference worker: {0}")]
+    Worker(String),
+}
+
+/// Asks a running server to drain and stop (SIGTERM/SIGINT do this).
+#[derive(Debug, Default)]
+pub struct Shutdown {
+    flag: AtomicBool,
+    waker: OnceLock<Arc<Waker>>,
+}
+
+impl Shutdown {
+    pub fn new() -> Arc<Shutdown> {
+        Arc::new(Shutdown::default())
+    }
+
+    /// Start the drain. Safe from any thread, any number of times.
+    pub fn trigger(&self) {
+        // Release: pairs with the Acquire load in the loop; nothing else is published through it.
+        self.flag.store(true, Ordering::Release);
+        if let Some(w) = self.waker.get() {
+            let _ = w.wake();
+        }
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+}
+
+/// What the server reports once it accepts connections.
+#[derive(Clone, Debug)]
+pub struct Ready {
+    pub mode: Mode,
+    pub poll: PollMode,
+    pub io_core: Option<usize>,
+    pub worker_core: Option<usize>,
+    pub model: ModelInfo,
+}
+
+/// Cores this process may run on, isolated ones (`isolcpus`) first, core 0 last.
+pub fn usable_cores() -> Vec<usize> {
+    let mut cores: Vec<usize> =
+        core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
+    let isolated = std::fs::read_to_string("/sys/devices/system/cpu/isolated")
+        .map(|t| crate::sys::parse_cpu_list(&t))
+        .unwrap_or_default();
+    cores.sort_by_key(|c| (!isolated.contains(c), *c == 0, *c));
+    cores
+}
+
+fn pin(core: Option<usize>, what: &str) {
+    if let Some(id) = core {
+        if core_affinity::set_for_current(core_affinity::CoreId { id }) {
+            log::info!("{what} pinned to core {id}");
+        } else {
+            log::warn!("{what}: could not pin to core {id}; running unpinned");
+        }
+    }
+}
+
+/// Run a server on the calling thread (which becomes the I/O thread) until
+/// `shutdown` is triggered and the drain completes. `on_ready` is called once
+/// the socket accepts connections and the model is warm.
+pub fn run(
+    cfg: ServerConfig,
+    shutdown: Arc<Shutdown>,
+    shared: Arc<Mutex<Stats>>,
+    on_ready: impl FnOnce(&Ready),
+) -> Result<StatsReport, ServerError> {
+    crate::sys::ignore_sigpipe();
+    let cores = usable_cores();
+    let mode = match cfg.mode {
+        Mode::Auto if cores.len() >= 3 => Mode::Pipeline,
+        Mode::Auto => Mode::Inline,
+        m => m,
+    };
+    let io_core = if cfg.pin { cfg.io_core.or(cores.first().copied()) } else { None };
+    let worker_core = match mode {
+        Mode::Pipeline if cfg.pin => {
+            cfg.worker_core.or_else(|| cores.iter().copied().find(|&c| Some(c) != io_core))
+        }
+        _ => None,
+    };
+    log::info!(
+        "mode {mode:?} (asked {:?}; {} usable cores {cores:?}), poll {:?}, io core {io_core:?}, worker core {worker_core:?}",
+        cfg.mode,
+        cores.len(),
+        cfg.poll
+    );
+
+    // Bind first: a live server on the path is refused before the model loads.
+    let (std_listener, socket_file) = SocketFile::bind(&cfg.socket, &cfg.policy)?;
+    pin(io_core, if mode == Mode::Inline { "inline thread" } else { "I/O thread" });
+
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let _ = shutdown.waker.set(waker.clone());
+    let mut listener = UnixListener::from_std(std_listener);
+    poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+
+    let hard_limit = cfg.max_inflight + (READ_BUFFER / REQUEST_SIZE) as u32;
+    let (stage, model) = match mode {
+        Mode::Inline | Mode::Auto => {
+            let engine = Engine::load(&cfg.model, &cfg.engine)?;
+            let model = engine.info().clone();
+            let stage = Stage::Inline {
+                scorer: Box::new(Scorer::new(engine)),
+                jobs: Vec::with_capacity(INLINE_JOBS),
+                dones: Vec::with_capacity(INLINE_JOBS),
+            };
+            (stage, model)
+        }
+        Mode::Pipeline => {
+            let capacity = cfg.max_connections * hard_limit as usize;
+            Worker::spawn(&cfg, capacity, worker_core, waker.clone(), shared.clone())?
+        }
+    };
+    let info = ServerInfo {
+        price_scale: model.price_scale,
+        model_features: model.extra_features,
+        max_inflight: cfg.max_inflight,
+        model_version: model.version,
+        model_name: model.name.clone(),
+    };
+    let limits = Limits {
+        model_features: Some(model.extra_features),
+        symbols: cfg.symbols.as_ref().map(|ids| {
+            let mut table = vec![false; 1 << 16];
+            for &id in ids {
+                table[id as usize] = true;
+            }
+            table
+        }),
+    };
+    let ready = Ready { mode, poll: cfg.poll, io_core, worker_core, model };
+
+    let mut io = IoLoop {
+        poll,
+        events: Events::with_capacity(256),
+        listener: Some(listener),
+        socket_file: Some(socket_file),
+        conns: Slab::with_capacity(cfg.max_connections),
+        next_generation: 1,
+        info,
+        limits,
+        hard_limit,
+        stage,
+        dirty: Vec::with_capacity(cfg.max_connections),
+        resume: Vec::with_capacity(cfg.max_connections),
+        stats: Stats::default(),
+        shared,
+        last_publish: now_ns(),
+        last_log: now_ns(),
+        last_work: now_ns(),
+        shutdown,
+        cfg,
+    };
+    log::info!("listening on {} (control: {}.ctl)", io.cfg.socket.display(), io.cfg.socket.display());
+    on_ready(&ready);
+    io.run()?;
+    io.publish(true);
+    let report = io.shared.lock().map(|s| s.report()).unwrap_or_default();
+    Ok(report)
+}
+
+/// Where jobs go: scored on this thread, or handed to the worker.
+enum Stage {
+    Inline {
+        scorer: Box<Scorer>,
+        /// Jobs read this iteration; capacity INLINE_JOBS, never grows.
+        jobs: Vec<Job>,
+        /// Their answers, in order; same capacity.
+        dones: Vec<Done>,
+    },
+    Pipeline(Worker),
+}
+
+impl Stage {
+    /// Room for another job without growing a buffer.
+    fn has_room(&self) -> bool {
+        match self {
+            Stage::Inline { jobs, .. } => jobs.len() < jobs.capacity(),
+            Stage::Pipeline(w) => w.jobs_tx.slots() > 0,
+        }
+    }
+
+    fn admit(&mut self, job: Job) {
+        match self {
+            Stage::Inline { jobs, .. } => jobs.push(job),
+            Stage::Pipeline(w) => {
+                if w.jobs_tx.push(job).is_err() {
+                    // The hard in-flight limit sizes the ring so this cannot happen.
+                    unreachable!("request ring full despite the in-flight bound");
+                }
+                w.pushed = true;
+            }
+        }
+    }
+}
+
+/// The pipeline's inference worker, seen from the I/O thread.
+struct Worker {
+    jobs_tx: Producer<Job>,
+    done_rx: Consumer<Done>,
+    /// The worker sleeps on this when its ring is empty (block/adaptive).
+    worker_bell: Arc<Doorbell>,
+    /// The I/O thread sleeps on this when waiting in epoll (block/adaptive).
+    io_bell: Arc<Doorbell>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    /// Jobs were pushed since the last doorbell check.
+    pushed: bool,
+}
+
+impl Worker {
+    fn spawn(
+        cfg: &ServerConfig,
+        capacity: usize,
+        core: Option<usize>,
+        waker: Arc<Waker>,
+        shared: Arc<Mutex<Stats>>,
+    ) -> Result<(Stage, ModelInfo), ServerError> {
+        let (jobs_tx, mut jobs_rx) = ring::ring::<Job>(capacity);
+        let (mut done_tx, done_rx) = ring::ring::<Done>(capacity);
+        let worker_bell = Arc::new(Doorbell::default());
+        let io_bell = Arc::new(Doorbell::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (model_path, engine_opts, poll, spin) =
+            (cfg.model.clone(), cfg.engine.clone(), cfg.poll, cfg.spin);
+        let (wb, ib, st) = (worker_bell.clone(), io_bell.clone(), stop.clone());
+        let thread = std::thread::Builder::new().name("tickinfer-worker".into()).spawn(move || {
+            pin(core, "inference worker");
+            // The engine is built on the thread that runs it (ORT sessions stay on one thread).
+            let mut scorer = match Engine::load(&model_path, &engine_opts) {
+                Ok(engine) => {
+                    let _ = ready_tx.send(Ok(engine.info().clone()));
+                    Scorer::new(engine)
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let max_batch = scorer.engine().max_batch();
+            let mut jobs = Vec::with_capacity(max_batch);
+            let mut stats = Stats::default();
+            let mut last_work = now_ns();
+            let mut last_publish = now_ns();
+            loop {
+                jobs.clear();
+                if ring::pop_into(&mut jobs_rx, &mut jobs, max_batch) == 0 {
+                    // Acquire: pairs with the I/O thread's Release store after its last push.
+                    if st.load(Ordering::Acquire) && jobs_rx.is_empty() {
+                        break;
+                    }
+                    let idle_ns = now_ns() - last_work;
+                    let spin_more = match poll {
+                        PollMode::Spin => true,
+                        PollMode::Adaptive => idle_ns < spin.as_nanos() as u64,
+                        PollMode::Block => false,
+                    };
+                    if spin_more {
+                        std::hint::spin_loop();
+                    } else {
+                        wb.announce_sleep();
+                        if jobs_rx.is_empty() && !st.load(Ordering::Acquire) {
+                            std::thread::park_timeout(Duration::from_millis(100));
+                        }
+                        wb.wake_pending();
+                    }
+                    if now_ns() - last_publish > PUBLISH_EVERY_NS {
+                        publish(&mut stats, &shared, false);
+                        last_publish = now_ns();
+                    }
+                    continue;
+                }
+                scorer.score(&jobs, &mut stats, |done| {
+                    if done_tx.push(done).is_err() {
+                        unreachable!("response ring is as large as the request ring");
+                    }
+                });
+                last_work = now_ns();
+                if ib.should_wake() {
+                    let _ = waker.wake();
+                }
+            }
+            publish(&mut stats, &shared, true);
+        })?;
+        let model = match ready_rx.recv() {
+            Ok(Ok(model)) => model,
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => {
+                return Err(ServerError::Worker("the worker thread died while loading the model".into()))
+            }
+        };
+        let worker =
+            Worker { jobs_tx, done_rx, worker_bell, io_bell, stop, thread: Some(thread), pushed: false };
+        Ok((Stage::Pipeline(worker), model))
+    }
+
+    fn stop(&mut self) {
+        // Release: the worker's Acquire load sees every job pushed before this.
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Fold `local` into `shared`: with `try_lock` on the hot path (never wait),
+/// with `lock` when `force`.
+fn publish(local: &mut Stats, shared: &Mutex<Stats>, force: bool) {
+    if local.is_empty() {
+        return;
+    }
+    let guard = if force { shared.lock().ok() } else { shared.try_lock().ok() };
+    if let Some(mut s) = guard {
+        s.merge(local);
+        local.reset();
+    }
+}
+
+struct IoLoop {
+    poll: Poll,
+    events: Events,
+    listener: Option<UnixListener>,
+    socket_file: Option<SocketFile>,
+    conns: Slab<Conn>,
+    next_generation: u32,
+    info: ServerInfo,
+    limits: Limits,
+    /// In-flight requests past which a connection is not read (backpressure).
+    hard_limit: u32,
+    stage: Stage,
+    /// Connections with queued output; each at most once (`Conn::dirty`).
+    dirty: Vec<usize>,
+    /// Connections paused at the hard limit whose in-flight count fell.
+    resume: Vec<usize>,
+    stats: Stats,
+    shared: Arc<Mutex<Stats>>,
+    last_publish: u64,
+    last_log: u64,
+    last_work: u64,
+    shutdown: Arc<Shutdown>,
+    cfg: ServerConfig,
+}
+
+impl IoLoop {
+    fn run(&mut self) -> io::Result<()> {
+        loop {
+            let timeout = self.poll_timeout();
+            self.poll_once(timeout)?;
+            self.advance();
+            if self.shutdown.is_triggered() {
+                return self.drain();
+            }
+        }
+    }
+
+    /// Everything after the poll: stage work, routing, flushing, stats.
+    fn advance(&mut self) {
+        loop {
+            let moved = self.exchange();
+            self.resume_paused();
+            if moved == 0 {
+                break;
+            }
+        }
+        self.flush_dirty();
+        self.tick();
+    }
+
+    fn poll_timeout(&mut self) -> Option<Duration> {
+        let idle_ns = now_ns() - self.last_work;
+        let spin = match self.cfg.poll {
+            PollMode::Spin => true,
+            PollMode::Adaptive => idle_ns < self.cfg.spin.as_nanos() as u64,
+            PollMode::Block => false,
+        };
+        if spin {
+            return Some(Duration::ZERO);
+        }
+        // About to block: in pipeline mode, make sure no answer is waiting first.
+        if let Stage::Pipeline(w) = &self.stage {
+            w.io_bell.announce_sleep();
+            if !w.done_rx.is_empty() {
+                w.io_bell.wake_pending();
+                return Some(Duration::ZERO);
+            }
+        }
+        Some(Duration::from_millis(200))
+    }
+
+    fn poll_once(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        loop {
+            match self.poll.poll(&mut self.events, timeout) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if let Stage::Pipeline(w) = &self.stage {
+            w.io_bell.wake_pending();
+        }
+        // Collect first: handlers need `&mut self`.
+        let mut ready: [(Token, bool, bool); 256] = [(Token(0), false, false); 256];
+        let mut n = 0;
+        for ev in self.events.iter() {
+            ready[n] =
+                (ev.token(), ev.is_readable() || ev.is_read_closed() || ev.is_error(), ev.is_writable());
+            n += 1;
+        }
+        for &(token, readable, writable) in &ready[..n] {
+            match token {
+                LISTENER => self.accept(),
+                WAKER => {}
+                Token(t) => {
+                    let slot = t - 1;
+                    if writable {
+                        self.mark_dirty(slot);
+                    }
+                    if readable {
+                        self.read_conn(slot);
+                    }
+                }
+            }
+        }
+        if n > 0 {
+            self.last_work = now_ns();
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let Some(listener) = &self.listener else { return };
+            let stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("accept failed: {e}");
+                    return;
+                }
+            };
+            let generation = self.next_generation;
+            self.next_generation = self.next_generation.wrapping_add(1).max(1);
+            let mut conn = match Conn::new(stream, generation) {
+                Ok(c) => c,
+                Err(e) => {
+                    log::warn!("new connection: cannot read peer credentials: {e}");
+                    continue;
+                }
+            };
+            let refuse = if !self.cfg.policy.admits(&conn.peer) {
+                Some(Status::PermissionDenied)
+            } else if self.conns.len() >= self.cfg.max_connections {
+                Some(Status::TooManyConnections)
+            } else {
+                None
+            };
+            if let Some(status) = refuse {
+                log::warn!(
+                    "refusing connection from pid {} uid {} gid {}: {}",
+                    conn.peer.pid,
+                    conn.peer.uid,
+                    conn.peer.gid,
+                    status
+                );
+                self.stats.connections_refused += 1;
+                // A fresh socket's buffer always takes one 64-byte ack; the client reads it after its hello.
+                conn.queue(bytemuck::bytes_of(&MlHelloAck::new(status, &self.info)));
+                let _ = conn.flush();
+                continue;
+            }
+            let entry = self.conns.vacant_entry();
+            let slot = entry.key();
+            if let Err(e) =
+                self.poll.registry().register(&mut conn.stream, Token(slot + 1), Interest::READABLE)
+            {
+                log::warn!("cannot register connection: {e}");
+                continue;
+            }
+            log::debug!("connection {slot} from pid {} uid {}", conn.peer.pid, conn.peer.uid);
+            entry.insert(conn);
+            self.stats.connections_accepted += 1;
+            // Data may already be waiting (edge-triggered): read now.
+            self.read_conn(slot);
+        }
+    }
+
+    /// Read and decode one connection until `WouldBlock`, EOF, the hard
+    /// in-flight limit (→ resume list) or a full stage (→ score, continue).
+    fn read_conn(&mut self, slot: usize) {
+        loop {
+            let Some(conn) = self.conns.get_mut(slot) else { return };
+            if conn.close_after_flush || conn.peer_closed {
+                return;
+            }
+            let outcome = conn.read_some();
+            let recv_ns = now_ns();
+            let mut blocked = false; // stopped decoding with bytes left
+            loop {
+                if conn.inflight >= self.hard_limit {
+                    conn.read_paused = true;
+                    blocked = true;
+                    break;
+                }
+                if !self.stage.has_room() {
+                    blocked = true;
+                    break;
+                }
+                match conn.decode_next() {
+                    Decoded::NeedMore => break,
+                    Decoded::Hello => {
+                        conn.queue_ack(Status::Ok, &self.info);
+                        if !conn.dirty {
+                            conn.dirty = true;
+                            self.dirty.push(slot);
+                        }
+                    }
+                    Decoded::Request(req) => {
+                        let status = if conn.inflight >= self.cfg.max_inflight {
+                            Status::Overloaded
+                        } else {
+                            crate::wire::validate(&req, &self.limits)
+                        };
+                        conn.inflight += 1;
+                        self.stage.admit(Job {
+                            slot: slot as u32,
+                            generation: conn.generation,
+                            recv_ns,
+                            status,
+                            req,
+                        });
+                    }
+                    Decoded::Error(e) => {
+                        log::warn!(
+                            "connection {slot} (pid {} uid {}): {e}; answering {} and closing",
+                            conn.peer.pid,
+                            conn.peer.uid,
+                            e.status()
+                        );
+                        if conn.decoder.is_open() {
+                            // Behind the requests already in flight, so it arrives last.
+                            conn.inflight += 1;
+                            let req = crate::wire::MlRequest::new();
+                            self.stage.admit(Job {
+                                slot: slot as u32,
+                                generation: conn.generation,
+                                recv_ns,
+                                status: Status::BadFrame,
+                                req,
+                            });
+                            conn.close_after_flush = true;
+                        } else {
+                            conn.queue_ack(e.status(), &self.info);
+                            conn.close_after_flush = true;
+                            if !conn.dirty {
+                                conn.dirty = true;
+                                self.dirty.push(slot);
+                            }
+                        }
+                        return;
+                    }
+                }
+            }
+            if blocked {
+                if conn.read_paused {
+                    return; // resumed from resume_paused() when answers drain
+                }
+                self.exchange(); // full stage: score/route now, then keep reading
+                continue;
+            }
+            match outcome {
+                ReadOutcome::Data => continue,
+                ReadOutcome::WouldBlock => return,
+                ReadOutcome::Closed => {
+                    conn.peer_closed = true;
+                    if !conn.dirty {
+                        conn.dirty = true; // so close-when-done is checked
+                        self.dirty.push(slot);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Score (inline) or hand over / collect (pipeline); route answers.
+    /// Returns how many answers were routed.
+    fn exchange(&mut self) -> usize {
+        let send_ns = now_ns();
+        let mut routed = 0;
+        match &mut self.stage {
+            Stage::Inline { scorer, jobs, dones } => {
+                if jobs.is_empty() {
+                    return 0;
+                }
+                scorer.score(jobs, &mut self.stats, |done| dones.push(done));
+                jobs.clear();
+                let send_ns = now_ns();
+                for done in dones.drain(..) {
+                    route(
+                        &mut self.conns,
+                        &mut self.dirty,
+                        &mut self.resume,
+                        &mut self.stats,
+                        self.hard_limit,
+                        done,
+                        send_ns,
+                    );
+                    routed += 1;
+                }
+            }
+            Stage::Pipeline(w) => {
+                if w.pushed {
+                    w.pushed = false;
+                    if w.worker_bell.should_wake() {
+                        if let Some(t) = &w.thread {
+                            t.thread().unpark();
+                        }
+                    }
+                }
+                while let Ok(done) = w.done_rx.pop() {
+                    route(
+                        &mut self.conns,
+                        &mut self.dirty,
+                        &mut self.resume,
+                        &mut self.stats,
+                        self.hard_limit,
+                        done,
+                        send_ns,
+                    );
+                    routed += 1;
+                }
+            }
+        }
+        if routed > 0 {
+            self.last_work = now_ns();
+        }
+        routed
+    }
+
+    fn resume_paused(&mut self) {
+        while let Some(slot) = self.resume.pop() {
+            if let Some(conn) = self.conns.get_mut(slot) {
+                if conn.read_paused && conn.inflight < self.hard_limit {
+                    conn.read_paused = false;
+                    self.read_conn(slot);
+                }
+            }
+        }
+    }
+
+    fn mark_dirty(&mut self, slot: usize) {
+        if let Some(conn) = self.conns.get_mut(slot) {
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(slot);
+            }
+        }
+    }
+
+    /// Flush connections with output; switch WRITABLE interest; close finished ones.
+    fn flush_dirty(&mut self) {
+        while let Some(slot) = self.dirty.pop() {
+            let Some(conn) = self.conns.get_mut(slot) else { continue };
+            conn.dirty = false;
+            let close = match conn.flush() {
+                Ok(true) => {
+                    if conn.want_write {
+                        conn.want_write = false;
+                        let _ = self.poll.registry().reregister(
+                            &mut conn.stream,
+                            Token(slot + 1),
+                            Interest::READABLE,
+                        );
+                    }
+                    (conn.close_after_flush || conn.peer_closed) && conn.inflight == 0
+                }
+                Ok(false) if conn.queued() > self.cfg.write_buffer_limit => {
+                    log::warn!(
+                        "connection {slot} (pid {} uid {}): slow reader, {} bytes of answers unread (limit {}); \
+                         disconnecting",
+                        conn.peer.pid,
+                        conn.peer.uid,
+                        conn.queued(),
+                        self.cfg.write_buffer_limit
+                    );
+                    self.stats.slow_reader_disconnects += 1;
+                    true
+                }
+                Ok(false) => {
+                    if !conn.want_write {
+                        conn.want_write = true;
+                        let _ = self.poll.registry().reregister(
+                            &mut conn.stream,
+                            Token(slot + 1),
+                            Interest::READABLE | Interest::WRITABLE,
+                        );
+                    }
+                    false
+                }
+                Err(e) => {
+                    log::debug!("connection {slot}: write failed ({e}); closing");
+                    true
+                }
+            };
+            if close {
+                self.close(slot);
+            }
+        }
+    }
+
+    fn close(&mut self, slot: usize) {
+        if let Some(mut conn) = self.conns.try_remove(slot) {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            log::debug!("connection {slot} closed ({} in flight dropped)", conn.inflight);
+        }
+    }
+
+    fn publish(&mut self, force: bool) {
+        publish(&mut self.stats, &self.shared, force);
+    }
+
+    fn tick(&mut self) {
+        let now = now_ns();
+        if now - self.last_publish > PUBLISH_EVERY_NS {
+            self.publish(false);
+            self.last_publish = now;
+        }
+        let every = self.cfg.stats_interval.as_nanos() as u64;
+        if every > 0 && now - self.last_log > every {
+            self.last_log = now;
+            if let Ok(s) = self.shared.lock() {
+                let r = s.report();
+                log::info!(
+                    "stats: {} answered; total p50 {} ns p99 {} p99.9 {}; inference p50 {} ns; queue p50 {} ns; \
+                     {} connections",
+                    r.responses,
+                    r.total_ns.p50,
+                    r.total_ns.p99,
+                    r.total_ns.p999,
+                    r.inference_ns.p50,
+                    r.queue_ns.p50,
+                    self.conns.len()
+                );
+            }
+        }
+    }
+
+    /// Stop accepting, answer every request already sent, flush, close.
+    fn drain(&mut self) -> io::Result<()> {
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        self.socket_file.take(); // removes the socket file: no new clients find us
+        log::info!("draining: stopped accepting; answering {} connections' requests", self.conns.len());
+        let deadline = now_ns() + DRAIN_DEADLINE.as_nanos() as u64;
+        loop {
+            // Everything clients sent before now is read and answered.
+            let slots: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+            for &slot in &slots {
+                self.read_conn(slot);
+            }
+            self.advance();
+            let pending: usize = self.conns.iter().map(|(_, c)| c.inflight as usize + c.queued()).sum();
+            if pending == 0 {
+                break;
+            }
+            if now_ns() > deadline {
+                log::warn!("drain deadline passed with {pending} requests/bytes unanswered");
+                break;
+            }
+            self.poll_once(Some(Duration::from_millis(1)))?;
+        }
+        let n = self.conns.len();
+        let slots: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for slot in slots {
+            self.close(slot);
+        }
+        if let Stage::Pipeline(w) = &mut self.stage {
+            w.stop();
+        }
+        log::info!("drained: {n} connections closed");
+        Ok(())
+    }
+}
+
+/// Deliver one answer to its connection (if it is still the same connection).
+fn route(
+    conns: &mut Slab<Conn>,
+    dirty: &mut Vec<usize>,
+    resume: &mut Vec<usize>,
+    stats: &mut Stats,
+    hard_limit: u32,
+    done: Done,
+    send_ns: u64,
+) {
+    let slot = done.slot as usize;
+    let Some(conn) = conns.get_mut(slot) else { return };
+    if conn.generation != done.generation {
+        return; // the connection closed and its slot was reused
+    }
+    let mut resp = done.resp;
+    resp.server_send_ns = send_ns;
+    conn.queue_response(&resp);
+    debug_assert!(conn.inflight > 0);
+    conn.inflight -= 1;
+    stats.total.saturating_record(send_ns.saturating_sub(resp.server_recv_ns));
+    if let Some(c) = stats.status.get_mut(resp.status as usize) {
+        *c += 1;
+    }
+    if !conn.dirty {
+        conn.dirty = true;
+        dirty.push(slot);
+    }
+    if conn.read_paused && conn.inflight < hard_limit {
+        resume.push(slot);
+    }
+}

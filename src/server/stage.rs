@@ -1,0 +1,111 @@
+//! The scoring stage, shared by inline and pipeline modes: a run of jobs in,
+//! one response per job out, in the same order.
+
+use crate::clock::now_ns;
+use crate::engine::Engine;
+use crate::manifest::Prediction;
+use crate::stats::Stats;
+use crate::wire::{MlRequest, MlResponse, Status, RESPONSE_END};
+
+/// One request on its way through the pipeline.
+#[derive(Clone, Copy, Debug)]
+pub struct Job {
+    /// Connection slot and its generation (see `transport::Conn::generation`).
+    pub slot: u32,
+    pub generation: u32,
+    /// `CLOCK_MONOTONIC` ns when the bytes were read.
+    pub recv_ns: u64,
+    /// `Ok`: run the model. Anything else: answer with this status, in order.
+    pub status: Status,
+    pub req: MlRequest,
+}
+
+/// One answer on its way back to its connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Done {
+    pub slot: u32,
+    pub generation: u32,
+    pub resp: MlResponse,
+}
+
+/// Runs the model over jobs, batching consecutive runnable ones.
+pub struct Scorer {
+    engine: Engine,
+    model_version: u32,
+    max_batch: usize,
+    /// Requests of the batch being run; capacity `max_batch`, never grows.
+    batch: Vec<MlRequest>,
+    preds: Vec<Prediction>,
+}
+
+impl Scorer {
+    pub fn new(engine: Engine) -> Scorer {
+        let max_batch = engine.max_batch();
+        Scorer {
+            model_version: engine.info().version,
+            engine,
+            max_batch,
+            batch: Vec::with_capacity(max_batch),
+            preds: vec![Prediction::default(); max_batch],
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Score `jobs` and call `emit` once per job, in order. Runnable jobs are
+    /// run in batches of up to `max_batch` (a batch spans the error answers
+    /// between them). No allocation.
+    pub fn score(&mut self, jobs: &[Job], stats: &mut Stats, mut emit: impl FnMut(Done)) {
+        let mut start = 0;
+        while start < jobs.len() {
+            // Take jobs until max_batch runnable ones are collected.
+            self.batch.clear();
+            let mut end = start;
+            while end < jobs.len() && self.batch.len() < self.max_batch {
+                if jobs[end].status == Status::Ok {
+                    self.batch.push(jobs[end].req);
+                }
+                end += 1;
+            }
+            let n = self.batch.len();
+            let t0 = now_ns();
+            let (outcome, t1) = if n > 0 {
+                let r = self.engine.predict(&self.batch, &mut self.preds[..n]);
+                let t1 = now_ns();
+                stats.inference.saturating_record(t1 - t0);
+                stats.batch.saturating_record(n as u64);
+                if let Err(e) = &r {
+                    log::error!("model run of {n} requests failed: {e}");
+                }
+                (r.is_ok(), t1)
+            } else {
+                (true, t0)
+            };
+            let mut k = 0;
+            for job in &jobs[start..end] {
+                stats.queue.saturating_record(t0.saturating_sub(job.recv_ns));
+                let mut resp =
+                    MlResponse::error(job.req.request_id, job.req.symbol_id, job.status, job.recv_ns);
+                if job.status == Status::Ok {
+                    if outcome {
+                        let p = self.preds[k];
+                        resp.direction = p.direction;
+                        resp.confidence = p.confidence;
+                        resp.target_price = p.target_price;
+                    } else {
+                        resp.status = Status::ModelFailure.code();
+                    }
+                    resp.inference_latency_ns = t1 - t0;
+                    resp.batch_size = n as u16;
+                    resp.model_version = self.model_version;
+                    k += 1;
+                }
+                debug_assert_eq!({ resp.frame_end }, RESPONSE_END);
+                emit(Done { slot: job.slot, generation: job.generation, resp });
+            }
+            start = end;
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The socket side of the request's path: a safe listening socket, and one
+//! [`Conn`] per client with its read buffer, frame decoder, write buffer and
+//! in-flight accounting. No model code here: `server` drives it.
+
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use mio::net::UnixStream;
+
+use crate::sys::{self, PeerCred};
+use crate::wire::{Frame, MlHelloAck, MlRequest, MlResponse, ServerInfo, Status, WireError, RESPONSE_SIZE};
+
+/// Who may connect and how the socket file is published.
+#[derive(Clone, Debug)]
+pub struct SocketPolicy {
+    /// Permission bits of the socket file (default 0o600).
+    pub mode: u32,
+    /// Group owner of the socket file, if set.
+    pub group: Option<u32>,
+    /// Peer uids allowed (empty: any uid that can open the file).
+    pub allow_uids: Vec<u32>,
+    /// Peer gids allowed (empty: any).
+    pub allow_gids: Vec<u32>,
+}
+
+impl Default for SocketPolicy {
+    fn default() -> Self {
+        SocketPolicy { mode: 0o600, group: None, allow_uids: vec![], allow_gids: vec![] }
+    }
+}
+
+impl SocketPolicy {
+    /// Whether a peer with these credentials may use the server. With both
+    /// lists set, either match admits the peer.
+    pub fn admits(&self, peer: &PeerCred) -> bool {
+        if self.allow_uids.is_empty() && self.allow_gids.is_empty() {
+            return true;
+        }
+        self.allow_uids.contains(&peer.uid) || self.allow_gids.contains(&peer.gid)
+    }
+}
+
+/// Why the listening socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("{0} is a symbolic link; refusing to follow it (remove it or choose another --socket path)")]
+    Symlink(PathBuf),
+    #[error(
+        "a tickinfer server (or another program) is already listening on {0}; stop it or choose another path"
+    )]
+    Live(PathBuf),
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    #[error("cannot set up socket {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// The file of a bound listening socket; removes it on drop if it is still ours.
+pub struct SocketFile {
+    path: PathBuf,
+    /// (dev, ino) of the file we bound, to never remove someone else's.
+    identity: (u64, u64),
+}
+
+impl SocketFile {
+    /// Bind `path` safely: never through a symlink, refusing a live server's
+    /// socket, replacing a stale one, publishing the file with `policy`'s mode
+    /// and group from the start (umask held during bind).
+    pub fn bind(
+        path: &Path,
+        policy: &SocketPolicy,
+    ) -> Result<(std::os::unix::net::UnixListener, SocketFile), ListenError> {
+        let io_err = |source| ListenError::Io { path: path.to_path_buf(), source };
+        match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(e)),
+            Ok(meta) if meta.file_type().is_symlink() => return Err(ListenError::Symlink(path.into())),
+            Ok(meta) if meta.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => return Err(ListenError::Live(path.into())),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    log::warn!("replacing stale socket {} (no server listening)", path.display());
+                    std::fs::remove_file(path).map_err(io_err)?;
+                }
+                Err(e) => return Err(io_err(e)),
+            },
+            Ok(_) => return Err(ListenError::NotASocket(path.into())),
+        }
+        // Bind with a umask that leaves at most `mode`: the file is never more open than asked.
+        let old = sys::umask(0o777 & !policy.mode);
+        let bound = std::os::unix::net::UnixListener::bind(path);
+        sys::umask(old);
+        let std_listener = bound.map_err(io_err)?;
+        if let Some(gid) = policy.group {
+            sys::chgrp(path, gid).map_err(io_err)?;
+        }
+        sys::chmod(path, policy.mode).map_err(io_err)?;
+        std_listener.set_nonblocking(true).map_err(io_err)?;
+        let meta = std::fs::symlink_metadata(path).map_err(io_err)?;
+        Ok((std_listener, SocketFile { path: path.to_path_buf(), identity: (meta.dev(), meta.ino()) }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Remove the socket file if it is still the one we bound.
+    pub fn remove_file(&self) {
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
+            if (meta.dev(), meta.ino()) == self.identity {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        self.remove_file();
+    }
+}
+
+/// Read buffer size per connection: 337 requests.
+pub const READ_BUFFER: usize = 64 * 1024;
+
+/// One client connection.
+pub struct Conn {
+    pub stream: UnixStream,
+    /// Incremented each time a slab slot is reused, so late responses for a
+    /// closed connection are dropped, never delivered to its successor.
+    pub generation: u32,
+    pub peer: PeerCred,
+    pub decoder: crate::wire::Decoder,
+    /// Bytes `[rpos, rlen)` are received and not yet decoded; `rpos <= rlen <= rbuf.len()`.
+    rbuf: Box<[u8]>,
+    rpos: usize,
+    rlen: usize,
+    /// Bytes `[wpos, wbuf.len())` are queued for the kernel.
+    wbuf: Vec<u8>,
+    wpos: usize,
+    /// Requests read whose responses are not yet queued in `wbuf`.
+    pub inflight: u32,
+    /// The peer closed its side (EOF): close once nothing is in flight or queued.
+    pub peer_closed: bool,
+    /// Close after the write buffer drains (after a refusal or BAD_FRAME).
+    pub close_after_flush: bool,
+    /// Reading stopped at the hard in-flight limit; resume when it falls.
+    pub read_paused: bool,
+    /// WRITABLE interest is registered (the kernel buffer was full).
+    pub want_write: bool,
+    /// On the server's flush list this iteration.
+    pub dirty: bool,
+}
+
+/// The next frame of a connection's received bytes (copied out).
+#[derive(Debug)]
+pub enum Decoded {
+    /// A valid hello (answer it with an ack).
+    Hello,
+    /// A whole request frame (not yet validated).
+    Request(MlRequest),
+    /// The stream cannot be trusted: answer `e.status()` and close.
+    Error(WireError),
+    /// No whole frame yet.
+    NeedMore,
+}
+
+/// Outcome of reading a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// Bytes were read (more may follow).
+    Data,
+    /// No more bytes for now.
+    WouldBlock,
+    /// The peer closed (EOF) or the socket failed.
+    Closed,
+}
+
+impl Conn {
+    pub fn new(stream: UnixStream, generation: u32) -> io::Result<Conn> {
+        let peer = sys::peer_cred(stream.as_raw_fd())?;
+        Ok(Conn {
+            stream,
+            generation,
+            peer,
+            decoder: crate::wire::Decoder::new(),
+            rbuf: vec![0u8; READ_BUFFER].into_boxed_slice(),
+            rpos: 0,
+            rlen: 0,
+            wbuf: Vec::with_capacity(64 * RESPONSE_SIZE),
+            wpos: 0,
+            inflight: 0,
+            peer_closed: false,
+            close_after_flush: false,
+            read_paused: false,
+            want_write: false,
+            dirty: false,
+        })
+    }
+
+    /// One `read()` into the free tail of the read buffer (retrying EINTR).
+    pub fn read_some(&mut self) -> ReadOutcome {
+        if self.rpos == self.rlen {
+            (self.rpos, self.rlen) = (0, 0); // everything decoded: start at the front
+        }
+        if self.rlen == self.rbuf.len() {
+            return ReadOutcome::Data; // full: the caller must decode frames first
+        }
+        loop {
+            match self.stream.read(&mut self.rbuf[self.rlen..]) {
+                Ok(0) => return ReadOutcome::Closed,
+                Ok(n) => {
+                    self.rlen += n;
+                    return ReadOutcome::Data;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::WouldBlock,
+                Err(_) => return ReadOutcome::Closed,
+            }
+        }
+    }
+
+    /// Decode the next frame from the received bytes and consume it.
+    #[inline]
+    pub fn decode_next(&mut self) -> Decoded {
+        let (decoded, used) = match self.decoder.next(&self.rbuf[self.rpos..self.rlen]) {
+            Ok(None) => {
+                // Keep the partial frame; move it to the front so the buffer has room.
+                if self.rpos > 0 {
+                    self.rbuf.copy_within(self.rpos..self.rlen, 0);
+                    self.rlen -= self.rpos;
+                    self.rpos = 0;
+                }
+                return Decoded::NeedMore;
+            }
+            Ok(Some((Frame::Hello(_), n))) => (Decoded::Hello, n),
+            Ok(Some((Frame::Request(r), n))) => (Decoded::Request(*r), n),
+            Err(e) => return Decoded::Error(e),
+        };
+        self.rpos += used;
+        debug_assert!(self.rpos <= self.rlen);
+        decoded
+    }
+
+    /// Bytes waiting for the kernel.
+    pub fn queued(&self) -> usize {
+        self.wbuf.len() - self.wpos
+    }
+
+    /// Queue raw bytes for writing.
+    pub fn queue(&mut self, bytes: &[u8]) {
+        self.wbuf.extend_from_slice(bytes);
+    }
+
+    /// Queue one response.
+    #[inline]
+    pub fn queue_response(&mut self, resp: &MlResponse) {
+        self.wbuf.extend_from_slice(bytemuck::bytes_of(resp));
+    }
+
+    /// Queue a hello ack.
+    pub fn queue_ack(&mut self, status: Status, info: &ServerInfo) {
+        self.queue(bytemuck::bytes_of(&MlHelloAck::new(status, info)));
+    }
+
+    /// Write as much as the kernel takes. `Ok(true)`: all flushed.
+    pub fn flush(&mut self) -> io::Result<bool> {
+        while self.wpos < self.wbuf.len() {
+            match self.stream.write(&self.wbuf[self.wpos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.wpos += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        self.wbuf.clear();
+        self.wpos = 0;
+        Ok(true)
+    }
+}
