@@ -174,6 +174,58 @@ full_confidence = 3.0
     write_parity("ridge_return", path, cfg, random_requests(rng, 48, 1), "features", out_name)
 
 
+def failing_fixture():
+    """A model that fails at run time on purpose: extra:0 is used as an index into a
+    3-element table, so a request with extra 0 outside 0..2 makes ONNX Runtime's Gather
+    fail. Used to test that a failed model run answers ML_ERR_MODEL_FAILURE."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    table = helper.make_tensor("table", TensorProto.FLOAT, [3], [0.1, -0.9, 0.7])
+    nodes = [
+        helper.make_node("Cast", ["x"], ["idx"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "idx"], ["y"], axis=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "failing_gather",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+        initializer=[table],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, os.path.join(FIX, "models", "failing_gather.onnx"))
+    with open(os.path.join(FIX, "models", "failing_gather.toml"), "w") as f:
+        f.write(f"""# Fixture: fails at run time when extra:0 is outside 0..2 (Gather index out of range).
+[model]
+name = "failing_gather"
+version = 1
+onnx = "failing_gather.onnx"
+price_scale = {PRICE_SCALE}
+
+[input]
+name = "x"
+features = ["extra:0"]
+
+[output]
+kind = "regression"
+name = "y"
+target = "mid_return_bps"
+flat_threshold = 0.5
+full_confidence = 1.0
+""")
+    sess = ort.InferenceSession(os.path.join(FIX, "models", "failing_gather.onnx"), providers=["CPUExecutionProvider"])
+    assert abs(sess.run(None, {"x": np.array([[2.0]], dtype=np.float32)})[0][0][0] - 0.7) < 1e-6
+    try:
+        sess.run(None, {"x": np.array([[7.0]], dtype=np.float32)})
+        raise SystemExit("failing_gather did not fail on an out-of-range index")
+    except SystemExit:
+        raise
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+        print(f"failing_gather: fails as intended ({type(e).__name__})")
+
+
 def default_model_parity(rng):
     import tomllib
     with open(os.path.join(ROOT, "models", "lobster_direction.toml"), "rb") as f:
@@ -192,3 +244,4 @@ if __name__ == "__main__":
     lgbm_fixture(rng)
     ridge_fixture(rng)
     default_model_parity(rng)
+    failing_fixture()

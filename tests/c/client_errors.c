@@ -25,6 +25,9 @@ static void good(ml_request_t *r, uint64_t id) {
     r->book_imbalance = 500000;
     r->request_id = id;
     r->symbol_id = 3;
+    r->n_features = 2; /* the test model reads extra:0 and extra:1 */
+    r->features[0] = 0.5f;
+    r->features[1] = -0.25f;
 }
 
 int main(int argc, char **argv) {
@@ -38,7 +41,8 @@ int main(int argc, char **argv) {
     CHECK(rc == ML_CLIENT_ERR_CONNECT, "connect to a missing socket fails with ML_CLIENT_ERR_CONNECT");
 
     rc = ml_client_connect(&c, path, 2000);
-    CHECK(rc == 0 && c.ack.status == ML_OK && c.ack.price_scale == 10000, "connect + hello");
+    CHECK(rc == 0 && c.ack.status == ML_OK && c.ack.price_scale == 10000 && c.ack.model_features == 2,
+          "connect + hello");
 
     rc = ml_client_try_recv(&c, &resp);
     CHECK(rc == ML_CLIENT_ERR_WOULD_BLOCK, "try_recv with nothing in flight would block");
@@ -54,16 +58,21 @@ int main(int argc, char **argv) {
           "crossed book answered with ML_ERR_CROSSED_BOOK, id echoed");
 
     good(&r, 42);
-    r.n_features = 2;
     r.features[1] = NAN;
     CHECK(ml_client_send(&c, &r) == 0 && ml_client_recv_spin(&c, &resp, 2000000000ull) == 0, "send NaN");
     CHECK(resp.status == ML_ERR_NONFINITE_FEATURE && resp.request_id == 42, "NaN answered with its status");
+
+    good(&r, 44);
+    r.n_features = 1;
+    CHECK(ml_client_send(&c, &r) == 0 && ml_client_recv(&c, &resp, 2000) == 0, "send 1 of 2 features");
+    CHECK(resp.status == ML_ERR_FEATURE_COUNT && resp.request_id == 44, "wrong feature count named");
 
     for (i = 0; i < 100; i++) good(&batch[i], 1000 + (uint64_t)i);
     CHECK(ml_client_send_batch(&c, batch, 100) == 0, "batch of 100 in one call");
     for (i = 0; i < 100; i++) {
         rc = ml_client_recv(&c, &resp, 2000);
-        if (rc != 0 || resp.request_id != 1000 + (uint64_t)i || resp.status != ML_OK || resp.direction != 1) {
+        if (rc != 0 || resp.request_id != 1000 + (uint64_t)i || resp.status != ML_OK || resp.direction < -1 ||
+            resp.direction > 1 || resp.confidence > 100 || resp.target_price != 1000050 || resp.batch_size == 0) {
             fprintf(stderr, "FAIL batch response %d: rc=%d id=%llu status=%u\n", i, rc,
                     (unsigned long long)resp.request_id, (unsigned)resp.status);
             return 1;

@@ -1,20 +1,13 @@
-//! Helpers shared by the integration tests: a protocol-speaking test server and
-//! a C/C++ compiler driver.
+//! Helpers shared by the integration tests: the real server and a Rust client
+//! (`server`), parity fixtures, and a C/C++ compiler driver.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+pub mod server;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Duration;
 
-use tickinfer::clock::now_ns;
-use tickinfer::wire::{
-    self, Decoder, Frame, Limits, MlHelloAck, MlRequest, MlResponse, ServerInfo, Status, RESPONSE_END,
-};
+use tickinfer::wire::{self, MlRequest};
 
 /// Repository root (where Cargo.toml is).
 pub fn repo_root() -> PathBuf {
@@ -42,131 +35,6 @@ pub fn compile(lang: &str, sources: &[&Path], out: &Path) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-}
-
-/// The toy scoring rule of the test server: direction from the book imbalance,
-/// confidence from its size, target price = mid. Tests predict responses with it.
-pub fn toy_score(req: &MlRequest) -> (i8, u8, i64) {
-    let imb = req.book_imbalance;
-    let direction = if imb > 100_000 {
-        1
-    } else if imb < -100_000 {
-        -1
-    } else {
-        0
-    };
-    let confidence = (imb.unsigned_abs() / 10_000).min(100) as u8;
-    let mid = (req.bid_price + req.ask_price) / 2;
-    (direction, confidence, mid)
-}
-
-/// A thread-per-connection server that speaks the tickinfer protocol with the
-/// toy rule. Stands in for the real server in the client-library tests.
-pub struct TestServer {
-    pub path: PathBuf,
-    _dir: tempfile::TempDir,
-    stop: Arc<AtomicBool>,
-    pub answered: Arc<AtomicU64>,
-    accept: Option<JoinHandle<()>>,
-}
-
-impl TestServer {
-    pub fn start(limits: Limits) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("test.sock");
-        let listener = UnixListener::bind(&path).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let answered = Arc::new(AtomicU64::new(0));
-        let (stop2, answered2) = (stop.clone(), answered.clone());
-        let accept = std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if stop2.load(Ordering::Acquire) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let (limits, answered) = (limits.clone(), answered2.clone());
-                std::thread::spawn(move || serve_conn(conn, &limits, &answered));
-            }
-        });
-        TestServer { path, _dir: dir, stop, answered, accept: Some(accept) }
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        let _ = UnixStream::connect(&self.path); // wake the accept loop
-        if let Some(h) = self.accept.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-fn serve_conn(mut conn: UnixStream, limits: &Limits, answered: &AtomicU64) {
-    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let info = ServerInfo {
-        price_scale: 10_000,
-        model_features: limits.model_features.unwrap_or(0),
-        max_inflight: 1024,
-        model_version: 1,
-        model_name: "test-server-toy".into(),
-    };
-    let mut decoder = Decoder::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut len = 0;
-    let mut out: Vec<u8> = Vec::new();
-    loop {
-        let n = match conn.read(&mut buf[len..]) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        let recv_ns = now_ns();
-        len += n;
-        let mut pos = 0;
-        out.clear();
-        let mut close = false;
-        loop {
-            match decoder.next(&buf[pos..len]) {
-                Ok(None) => break,
-                Ok(Some((Frame::Hello(_), used))) => {
-                    out.extend_from_slice(bytemuck::bytes_of(&MlHelloAck::new(Status::Ok, &info)));
-                    pos += used;
-                }
-                Ok(Some((Frame::Request(req), used))) => {
-                    let status = wire::validate(req, limits);
-                    let mut resp = MlResponse::error(req.request_id, req.symbol_id, status, recv_ns);
-                    if status == Status::Ok {
-                        let (d, c, t) = toy_score(req);
-                        resp.direction = d;
-                        resp.confidence = c;
-                        resp.target_price = t;
-                        resp.model_version = 1;
-                        resp.batch_size = 1;
-                    }
-                    resp.server_send_ns = now_ns();
-                    debug_assert_eq!({ resp.frame_end }, RESPONSE_END);
-                    out.extend_from_slice(bytemuck::bytes_of(&resp));
-                    answered.fetch_add(1, Ordering::Relaxed);
-                    pos += used;
-                }
-                Err(e) => {
-                    let status = e.status();
-                    if decoder.is_open() {
-                        out.extend_from_slice(bytemuck::bytes_of(&MlResponse::error(0, 0, status, recv_ns)));
-                    } else {
-                        out.extend_from_slice(bytemuck::bytes_of(&MlHelloAck::new(status, &info)));
-                    }
-                    close = true;
-                    break;
-                }
-            }
-        }
-        buf.copy_within(pos..len, 0);
-        len -= pos;
-        if conn.write_all(&out).is_err() || close {
-            return;
-        }
-    }
 }
 
 /// A parity fixture written by `scripts/make_fixtures.py`.
@@ -224,4 +92,20 @@ pub fn parity_cases(name: &str) -> Vec<ParityCase> {
 /// Engine options for tests: few warm-up runs, small max batch.
 pub fn test_engine_options() -> tickinfer::engine::EngineOptions {
     tickinfer::engine::EngineOptions { warmup_runs: 2, max_batch: 16, ..Default::default() }
+}
+
+/// xorshift64*: a tiny deterministic generator for tests (no `rand` dependency).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform-ish in `lo..hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
 }

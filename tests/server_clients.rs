@@ -1,0 +1,129 @@
+//! Many clients: 64 concurrent pipelining clients, some disconnecting at random
+//! with requests in flight. Every request of a client that stays is answered
+//! exactly once, in order, with its own id; the server keeps serving. Also the
+//! connection bound and the per-connection in-flight bound.
+mod util;
+
+use std::io::Read;
+use std::net::Shutdown as SockShutdown;
+use std::process::Command;
+
+use tickinfer::wire::{MlHello, MlHelloAck, MlRequest, Status, HELLO_ACK_SIZE};
+use util::server::{request, Client, Server};
+use util::Rng;
+
+const CLIENTS: u64 = 64;
+const PER_CLIENT: u64 = 400;
+
+/// One client's life; returns how many answers it checked.
+fn client(socket: std::path::PathBuf, c: u64) -> u64 {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (c + 1));
+    let mut cl = Client::connect(&socket).unwrap_or_else(|e| panic!("client {c}: {e}"));
+    let window = rng.range(1, 64);
+    // Every 4th client hangs up at a random point with requests in flight.
+    let quit_after = if c % 4 == 3 { Some(rng.range(0, PER_CLIENT)) } else { None };
+    let (mut sent, mut got) = (0u64, 0u64);
+    while got < PER_CLIENT {
+        if Some(got) == quit_after {
+            drop(cl);
+            return got;
+        }
+        let burst = (window - (sent - got)).min(PER_CLIENT - sent).min(rng.range(1, 16));
+        if burst > 0 {
+            let reqs: Vec<MlRequest> = (sent..sent + burst).map(|i| request((c << 32) | i)).collect();
+            cl.send(&reqs).unwrap();
+            sent += burst;
+        }
+        let resp = cl.recv().unwrap_or_else(|e| panic!("client {c}: recv after {got}: {e}"));
+        assert_eq!({ resp.request_id }, (c << 32) | got, "client {c}: answer out of order or not ours");
+        assert_eq!({ resp.status }, Status::Ok.code(), "client {c} request {got}");
+        assert!((-1..=1).contains(&{ resp.direction }) && resp.confidence <= 100);
+        assert!({ resp.server_send_ns } >= { resp.server_recv_ns });
+        got += 1;
+    }
+    // Nothing more may arrive: half-close and expect a clean EOF.
+    cl.stream.shutdown(SockShutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    cl.stream.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "client {c}: {} unexpected bytes after its last answer", rest.len());
+    got
+}
+
+fn many_clients(args: &[&str]) {
+    let server = Server::start(args);
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let socket = server.socket.clone();
+            std::thread::spawn(move || client(socket, c))
+        })
+        .collect();
+    let answered: u64 = threads.into_iter().map(|t| t.join().expect("client thread panicked")).sum();
+    let stayed = (0..CLIENTS).filter(|c| c % 4 != 3).count() as u64;
+    assert!(answered >= stayed * PER_CLIENT);
+
+    // Still serving after the disconnects.
+    let mut cl = Client::connect(&server.socket).unwrap();
+    cl.send(&[request(7)]).unwrap();
+    assert_eq!({ cl.recv().unwrap().request_id }, 7);
+
+    // `tickinfer stats` reads the running server (published every 200 ms).
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let out = Command::new(env!("CARGO_BIN_EXE_tickinfer"))
+        .args(["stats", "--json", "--socket", server.socket.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["responses"].as_u64().unwrap() >= answered, "{report}");
+    assert!(report["total_ns"]["p50"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["connections_accepted"].as_u64().unwrap() > CLIENTS, "{report}");
+}
+
+#[test]
+fn sixty_four_pipelining_clients_inline() {
+    many_clients(&["--mode", "inline"]);
+}
+
+#[test]
+fn sixty_four_pipelining_clients_pipeline() {
+    many_clients(&["--mode", "pipeline", "--poll", "adaptive", "--spin-us", "50"]);
+}
+
+#[test]
+fn connection_bound_refuses_in_the_ack() {
+    let server = Server::start(&["--max-connections", "2"]);
+    let a = Client::connect(&server.socket).unwrap();
+    let b = Client::connect(&server.socket).unwrap();
+    let mut raw = std::os::unix::net::UnixStream::connect(&server.socket).unwrap();
+    std::io::Write::write_all(&mut raw, bytemuck::bytes_of(&MlHello::current())).unwrap();
+    let mut ack = [0u8; HELLO_ACK_SIZE];
+    raw.read_exact(&mut ack).unwrap();
+    let ack: MlHelloAck = bytemuck::pod_read_unaligned(&ack);
+    assert_eq!({ ack.status }, Status::TooManyConnections.code());
+    drop((a, b));
+    // Slots free up again.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    Client::connect(&server.socket).unwrap();
+}
+
+#[test]
+fn inflight_bound_answers_overloaded_in_order() {
+    let server = Server::start(&["--mode", "inline", "--max-inflight", "4"]);
+    let mut cl = Client::connect(&server.socket).unwrap();
+    assert_eq!({ cl.ack.max_inflight }, 4);
+    // One write of 20 frames: read in one go, so 16 exceed the bound.
+    let reqs: Vec<MlRequest> = (0..20).map(request).collect();
+    cl.send(&reqs).unwrap();
+    let statuses: Vec<u16> = (0..20)
+        .map(|i| {
+            let r = cl.recv().unwrap();
+            assert_eq!({ r.request_id }, i);
+            r.status
+        })
+        .collect();
+    assert_eq!(&statuses[..4], &[Status::Ok.code(); 4]);
+    assert_eq!(&statuses[4..], &[Status::Overloaded.code(); 16]);
+    // Once answered, the bound is free again.
+    cl.send(&[request(99)]).unwrap();
+    assert_eq!({ cl.recv().unwrap().status }, Status::Ok.code());
+}

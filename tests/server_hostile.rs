@@ -1,0 +1,217 @@
+//! Hostile input: every malformed request answered with its own status where
+//! the frame is intact; an untrustworthy stream answered once and closed;
+//! frames split anywhere; random garbage. Never a crash, and a well-behaved
+//! client beside the hostile ones keeps being served. A failing model run
+//! answers ML_ERR_MODEL_FAILURE and the server stays up.
+mod util;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use tickinfer::wire::{
+    MlHello, MlHelloAck, MlRequest, Status, HELLO_ACK_SIZE, MAX_FEATURES, PROTOCOL_VERSION,
+};
+use util::server::{request, Client, Server};
+use util::{repo_root, Rng};
+
+/// A request valid for the LightGBM fixture (2 extra features).
+fn good(id: u64) -> MlRequest {
+    let mut r = request(id);
+    r.n_features = 2;
+    let mut f = [0f32; MAX_FEATURES];
+    f[0] = 0.3;
+    f[1] = -1.0;
+    r.features = f;
+    r
+}
+
+fn lgbm_server(extra: &[&str]) -> Server {
+    let model = repo_root().join("tests/fixtures/models/lgbm_direction.toml");
+    let mut args =
+        vec!["--model", model.to_str().unwrap(), "--symbol", "0", "--symbol", "1", "--symbol", "2"];
+    args.extend_from_slice(&["--symbol", "3"]);
+    args.extend_from_slice(extra);
+    let args: Vec<String> = args.into_iter().map(String::from).collect();
+    Server::start(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+}
+
+fn assert_still_serving(server: &Server) {
+    let mut c = Client::connect(&server.socket).expect("server stopped accepting");
+    c.send(&[good(424_242)]).unwrap();
+    let r = c.recv().unwrap();
+    assert_eq!(({ r.request_id }, { r.status }), (424_242, Status::Ok.code()));
+}
+
+fn bad_requests() -> Vec<(MlRequest, Status)> {
+    let with = |f: &dyn Fn(&mut MlRequest)| {
+        let mut r = good(0);
+        f(&mut r);
+        r
+    };
+    vec![
+        (with(&|r| r.features = [f32::NAN; MAX_FEATURES]), Status::NonfiniteFeature),
+        (with(&|r| r.features = [f32::INFINITY; MAX_FEATURES]), Status::NonfiniteFeature),
+        (with(&|r| r.ask_price = r.bid_price - 100), Status::CrossedBook),
+        (with(&|r| r.ask_price = r.bid_price), Status::CrossedBook),
+        (with(&|r| r.bid_price = 0), Status::BadPrice),
+        (with(&|r| r.ask_price = -1), Status::BadPrice),
+        (with(&|r| r.bid_size = -5), Status::BadSize),
+        (with(&|r| r.book_imbalance = 2_000_000), Status::BadImbalance),
+        (with(&|r| r.n_features = 33), Status::FeatureCount),
+        (with(&|r| r.n_features = 1), Status::FeatureCount),
+        (with(&|r| r.symbol_id = 7), Status::UnknownSymbol),
+        (with(&|r| r.reserved = 1), Status::ReservedNonzero),
+    ]
+}
+
+#[test]
+fn each_bad_request_gets_its_status_in_order_and_the_connection_stays() {
+    let server = lgbm_server(&[]);
+    let mut c = Client::connect(&server.socket).unwrap();
+    assert_eq!({ c.ack.model_features }, 2);
+    // Interleave good and bad requests, pipelined in one write.
+    let mut reqs = Vec::new();
+    let mut want = Vec::new();
+    for (i, (mut bad, status)) in bad_requests().into_iter().enumerate() {
+        let id = 100 + 2 * i as u64;
+        reqs.push(good(id));
+        want.push((id, Status::Ok));
+        bad.request_id = id + 1;
+        reqs.push(bad);
+        want.push((id + 1, status));
+    }
+    c.send(&reqs).unwrap();
+    for (id, status) in want {
+        let r = c.recv().unwrap();
+        assert_eq!(({ r.request_id }, Status::from_code(r.status)), (id, Some(status)));
+    }
+    assert_still_serving(&server);
+}
+
+#[test]
+fn frames_split_across_reads_are_reassembled() {
+    let server = lgbm_server(&[]);
+    let mut s = UnixStream::connect(&server.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut bytes = bytemuck::bytes_of(&MlHello::current()).to_vec();
+    for id in 0..3 {
+        bytes.extend_from_slice(bytemuck::bytes_of(&good(id)));
+    }
+    // Pieces of 1, 7, 13, 50, ... bytes with pauses so the server sees each read alone.
+    let mut pos = 0;
+    for size in [1usize, 7, 13, 50, 1, 100, 193].iter().cycle() {
+        if pos >= bytes.len() {
+            break;
+        }
+        let end = (pos + size).min(bytes.len());
+        s.write_all(&bytes[pos..end]).unwrap();
+        pos = end;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut ack = [0u8; HELLO_ACK_SIZE];
+    s.read_exact(&mut ack).unwrap();
+    for id in 0..3u64 {
+        let mut buf = [0u8; 58];
+        s.read_exact(&mut buf).unwrap();
+        let r: tickinfer::wire::MlResponse = bytemuck::pod_read_unaligned(&buf);
+        assert_eq!(({ r.request_id }, { r.status }), (id, 0));
+    }
+}
+
+fn refused_hello(server: &Server, bytes: &[u8]) -> u16 {
+    let mut s = UnixStream::connect(&server.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut ack = [0u8; HELLO_ACK_SIZE];
+    s.read_exact(&mut ack).unwrap();
+    assert_eq!(s.read(&mut [0u8; 1]).unwrap(), 0, "closed after the refusal");
+    let ack: MlHelloAck = bytemuck::pod_read_unaligned(&ack);
+    ack.status
+}
+
+#[test]
+fn garbage_wrong_version_and_wrong_size_hellos_are_refused() {
+    let server = lgbm_server(&[]);
+    assert_eq!(refused_hello(&server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), Status::BadFrame.code());
+    let v2 = MlHello { version: PROTOCOL_VERSION + 1, ..MlHello::current() };
+    assert_eq!(refused_hello(&server, bytemuck::bytes_of(&v2)), Status::Version.code());
+    let wide = MlHello { request_size: 260, max_features: 48, ..MlHello::current() };
+    assert_eq!(refused_hello(&server, bytemuck::bytes_of(&wide)), Status::Layout.code());
+    assert_still_serving(&server);
+}
+
+#[test]
+fn broken_stream_is_answered_after_earlier_requests_then_closed() {
+    let server = lgbm_server(&[]);
+    let mut c = Client::connect(&server.socket).unwrap();
+    let mut broken = good(3);
+    broken.frame_end = 0x0bad_0bad;
+    c.send(&[good(1), good(2), broken, good(4)]).unwrap();
+    assert_eq!({ c.recv().unwrap().request_id }, 1);
+    assert_eq!({ c.recv().unwrap().request_id }, 2);
+    assert_eq!({ c.recv().unwrap().status }, Status::BadFrame.code());
+    let mut rest = Vec::new();
+    c.stream.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "nothing after BAD_FRAME; the connection is closed");
+    assert!(server.log().contains("trailer"), "the close is logged:\n{}", server.log());
+    assert_still_serving(&server);
+}
+
+#[test]
+fn random_garbage_never_hurts_other_clients() {
+    for mode in ["inline", "pipeline"] {
+        let server = lgbm_server(&["--mode", mode]);
+        let socket = server.socket.clone();
+        // A good client runs throughout.
+        let good_client = std::thread::spawn(move || {
+            let mut c = Client::connect(&socket).unwrap();
+            for id in 0..500 {
+                c.send(&[good(id)]).unwrap();
+                let r = c.recv().unwrap();
+                assert_eq!(({ r.request_id }, { r.status }), (id, 0));
+            }
+        });
+        let mut rng = Rng(0xDEAD_BEEF);
+        for round in 0..40 {
+            let mut s = UnixStream::connect(&server.socket).unwrap();
+            let mut bytes = Vec::new();
+            if round % 2 == 0 {
+                bytes.extend_from_slice(bytemuck::bytes_of(&MlHello::current()));
+            }
+            for _ in 0..rng.range(1, 2000) {
+                bytes.push(rng.next() as u8);
+            }
+            let _ = s.write_all(&bytes);
+            if round % 3 == 0 {
+                drop(s); // hang up at once
+            } else {
+                s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+                let _ = s.read_to_end(&mut Vec::new());
+            }
+        }
+        good_client.join().expect("the good client was disturbed");
+        assert_still_serving(&server);
+    }
+}
+
+#[test]
+fn failed_model_run_answers_model_failure_and_the_server_stays_up() {
+    let model = repo_root().join("tests/fixtures/models/failing_gather.toml");
+    let server = Server::start(&["--model", model.to_str().unwrap()]);
+    let mut c = Client::connect(&server.socket).unwrap();
+    let with_extra = |id: u64, x: f32| {
+        let mut r = request(id);
+        r.n_features = 1;
+        let mut f = [0f32; MAX_FEATURES];
+        f[0] = x;
+        r.features = f;
+        r
+    };
+    for (id, x, want) in [(1, 2.0, Status::Ok), (2, 7.0, Status::ModelFailure), (3, 0.0, Status::Ok)] {
+        c.send(&[with_extra(id, x)]).unwrap();
+        let r = c.recv().unwrap();
+        assert_eq!(({ r.request_id }, Status::from_code(r.status)), (id, Some(want)));
+    }
+    assert!(server.log().contains("model run of 1 requests failed"), "{}", server.log());
+}

@@ -1,0 +1,158 @@
+//! The real `tickinfer serve`, spawned as a child process, and a blocking Rust client.
+#![allow(dead_code)]
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tickinfer::wire::{MlHello, MlHelloAck, MlRequest, MlResponse, Status, HELLO_ACK_SIZE, RESPONSE_SIZE};
+
+use super::repo_root;
+
+/// A running `tickinfer serve` on a socket in its own temporary directory.
+pub struct Server {
+    pub child: Option<Child>,
+    pub socket: PathBuf,
+    pub dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Start with the default model and `args` added (e.g. `["--poll", "block"]`), and wait until it answers.
+    pub fn start(args: &[&str]) -> Server {
+        let s = Server::spawn(args);
+        s.wait_ready();
+        s
+    }
+
+    /// Start without waiting.
+    pub fn spawn(args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("tickinfer.sock");
+        Server::spawn_at(dir, socket, args)
+    }
+
+    pub fn spawn_at(dir: tempfile::TempDir, socket: PathBuf, args: &[&str]) -> Server {
+        let log = dir.path().join("server.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tickinfer"));
+        cmd.arg("serve").arg("--socket").arg(&socket);
+        if !args.contains(&"--model") {
+            cmd.arg("--model").arg(repo_root().join("models/lobster_direction.toml"));
+        }
+        // Tests share two cores: block polling unless a test asks otherwise.
+        if !args.contains(&"--poll") {
+            cmd.args(["--poll", "block"]);
+        }
+        cmd.args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(&log).unwrap());
+        let child = cmd.spawn().expect("spawn tickinfer serve");
+        Server { child: Some(child), socket, dir, log }
+    }
+
+    /// Wait until the server logs that it is ready (its listener is registered
+    /// by then), or panic with its log.
+    pub fn wait_ready(&self) {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(60) {
+            if self.log().contains("ready: model") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("server did not become ready:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// SIGTERM, then wait (at most 30 s) for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        self.wait(Duration::from_secs(30))
+    }
+
+    /// Wait for exit, at most `limit`.
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        let t0 = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                t0.elapsed() < limit,
+                "server did not exit:\n{}",
+                std::fs::read_to_string(&self.log).unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A blocking client speaking the protocol (hello on connect).
+pub struct Client {
+    pub stream: UnixStream,
+    pub ack: MlHelloAck,
+}
+
+impl Client {
+    pub fn connect(path: &Path) -> io::Result<Client> {
+        let mut stream = UnixStream::connect(path)?;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        stream.write_all(bytemuck::bytes_of(&MlHello::current()))?;
+        let mut ack = [0u8; HELLO_ACK_SIZE];
+        stream.read_exact(&mut ack)?;
+        let ack: MlHelloAck = bytemuck::pod_read_unaligned(&ack);
+        if ack.status != Status::Ok.code() {
+            return Err(io::Error::other(format!("refused: status {}", { ack.status })));
+        }
+        Ok(Client { stream, ack })
+    }
+
+    pub fn send(&mut self, reqs: &[MlRequest]) -> io::Result<()> {
+        self.stream.write_all(bytemuck::cast_slice(reqs))
+    }
+
+    pub fn recv(&mut self) -> io::Result<MlResponse> {
+        let mut buf = [0u8; RESPONSE_SIZE];
+        self.stream.read_exact(&mut buf)?;
+        Ok(bytemuck::pod_read_unaligned(&buf))
+    }
+}
+
+/// A valid request (AMZN-like prices at scale 10000) with this id.
+pub fn request(id: u64) -> MlRequest {
+    let tick = (id % 50) as i64 * 100;
+    MlRequest {
+        timestamp_ns: id,
+        symbol_id: (id % 4) as u16,
+        bid_price: 2_230_000 + tick,
+        ask_price: 2_230_100 + tick + (id % 3) as i64 * 100,
+        bid_size: 100 + (id % 7) as i64 * 50,
+        ask_size: 100 + (id % 5) as i64 * 60,
+        book_imbalance: 0,
+        request_id: id,
+        ..MlRequest::new()
+    }
+}
