@@ -169,8 +169,12 @@ pub enum Decoded {
 /// Outcome of reading a connection.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReadOutcome {
-    /// Bytes were read (more may follow).
+    /// Bytes were read and the buffer filled up: more may be waiting.
     Data,
+    /// Bytes were read and the kernel had no more (a short read on a stream
+    /// socket returns everything queued): no need for another `read()` to see
+    /// `WouldBlock`; new bytes raise a new edge-triggered event.
+    Drained,
     /// No more bytes for now.
     WouldBlock,
     /// The peer closed (EOF) or the socket failed.
@@ -208,11 +212,12 @@ impl Conn {
             return ReadOutcome::Data; // full: the caller must decode frames first
         }
         loop {
+            let space = self.rbuf.len() - self.rlen;
             match self.stream.read(&mut self.rbuf[self.rlen..]) {
                 Ok(0) => return ReadOutcome::Closed,
                 Ok(n) => {
                     self.rlen += n;
-                    return ReadOutcome::Data;
+                    return if n < space { ReadOutcome::Drained } else { ReadOutcome::Data };
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadOutcome::WouldBlock,
