@@ -121,6 +121,7 @@ name = "{args.name}"
 version = 1
 onnx = "{args.name}.onnx"
 price_scale = {PRICE_SCALE}
+horizon_events = {args.k}
 description = "{best} direction classifier, LOBSTER top of book, label = mid direction {args.k} events ahead"
 
 [input]

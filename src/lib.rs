@@ -13,6 +13,8 @@ pub mod control;
 pub mod engine;
 pub mod features;
 pub mod manifest;
+pub mod record;
+pub mod replay;
 pub mod ring;
 pub mod server;
 pub mod stats;

@@ -28,8 +28,60 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Replay recorded market data through a server: latency profile, signals, plot.
+    Replay(Box<ReplayArgs>),
+    /// The demo: serve the bundled model, replay the bundled sample stream, report, stop.
+    Demo {
+        /// Where the signals, summary and plots go.
+        #[arg(long, default_value = "tickinfer-demo")]
+        out: PathBuf,
+    },
     /// Print the wire layout (every frame's size and field offsets) of this build.
     Layout,
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// Input: LOBSTER message CSV (orderbook beside it) or zip, DBN (.dbn/.dbn.zst), CSV, or capture.
+    #[arg(long)]
+    input: PathBuf,
+    #[arg(long, value_enum)]
+    format: tickinfer::replay::source::Format,
+    /// max (closed loop), realtime, or a factor (10 = ten times faster than recorded).
+    #[arg(long, default_value = "max")]
+    speed: String,
+    /// Open loop at this many requests per second (latency from the intended send time).
+    #[arg(long)]
+    rate: Option<f64>,
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 1)]
+    window: usize,
+    /// A running server's socket ...
+    #[arg(long, conflicts_with = "model", required_unless_present = "model")]
+    socket: Option<PathBuf>,
+    /// ... or a model manifest: a server is started on a temporary socket and stopped after.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// With --model: how that server polls.
+    #[arg(long, value_enum, default_value = "spin")]
+    server_poll: server::PollMode,
+    /// Symbol mapping NAME=ID (ticker, DBN instrument id or CSV symbol); repeatable. Default: ids by first appearance.
+    #[arg(long = "symbols")]
+    symbols: Vec<String>,
+    /// Events ahead (same symbol) for the realised direction [default: the manifest's horizon_events, else 10].
+    #[arg(long)]
+    horizon: Option<usize>,
+    /// Replay only the first N events.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Output directory (signals.csv, summary.json, latency.svg, latency.png).
+    #[arg(long, default_value = "replay-out")]
+    out: PathBuf,
+    /// Print the JSON summary instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -50,6 +102,20 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("tickinfer stats: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Replay(args) => match replay(*args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tickinfer replay: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Demo { out } => match demo(&out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tickinfer demo: {e}");
                 ExitCode::FAILURE
             }
         },
@@ -104,4 +170,84 @@ fn serve(opts: ServeOptions) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A path given relative to the repository, found from the working directory or the source tree.
+fn bundled(rel: &str) -> PathBuf {
+    let here = PathBuf::from(rel);
+    if here.exists() {
+        here
+    } else {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+    }
+}
+
+fn horizon_of(model: &std::path::Path) -> Option<usize> {
+    tickinfer::manifest::Manifest::load(model).ok().and_then(|m| m.horizon_events)
+}
+
+fn replay(args: ReplayArgs) -> Result<(), String> {
+    let speed: tickinfer::replay::Speed = args.speed.parse()?;
+    let opts = tickinfer::replay::ReplayOptions {
+        input: args.input,
+        format: args.format,
+        speed,
+        rate: args.rate,
+        connections: args.connections,
+        window: args.window,
+        symbols: args.symbols,
+        horizon: args.horizon.or_else(|| args.model.as_deref().and_then(horizon_of)).unwrap_or(10),
+        limit: args.limit,
+        progress: !args.json,
+    };
+    let summary = match (&args.socket, &args.model) {
+        (Some(socket), _) => tickinfer::replay::run_and_report(socket, &opts, &args.out)?,
+        (None, Some(model)) => {
+            let mut cfg = tickinfer::server::ServerConfig::new(model, "unused");
+            cfg.poll = args.server_poll;
+            cfg.stats_interval = std::time::Duration::ZERO;
+            let local = tickinfer::replay::LocalServer::start(cfg)?;
+            let summary = tickinfer::replay::run_and_report(&local.socket, &opts, &args.out);
+            local.stop()?;
+            summary?
+        }
+        (None, None) => unreachable!("clap requires --socket or --model"),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?);
+    } else {
+        print!("{}", tickinfer::replay::report::print(&summary));
+    }
+    Ok(())
+}
+
+fn demo(out: &std::path::Path) -> Result<(), String> {
+    let model = bundled("models/lobster_direction.toml");
+    let input = bundled("data/sample/SYNTH_2026-01-05_sample.zip");
+    println!(
+        "tickinfer demo: serving {} on a temporary socket, replaying {}",
+        model.display(),
+        input.display()
+    );
+    let mut cfg = tickinfer::server::ServerConfig::new(&model, "unused");
+    cfg.stats_interval = std::time::Duration::ZERO;
+    let local = tickinfer::replay::LocalServer::start(cfg)?;
+    let opts = tickinfer::replay::ReplayOptions {
+        input,
+        format: tickinfer::replay::source::Format::Lobster,
+        speed: tickinfer::replay::Speed::Max,
+        rate: None,
+        connections: 1,
+        window: 1,
+        symbols: vec![],
+        horizon: horizon_of(&model).unwrap_or(10),
+        limit: None,
+        progress: true,
+    };
+    let summary = tickinfer::replay::run_and_report(&local.socket, &opts, out);
+    let server_stats = local.stop()?;
+    let summary = summary?;
+    print!("{}", tickinfer::replay::report::print(&summary));
+    println!("server side (read -> answer queued), ns:\n{server_stats}");
+    Ok(())
 }

@@ -8,6 +8,7 @@
 //! version = 1
 //! onnx = "lobster_direction.onnx"      # relative to this file
 //! price_scale = 10000                   # fixed point of every price on the wire
+//! horizon_events = 10                   # optional: the label's horizon (replay's signal quality)
 //!
 //! [input]
 //! name = "input"                        # the model's input tensor, float32 [batch, n]
@@ -59,6 +60,8 @@ struct ModelSection {
     price_scale: i64,
     #[serde(default)]
     description: String,
+    /// Label horizon in events, if the model predicts a direction over one (replay's signal quality).
+    horizon_events: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -157,6 +160,8 @@ pub struct Manifest {
     pub name: String,
     pub version: u32,
     pub description: String,
+    /// Label horizon in events (`[model] horizon_events`), if given.
+    pub horizon_events: Option<usize>,
     /// The `.onnx`, resolved relative to the manifest.
     pub onnx: PathBuf,
     pub price_scale: i64,
@@ -230,6 +235,7 @@ impl Manifest {
             name: file.model.name,
             version: file.model.version,
             description: file.model.description,
+            horizon_events: file.model.horizon_events,
             onnx,
             price_scale: file.model.price_scale,
             input_name: file.input.name,

@@ -85,7 +85,7 @@ fn c_and_rust_agree_on_every_size_and_offset() {
 #[test]
 fn header_is_clean_c11_and_cxx20() {
     let dir = tempfile::tempdir().unwrap();
-    let body = "#include \"ml_client.h\"\nint main(void) { ml_request_t r; ml_request_init(&r); \
+    let body = "#include \"ml_client.h\"\n#include \"ml_capture.h\"\nint main(void) { ml_request_t r; ml_request_init(&r); \
                 return (int)(r.frame_end != ML_REQUEST_END) + (ml_status_str(ML_ERR_LAYOUT)[0] == 0); }\n";
     let c = dir.path().join("h.c");
     let cpp = dir.path().join("h.cpp");

@@ -123,6 +123,10 @@ pub struct ServeOptions {
     /// TensorRT fp16.
     #[arg(long)]
     pub trt_fp16: Option<bool>,
+    /// Append every request with its arrival stamp to this capture file (proto/ml_capture.h),
+    /// from a separate thread; drops (writer behind) are counted and logged.
+    #[arg(long)]
+    pub record: Option<PathBuf>,
 }
 
 macro_rules! overlay {
@@ -202,6 +206,7 @@ impl ServeOptions {
             },
         };
         Ok(ServerConfig {
+            record: self.record,
             model,
             socket,
             mode: self.mode.unwrap_or(Mode::Auto),
@@ -252,6 +257,8 @@ pub struct ServerConfig {
     /// Zero: no periodic stats log line.
     pub stats_interval: Duration,
     pub engine: EngineOptions,
+    /// Capture file for `--record`.
+    pub record: Option<PathBuf>,
 }
 
 impl ServerConfig {

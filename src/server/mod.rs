@@ -202,6 +202,13 @@ pub fn run(
             table
         }),
     };
+    let recorder = match &cfg.record {
+        Some(path) => {
+            log::info!("recording requests to {}", path.display());
+            Some(crate::record::Recorder::start(path, model.price_scale)?)
+        }
+        None => None,
+    };
     let ready = Ready { mode, poll: cfg.poll, io_core, worker_core, model };
 
     let mut io = IoLoop {
@@ -223,12 +230,16 @@ pub fn run(
         last_log: now_ns(),
         last_work: now_ns(),
         shutdown,
+        recorder,
         cfg,
     };
     log::info!("listening on {} (control: {}.ctl)", io.cfg.socket.display(), io.cfg.socket.display());
     on_ready(&ready);
     io.run()?;
     io.publish(true);
+    if let Some(mut r) = io.recorder.take() {
+        r.finish()?;
+    }
     let report = io.shared.lock().map(|s| s.report()).unwrap_or_default();
     Ok(report)
 }
@@ -420,6 +431,8 @@ struct IoLoop {
     last_log: u64,
     last_work: u64,
     shutdown: Arc<Shutdown>,
+    /// `--record`: requests go to the capture writer thread.
+    recorder: Option<crate::record::Recorder>,
     cfg: ServerConfig,
 }
 
@@ -598,6 +611,9 @@ impl IoLoop {
                         }
                     }
                     Decoded::Request(req) => {
+                        if let Some(r) = &mut self.recorder {
+                            r.record(recv_ns, &req);
+                        }
                         let status = if conn.inflight >= self.cfg.max_inflight {
                             Status::Overloaded
                         } else {

@@ -1,0 +1,486 @@
+//! `tickinfer replay`: recorded market data through a server, with an honest
+//! latency profile and the signals' quality.
+//!
+//! Pacing:
+//! - `--speed max` (default): closed loop, each connection keeps `--window`
+//!   requests in flight; latency is measured from the actual send.
+//! - `--speed realtime` or `--speed X`: open loop, each event is due at its
+//!   recorded time offset (divided by X); `--rate R`: open loop, event i due at
+//!   i/R seconds. In open loop, latency is measured from the *intended* send
+//!   time, so a late sender (or a stalled server) shows up in the numbers
+//!   instead of hiding (no coordinated omission).
+//!
+//! Events go to connection `symbol_id % connections`, so one symbol's events
+//! stay in order on one connection.
+
+pub mod report;
+pub mod source;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::clock::now_ns;
+use crate::wire::{MlHello, MlHelloAck, MlRequest, MlResponse, Status, HELLO_ACK_SIZE, RESPONSE_SIZE};
+use source::{Event, Format, Stream, SymbolTable};
+
+/// Replay speed.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub enum Speed {
+    /// Closed loop, as fast as the window allows.
+    Max,
+    /// Recorded inter-event times divided by this factor (1.0 = real time).
+    Times(f64),
+}
+
+impl std::str::FromStr for Speed {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Speed, String> {
+        match s {
+            "max" => Ok(Speed::Max),
+            "realtime" => Ok(Speed::Times(1.0)),
+            x => match x.trim_end_matches('x').parse::<f64>() {
+                Ok(f) if f > 0.0 && f.is_finite() => Ok(Speed::Times(f)),
+                _ => Err(format!("--speed {s}: use max, realtime or a factor like 10 (times faster)")),
+            },
+        }
+    }
+}
+
+/// Options of a replay run.
+#[derive(Clone, Debug)]
+pub struct ReplayOptions {
+    pub input: PathBuf,
+    pub format: Format,
+    pub speed: Speed,
+    /// Open loop at this many requests per second (overrides `speed`).
+    pub rate: Option<f64>,
+    pub connections: usize,
+    pub window: usize,
+    /// `NAME=ID` symbol mappings.
+    pub symbols: Vec<String>,
+    /// Events ahead for the realised direction (signal quality).
+    pub horizon: usize,
+    /// Replay at most this many events (all when `None`).
+    pub limit: Option<usize>,
+    pub progress: bool,
+}
+
+/// What one request got.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Outcome {
+    pub status: u16,
+    pub direction: i8,
+    pub confidence: u8,
+    pub target_price: i64,
+    /// Round trip (closed loop) or latency from the intended send time (open loop), ns.
+    pub latency_ns: u64,
+}
+
+/// Everything a replay produced.
+pub struct ReplayRun {
+    pub stream: Stream,
+    pub outcomes: Vec<Outcome>,
+    pub latency: Histogram<u64>,
+    pub wall_ns: u64,
+    pub price_scale: i64,
+    pub model_name: String,
+    pub model_version: u32,
+    pub mismatched: u64,
+    pub lost: u64,
+}
+
+/// Load the input, connect, replay, collect.
+pub fn run(socket: &Path, opts: &ReplayOptions) -> Result<ReplayRun, String> {
+    let mut symbols = SymbolTable::new(&opts.symbols)?;
+    let mut stream = source::load(&opts.input, opts.format, &mut symbols).map_err(|e| e.to_string())?;
+    if let Some(n) = opts.limit {
+        stream.events.truncate(n);
+    }
+    if stream.events.is_empty() {
+        return Err(format!("{}: no events to replay", opts.input.display()));
+    }
+    let connections = opts.connections.max(1);
+    let mut conns = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        conns.push(connect(socket)?);
+    }
+    let ack = conns[0].1;
+    let price_scale = ack.price_scale;
+    source::rescale(&mut stream.events, stream.price_scale, price_scale);
+    let extras = { ack.model_features };
+    if extras > 0 && stream.events.iter().all(|e| { e.req.n_features } == 0) {
+        log::warn!(
+            "the model reads {extras} extra features but {} has none: requests will be answered ML_ERR_FEATURE_COUNT",
+            opts.input.display()
+        );
+    }
+    for (i, e) in stream.events.iter_mut().enumerate() {
+        e.req.request_id = i as u64;
+    }
+
+    // Per-connection event lists (global indices), and each event's due offset.
+    let n = stream.events.len();
+    let mut lists: Vec<Vec<usize>> = vec![Vec::new(); connections];
+    for (i, e) in stream.events.iter().enumerate() {
+        lists[{ e.req.symbol_id } as usize % connections].push(i);
+    }
+    let due = schedule(&stream.events, opts.speed, opts.rate);
+    let events = Arc::new(stream.events.clone());
+    let due = Arc::new(due);
+    let progress = report::progress_bar(n as u64, opts.progress);
+    let start = now_ns() + 2_000_000; // every connection starts on the same clock
+    let window = opts.window.max(1);
+
+    let mut handles = Vec::new();
+    for ((s, _), list) in conns.into_iter().zip(lists) {
+        let (events, due, progress) = (events.clone(), due.clone(), progress.clone());
+        handles.push(std::thread::spawn(move || {
+            if window == 1 && due.iter().all(Option::is_none) {
+                drive_sync(s, &events, &list, start, &progress)
+            } else {
+                drive(s, &events, &list, &due, start, window, &progress)
+            }
+        }));
+    }
+    let mut outcomes = vec![Outcome::default(); n];
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).expect("static bounds");
+    let (mut mismatched, mut lost) = (0, 0);
+    let mut last = start;
+    for h in handles {
+        let r = h.join().map_err(|_| "a replay connection thread panicked".to_string())??;
+        for (i, o) in r.outcomes {
+            latency.saturating_record(o.latency_ns.max(1));
+            outcomes[i] = o;
+        }
+        mismatched += r.mismatched;
+        lost += r.lost;
+        last = last.max(r.finished_ns);
+    }
+    progress.finish_and_clear();
+    Ok(ReplayRun {
+        stream,
+        outcomes,
+        latency,
+        wall_ns: last.saturating_sub(start),
+        price_scale,
+        model_name: ack.model_name().to_string(),
+        model_version: ack.model_version,
+        mismatched,
+        lost,
+    })
+}
+
+/// When each event is due, in ns after the replay's start: `None` for closed
+/// loop (`Speed::Max` without a rate); `i / rate` at a fixed rate; the recorded
+/// offset divided by the speed factor otherwise.
+pub fn schedule(events: &[Event], speed: Speed, rate: Option<f64>) -> Vec<Option<u64>> {
+    let t_first = events.first().map_or(0, |e| e.ts_ns);
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| match (rate, speed) {
+            (Some(r), _) => Some((i as f64 * 1e9 / r).round() as u64),
+            (None, Speed::Times(x)) => Some((e.ts_ns.saturating_sub(t_first) as f64 / x).round() as u64),
+            (None, Speed::Max) => None,
+        })
+        .collect()
+}
+
+fn connect(socket: &Path) -> Result<(UnixStream, MlHelloAck), String> {
+    let mut s = UnixStream::connect(socket).map_err(|e| format!("connect {}: {e}", socket.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    s.write_all(bytemuck::bytes_of(&MlHello::current())).map_err(|e| e.to_string())?;
+    let mut ack = [0u8; HELLO_ACK_SIZE];
+    s.read_exact(&mut ack).map_err(|e| format!("hello: {e}"))?;
+    let ack: MlHelloAck = bytemuck::pod_read_unaligned(&ack);
+    if ack.status != Status::Ok.code() {
+        let st = Status::from_code(ack.status).map_or("unknown".into(), |s| s.to_string());
+        return Err(format!("server refused the connection: {st}"));
+    }
+    Ok((s, ack))
+}
+
+struct ConnResult {
+    outcomes: Vec<(usize, Outcome)>,
+    mismatched: u64,
+    lost: u64,
+    finished_ns: u64,
+}
+
+/// Closed loop with one request in flight: one thread sends, then busy-polls for
+/// the answer (a blocking read would add the host's wake-up time, ~45 µs on a VM,
+/// to every round trip).
+fn drive_sync(
+    mut stream: UnixStream,
+    events: &[Event],
+    list: &[usize],
+    start: u64,
+    progress: &indicatif::ProgressBar,
+) -> Result<ConnResult, String> {
+    stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+    while now_ns() < start {
+        std::hint::spin_loop();
+    }
+    let mut outcomes = Vec::with_capacity(list.len());
+    let (mut mismatched, mut lost) = (0, 0);
+    let mut buf = [0u8; RESPONSE_SIZE];
+    'events: for (k, &i) in list.iter().enumerate() {
+        let t0 = now_ns();
+        if let Err(e) = write_all_nonblocking(&mut stream, bytemuck::bytes_of(&events[i].req)) {
+            log::warn!("replay connection: send: {e}");
+            lost = (list.len() - k) as u64;
+            break;
+        }
+        let mut have = 0;
+        while have < RESPONSE_SIZE {
+            match stream.read(&mut buf[have..]) {
+                Ok(0) => {
+                    lost = (list.len() - k) as u64;
+                    break 'events;
+                }
+                Ok(n) => have += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    lost = (list.len() - k) as u64;
+                    break 'events;
+                }
+            }
+        }
+        let t1 = now_ns();
+        let resp: MlResponse = bytemuck::pod_read_unaligned(&buf);
+        mismatched += ({ resp.request_id } != i as u64) as u64;
+        outcomes.push((
+            i,
+            Outcome {
+                status: resp.status,
+                direction: resp.direction,
+                confidence: resp.confidence,
+                target_price: resp.target_price,
+                latency_ns: t1 - t0,
+            },
+        ));
+        if k % 1024 == 1023 {
+            progress.inc(1024);
+        }
+    }
+    Ok(ConnResult { outcomes, mismatched, lost, finished_ns: now_ns() })
+}
+
+fn write_all_nonblocking(s: &mut UnixStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        match s.write(bytes) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// One connection, pipelined or paced: a sender thread and a receiver (this thread).
+fn drive(
+    stream: UnixStream,
+    events: &[Event],
+    list: &[usize],
+    due: &[Option<u64>],
+    start: u64,
+    window: usize,
+    progress: &indicatif::ProgressBar,
+) -> Result<ConnResult, String> {
+    // intended[k]: when request k of this connection was due (or sent), ns.
+    let intended: Arc<Vec<AtomicU64>> = Arc::new((0..list.len()).map(|_| AtomicU64::new(0)).collect());
+    let received = Arc::new(AtomicU64::new(0));
+    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    let reqs: Vec<MlRequest> = list.iter().map(|&i| events[i].req).collect();
+    let dues: Vec<Option<u64>> = list.iter().map(|&i| due[i]).collect();
+    let (int2, recv2) = (intended.clone(), received.clone());
+
+    let sender = std::thread::spawn(move || -> Result<(), String> {
+        while now_ns() < start {
+            std::hint::spin_loop();
+        }
+        let mut k = 0;
+        let mut buf: Vec<MlRequest> = Vec::with_capacity(64);
+        while k < reqs.len() {
+            buf.clear();
+            // Acquire: pairs with the receiver's Release increment; the window counts answers seen.
+            let done = recv2.load(Ordering::Acquire) as usize;
+            let room = window.saturating_sub(k - done);
+            let now = now_ns();
+            while buf.len() < room.min(64) && k + buf.len() < reqs.len() {
+                let j = k + buf.len();
+                match dues[j] {
+                    Some(d) if start + d > now => break,
+                    Some(d) => int2[j].store(start + d, Ordering::Relaxed),
+                    None => int2[j].store(now, Ordering::Relaxed),
+                }
+                buf.push(reqs[j]);
+            }
+            if buf.is_empty() {
+                // Window full or next event not due: spin briefly, yield to the receiver.
+                std::thread::yield_now();
+                continue;
+            }
+            // Release for the intended stamps: the receiver reads them after its answer arrives.
+            std::sync::atomic::fence(Ordering::Release);
+            writer.write_all(bytemuck::cast_slice(&buf)).map_err(|e| format!("send: {e}"))?;
+            k += buf.len();
+        }
+        Ok(())
+    });
+
+    let mut reader = stream;
+    let mut outcomes = Vec::with_capacity(list.len());
+    let mut mismatched = 0;
+    let mut buf = vec![0u8; 256 * RESPONSE_SIZE];
+    let (mut have, mut k) = (0usize, 0usize);
+    let mut lost = 0;
+    while k < list.len() {
+        let n = match reader.read(&mut buf[have..]) {
+            Ok(0) | Err(_) => {
+                lost = (list.len() - k) as u64;
+                break;
+            }
+            Ok(n) => n,
+        };
+        let t = now_ns();
+        have += n;
+        let whole = have / RESPONSE_SIZE;
+        for f in 0..whole {
+            let resp: MlResponse =
+                bytemuck::pod_read_unaligned(&buf[f * RESPONSE_SIZE..(f + 1) * RESPONSE_SIZE]);
+            let i = list[k];
+            if { resp.request_id } != i as u64 {
+                mismatched += 1;
+            }
+            std::sync::atomic::fence(Ordering::Acquire);
+            let sent = intended[k].load(Ordering::Relaxed);
+            outcomes.push((
+                i,
+                Outcome {
+                    status: resp.status,
+                    direction: resp.direction,
+                    confidence: resp.confidence,
+                    target_price: resp.target_price,
+                    latency_ns: t.saturating_sub(sent),
+                },
+            ));
+            k += 1;
+            // Release: the sender's Acquire load sees answers only after they are recorded.
+            received.fetch_add(1, Ordering::Release);
+        }
+        progress.inc(whole as u64);
+        buf.copy_within(whole * RESPONSE_SIZE..have, 0);
+        have -= whole * RESPONSE_SIZE;
+    }
+    let finished_ns = now_ns();
+    match sender.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if lost > 0 => log::warn!("replay connection: {e}"),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err("sender thread panicked".into()),
+    }
+    Ok(ConnResult { outcomes, mismatched, lost, finished_ns })
+}
+
+/// A server run in this process on a temporary socket, for `replay --model` and
+/// the demo; stopped (drained) when dropped.
+pub struct LocalServer {
+    pub socket: PathBuf,
+    shutdown: Arc<crate::server::Shutdown>,
+    thread: Option<std::thread::JoinHandle<Result<crate::stats::StatsReport, String>>>,
+    dir: PathBuf,
+}
+
+impl LocalServer {
+    /// Start `cfg` (its `socket` is replaced by a temporary one) and wait until ready.
+    pub fn start(mut cfg: crate::server::ServerConfig) -> Result<LocalServer, String> {
+        let dir = std::env::temp_dir().join(format!("tickinfer-{}-{}", std::process::id(), now_ns()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        cfg.socket = dir.join("replay.sock");
+        let socket = cfg.socket.clone();
+        let shutdown = crate::server::Shutdown::new();
+        let shared = Arc::new(std::sync::Mutex::new(crate::stats::Stats::default()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sd = shutdown.clone();
+        let thread = std::thread::Builder::new()
+            .name("tickinfer-server".into())
+            .spawn(move || {
+                let tx2 = tx.clone();
+                let r = crate::server::run(cfg, sd, shared, move |ready| {
+                    let _ = tx2.send(Ok(ready.clone()));
+                })
+                .map_err(|e| e.to_string());
+                if let Err(e) = &r {
+                    let _ = tx.send(Err(e.clone()));
+                }
+                r
+            })
+            .map_err(|e| e.to_string())?;
+        match rx.recv() {
+            Ok(Ok(_)) => Ok(LocalServer { socket, shutdown, thread: Some(thread), dir }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("the server thread ended before it was ready".into()),
+        }
+    }
+
+    /// Drain and stop; returns the server's own stats.
+    pub fn stop(mut self) -> Result<crate::stats::StatsReport, String> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Result<crate::stats::StatsReport, String> {
+        self.shutdown.trigger();
+        let r = match self.thread.take() {
+            Some(t) => t.join().map_err(|_| "server thread panicked".to_string())?,
+            None => Ok(Default::default()),
+        };
+        let _ = std::fs::remove_dir_all(&self.dir);
+        r
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let _ = self.stop_inner();
+        }
+    }
+}
+
+/// Replay, then write the signals file, JSON summary and plots into `out`.
+pub fn run_and_report(socket: &Path, opts: &ReplayOptions, out: &Path) -> Result<report::Summary, String> {
+    let run = run(socket, opts)?;
+    let mut summary = report::summarize(&run, opts);
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let signals = out.join("signals.csv");
+    report::write_signals(&run, &signals).map_err(|e| format!("{}: {e}", signals.display()))?;
+    summary.signals_file = Some(signals);
+    let title = format!(
+        "tickinfer replay: {} events, {} — latency by percentile",
+        summary.events,
+        opts.input.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
+    );
+    let svg = report::plot_svg(&run.latency, &title);
+    let svg_path = out.join("latency.svg");
+    std::fs::write(&svg_path, &svg).map_err(|e| format!("{}: {e}", svg_path.display()))?;
+    summary.plot_svg = Some(svg_path);
+    let png_path = out.join("latency.png");
+    match report::svg_to_png(&svg, &png_path) {
+        Ok(()) => summary.plot_png = Some(png_path),
+        Err(e) => log::warn!("PNG plot not written ({e}); the SVG is"),
+    }
+    let json = out.join("summary.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?)
+        .map_err(|e| format!("{}: {e}", json.display()))?;
+    Ok(summary)
+}

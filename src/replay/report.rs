@@ -1,0 +1,405 @@
+//! Replay output: latency table, signal quality, signals file, JSON summary and
+//! the HDR percentile-distribution plot (SVG, and PNG rendered from it).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::{ReplayRun, Speed};
+use crate::wire::Status;
+
+/// A progress bar on stderr (hidden when not a terminal or not wanted).
+pub fn progress_bar(total: u64, wanted: bool) -> indicatif::ProgressBar {
+    if !wanted {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("replay {bar:40} {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Latency percentiles in ns.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub p9999: u64,
+    pub max: u64,
+    pub mean: f64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Latency {
+        if h.is_empty() {
+            return Latency::default();
+        }
+        Latency {
+            count: h.len(),
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            p9999: h.value_at_quantile(0.9999),
+            max: h.max(),
+            mean: h.mean(),
+        }
+    }
+}
+
+/// Direction accuracy against the realised mid move `horizon` events ahead (same symbol).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Quality {
+    pub horizon_events: usize,
+    /// Answered requests with a realised label.
+    pub evaluated: u64,
+    pub accuracy: f64,
+    pub macro_f1: f64,
+    /// Always predicting the most frequent realised class of this replay.
+    pub majority_class: i8,
+    pub majority_accuracy: f64,
+    pub majority_macro_f1: f64,
+    /// Share of realised sell / flat / buy.
+    pub realised_balance: [f64; 3],
+    /// Share of predicted sell / flat / buy.
+    pub predicted_balance: [f64; 3],
+}
+
+/// The JSON summary.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub input: String,
+    pub format: super::source::Format,
+    pub model: String,
+    pub model_version: u32,
+    pub speed: Speed,
+    pub rate: Option<f64>,
+    pub connections: usize,
+    pub window: usize,
+    pub events: u64,
+    pub skipped_rows: Vec<(String, u64)>,
+    pub wall_seconds: f64,
+    pub throughput_per_s: f64,
+    /// Round trip (closed loop) or latency from the intended send time (open loop).
+    pub latency_ns: Latency,
+    pub by_status: Vec<(String, u64)>,
+    pub mismatched_ids: u64,
+    pub lost: u64,
+    pub quality: Quality,
+    pub signals_file: Option<PathBuf>,
+    pub plot_svg: Option<PathBuf>,
+    pub plot_png: Option<PathBuf>,
+}
+
+/// Compute the summary (quality included) of a run.
+pub fn summarize(run: &ReplayRun, opts: &super::ReplayOptions) -> Summary {
+    let mut by_status = [0u64; Status::COUNT + 1];
+    for o in &run.outcomes {
+        by_status[(o.status as usize).min(Status::COUNT)] += 1;
+    }
+    let by_status = by_status
+        .iter()
+        .enumerate()
+        .filter(|(_, &n)| n > 0)
+        .map(|(c, &n)| {
+            let name = Status::from_code(c as u16).map_or("unknown".to_string(), |s| s.as_str().to_string());
+            (format!("{c} {name}"), n)
+        })
+        .collect();
+    let n = run.outcomes.len() as u64;
+    let wall = run.wall_ns as f64 / 1e9;
+    Summary {
+        input: opts.input.display().to_string(),
+        format: opts.format,
+        model: run.model_name.clone(),
+        model_version: run.model_version,
+        speed: opts.speed,
+        rate: opts.rate,
+        connections: opts.connections,
+        window: opts.window,
+        events: n,
+        skipped_rows: run.stream.skipped.clone(),
+        wall_seconds: wall,
+        throughput_per_s: if wall > 0.0 { n as f64 / wall } else { 0.0 },
+        latency_ns: Latency::of(&run.latency),
+        by_status,
+        mismatched_ids: run.mismatched,
+        lost: run.lost,
+        quality: quality(run, opts.horizon),
+        signals_file: None,
+        plot_svg: None,
+        plot_png: None,
+    }
+}
+
+/// Realised direction per event: sign of the mid `horizon` same-symbol events ahead.
+fn realised(run: &ReplayRun, horizon: usize) -> Vec<Option<i8>> {
+    let ev = &run.stream.events;
+    let mut by_symbol: std::collections::HashMap<u16, Vec<usize>> = Default::default();
+    for (i, e) in ev.iter().enumerate() {
+        by_symbol.entry(e.req.symbol_id).or_default().push(i);
+    }
+    let mut out = vec![None; ev.len()];
+    for idx in by_symbol.values() {
+        for (k, &i) in idx.iter().enumerate() {
+            if let Some(&j) = idx.get(k + horizon) {
+                let mid = |x: usize| ev[x].req.bid_price as i128 + ev[x].req.ask_price as i128;
+                out[i] = Some((mid(j) - mid(i)).signum() as i8);
+            }
+        }
+    }
+    out
+}
+
+/// Accuracy and macro-F1 (over the classes present in truth or prediction, as scikit-learn does).
+pub fn scores(truth: &[i8], pred: &[i8]) -> (f64, f64) {
+    if truth.is_empty() {
+        return (0.0, 0.0);
+    }
+    let acc = truth.iter().zip(pred).filter(|(a, b)| a == b).count() as f64 / truth.len() as f64;
+    let mut f1s = Vec::new();
+    for c in [-1i8, 0, 1] {
+        let tp = truth.iter().zip(pred).filter(|&(&t, &p)| t == c && p == c).count() as f64;
+        let fp = truth.iter().zip(pred).filter(|&(&t, &p)| t != c && p == c).count() as f64;
+        let fneg = truth.iter().zip(pred).filter(|&(&t, &p)| t == c && p != c).count() as f64;
+        if tp + fp + fneg == 0.0 {
+            continue; // class absent from both
+        }
+        f1s.push(if tp == 0.0 { 0.0 } else { 2.0 * tp / (2.0 * tp + fp + fneg) });
+    }
+    (acc, f1s.iter().sum::<f64>() / f1s.len().max(1) as f64)
+}
+
+fn quality(run: &ReplayRun, horizon: usize) -> Quality {
+    let real = realised(run, horizon);
+    let (mut truth, mut pred) = (Vec::new(), Vec::new());
+    for (o, r) in run.outcomes.iter().zip(&real) {
+        if let (Some(r), true) = (r, o.status == Status::Ok.code()) {
+            truth.push(*r);
+            pred.push(o.direction);
+        }
+    }
+    let share = |v: &[i8]| {
+        let mut s = [0f64; 3];
+        for &x in v {
+            s[(x + 1) as usize] += 1.0;
+        }
+        s.map(|c| if v.is_empty() { 0.0 } else { c / v.len() as f64 })
+    };
+    let balance = share(&truth);
+    let majority = [-1i8, 0, 1][(0..3).max_by(|&a, &b| balance[a].total_cmp(&balance[b])).unwrap_or(0)];
+    let (accuracy, macro_f1) = scores(&truth, &pred);
+    let (majority_accuracy, majority_macro_f1) = scores(&truth, &vec![majority; truth.len()]);
+    Quality {
+        horizon_events: horizon,
+        evaluated: truth.len() as u64,
+        accuracy,
+        macro_f1,
+        majority_class: majority,
+        majority_accuracy,
+        majority_macro_f1,
+        realised_balance: balance,
+        predicted_balance: share(&pred),
+    }
+}
+
+/// The human-readable report.
+pub fn print(s: &Summary) -> String {
+    let l = &s.latency_ns;
+    let mode = match (s.rate, s.speed) {
+        (Some(r), _) => format!("open loop at {r} req/s (latency from intended send time)"),
+        (None, Speed::Times(x)) => {
+            format!("open loop at {x}x recorded speed (latency from intended send time)")
+        }
+        (None, Speed::Max) => format!("closed loop, window {} (round trip)", s.window),
+    };
+    let mut out = format!(
+        "replay of {} ({:?}) through model {} v{}: {} events, {} connection(s), {mode}\n",
+        s.input, s.format, s.model, s.model_version, s.events, s.connections
+    );
+    for (why, n) in &s.skipped_rows {
+        out += &format!("  skipped {n} input rows: {why}\n");
+    }
+    out += &format!(
+        "latency µs   p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  p99.99 {:.2}  max {:.2}\n",
+        l.p50 as f64 / 1e3,
+        l.p90 as f64 / 1e3,
+        l.p99 as f64 / 1e3,
+        l.p999 as f64 / 1e3,
+        l.p9999 as f64 / 1e3,
+        l.max as f64 / 1e3
+    );
+    out += &format!("throughput   {:.0} signals/s over {:.3} s\n", s.throughput_per_s, s.wall_seconds);
+    for (st, n) in &s.by_status {
+        out += &format!("status       {st}: {n}\n");
+    }
+    if s.mismatched_ids > 0 || s.lost > 0 {
+        out += &format!(
+            "PROBLEMS     {} answers with the wrong id, {} never answered\n",
+            s.mismatched_ids, s.lost
+        );
+    }
+    let q = &s.quality;
+    let names = ["sell", "flat", "buy"];
+    out += &format!(
+        "signals      vs realised mid direction {} events ahead ({} evaluated):\n\
+         \x20 model          accuracy {:.3}  macro-F1 {:.3}\n\
+         \x20 always-{:<7} accuracy {:.3}  macro-F1 {:.3}\n\
+         \x20 realised balance sell {:.1}% flat {:.1}% buy {:.1}%; predicted sell {:.1}% flat {:.1}% buy {:.1}%\n",
+        q.horizon_events,
+        q.evaluated,
+        q.accuracy,
+        q.macro_f1,
+        names[(q.majority_class + 1) as usize],
+        q.majority_accuracy,
+        q.majority_macro_f1,
+        100.0 * q.realised_balance[0],
+        100.0 * q.realised_balance[1],
+        100.0 * q.realised_balance[2],
+        100.0 * q.predicted_balance[0],
+        100.0 * q.predicted_balance[1],
+        100.0 * q.predicted_balance[2],
+    );
+    for (what, p) in [("signals", &s.signals_file), ("plot", &s.plot_svg), ("plot", &s.plot_png)] {
+        if let Some(p) = p {
+            out += &format!("{what:<12} {}\n", p.display());
+        }
+    }
+    out
+}
+
+/// `timestamp_ns,symbol_id,direction,confidence,target_price,latency_ns,status` per event.
+pub fn write_signals(run: &ReplayRun, path: &Path) -> std::io::Result<()> {
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(w, "timestamp_ns,symbol_id,direction,confidence,target_price,latency_ns,status")?;
+    for (e, o) in run.stream.events.iter().zip(&run.outcomes) {
+        writeln!(
+            w,
+            "{},{},{},{},{},{},{}",
+            { e.req.timestamp_ns },
+            { e.req.symbol_id },
+            o.direction,
+            o.confidence,
+            o.target_price,
+            o.latency_ns,
+            o.status
+        )?;
+    }
+    w.flush()
+}
+
+/// The HDR percentile distribution as an SVG: latency (µs) against percentile on a
+/// 1/(1-p) log axis, as HdrHistogram's plotter draws it.
+pub fn plot_svg(h: &Histogram<u64>, title: &str) -> String {
+    let (w, hgt) = (900.0, 520.0);
+    let (left, right, top, bottom) = (80.0, 30.0, 50.0, 60.0);
+    let (pw, ph) = (w - left - right, hgt - top - bottom);
+    let max_x = 5.0; // 99.999th percentile
+    let mut pts: Vec<(f64, f64)> = Vec::new();
+    if !h.is_empty() {
+        for v in h.iter_quantiles(10) {
+            let q = v.quantile_iterated_to();
+            let x = if q >= 1.0 { max_x } else { (1.0 / (1.0 - q)).log10().min(max_x) };
+            pts.push((x, h.highest_equivalent(v.value_iterated_to()) as f64 / 1e3));
+        }
+    }
+    // Log latency axis: the median and the tail on one readable picture.
+    let lo = pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min).max(0.01);
+    let hi = pts.iter().map(|p| p.1).fold(0.0, f64::max).max(lo * 10.0);
+    let (dmin, dmax) = (lo.log10().floor(), hi.log10().ceil());
+    let sx = |x: f64| left + x / max_x * pw;
+    let sy = |y: f64| top + ph - (y.max(0.01).log10() - dmin) / (dmax - dmin) * ph;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{hgt}\" viewBox=\"0 0 {w} {hgt}\" \
+         font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\" font-size=\"13\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"28\" text-anchor=\"middle\" font-size=\"16\">{}</text>\n",
+        w / 2.0,
+        xml_escape(title)
+    );
+    for (i, label) in ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"].iter().enumerate() {
+        let x = sx(i as f64);
+        svg += &format!(
+            "<line x1=\"{x}\" y1=\"{top}\" x2=\"{x}\" y2=\"{}\" stroke=\"#ddd\"/>\n\
+             <text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">{label}</text>\n",
+            top + ph,
+            top + ph + 20.0
+        );
+    }
+    let mut decade = dmin;
+    while decade <= dmax + 1e-9 {
+        for m in [1.0, 2.0, 5.0] {
+            let y = m * 10f64.powf(decade);
+            if y.log10() > dmax + 1e-9 {
+                break;
+            }
+            let py = sy(y);
+            let (stroke, label) = if m == 1.0 { ("#ccc", trim_float(y)) } else { ("#eee", String::new()) };
+            svg += &format!(
+                "<line x1=\"{left}\" y1=\"{py}\" x2=\"{}\" y2=\"{py}\" stroke=\"{stroke}\"/>\n\
+                 <text x=\"{}\" y=\"{}\" text-anchor=\"end\">{label}</text>\n",
+                left + pw,
+                left - 8.0,
+                py + 4.0
+            );
+        }
+        decade += 1.0;
+    }
+    svg += &format!(
+        "<rect x=\"{left}\" y=\"{top}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#333\"/>\n\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">percentile</text>\n\
+         <text x=\"20\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 20 {})\">latency (µs, log scale)</text>\n",
+        left + pw / 2.0,
+        hgt - 15.0,
+        top + ph / 2.0,
+        top + ph / 2.0
+    );
+    let line: Vec<String> = pts.iter().map(|&(x, y)| format!("{:.2},{:.2}", sx(x), sy(y))).collect();
+    svg += &format!(
+        "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"{}\"/>\n</svg>\n",
+        line.join(" ")
+    );
+    svg
+}
+
+fn trim_float(v: f64) -> String {
+    let s = format!("{v:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// Render an SVG to PNG (system fonts for the labels).
+pub fn svg_to_png(svg: &str, path: &Path) -> Result<(), String> {
+    use resvg::{tiny_skia, usvg};
+    let mut opt = usvg::Options::default();
+    opt.fontdb_mut().load_system_fonts();
+    let tree = usvg::Tree::from_str(svg, &opt).map_err(|e| e.to_string())?;
+    let size = tree.size().to_int_size();
+    let mut pixmap = tiny_skia::Pixmap::new(size.width(), size.height()).ok_or("empty plot")?;
+    resvg::render(&tree, tiny_skia::Transform::default(), &mut pixmap.as_mut());
+    pixmap.save_png(path).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn scores_match_sklearn_conventions() {
+        // sklearn: accuracy_score / f1_score(average="macro") on these give 0.6 and 0.5555…
+        let truth = [1, 1, -1, 0, 1];
+        let pred = [1, -1, -1, 1, 1];
+        let (acc, f1) = super::scores(&truth, &pred);
+        assert!((acc - 0.6).abs() < 1e-12);
+        // F1: class -1: tp1 fp1 fn0 → 2/3; class 0: tp0 → 0; class 1: tp2 fp1 fn1 → 4/6.
+        assert!((f1 - (2.0 / 3.0 + 0.0 + 4.0 / 6.0) / 3.0).abs() < 1e-12, "{f1}");
+    }
+}

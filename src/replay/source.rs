@@ -1,0 +1,412 @@
+//! Recorded market data → request streams: LOBSTER, Databento DBN, CSV and
+//! tickinfer captures. Every source yields [`Event`]s with prices in its own
+//! fixed-point scale (`Stream::price_scale`); the replay rescales them to the
+//! server's scale once it knows it (from the hello ack).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::wire::{MlRequest, IMBALANCE_SCALE, MAX_FEATURES};
+
+/// Input formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Lobster,
+    Dbn,
+    Csv,
+    Capture,
+}
+
+/// One market snapshot to send.
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    /// Event time, ns (the request's `timestamp_ns`); pacing uses differences only.
+    pub ts_ns: u64,
+    /// The request (prices at `Stream::price_scale`; `request_id` set by the replay).
+    pub req: MlRequest,
+}
+
+/// A loaded source.
+#[derive(Clone, Debug)]
+pub struct Stream {
+    pub events: Vec<Event>,
+    /// Fixed-point scale of the events' prices.
+    pub price_scale: i64,
+    /// Symbol name → id, as assigned or mapped.
+    pub symbols: Vec<(String, u16)>,
+    /// Input rows skipped, with why (count per reason).
+    pub skipped: Vec<(String, u64)>,
+}
+
+/// Why a source could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct SourceError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+fn err(path: &Path, message: impl Into<String>) -> SourceError {
+    SourceError { path: path.to_path_buf(), message: message.into() }
+}
+
+/// Assigns symbol ids: from an explicit `NAME=ID` map, else in order of first appearance.
+pub struct SymbolTable {
+    map: HashMap<String, u16>,
+    explicit: bool,
+    next: u16,
+}
+
+impl SymbolTable {
+    /// `mapping`: `["AMZN=1", "MSFT=2"]`.
+    pub fn new(mapping: &[String]) -> Result<SymbolTable, String> {
+        let mut map = HashMap::new();
+        for m in mapping {
+            let (name, id) = m.split_once('=').ok_or(format!("symbol mapping `{m}`: expected NAME=ID"))?;
+            let id: u16 = id.parse().map_err(|_| format!("symbol mapping `{m}`: id must be 0..65535"))?;
+            map.insert(name.to_string(), id);
+        }
+        Ok(SymbolTable { explicit: !map.is_empty(), map, next: 0 })
+    }
+
+    /// The id of `name`; `None` when an explicit map does not list it.
+    pub fn id(&mut self, name: &str) -> Option<u16> {
+        if let Some(&id) = self.map.get(name) {
+            return Some(id);
+        }
+        if self.explicit {
+            return None;
+        }
+        let id = self.next;
+        self.next = self.next.wrapping_add(1);
+        self.map.insert(name.to_string(), id);
+        Some(id)
+    }
+
+    fn listing(&self) -> Vec<(String, u16)> {
+        let mut v: Vec<_> = self.map.iter().map(|(k, &v)| (k.clone(), v)).collect();
+        v.sort_by_key(|(_, id)| *id);
+        v
+    }
+}
+
+fn imbalance(bid_size: i64, ask_size: i64) -> i64 {
+    let tot = bid_size + ask_size;
+    if tot > 0 {
+        ((bid_size - ask_size) as i128 * IMBALANCE_SCALE as i128 / tot as i128) as i64
+    } else {
+        0
+    }
+}
+
+fn request(ts_ns: u64, symbol_id: u16, bid: i64, ask: i64, bsz: i64, asz: i64) -> Event {
+    let req = MlRequest {
+        timestamp_ns: ts_ns,
+        symbol_id,
+        bid_price: bid,
+        ask_price: ask,
+        bid_size: bsz,
+        ask_size: asz,
+        book_imbalance: imbalance(bsz, asz),
+        ..MlRequest::new()
+    };
+    Event { ts_ns, req }
+}
+
+struct Skips(Vec<(String, u64)>);
+impl Skips {
+    fn add(&mut self, why: &str) {
+        match self.0.iter_mut().find(|(w, _)| w == why) {
+            Some((_, n)) => *n += 1,
+            None => self.0.push((why.to_string(), 1)),
+        }
+    }
+}
+
+/// Load any supported source.
+pub fn load(path: &Path, format: Format, symbols: &mut SymbolTable) -> Result<Stream, SourceError> {
+    match format {
+        Format::Lobster => load_lobster(path, symbols),
+        Format::Dbn => load_dbn(path, symbols),
+        Format::Csv => load_csv(path, symbols),
+        Format::Capture => load_capture(path),
+    }
+}
+
+// ---------------------------------------------------------------- LOBSTER
+
+/// LOBSTER's dummy price for an empty level (±9999999999).
+const LOBSTER_DUMMY: i64 = 9_999_999_999;
+
+/// LOBSTER: `TICKER_DATE_START_END_message_LEVELS.csv` with its `..._orderbook_LEVELS.csv`
+/// beside it, or a zip holding both. Prices are USD × 10000; times seconds after midnight.
+/// Rows of trading halts (type 7) and rows whose best level is empty (dummy price)
+/// are skipped and counted. Only level 1 is used; any number of levels is read.
+pub fn load_lobster(path: &Path, symbols: &mut SymbolTable) -> Result<Stream, SourceError> {
+    let (msg_name, messages, book) = if path.extension().is_some_and(|e| e == "zip") {
+        let file = std::fs::File::open(path).map_err(|e| err(path, e.to_string()))?;
+        let mut zip = zip::ZipArchive::new(file).map_err(|e| err(path, e.to_string()))?;
+        let names: Vec<String> = zip.file_names().map(String::from).collect();
+        let msg = names
+            .iter()
+            .find(|n| n.contains("_message_") && n.ends_with(".csv"))
+            .ok_or_else(|| err(path, "no *_message_*.csv in the zip"))?
+            .clone();
+        let ob = msg.replace("_message_", "_orderbook_");
+        let mut read = |name: &str| -> Result<String, SourceError> {
+            let mut s = String::new();
+            zip.by_name(name)
+                .map_err(|_| {
+                    err(path, format!("{name} is not in the zip (LOBSTER pairs message and orderbook files)"))
+                })?
+                .read_to_string(&mut s)
+                .map_err(|e| err(path, e.to_string()))?;
+            Ok(s)
+        };
+        let (m, b) = (read(&msg)?, read(&ob)?);
+        (msg, m, b)
+    } else {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        if !name.contains("_message_") {
+            return Err(err(path, "expected a LOBSTER *_message_N.csv file (or a zip of the pair)"));
+        }
+        let ob = path.with_file_name(name.replace("_message_", "_orderbook_"));
+        let m = std::fs::read_to_string(path).map_err(|e| err(path, e.to_string()))?;
+        let b = std::fs::read_to_string(&ob)
+            .map_err(|e| err(&ob, format!("{e} (the orderbook file must sit beside the message file)")))?;
+        (name, m, b)
+    };
+    let base = Path::new(&msg_name).file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+    let mut parts = base.split('_');
+    let ticker = parts.next().unwrap_or("LOBSTER").to_string();
+    let day_ns = parts.next().and_then(date_to_unix_ns).unwrap_or(0);
+    let symbol_id = symbols
+        .id(&ticker)
+        .ok_or_else(|| err(path, format!("ticker {ticker} is not in the --symbols mapping")))?;
+
+    let mut events = Vec::new();
+    let mut skips = Skips(vec![]);
+    let mut book_lines = book.lines();
+    for (i, line) in messages.lines().enumerate() {
+        let Some(book_line) = book_lines.next() else {
+            return Err(err(path, format!("orderbook has fewer rows than messages (row {})", i + 1)));
+        };
+        let m: Vec<&str> = line.split(',').collect();
+        let b: Vec<&str> = book_line.split(',').collect();
+        if m.len() < 6 || b.len() < 4 || b.len() % 4 != 0 {
+            return Err(err(path, format!("row {}: not a LOBSTER message/orderbook row", i + 1)));
+        }
+        let bad_num = |what: &str| err(path, format!("row {}: bad {what}", i + 1));
+        let secs: f64 = m[0].trim().parse().map_err(|_| bad_num("time"))?;
+        let kind: i64 = m[1].trim().parse().map_err(|_| bad_num("event type"))?;
+        if kind == 7 {
+            skips.add("trading halt message (type 7)");
+            continue;
+        }
+        let num = |s: &str, what: &str| s.trim().parse::<i64>().map_err(|_| bad_num(what));
+        let (ask, asz, bid, bsz) = (
+            num(b[0], "ask price")?,
+            num(b[1], "ask size")?,
+            num(b[2], "bid price")?,
+            num(b[3], "bid size")?,
+        );
+        if ask.abs() == LOBSTER_DUMMY || bid.abs() == LOBSTER_DUMMY {
+            skips.add("empty best level (dummy price)");
+            continue;
+        }
+        let ts = day_ns + (secs * 1e9).round() as u64;
+        events.push(request(ts, symbol_id, bid, ask, bsz, asz));
+    }
+    Ok(Stream { events, price_scale: 10_000, symbols: symbols.listing(), skipped: skips.0 })
+}
+
+/// `YYYY-MM-DD` → ns since the Unix epoch at midnight UTC.
+fn date_to_unix_ns(s: &str) -> Option<u64> {
+    let mut it = s.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, d) = (it.next()??, it.next()??, it.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    (days >= 0).then(|| days as u64 * 86_400_000_000_000)
+}
+
+// ---------------------------------------------------------------- DBN
+
+/// Databento DBN (zstd-compressed or not), schemas mbp-1 and bbo-1s/1m (and
+/// cbbo): top of book per record; prices are 1e-9 fixed point; undefined
+/// prices (one-sided books) are skipped. Instrument ids map to symbol ids
+/// through `--symbols ID=SYMBOL_ID` (else in order of appearance).
+pub fn load_dbn(path: &Path, symbols: &mut SymbolTable) -> Result<Stream, SourceError> {
+    use dbn::decode::{DecodeRecordRef, DynDecoder};
+    use dbn::{BboMsg, Mbp1Msg, VersionUpgradePolicy};
+
+    let mut decoder =
+        DynDecoder::from_file(path, VersionUpgradePolicy::default()).map_err(|e| err(path, e.to_string()))?;
+    let mut events = Vec::new();
+    let mut skips = Skips(vec![]);
+    while let Some(rec) = decoder.decode_record_ref().map_err(|e| err(path, e.to_string()))? {
+        let (instrument, ts, l) = if let Some(m) = rec.get::<Mbp1Msg>() {
+            (m.hd.instrument_id, m.hd.ts_event, m.levels[0].clone())
+        } else if let Some(b) = rec.get::<BboMsg>() {
+            (b.hd.instrument_id, b.ts_recv, b.levels[0].clone())
+        } else {
+            skips.add("record of another schema");
+            continue;
+        };
+        if l.bid_px == dbn::UNDEF_PRICE || l.ask_px == dbn::UNDEF_PRICE {
+            skips.add("undefined bid or ask price");
+            continue;
+        }
+        let Some(symbol_id) = symbols.id(&instrument.to_string()) else {
+            skips.add("instrument not in --symbols");
+            continue;
+        };
+        events.push(request(ts, symbol_id, l.bid_px, l.ask_px, l.bid_sz as i64, l.ask_sz as i64));
+    }
+    Ok(Stream { events, price_scale: 1_000_000_000, symbols: symbols.listing(), skipped: skips.0 })
+}
+
+// ---------------------------------------------------------------- CSV
+
+/// CSV with a header row. Columns (any order, names case-insensitive):
+/// `timestamp_ns` (integer ns; or `timestamp` in seconds, decimal),
+/// `symbol` (name, mapped to an id) or `symbol_id`,
+/// `bid_price`, `ask_price` (decimal prices), `bid_size`, `ask_size` (integers),
+/// optional `book_imbalance` (ratio in [-1, 1]; computed from the sizes if absent),
+/// optional `f0` … `f31` (extra features). Prices are stored at scale 10⁹.
+pub fn load_csv(path: &Path, symbols: &mut SymbolTable) -> Result<Stream, SourceError> {
+    const SCALE: f64 = 1e9;
+    let text = std::fs::read_to_string(path).map_err(|e| err(path, e.to_string()))?;
+    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let (_, header) = lines.next().ok_or_else(|| err(path, "empty file"))?;
+    let cols: Vec<String> = header.split(',').map(|c| c.trim().to_ascii_lowercase()).collect();
+    let find = |name: &str| cols.iter().position(|c| c == name);
+    let need = |name: &str| {
+        find(name).ok_or_else(|| err(path, format!("missing column `{name}` (header: {header})")))
+    };
+    let (bid_i, ask_i, bsz_i, asz_i) =
+        (need("bid_price")?, need("ask_price")?, need("bid_size")?, need("ask_size")?);
+    let ts_ns_i = find("timestamp_ns");
+    let ts_s_i = find("timestamp");
+    if ts_ns_i.is_none() && ts_s_i.is_none() {
+        return Err(err(path, "missing column `timestamp_ns` (or `timestamp` in seconds)"));
+    }
+    let (sym_i, symid_i) = (find("symbol"), find("symbol_id"));
+    let imb_i = find("book_imbalance");
+    let feats: Vec<(usize, usize)> =
+        (0..MAX_FEATURES).filter_map(|k| find(&format!("f{k}")).map(|i| (k, i))).collect();
+    let mut events = Vec::new();
+    let mut skips = Skips(vec![]);
+    for (n, line) in lines {
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        let bad = |what: &str| err(path, format!("line {}: bad {what}", n + 1));
+        let get = |i: usize, what: &str| f.get(i).copied().ok_or_else(|| bad(what));
+        let price = |i: usize, what: &str| -> Result<i64, SourceError> {
+            let v: f64 = get(i, what)?.parse().map_err(|_| bad(what))?;
+            Ok((v * SCALE).round() as i64)
+        };
+        let int = |i: usize, what: &str| get(i, what)?.parse::<i64>().map_err(|_| bad(what));
+        let ts = match (ts_ns_i, ts_s_i) {
+            (Some(i), _) => get(i, "timestamp_ns")?.parse::<u64>().map_err(|_| bad("timestamp_ns"))?,
+            (None, Some(i)) => {
+                (get(i, "timestamp")?.parse::<f64>().map_err(|_| bad("timestamp"))? * 1e9).round() as u64
+            }
+            _ => unreachable!(),
+        };
+        let symbol_id = match (symid_i, sym_i) {
+            (Some(i), _) => int(i, "symbol_id")? as u16,
+            (None, Some(i)) => match symbols.id(get(i, "symbol")?) {
+                Some(id) => id,
+                None => {
+                    skips.add("symbol not in --symbols");
+                    continue;
+                }
+            },
+            _ => 0,
+        };
+        let (bid, ask) = (price(bid_i, "bid_price")?, price(ask_i, "ask_price")?);
+        let (bsz, asz) = (int(bsz_i, "bid_size")?, int(asz_i, "ask_size")?);
+        let mut ev = request(ts, symbol_id, bid, ask, bsz, asz);
+        if let Some(i) = imb_i {
+            let r: f64 = get(i, "book_imbalance")?.parse().map_err(|_| bad("book_imbalance"))?;
+            ev.req.book_imbalance = (r * IMBALANCE_SCALE as f64).round() as i64;
+        }
+        if !feats.is_empty() {
+            let mut x = [0f32; MAX_FEATURES];
+            for &(k, i) in &feats {
+                x[k] = get(i, "feature")?.parse().map_err(|_| bad(&format!("f{k}")))?;
+            }
+            ev.req.features = x;
+            ev.req.n_features = feats.iter().map(|&(k, _)| k + 1).max().unwrap_or(0) as u16;
+        }
+        events.push(ev);
+    }
+    Ok(Stream { events, price_scale: SCALE as i64, symbols: symbols.listing(), skipped: skips.0 })
+}
+
+// ---------------------------------------------------------------- capture
+
+/// A tickinfer capture: requests exactly as recorded (extras included).
+pub fn load_capture(path: &Path) -> Result<Stream, SourceError> {
+    let cap = crate::record::read_capture(path).map_err(|e| err(path, e.to_string()))?;
+    let mut skipped = vec![];
+    if cap.trailing_bytes > 0 {
+        skipped.push((format!("trailing partial record ({} bytes)", cap.trailing_bytes), 1));
+    }
+    let events =
+        cap.records.iter().map(|r| Event { ts_ns: r.request.timestamp_ns, req: r.request }).collect();
+    Ok(Stream { events, price_scale: cap.header.price_scale, symbols: vec![], skipped })
+}
+
+/// Rescale every price from `from` to `to` (exact when one divides the other; rounded otherwise).
+pub fn rescale(events: &mut [Event], from: i64, to: i64) {
+    if from == to {
+        return;
+    }
+    let conv = |v: i64| -> i64 {
+        let num = v as i128 * to as i128;
+        let q = num / from as i128;
+        let r = num % from as i128;
+        (if 2 * r.abs() >= from as i128 { q + r.signum() } else { q }) as i64
+    };
+    for e in events {
+        e.req.bid_price = conv(e.req.bid_price);
+        e.req.ask_price = conv(e.req.ask_price);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_rescaling() {
+        assert_eq!(date_to_unix_ns("1970-01-02"), Some(86_400_000_000_000));
+        assert_eq!(date_to_unix_ns("2012-06-21"), Some(1_340_236_800_000_000_000));
+        assert_eq!(date_to_unix_ns("2012-13-01"), None);
+        let mut ev = vec![request(0, 0, 1_234_500, 1_234_600, 1, 1)];
+        rescale(&mut ev, 10_000, 1_000_000_000);
+        assert_eq!(({ ev[0].req.bid_price }, { ev[0].req.ask_price }), (123_450_000_000, 123_460_000_000));
+        rescale(&mut ev, 1_000_000_000, 100);
+        assert_eq!({ ev[0].req.bid_price }, 12_345);
+    }
+
+    #[test]
+    fn symbol_tables() {
+        let mut t = SymbolTable::new(&[]).unwrap();
+        assert_eq!((t.id("A"), t.id("B"), t.id("A")), (Some(0), Some(1), Some(0)));
+        let mut t = SymbolTable::new(&["AMZN=7".into()]).unwrap();
+        assert_eq!((t.id("AMZN"), t.id("MSFT")), (Some(7), None));
+        assert!(SymbolTable::new(&["AMZN".into()]).is_err());
+    }
+}

@@ -1,0 +1,306 @@
+//! Replay: every format parsed from fixtures made here (DBN with the `dbn`
+//! crate's encoder), the real LOBSTER sample when `../shared/data` is present,
+//! capture round trips, pacing arithmetic, and the demo end to end.
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tickinfer::replay::source::{self, Format, SymbolTable};
+use tickinfer::replay::{schedule, Speed};
+use util::repo_root;
+
+fn table() -> SymbolTable {
+    SymbolTable::new(&[]).unwrap()
+}
+
+#[test]
+fn lobster_pair_with_halt_and_dummy_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let msg = dir.path().join("TEST_2012-06-21_34200000_57600000_message_2.csv");
+    let book = dir.path().join("TEST_2012-06-21_34200000_57600000_orderbook_2.csv");
+    std::fs::write(
+        &msg,
+        "34200.000000001,1,1,100,1000100,-1\n34200.5,7,0,0,-1,-1\n34201.25,3,1,100,1000100,-1\n34202,1,2,5,999900,1\n",
+    )
+    .unwrap();
+    // Two levels: ask, ask size, bid, bid size per level. Row 3 has an empty best bid (dummy).
+    std::fs::write(
+        &book,
+        "1000100,100,1000000,300,1000200,50,999900,10\n1000100,100,1000000,300,1000200,50,999900,10\n\
+         1000200,50,-9999999999,0,9999999999,0,-9999999999,0\n1000200,50,999900,5,9999999999,0,-9999999999,0\n",
+    )
+    .unwrap();
+    let s = source::load(&msg, Format::Lobster, &mut table()).unwrap();
+    assert_eq!(s.price_scale, 10_000);
+    assert_eq!(s.events.len(), 2, "halt and dummy rows skipped");
+    assert_eq!(s.skipped.len(), 2, "{:?}", s.skipped);
+    let e = &s.events[0];
+    assert_eq!(
+        ({ e.req.bid_price }, { e.req.ask_price }, { e.req.bid_size }, { e.req.ask_size }),
+        (1_000_000, 1_000_100, 300, 100)
+    );
+    assert_eq!({ e.req.book_imbalance }, 500_000);
+    assert_eq!(e.ts_ns, 1_340_236_800_000_000_000 + 34_200_000_000_001);
+    assert_eq!(s.symbols, vec![("TEST".to_string(), 0)]);
+    // Explicit mapping; an unmapped ticker is an error naming it.
+    let mut mapped = SymbolTable::new(&["TEST=9".into()]).unwrap();
+    assert_eq!({ source::load(&msg, Format::Lobster, &mut mapped).unwrap().events[1].req.symbol_id }, 9);
+    let mut other = SymbolTable::new(&["AMZN=1".into()]).unwrap();
+    assert!(source::load(&msg, Format::Lobster, &mut other).unwrap_err().to_string().contains("TEST"));
+    // Missing orderbook file: named.
+    std::fs::remove_file(&book).unwrap();
+    let e = source::load(&msg, Format::Lobster, &mut table()).unwrap_err().to_string();
+    assert!(e.contains("orderbook"), "{e}");
+}
+
+fn shared_lobster() -> Option<PathBuf> {
+    let p = repo_root().join("../shared/data/lobster/LOBSTER_SampleFile_AMZN_2012-06-21_1.zip");
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!("skipped: ../shared/data/lobster (the real LOBSTER sample) is not present");
+        None
+    }
+}
+
+#[test]
+fn real_lobster_sample_when_present() {
+    let Some(zip) = shared_lobster() else { return };
+    let s = source::load(&zip, Format::Lobster, &mut table()).unwrap();
+    // 57,515 rows; a handful with an empty best level or a halt are skipped.
+    let skipped: u64 = s.skipped.iter().map(|(_, n)| n).sum();
+    assert_eq!(s.events.len() as u64 + skipped, 57_515);
+    assert!(s.events.len() > 57_000);
+    assert!(s.events.iter().all(|e| e.req.bid_price > 0 && e.req.bid_price < e.req.ask_price));
+    assert_eq!(s.symbols, vec![("AMZN".to_string(), 0)]);
+}
+
+fn write_dbn(path: &Path, zstd: bool, bbo: bool) {
+    use dbn::encode::{dbn::Encoder, EncodeRecord};
+    use dbn::{BboMsg, BidAskPair, Mbp1Msg, MetadataBuilder, RecordHeader, SType, Schema};
+    let schema = if bbo { Schema::Bbo1S } else { Schema::Mbp1 };
+    let meta = MetadataBuilder::new()
+        .dataset("XNAS.ITCH".to_string())
+        .schema(Some(schema))
+        .start(0)
+        .stype_in(Some(SType::InstrumentId))
+        .stype_out(SType::InstrumentId)
+        .build();
+    let file = std::fs::File::create(path).unwrap();
+    let levels = |i: i64| {
+        [BidAskPair {
+            bid_px: 100_000_000_000 + i * 10_000_000,
+            ask_px: if i == 2 { dbn::UNDEF_PRICE } else { 100_010_000_000 + i * 10_000_000 },
+            bid_sz: 300,
+            ask_sz: 100,
+            bid_ct: 1,
+            ask_ct: 1,
+        }]
+    };
+    let rtype = if bbo { dbn::rtype::BBO_1S } else { dbn::rtype::MBP_1 };
+    let hd = |i: i64| RecordHeader::new::<Mbp1Msg>(rtype, 1, 1000 + (i % 2) as u32, 1_000 + i as u64);
+    macro_rules! encode {
+        ($enc:expr) => {{
+            let mut enc = $enc;
+            for i in 0..5i64 {
+                if bbo {
+                    let rec = BboMsg {
+                        hd: hd(i),
+                        ts_recv: 2_000 + i as u64,
+                        levels: levels(i),
+                        ..BboMsg::default_for_schema(Schema::Bbo1S)
+                    };
+                    enc.encode_record(&rec).unwrap();
+                } else {
+                    let rec = Mbp1Msg { hd: hd(i), levels: levels(i), ..Default::default() };
+                    enc.encode_record(&rec).unwrap();
+                }
+            }
+        }};
+    }
+    if zstd {
+        encode!(Encoder::with_zstd(file, &meta).unwrap());
+    } else {
+        encode!(Encoder::new(file, &meta).unwrap());
+    }
+}
+
+#[test]
+fn dbn_mbp1_and_bbo_plain_and_zstd() {
+    let dir = tempfile::tempdir().unwrap();
+    for (zstd, bbo) in [(false, false), (true, false), (false, true), (true, true)] {
+        let path = dir.path().join(format!("t-{zstd}-{bbo}.dbn{}", if zstd { ".zst" } else { "" }));
+        write_dbn(&path, zstd, bbo);
+        let s = source::load(&path, Format::Dbn, &mut table()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.price_scale, 1_000_000_000);
+        assert_eq!(s.events.len(), 4, "zstd {zstd} bbo {bbo}: the undefined ask is skipped");
+        let e = &s.events[0];
+        assert_eq!(({ e.req.bid_price }, { e.req.ask_price }), (100_000_000_000, 100_010_000_000));
+        assert_eq!(e.ts_ns, if bbo { 2_000 } else { 1_000 });
+        // Instruments 1000, 1001 -> symbol ids 0, 1 by first appearance.
+        assert_eq!(({ s.events[0].req.symbol_id }, { s.events[1].req.symbol_id }), (0, 1));
+        let mut ev = s.events.clone();
+        source::rescale(&mut ev, s.price_scale, 10_000);
+        assert_eq!({ ev[0].req.bid_price }, 1_000_000, "DBN 1e-9 → the server's scale");
+    }
+}
+
+#[test]
+fn csv_with_header_mapping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.csv");
+    std::fs::write(
+        &path,
+        "timestamp_ns,symbol,bid_price,ask_price,bid_size,ask_size,f0,f1\n\
+         1000,AAPL,189.50,189.52,300,100,0.5,-1\n2000,MSFT,410.00,410.05,10,10,0,0\n3000,AAPL,189.51,189.52,200,200,1,2\n",
+    )
+    .unwrap();
+    let s = source::load(&path, Format::Csv, &mut table()).unwrap();
+    assert_eq!(s.events.len(), 3);
+    let e = &s.events[0];
+    assert_eq!(({ e.req.bid_price }, { e.req.ask_price }), (189_500_000_000, 189_520_000_000));
+    assert_eq!(({ e.req.n_features }, e.req.features[1]), (2, -1.0));
+    assert_eq!({ e.req.book_imbalance }, 500_000);
+    assert_eq!(({ s.events[1].req.symbol_id }, { s.events[2].req.symbol_id }), (1, 0));
+    std::fs::write(&path, "time,bid,ask\n1,2,3\n").unwrap();
+    let e = source::load(&path, Format::Csv, &mut table()).unwrap_err().to_string();
+    assert!(e.contains("missing column `bid_price`"), "{e}");
+}
+
+#[test]
+fn pacing_schedules() {
+    let mut ev = Vec::new();
+    for (i, ts) in [1_000_000_000u64, 1_000_500_000, 1_002_000_000].iter().enumerate() {
+        let mut e = source::Event { ts_ns: *ts, req: tickinfer::wire::MlRequest::new() };
+        e.req.request_id = i as u64;
+        ev.push(e);
+    }
+    assert_eq!(schedule(&ev, Speed::Max, None), vec![None, None, None]);
+    assert_eq!(schedule(&ev, Speed::Times(1.0), None), vec![Some(0), Some(500_000), Some(2_000_000)]);
+    assert_eq!(schedule(&ev, Speed::Times(10.0), None), vec![Some(0), Some(50_000), Some(200_000)]);
+    assert_eq!(schedule(&ev, Speed::Max, Some(1000.0)), vec![Some(0), Some(1_000_000), Some(2_000_000)]);
+    assert_eq!("realtime".parse::<Speed>().unwrap(), Speed::Times(1.0));
+    assert_eq!("25x".parse::<Speed>().unwrap(), Speed::Times(25.0));
+    assert!("fast".parse::<Speed>().is_err());
+}
+
+fn tickinfer(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tickinfer")).args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[test]
+fn record_while_replaying_then_replay_the_capture() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = dir.path().join("session.tkcap");
+    let sample = repo_root().join("data/sample/SYNTH_2026-01-05_sample.zip");
+    let mut server = util::server::Server::start(&["--record", cap.to_str().unwrap()]);
+    let out1 = dir.path().join("r1");
+    tickinfer(&[
+        "replay",
+        "--input",
+        sample.to_str().unwrap(),
+        "--format",
+        "lobster",
+        "--limit",
+        "3000",
+        "--socket",
+        server.socket.to_str().unwrap(),
+        "--connections",
+        "2",
+        "--window",
+        "16",
+        "--out",
+        out1.to_str().unwrap(),
+    ]);
+    assert!(server.terminate().success());
+    assert!(server.log().contains("recorder: 3000 requests written"), "{}", server.log());
+    // The capture holds exactly what was sent (request ids are the replay's event indices).
+    let c = tickinfer::record::read_capture(&cap).unwrap();
+    assert_eq!(c.records.len(), 3000);
+    let mut ids: Vec<u64> = c.records.iter().map(|r| r.request.request_id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..3000).collect::<Vec<_>>());
+    let stream = source::load(&sample, Format::Lobster, &mut table()).unwrap();
+    for r in &c.records {
+        let mut want = stream.events[r.request.request_id as usize].req;
+        want.request_id = r.request.request_id;
+        assert_eq!(bytemuck::bytes_of(&r.request), bytemuck::bytes_of(&want), "recorded request differs");
+    }
+    // Byte-for-byte round trip of the file.
+    let again = dir.path().join("again.tkcap");
+    tickinfer::record::write_capture(&again, &c.header, &c.records).unwrap();
+    assert_eq!(std::fs::read(&cap).unwrap(), std::fs::read(&again).unwrap());
+    // Replaying the capture (spawning a server from --model) answers every request.
+    let out2 = dir.path().join("r2");
+    let text = tickinfer(&[
+        "replay",
+        "--input",
+        cap.to_str().unwrap(),
+        "--format",
+        "capture",
+        "--model",
+        repo_root().join("models/lobster_direction.toml").to_str().unwrap(),
+        "--server-poll",
+        "block",
+        "--rate",
+        "20000",
+        "--out",
+        out2.to_str().unwrap(),
+        "--json",
+    ]);
+    let summary: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(summary["events"], 3000);
+    assert_eq!(summary["by_status"][0][1], 3000, "{summary}");
+    assert_eq!(summary["lost"], 0);
+    assert_eq!(summary["mismatched_ids"], 0);
+}
+
+#[test]
+fn demo_runs_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let text = tickinfer(&["demo", "--out", out.to_str().unwrap()]);
+    for needle in ["latency µs", "p99.9", "throughput", "status       0 ok: 20000", "always-", "macro-F1"] {
+        assert!(text.contains(needle), "`{needle}` not in:\n{text}");
+    }
+    for f in ["signals.csv", "summary.json", "latency.svg", "latency.png"] {
+        assert!(out.join(f).metadata().map(|m| m.len() > 0).unwrap_or(false), "{f} missing");
+    }
+    let signals = std::fs::read_to_string(out.join("signals.csv")).unwrap();
+    assert_eq!(signals.lines().count(), 20_001, "header + one line per event");
+}
+
+#[test]
+fn replay_lobster_sample_reports_quality_when_present() {
+    let Some(zip) = shared_lobster() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let text = tickinfer(&[
+        "replay",
+        "--input",
+        zip.to_str().unwrap(),
+        "--format",
+        "lobster",
+        "--model",
+        repo_root().join("models/lobster_direction.toml").to_str().unwrap(),
+        "--server-poll",
+        "block",
+        "--window",
+        "32",
+        "--out",
+        dir.path().to_str().unwrap(),
+        "--json",
+    ]);
+    let s: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(s["lost"], 0);
+    assert_eq!(s["quality"]["horizon_events"], 10);
+    assert!(s["quality"]["evaluated"].as_u64().unwrap() > 50_000);
+}
