@@ -1,12 +1,9 @@
 //! The `tickinfer` command line.
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
 
-use clap::{Parser, Subcommand};
-
-use tickinfer::server::{self, ServeOptions, Shutdown};
-use tickinfer::stats::Stats;
+use tickinfer::server::{self, ServeOptions, Shared};
 
 #[derive(Parser)]
 #[command(name = "tickinfer", version, about = "Low-latency trading-signal inference server")]
@@ -19,6 +16,14 @@ struct Cli {
 enum Command {
     /// Serve a model on a Unix socket until SIGTERM/SIGINT (then drain and exit 0).
     Serve(Box<ServeOptions>),
+    /// Load a new model into a running server and swap it in between two requests.
+    Reload {
+        #[arg(long)]
+        socket: PathBuf,
+        /// The new model's manifest.
+        #[arg(long)]
+        model: PathBuf,
+    },
     /// Print the latency and status statistics of a running server.
     Stats {
         /// The server's socket (its control socket is PATH.ctl).
@@ -91,6 +96,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(opts) => serve(*opts),
+        Command::Reload { socket, model } => match tickinfer::control::request_reload(&socket, &model) {
+            Ok((name, version)) => {
+                println!("reloaded: now serving {name} v{version}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tickinfer reload: refused, the old model keeps serving: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Stats { socket, json } => match tickinfer::control::query_stats(&socket) {
             Ok(report) if json => {
                 println!("{}", serde_json::to_string_pretty(&report).expect("report serialises"));
@@ -130,6 +145,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(opts: ServeOptions) -> ExitCode {
+    let config_file = opts.config.clone();
     let cfg = match opts.with_config_file().and_then(ServeOptions::resolve) {
         Ok(cfg) => cfg,
         Err(e) => {
@@ -137,17 +153,16 @@ fn serve(opts: ServeOptions) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let shutdown = Shutdown::new();
-    let shared = Arc::new(Mutex::new(Stats::default()));
-    let control = match tickinfer::control::spawn(&cfg.socket, &cfg.policy, shared.clone(), shutdown.clone())
-    {
-        Ok(handle) => handle,
-        Err(e) => {
-            eprintln!("tickinfer serve: control socket: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = server::run(cfg, shutdown.clone(), shared, |ready| {
+    let shared = Shared::new();
+    let control =
+        match tickinfer::control::spawn(&cfg.socket, &cfg.policy, shared.clone(), config_file, cfg.metrics) {
+            Ok(handle) => handle,
+            Err(e) => {
+                eprintln!("tickinfer serve: control socket: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    let result = server::run(cfg, shared.clone(), |ready| {
         log::info!(
             "ready: model {} v{} on {} ({:?} mode, {:?} polling, batch up to {})",
             ready.model.name,
@@ -158,7 +173,7 @@ fn serve(opts: ServeOptions) -> ExitCode {
             ready.model.max_batch
         );
     });
-    shutdown.trigger(); // stops the control plane on every path
+    shared.shutdown.trigger(); // stops the control plane on every path
     let _ = control.join();
     match result {
         Ok(report) => {

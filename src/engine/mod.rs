@@ -147,6 +147,12 @@ pub struct Engine {
     session: Session,
 }
 
+// SAFETY: every field is owned by the engine alone: the ORT session (itself Send + Sync), ORT-owned
+// tensors, and IoBindings — plain C++ objects with no thread affinity that only reference this engine's
+// tensors. All use goes through `&mut self`, so moving the engine to another thread (a reload hands a
+// freshly built engine to the scoring thread) never lets two threads touch a binding at once.
+unsafe impl Send for Engine {}
+
 static ENVIRONMENT: OnceLock<(PathBuf, Environment)> = OnceLock::new();
 
 /// The process's ONNX Runtime environment for `opts` (locating or provisioning

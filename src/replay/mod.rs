@@ -396,7 +396,7 @@ fn drive(
 /// the demo; stopped (drained) when dropped.
 pub struct LocalServer {
     pub socket: PathBuf,
-    shutdown: Arc<crate::server::Shutdown>,
+    shared: Arc<crate::server::Shared>,
     thread: Option<std::thread::JoinHandle<Result<crate::stats::StatsReport, String>>>,
     dir: PathBuf,
 }
@@ -408,15 +408,14 @@ impl LocalServer {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         cfg.socket = dir.join("replay.sock");
         let socket = cfg.socket.clone();
-        let shutdown = crate::server::Shutdown::new();
-        let shared = Arc::new(std::sync::Mutex::new(crate::stats::Stats::default()));
+        let shared = crate::server::Shared::new();
         let (tx, rx) = std::sync::mpsc::channel();
-        let sd = shutdown.clone();
+        let sd = shared.clone();
         let thread = std::thread::Builder::new()
             .name("tickinfer-server".into())
             .spawn(move || {
                 let tx2 = tx.clone();
-                let r = crate::server::run(cfg, sd, shared, move |ready| {
+                let r = crate::server::run(cfg, sd, move |ready| {
                     let _ = tx2.send(Ok(ready.clone()));
                 })
                 .map_err(|e| e.to_string());
@@ -427,7 +426,7 @@ impl LocalServer {
             })
             .map_err(|e| e.to_string())?;
         match rx.recv() {
-            Ok(Ok(_)) => Ok(LocalServer { socket, shutdown, thread: Some(thread), dir }),
+            Ok(Ok(_)) => Ok(LocalServer { socket, shared, thread: Some(thread), dir }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err("the server thread ended before it was ready".into()),
         }
@@ -439,7 +438,7 @@ impl LocalServer {
     }
 
     fn stop_inner(&mut self) -> Result<crate::stats::StatsReport, String> {
-        self.shutdown.trigger();
+        self.shared.shutdown.trigger();
         let r = match self.thread.take() {
             Some(t) => t.join().map_err(|_| "server thread panicked".to_string())?,
             None => Ok(Default::default()),

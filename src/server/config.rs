@@ -127,6 +127,9 @@ pub struct ServeOptions {
     /// from a separate thread; drops (writer behind) are counted and logged.
     #[arg(long)]
     pub record: Option<PathBuf>,
+    /// Serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9464), off the hot path.
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 macro_rules! overlay {
@@ -207,6 +210,7 @@ impl ServeOptions {
         };
         Ok(ServerConfig {
             record: self.record,
+            metrics: self.metrics,
             model,
             socket,
             mode: self.mode.unwrap_or(Mode::Auto),
@@ -259,6 +263,8 @@ pub struct ServerConfig {
     pub engine: EngineOptions,
     /// Capture file for `--record`.
     pub record: Option<PathBuf>,
+    /// Prometheus endpoint address.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl ServerConfig {

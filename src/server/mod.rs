@@ -27,10 +27,11 @@
 //! is a slow reader: it is disconnected with a log line; others never wait on it.
 
 pub mod config;
+pub mod reload;
 pub mod stage;
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -79,10 +80,6 @@ pub struct Shutdown {
 }
 
 impl Shutdown {
-    pub fn new() -> Arc<Shutdown> {
-        Arc::new(Shutdown::default())
-    }
-
     /// Start the drain. Safe from any thread, any number of times.
     pub fn trigger(&self) {
         // Release: pairs with the Acquire load in the loop; nothing else is published through it.
@@ -94,6 +91,25 @@ impl Shutdown {
 
     pub fn is_triggered(&self) -> bool {
         self.flag.load(Ordering::Acquire)
+    }
+}
+
+/// Everything the server's threads share with the control plane.
+#[derive(Default)]
+pub struct Shared {
+    pub shutdown: Shutdown,
+    /// Cumulative stats (hot threads fold theirs in every 200 ms).
+    pub stats: Mutex<Stats>,
+    pub reload: reload::ReloadSlot,
+    /// Open client connections (gauge).
+    pub connections: AtomicU64,
+    /// Jobs waiting in the request ring (pipeline mode; gauge, sampled every 200 ms).
+    pub queue_depth: AtomicU64,
+}
+
+impl Shared {
+    pub fn new() -> Arc<Shared> {
+        Arc::new(Shared::default())
     }
 }
 
@@ -133,8 +149,7 @@ fn pin(core: Option<usize>, what: &str) {
 /// the socket accepts connections and the model is warm.
 pub fn run(
     cfg: ServerConfig,
-    shutdown: Arc<Shutdown>,
-    shared: Arc<Mutex<Stats>>,
+    shared: Arc<Shared>,
     on_ready: impl FnOnce(&Ready),
 ) -> Result<StatsReport, ServerError> {
     crate::sys::ignore_sigpipe();
@@ -164,7 +179,7 @@ pub fn run(
 
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-    let _ = shutdown.waker.set(waker.clone());
+    let _ = shared.shutdown.waker.set(waker.clone());
     let mut listener = UnixListener::from_std(std_listener);
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
 
@@ -209,6 +224,7 @@ pub fn run(
         }
         None => None,
     };
+    shared.reload.set_current(model.clone(), cfg.model.clone(), cfg.engine.clone());
     let ready = Ready { mode, poll: cfg.poll, io_core, worker_core, model };
 
     let mut io = IoLoop {
@@ -229,8 +245,8 @@ pub fn run(
         last_publish: now_ns(),
         last_log: now_ns(),
         last_work: now_ns(),
-        shutdown,
         recorder,
+        seen_swaps: 0,
         cfg,
     };
     log::info!("listening on {} (control: {}.ctl)", io.cfg.socket.display(), io.cfg.socket.display());
@@ -240,7 +256,7 @@ pub fn run(
     if let Some(mut r) = io.recorder.take() {
         r.finish()?;
     }
-    let report = io.shared.lock().map(|s| s.report()).unwrap_or_default();
+    let report = io.shared.stats.lock().map(|s| s.report()).unwrap_or_default();
     Ok(report)
 }
 
@@ -299,7 +315,7 @@ impl Worker {
         capacity: usize,
         core: Option<usize>,
         waker: Arc<Waker>,
-        shared: Arc<Mutex<Stats>>,
+        shared: Arc<Shared>,
     ) -> Result<(Stage, ModelInfo), ServerError> {
         let (jobs_tx, mut jobs_rx) = ring::ring::<Job>(capacity);
         let (mut done_tx, done_rx) = ring::ring::<Done>(capacity);
@@ -351,11 +367,12 @@ impl Worker {
                         wb.wake_pending();
                     }
                     if now_ns() - last_publish > PUBLISH_EVERY_NS {
-                        publish(&mut stats, &shared, false);
+                        publish(&mut stats, &shared.stats, false);
                         last_publish = now_ns();
                     }
                     continue;
                 }
+                scorer.poll_reload(&shared.reload);
                 scorer.score(&jobs, &mut stats, |done| {
                     if done_tx.push(done).is_err() {
                         unreachable!("response ring is as large as the request ring");
@@ -366,7 +383,7 @@ impl Worker {
                     let _ = waker.wake();
                 }
             }
-            publish(&mut stats, &shared, true);
+            publish(&mut stats, &shared.stats, true);
         })?;
         let model = match ready_rx.recv() {
             Ok(Ok(model)) => model,
@@ -426,11 +443,12 @@ struct IoLoop {
     /// Connections paused at the hard limit whose in-flight count fell.
     resume: Vec<usize>,
     stats: Stats,
-    shared: Arc<Mutex<Stats>>,
+    shared: Arc<Shared>,
     last_publish: u64,
     last_log: u64,
     last_work: u64,
-    shutdown: Arc<Shutdown>,
+    /// Reload swaps already reflected in `info`.
+    seen_swaps: u64,
     /// `--record`: requests go to the capture writer thread.
     recorder: Option<crate::record::Recorder>,
     cfg: ServerConfig,
@@ -442,7 +460,7 @@ impl IoLoop {
             let timeout = self.poll_timeout();
             self.poll_once(timeout)?;
             self.advance();
-            if self.shutdown.is_triggered() {
+            if self.shared.shutdown.is_triggered() {
                 return self.drain();
             }
         }
@@ -459,6 +477,14 @@ impl IoLoop {
         }
         self.flush_dirty();
         self.tick();
+        if self.shared.reload.swaps() != self.seen_swaps {
+            self.seen_swaps = self.shared.reload.swaps();
+            if let Some((model, _)) = self.shared.reload.current() {
+                // New connections are told the model now serving.
+                self.info.model_version = model.version;
+                self.info.model_name = model.name;
+            }
+        }
     }
 
     fn poll_timeout(&mut self) -> Option<Duration> {
@@ -693,6 +719,7 @@ impl IoLoop {
                 if jobs.is_empty() {
                     return 0;
                 }
+                scorer.poll_reload(&self.shared.reload);
                 scorer.score(jobs, &mut self.stats, |done| dones.push(done));
                 jobs.clear();
                 let send_ns = now_ns();
@@ -817,7 +844,14 @@ impl IoLoop {
     }
 
     fn publish(&mut self, force: bool) {
-        publish(&mut self.stats, &self.shared, force);
+        publish(&mut self.stats, &self.shared.stats, force);
+        // Relaxed: gauges, read by the metrics endpoint with no ordering needs.
+        self.shared.connections.store(self.conns.len() as u64, Ordering::Relaxed);
+        let depth = match &self.stage {
+            Stage::Pipeline(w) => (w.jobs_tx.buffer().capacity() - w.jobs_tx.slots()) as u64,
+            Stage::Inline { .. } => 0,
+        };
+        self.shared.queue_depth.store(depth, Ordering::Relaxed);
     }
 
     fn tick(&mut self) {
@@ -829,7 +863,7 @@ impl IoLoop {
         let every = self.cfg.stats_interval.as_nanos() as u64;
         if every > 0 && now - self.last_log > every {
             self.last_log = now;
-            if let Ok(s) = self.shared.lock() {
+            if let Ok(s) = self.shared.stats.lock() {
                 let r = s.report();
                 log::info!(
                     "stats: {} answered; total p50 {} ns p99 {} p99.9 {}; inference p50 {} ns; queue p50 {} ns; \

@@ -54,6 +54,18 @@ impl Scorer {
         &self.engine
     }
 
+    /// Swap in a pending reloaded engine, if any (between two runs).
+    #[inline]
+    pub fn poll_reload(&mut self, slot: &super::reload::ReloadSlot) {
+        slot.poll(&mut self.engine);
+        self.model_version = self.engine.info().version;
+        if self.engine.max_batch() != self.max_batch {
+            self.max_batch = self.engine.max_batch();
+            self.batch = Vec::with_capacity(self.max_batch);
+            self.preds = vec![Prediction::default(); self.max_batch];
+        }
+    }
+
     /// Score `jobs` and call `emit` once per job, in order. Runnable jobs are
     /// run in batches of up to `max_batch` (a batch spans the error answers
     /// between them). No allocation.

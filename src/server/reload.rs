@@ -1,0 +1,132 @@
+//! Hot model reload: the control plane loads, validates and warms up a new
+//! engine off the hot path; the scoring thread swaps it in between two model
+//! runs (one atomic load per run when nothing is pending), and hands the old
+//! engine back to be dropped off the hot path.
+//!
+//! A reload must keep the wire contract the connected clients were given in
+//! their hello ack: the same price scale and the same number of extra
+//! features. A model that changes either is refused (restart the server for
+//! that), and a model that fails to load or validate is refused with the
+//! reason; in both cases the old model keeps serving.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::engine::{Engine, EngineOptions, ModelInfo};
+
+/// Shared between the control plane and the scoring thread.
+#[derive(Default)]
+pub struct ReloadSlot {
+    /// A new engine waits in `incoming`.
+    pending: AtomicBool,
+    /// The new engine and what becomes `current` when it is swapped in.
+    incoming: Mutex<Option<(Engine, (ModelInfo, PathBuf, EngineOptions))>>,
+    /// The engine swapped out, to be dropped by the control plane.
+    retired: Mutex<Option<Engine>>,
+    /// Incremented by the scoring thread after each swap.
+    swaps: AtomicU64,
+    /// The serving model, its manifest path and the engine options to load with.
+    current: Mutex<Option<(ModelInfo, PathBuf, EngineOptions)>>,
+    /// One reload at a time.
+    busy: Mutex<()>,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+}
+
+impl ReloadSlot {
+    /// Record the model the server started with.
+    pub fn set_current(&self, info: ModelInfo, path: PathBuf, opts: EngineOptions) {
+        if let Ok(mut c) = self.current.lock() {
+            *c = Some((info, path, opts));
+        }
+    }
+
+    /// Swaps done so far (a reload changed the model when this moves).
+    #[inline]
+    pub fn swaps(&self) -> u64 {
+        // Acquire: pairs with the Release increment in `poll`, made after `current` was updated.
+        self.swaps.load(Ordering::Acquire)
+    }
+
+    /// The serving model's info and manifest path.
+    pub fn current(&self) -> Option<(ModelInfo, PathBuf)> {
+        self.current.lock().ok()?.as_ref().map(|(i, p, _)| (i.clone(), p.clone()))
+    }
+
+    /// Scoring thread, between two runs: swap in a pending engine.
+    #[inline]
+    pub fn poll(&self, engine: &mut Engine) {
+        // Acquire: pairs with the Release store in `reload`, after `incoming` was filled.
+        if !self.pending.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(mut incoming) = self.incoming.try_lock() else { return };
+        if let Some((new, current)) = incoming.take() {
+            let old = std::mem::replace(engine, new);
+            if let Ok(mut r) = self.retired.lock() {
+                *r = Some(old);
+            }
+            // Before the count moves, so whoever sees the new count reads the new model's info.
+            if let Ok(mut c) = self.current.lock() {
+                *c = Some(current);
+            }
+            self.pending.store(false, Ordering::Relaxed);
+            // Release: the control plane's Acquire load sees the retired engine after it sees the count.
+            self.swaps.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// Control plane: load `manifest`, check it against the serving model,
+    /// hand it over and wait for the swap. Blocking (use a blocking thread).
+    pub fn reload(&self, manifest: &Path) -> Result<ModelInfo, String> {
+        let _one = self.busy.lock().map_err(|_| "reload lock poisoned")?;
+        let result = self.reload_inner(manifest);
+        let counter = if result.is_ok() { &self.reloads_ok } else { &self.reloads_failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        match &result {
+            Ok(i) => log::info!("reload: now serving {} v{} from {}", i.name, i.version, manifest.display()),
+            Err(e) => {
+                log::warn!("reload of {} refused, the old model keeps serving: {e}", manifest.display())
+            }
+        }
+        result
+    }
+
+    fn reload_inner(&self, manifest: &Path) -> Result<ModelInfo, String> {
+        let (serving, _, opts) =
+            self.current.lock().map_err(|_| "poisoned")?.clone().ok_or("the server is not serving yet")?;
+        let engine = Engine::load(manifest, &opts).map_err(|e| e.to_string())?;
+        let new = engine.info().clone();
+        if new.price_scale != serving.price_scale {
+            return Err(format!(
+                "price_scale {} differs from the serving model's {} (clients were told {}); restart the server to change it",
+                new.price_scale, serving.price_scale, serving.price_scale
+            ));
+        }
+        if new.extra_features != serving.extra_features {
+            return Err(format!(
+                "the model reads {} extra features, the serving one {} (clients were told {}); restart the server to change it",
+                new.extra_features, serving.extra_features, serving.extra_features
+            ));
+        }
+        let before = self.swaps.load(Ordering::Acquire);
+        let next = (new.clone(), manifest.to_path_buf(), opts);
+        *self.incoming.lock().map_err(|_| "poisoned")? = Some((engine, next));
+        // Release: the scoring thread's Acquire load of `pending` sees `incoming` filled.
+        self.pending.store(true, Ordering::Release);
+        let t0 = Instant::now();
+        while self.swaps.load(Ordering::Acquire) == before {
+            if t0.elapsed() > Duration::from_secs(30) {
+                self.pending.store(false, Ordering::Release);
+                let _ = self.incoming.lock().map(|mut i| i.take());
+                return Err("the scoring thread did not take the new model within 30 s".into());
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        // Dropped here, on the control plane, not on the hot path.
+        drop(self.retired.lock().map_err(|_| "poisoned")?.take());
+        Ok(new)
+    }
+}
