@@ -16,19 +16,22 @@ use std::time::{Duration, Instant};
 
 use crate::engine::{Engine, EngineOptions, ModelInfo};
 
+/// The serving model: its info, manifest path, and the options it was loaded with.
+type Current = (ModelInfo, PathBuf, EngineOptions);
+
 /// Shared between the control plane and the scoring thread.
 #[derive(Default)]
 pub struct ReloadSlot {
     /// A new engine waits in `incoming`.
     pending: AtomicBool,
     /// The new engine and what becomes `current` when it is swapped in.
-    incoming: Mutex<Option<(Engine, (ModelInfo, PathBuf, EngineOptions))>>,
+    incoming: Mutex<Option<(Engine, Current)>>,
     /// The engine swapped out, to be dropped by the control plane.
     retired: Mutex<Option<Engine>>,
     /// Incremented by the scoring thread after each swap.
     swaps: AtomicU64,
     /// The serving model, its manifest path and the engine options to load with.
-    current: Mutex<Option<(ModelInfo, PathBuf, EngineOptions)>>,
+    current: Mutex<Option<Current>>,
     /// One reload at a time.
     busy: Mutex<()>,
     pub reloads_ok: AtomicU64,
