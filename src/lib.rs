@@ -10,6 +10,7 @@
 
 pub mod clock;
 pub mod control;
+pub mod doctor;
 pub mod engine;
 pub mod features;
 pub mod manifest;

@@ -41,6 +41,18 @@ enum Command {
         #[arg(long, default_value = "tickinfer-demo")]
         out: PathBuf,
     },
+    /// Check whether this host is tuned for low latency, with the fix for each finding.
+    Doctor {
+        /// Read /proc and /sys under this root (for testing against fixture trees).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Exit non-zero if anything should be fixed.
+        #[arg(long)]
+        strict: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the wire layout (every frame's size and field offsets) of this build.
     Layout,
 }
@@ -134,6 +146,20 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Doctor { root, strict, json } => {
+            let findings = tickinfer::doctor::Host::new(root).check();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&findings).expect("findings serialise"));
+            } else {
+                print!("{}", tickinfer::doctor::render(&findings));
+            }
+            let warns = findings.iter().any(|f| f.level == tickinfer::doctor::Level::Warn);
+            if strict && warns {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
         Command::Layout => {
             println!("tickinfer wire protocol v{}", tickinfer::wire::PROTOCOL_VERSION);
             for (name, value) in tickinfer::wire::layout_table() {

@@ -78,6 +78,16 @@ pub fn cache_dir() -> PathBuf {
     home.join(".cache").join("tickinfer")
 }
 
+/// The library that would be loaded, without provisioning: the env vars, then the cache.
+pub fn find_existing(flavor: Flavor) -> Option<PathBuf> {
+    for var in ["TICKINFER_ORT_LIB", "ORT_DYLIB_PATH"] {
+        if let Some(p) = std::env::var_os(var).filter(|p| !p.is_empty()) {
+            return Some(PathBuf::from(p)).filter(|p| p.is_file());
+        }
+    }
+    Some(cache_dir().join(flavor.dir_name()).join(ORT_LIB_NAME)).filter(|p| p.is_file())
+}
+
 /// Find the runtime library, provisioning it into the cache if needed.
 pub fn locate(explicit: Option<&Path>, flavor: Flavor) -> Result<PathBuf, ProvisionError> {
     let must_exist = |path: PathBuf, source_name: &str| {
