@@ -151,6 +151,8 @@ pub struct Conn {
     pub want_write: bool,
     /// On the server's flush list this iteration.
     pub dirty: bool,
+    /// On the server's deferred-read list (its turn ended with bytes left).
+    pub read_deferred: bool,
 }
 
 /// The next frame of a connection's received bytes (copied out).
@@ -200,6 +202,7 @@ impl Conn {
             read_paused: false,
             want_write: false,
             dirty: false,
+            read_deferred: false,
         })
     }
 

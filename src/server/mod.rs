@@ -7,7 +7,10 @@
 //!   kernel has nothing more — `WouldBlock`, or a short read, which on a stream
 //!   socket returns all that was queued (one syscall less per request) — or EOF,
 //!   or until it must pause (see below; it is then put on the resume list and
-//!   read again without waiting for an event).
+//!   read again without waiting for an event), or until its turn of 4 reads
+//!   ends: then it is read again first thing next iteration, after the answers
+//!   so far are flushed — one busy client can neither starve the others nor
+//!   grow its write buffer past the bound between two flushes.
 //! - `EINTR` is retried everywhere (`poll`, `read`, `write`).
 //! - Spurious events are harmless: every handler tolerates finding nothing to do.
 //! - Each iteration: poll → accept/read/write per event → score (inline) or
@@ -56,6 +59,8 @@ const WAKER: Token = Token(usize::MAX);
 const INLINE_JOBS: usize = 1024;
 /// How often hot threads fold their stats into the shared copy.
 const PUBLISH_EVERY_NS: u64 = 200_000_000;
+/// `read()`s of one connection per loop iteration (each up to 64 KiB, 337 requests).
+const READS_PER_TURN: usize = 4;
 /// How long a drain may take before unsent answers are given up.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -240,6 +245,7 @@ pub fn run(
         stage,
         dirty: Vec::with_capacity(cfg.max_connections),
         resume: Vec::with_capacity(cfg.max_connections),
+        deferred: Vec::with_capacity(cfg.max_connections),
         stats: Stats::default(),
         shared,
         last_publish: now_ns(),
@@ -442,6 +448,8 @@ struct IoLoop {
     dirty: Vec<usize>,
     /// Connections paused at the hard limit whose in-flight count fell.
     resume: Vec<usize>,
+    /// Connections with bytes left after their turn; read first thing next iteration.
+    deferred: Vec<usize>,
     stats: Stats,
     shared: Arc<Shared>,
     last_publish: u64,
@@ -457,8 +465,9 @@ struct IoLoop {
 impl IoLoop {
     fn run(&mut self) -> io::Result<()> {
         loop {
-            let timeout = self.poll_timeout();
+            let timeout = if self.deferred.is_empty() { self.poll_timeout() } else { Some(Duration::ZERO) };
             self.poll_once(timeout)?;
+            self.read_deferred();
             self.advance();
             if self.shared.shutdown.is_triggered() {
                 return self.drain();
@@ -609,8 +618,19 @@ impl IoLoop {
     /// Read and decode one connection until `WouldBlock`, EOF, the hard
     /// in-flight limit (→ resume list) or a full stage (→ score, continue).
     fn read_conn(&mut self, slot: usize) {
+        let mut reads = 0;
         loop {
             let Some(conn) = self.conns.get_mut(slot) else { return };
+            if reads == READS_PER_TURN {
+                // Fairness and the write-buffer bound: answers are flushed and other
+                // connections served before this one is read again (next iteration).
+                if !conn.read_deferred {
+                    conn.read_deferred = true;
+                    self.deferred.push(slot);
+                }
+                return;
+            }
+            reads += 1;
             if conn.close_after_flush || conn.peer_closed {
                 return;
             }
@@ -765,6 +785,22 @@ impl IoLoop {
         routed
     }
 
+    /// Continue the connections whose turn ended with bytes left (taken as a batch:
+    /// a connection deferred again goes to the next iteration).
+    fn read_deferred(&mut self) {
+        let mut slots = std::mem::take(&mut self.deferred);
+        for &slot in &slots {
+            if let Some(conn) = self.conns.get_mut(slot) {
+                conn.read_deferred = false;
+                self.read_conn(slot);
+            }
+        }
+        slots.clear();
+        if self.deferred.is_empty() {
+            self.deferred = slots; // keep the allocation
+        }
+    }
+
     fn resume_paused(&mut self) {
         while let Some(slot) = self.resume.pop() {
             if let Some(conn) = self.conns.get_mut(slot) {
@@ -815,6 +851,7 @@ impl IoLoop {
                     true
                 }
                 Ok(false) => {
+                    log::debug!("connection {slot}: kernel buffer full, {} bytes queued", conn.queued());
                     if !conn.want_write {
                         conn.want_write = true;
                         let _ = self.poll.registry().reregister(
@@ -896,8 +933,12 @@ impl IoLoop {
             }
             self.advance();
             let pending: usize = self.conns.iter().map(|(_, c)| c.inflight as usize + c.queued()).sum();
-            if pending == 0 {
+            if pending == 0 && self.deferred.is_empty() {
                 break;
+            }
+            self.deferred.clear(); // every connection is read again on the next pass
+            for (_, c) in self.conns.iter_mut() {
+                c.read_deferred = false;
             }
             if now_ns() > deadline {
                 log::warn!("drain deadline passed with {pending} requests/bytes unanswered");

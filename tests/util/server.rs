@@ -46,7 +46,7 @@ impl Server {
             cmd.args(["--poll", "block"]);
         }
         cmd.args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("TICKINFER_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::File::options().append(true).open(&log).unwrap());
