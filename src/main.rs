@@ -41,6 +41,33 @@ enum Command {
         #[arg(long, default_value = "tickinfer-demo")]
         out: PathBuf,
     },
+    /// Measure, in one run: transport floor, bare ORT, tickinfer per poll mode, throughput, Python sidecar.
+    Bench {
+        /// Model manifest.
+        #[arg(long, default_value = "models/lobster_direction.toml")]
+        model: PathBuf,
+        /// Round trips per latency row.
+        #[arg(long, default_value_t = 200_000)]
+        requests: usize,
+        /// Seconds of the throughput row.
+        #[arg(long, default_value_t = 3.0)]
+        throughput_secs: f64,
+        /// Pipelining connections of the throughput row.
+        #[arg(long, default_value_t = 2)]
+        connections: usize,
+        /// Requests per window (two windows in flight per connection).
+        #[arg(long, default_value_t = 256)]
+        window: usize,
+        /// Short run for CI: every row, briefly.
+        #[arg(long)]
+        short: bool,
+        /// Python for the sidecar row [default: $TICKINFER_PYTHON or python3].
+        #[arg(long)]
+        python: Option<String>,
+        /// Output directory (bench.json, bench.md, bench.svg, bench.png).
+        #[arg(long, default_value = "bench-out")]
+        out: PathBuf,
+    },
     /// Check whether this host is tuned for low latency, with the fix for each finding.
     Doctor {
         /// Read /proc and /sys under this root (for testing against fixture trees).
@@ -146,6 +173,30 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Bench { model, requests, throughput_secs, connections, window, short, python, out } => {
+            let model = if model.exists() { model } else { bundled("models/lobster_direction.toml") };
+            let mut opts = tickinfer::bench::BenchOptions::short(model, out);
+            if !short {
+                opts.requests = requests;
+                opts.throughput_secs = throughput_secs;
+                opts.window = window;
+            }
+            opts.connections = connections;
+            if let Some(p) = python {
+                opts.python = p;
+            }
+            match tickinfer::bench::run(&opts) {
+                Ok(report) => {
+                    print!("{}", tickinfer::bench::markdown(&report));
+                    println!("written: {}/bench.{{json,md,svg,png}}", opts.out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tickinfer bench: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Doctor { root, strict, json } => {
             let findings = tickinfer::doctor::Host::new(root).check();
             if json {

@@ -298,18 +298,33 @@ pub fn write_signals(run: &ReplayRun, path: &Path) -> std::io::Result<()> {
 /// The HDR percentile distribution as an SVG: latency (µs) against percentile on a
 /// 1/(1-p) log axis, as HdrHistogram's plotter draws it.
 pub fn plot_svg(h: &Histogram<u64>, title: &str) -> String {
+    plot_svg_series(&[("latency", h)], title)
+}
+
+const COLORS: [&str; 8] =
+    ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
+
+/// Several percentile curves (ns histograms) on one plot, with a legend.
+pub fn plot_svg_series(series: &[(&str, &Histogram<u64>)], title: &str) -> String {
     let (w, hgt) = (900.0, 520.0);
     let (left, right, top, bottom) = (80.0, 30.0, 50.0, 60.0);
     let (pw, ph) = (w - left - right, hgt - top - bottom);
     let max_x = 5.0; // 99.999th percentile
-    let mut pts: Vec<(f64, f64)> = Vec::new();
-    if !h.is_empty() {
-        for v in h.iter_quantiles(10) {
-            let q = v.quantile_iterated_to();
-            let x = if q >= 1.0 { max_x } else { (1.0 / (1.0 - q)).log10().min(max_x) };
-            pts.push((x, h.highest_equivalent(v.value_iterated_to()) as f64 / 1e3));
-        }
-    }
+    let curves: Vec<Vec<(f64, f64)>> = series
+        .iter()
+        .map(|(_, h)| {
+            let mut pts = Vec::new();
+            if !h.is_empty() {
+                for v in h.iter_quantiles(10) {
+                    let q = v.quantile_iterated_to();
+                    let x = if q >= 1.0 { max_x } else { (1.0 / (1.0 - q)).log10().min(max_x) };
+                    pts.push((x, h.highest_equivalent(v.value_iterated_to()) as f64 / 1e3));
+                }
+            }
+            pts
+        })
+        .collect();
+    let pts: Vec<(f64, f64)> = curves.iter().flatten().copied().collect();
     // Log latency axis: the median and the tail on one readable picture.
     let lo = pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min).max(0.01);
     let hi = pts.iter().map(|p| p.1).fold(0.0, f64::max).max(lo * 10.0);
@@ -361,11 +376,27 @@ pub fn plot_svg(h: &Histogram<u64>, title: &str) -> String {
         top + ph / 2.0,
         top + ph / 2.0
     );
-    let line: Vec<String> = pts.iter().map(|&(x, y)| format!("{:.2},{:.2}", sx(x), sy(y))).collect();
-    svg += &format!(
-        "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"{}\"/>\n</svg>\n",
-        line.join(" ")
-    );
+    for (i, (curve, (name, _))) in curves.iter().zip(series).enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let line: Vec<String> = curve.iter().map(|&(x, y)| format!("{:.2},{:.2}", sx(x), sy(y))).collect();
+        svg += &format!(
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n",
+            line.join(" ")
+        );
+        if series.len() > 1 {
+            let ly = top + 16.0 + 18.0 * i as f64;
+            svg += &format!(
+                "<line x1=\"{}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"{color}\" stroke-width=\"3\"/>\n\
+                 <text x=\"{}\" y=\"{}\">{}</text>\n",
+                left + 12.0,
+                left + 36.0,
+                left + 42.0,
+                ly + 4.0,
+                xml_escape(name)
+            );
+        }
+    }
+    svg += "</svg>\n";
     svg
 }
 

@@ -1,0 +1,622 @@
+//! `tickinfer bench`: in one run, pinned and sized to the cores it finds —
+//! the transport floor, a bare ORT run, tickinfer end to end in each poll mode,
+//! throughput with pipelining connections, and the quick Python alternative —
+//! with the ratio of tickinfer to the floor, a host profile, and JSON, markdown
+//! and plot outputs. Tail latency from HdrHistogram only.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::clock::now_ns;
+use crate::engine::{ort_environment, Engine, EngineOptions};
+use crate::manifest::{Manifest, Prediction};
+use crate::server::{Mode, PollMode, ServerConfig};
+use crate::wire::{MlHello, MlHelloAck, MlRequest, MlResponse, HELLO_ACK_SIZE, REQUEST_SIZE, RESPONSE_SIZE};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub model: PathBuf,
+    /// Round trips per latency row.
+    pub requests: usize,
+    /// Seconds of the throughput row.
+    pub throughput_secs: f64,
+    pub connections: usize,
+    pub window: usize,
+    /// Python interpreter for the sidecar row (skipped when onnxruntime is not importable).
+    pub python: String,
+    pub out: PathBuf,
+}
+
+impl BenchOptions {
+    /// CI's short mode: every row runs, briefly.
+    pub fn short(model: PathBuf, out: PathBuf) -> BenchOptions {
+        BenchOptions {
+            model,
+            requests: 2_000,
+            throughput_secs: 0.3,
+            connections: 2,
+            window: 128,
+            python: std::env::var("TICKINFER_PYTHON").unwrap_or_else(|_| "python3".into()),
+            out,
+        }
+    }
+}
+
+/// One row of the table (latencies in ns).
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub name: String,
+    pub count: u64,
+    pub p50: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+    pub throughput_per_s: Option<f64>,
+    pub note: String,
+    #[serde(skip)]
+    pub hist: Option<Histogram<u64>>,
+}
+
+impl Row {
+    fn of(name: &str, h: Histogram<u64>, note: String) -> Row {
+        Row {
+            name: name.into(),
+            count: h.len(),
+            p50: h.value_at_quantile(0.5),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+            throughput_per_s: None,
+            note,
+            hist: Some(h),
+        }
+    }
+    fn skipped(name: &str, why: String) -> Row {
+        Row {
+            name: name.into(),
+            count: 0,
+            p50: 0,
+            p99: 0,
+            p999: 0,
+            max: 0,
+            throughput_per_s: None,
+            note: why,
+            hist: None,
+        }
+    }
+}
+
+/// The host the numbers come from.
+#[derive(Clone, Debug, Serialize)]
+pub struct HostProfile {
+    pub cpu: String,
+    pub cores_online: usize,
+    pub usable_cores: Vec<usize>,
+    pub server_core: usize,
+    pub client_core: usize,
+    pub clocksource: String,
+    pub isolated: String,
+    pub governor: String,
+    pub steal_percent: f64,
+    pub kernel: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Ratios {
+    /// tickinfer (spin) p50 / (floor p50 + bare ORT p50); target ≤ 1.2.
+    pub p50: f64,
+    /// Same at p99; target ≤ 1.3.
+    pub p99: f64,
+    /// Best pipelined throughput, signals/s; target ≥ 500 000.
+    pub throughput_per_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub host: HostProfile,
+    pub rows: Vec<Row>,
+    pub ratios: Ratios,
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("static bounds")
+}
+
+fn pin(core: usize) {
+    let _ = core_affinity::set_for_current(core_affinity::CoreId { id: core });
+}
+
+fn read_to_string(p: &str) -> String {
+    std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_else(|_| "-".into())
+}
+
+fn host_profile(server_core: usize, client_core: usize) -> HostProfile {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "-".into());
+    let steal = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let v: Vec<u64> =
+                s.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+            let total: u64 = v.iter().sum();
+            Some(if total > 0 { 100.0 * *v.get(7)? as f64 / total as f64 } else { 0.0 })
+        })
+        .unwrap_or(0.0);
+    HostProfile {
+        cpu,
+        cores_online: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        usable_cores: crate::server::usable_cores(),
+        server_core,
+        client_core,
+        clocksource: read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource"),
+        isolated: read_to_string("/sys/devices/system/cpu/isolated"),
+        governor: read_to_string("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        steal_percent: steal,
+        kernel: read_to_string("/proc/sys/kernel/osrelease"),
+    }
+}
+
+/// A typical valid request at the model's price scale.
+fn sample_request(price_scale: i64, extras: u16, id: u64) -> MlRequest {
+    let tick = price_scale / 100;
+    MlRequest {
+        bid_price: 220 * price_scale + (id % 7) as i64 * tick,
+        ask_price: 220 * price_scale + (id % 7) as i64 * tick + tick * (1 + (id % 3) as i64),
+        bid_size: 100 + (id % 11) as i64 * 40,
+        ask_size: 100 + (id % 13) as i64 * 30,
+        request_id: id,
+        n_features: extras,
+        ..MlRequest::new()
+    }
+}
+
+/// Run every row.
+pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
+    let cores = crate::server::usable_cores();
+    let server_core = *cores.first().unwrap_or(&0);
+    let client_core = *cores.iter().rev().find(|&&c| c != server_core).unwrap_or(&server_core);
+    let host = host_profile(server_core, client_core);
+    let manifest = Manifest::load(&opts.model).map_err(|e| e.to_string())?;
+    let (scale, extras) = (manifest.price_scale, manifest.features.extras());
+    let n = opts.requests.max(10);
+    let mut rows = Vec::new();
+    let place = format!("echo/server core {server_core}, client core {client_core}");
+
+    eprintln!("bench: (a) transport floor");
+    rows.push(Row::of(
+        "floor: busy-poll ping-pong",
+        pingpong(n, server_core, client_core)?,
+        format!("{place}; 194 B out, 58 B back"),
+    ));
+    eprintln!("bench: (b) bare ORT");
+    let (bare, engine) = bare_ort(&opts.model, &manifest, n, server_core)?;
+    rows.push(Row::of(
+        "bare ORT session.run",
+        bare,
+        format!("core {server_core}; input row ready, 1 intra-op thread"),
+    ));
+    rows.push(Row::of(
+        "tickinfer engine (features+run+decode)",
+        engine,
+        format!("core {server_core}; pre-bound IoBinding"),
+    ));
+    for poll in [PollMode::Spin, PollMode::Adaptive, PollMode::Block] {
+        eprintln!("bench: (c) tickinfer end to end, --poll {poll:?}");
+        let h = e2e(&opts.model, poll, n, server_core, client_core, scale, extras)?;
+        rows.push(Row::of(
+            &format!("tickinfer e2e --poll {}", format!("{poll:?}").to_lowercase()),
+            h,
+            format!("inline, {place}; busy-poll client, 1 in flight"),
+        ));
+    }
+    eprintln!("bench: (d) throughput");
+    let (per_s, h) = throughput(&opts.model, opts, server_core, client_core, scale, extras)?;
+    let mut row = Row::of(
+        "tickinfer throughput (pipelined)",
+        h,
+        format!("{} connections x window {} (2 windows in flight), server spin on core {server_core}; latency per window", opts.connections, opts.window),
+    );
+    row.throughput_per_s = Some(per_s);
+    rows.push(row);
+    eprintln!("bench: (e) Python sidecar");
+    rows.push(
+        match python_sidecar(
+            &opts.model,
+            &opts.python,
+            (n / 4).max(100),
+            server_core,
+            client_core,
+            scale,
+            extras,
+        ) {
+            Ok(h) => Row::of(
+                "python sidecar (socket + onnxruntime)",
+                h,
+                format!("{} scripts/python_sidecar.py on core {server_core}", opts.python),
+            ),
+            Err(why) => Row::skipped("python sidecar (socket + onnxruntime)", format!("skipped: {why}")),
+        },
+    );
+
+    let get = |name: &str| rows.iter().find(|r| r.name.starts_with(name)).cloned();
+    let (floor, ort, e2e) =
+        (get("floor").unwrap(), get("bare ORT").unwrap(), get("tickinfer e2e --poll spin").unwrap());
+    let ratios = Ratios {
+        p50: e2e.p50 as f64 / (floor.p50 + ort.p50) as f64,
+        p99: e2e.p99 as f64 / (floor.p99 + ort.p99) as f64,
+        throughput_per_s: per_s,
+    };
+    let report = BenchReport { host, rows, ratios };
+    write_outputs(&report, &opts.out)?;
+    Ok(report)
+}
+
+fn write_all_spin(s: &mut UnixStream, mut b: &[u8]) -> Result<(), String> {
+    while !b.is_empty() {
+        match s.write(b) {
+            Ok(n) => b = &b[n..],
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
+}
+
+fn read_exact_spin(s: &mut UnixStream, buf: &mut [u8]) -> Result<(), String> {
+    let mut got = 0;
+    while got < buf.len() {
+        match s.read(&mut buf[got..]) {
+            Ok(0) => return Err("peer closed".into()),
+            Ok(n) => got += n,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::Interrupted =>
+            {
+                std::hint::spin_loop()
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
+}
+
+/// (a) Busy-poll ping-pong over a socketpair with tickinfer's frame sizes.
+fn pingpong(n: usize, echo_core: usize, client_core: usize) -> Result<Histogram<u64>, String> {
+    let (mut a, mut b) = UnixStream::pair().map_err(|e| e.to_string())?;
+    a.set_nonblocking(true).map_err(|e| e.to_string())?;
+    b.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let total = n + n / 10;
+    let echo = std::thread::spawn(move || -> Result<(), String> {
+        pin(echo_core);
+        let (mut req, resp) = ([0u8; REQUEST_SIZE], [0u8; RESPONSE_SIZE]);
+        for _ in 0..total {
+            read_exact_spin(&mut b, &mut req)?;
+            write_all_spin(&mut b, &resp)?;
+        }
+        Ok(())
+    });
+    let client = std::thread::spawn(move || -> Result<Histogram<u64>, String> {
+        pin(client_core);
+        let mut h = hist();
+        let (req, mut resp) = ([1u8; REQUEST_SIZE], [0u8; RESPONSE_SIZE]);
+        for i in 0..total {
+            let t0 = now_ns();
+            write_all_spin(&mut a, &req)?;
+            read_exact_spin(&mut a, &mut resp)?;
+            if i >= n / 10 {
+                h.saturating_record(now_ns() - t0);
+            }
+        }
+        Ok(h)
+    });
+    let h = client.join().map_err(|_| "client panicked")??;
+    echo.join().map_err(|_| "echo panicked")??;
+    Ok(h)
+}
+
+/// (b) Bare `session.run` on a ready row, and our engine on the same request.
+fn bare_ort(
+    model: &Path,
+    manifest: &Manifest,
+    n: usize,
+    core: usize,
+) -> Result<(Histogram<u64>, Histogram<u64>), String> {
+    let (model, manifest) = (model.to_path_buf(), manifest.clone());
+    std::thread::spawn(move || -> Result<(Histogram<u64>, Histogram<u64>), String> {
+        pin(core);
+        use ort::session::builder::GraphOptimizationLevel;
+        use ort::session::Session;
+        use ort::value::TensorRef;
+        let opts = EngineOptions::default();
+        let env = ort_environment(&opts).map_err(|e| e.to_string())?;
+        let e = |e: ort::Error<ort::session::builder::SessionBuilder>| e.to_string();
+        let mut session = Session::builder(env)
+            .map_err(|e| e.to_string())?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(e)?
+            .with_intra_threads(1)
+            .map_err(e)?
+            .with_inter_threads(1)
+            .map_err(e)?
+            .commit_from_file(&manifest.onnx)
+            .map_err(|e| e.to_string())?;
+        let width = manifest.features.len();
+        let req = sample_request(manifest.price_scale, manifest.features.extras(), 1);
+        let mut row = vec![0f32; width];
+        manifest.features.fill(&req, &mut row);
+        let out_name = manifest.output.name().to_string();
+        let mut h = hist();
+        for i in 0..n + n / 10 {
+            let t0 = now_ns();
+            let input = TensorRef::from_array_view(([1usize, width], &row[..])).map_err(|e| e.to_string())?;
+            let out = session.run(ort::inputs![input]).map_err(|e| e.to_string())?;
+            let v = out[out_name.as_str()].try_extract_tensor::<f32>().map_err(|e| e.to_string())?.1[0];
+            std::hint::black_box(v);
+            if i >= n / 10 {
+                h.saturating_record(now_ns() - t0);
+            }
+        }
+        let mut engine = Engine::load(&model, &opts).map_err(|e| e.to_string())?;
+        let mut p = [Prediction::default()];
+        let mut he = hist();
+        for i in 0..n + n / 10 {
+            let t0 = now_ns();
+            engine.predict(std::slice::from_ref(&req), &mut p).map_err(|e| e.to_string())?;
+            if i >= n / 10 {
+                he.saturating_record(now_ns() - t0);
+            }
+        }
+        Ok((h, he))
+    })
+    .join()
+    .map_err(|_| "bare ORT thread panicked".to_string())?
+}
+
+fn connect(socket: &Path) -> Result<(UnixStream, MlHelloAck), String> {
+    let mut s = UnixStream::connect(socket).map_err(|e| e.to_string())?;
+    s.write_all(bytemuck::bytes_of(&MlHello::current())).map_err(|e| e.to_string())?;
+    let mut ack = [0u8; HELLO_ACK_SIZE];
+    s.read_exact(&mut ack).map_err(|e| e.to_string())?;
+    Ok((s, bytemuck::pod_read_unaligned(&ack)))
+}
+
+/// One request in flight, busy-polling client: round trips.
+fn sync_client(
+    socket: &Path,
+    n: usize,
+    core: usize,
+    scale: i64,
+    extras: u16,
+) -> Result<Histogram<u64>, String> {
+    let socket = socket.to_path_buf();
+    std::thread::spawn(move || -> Result<Histogram<u64>, String> {
+        pin(core);
+        let (mut s, _) = connect(&socket)?;
+        s.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let mut h = hist();
+        let mut buf = [0u8; RESPONSE_SIZE];
+        for i in 0..(n + n / 10) as u64 {
+            let req = sample_request(scale, extras, i);
+            let t0 = now_ns();
+            write_all_spin(&mut s, bytemuck::bytes_of(&req))?;
+            read_exact_spin(&mut s, &mut buf)?;
+            let t1 = now_ns();
+            let resp: MlResponse = bytemuck::pod_read_unaligned(&buf);
+            if { resp.request_id } != i || resp.status != 0 {
+                return Err(format!("bad answer to {i}: id {} status {}", { resp.request_id }, {
+                    resp.status
+                }));
+            }
+            if i as usize >= n / 10 {
+                h.saturating_record(t1 - t0);
+            }
+        }
+        Ok(h)
+    })
+    .join()
+    .map_err(|_| "client panicked".to_string())?
+}
+
+fn local_server(model: &Path, poll: PollMode, core: usize) -> Result<crate::replay::LocalServer, String> {
+    let mut cfg = ServerConfig::new(model, "unused");
+    cfg.mode = Mode::Inline;
+    cfg.poll = poll;
+    cfg.io_core = Some(core);
+    cfg.stats_interval = Duration::ZERO;
+    cfg.max_inflight = 4096;
+    crate::replay::LocalServer::start(cfg)
+}
+
+/// (c) tickinfer end to end.
+fn e2e(
+    model: &Path,
+    poll: PollMode,
+    n: usize,
+    server_core: usize,
+    client_core: usize,
+    scale: i64,
+    extras: u16,
+) -> Result<Histogram<u64>, String> {
+    let server = local_server(model, poll, server_core)?;
+    let h = sync_client(&server.socket, n, client_core, scale, extras);
+    server.stop()?;
+    h
+}
+
+/// (d) Pipelined throughput: each connection keeps two windows in flight.
+fn throughput(
+    model: &Path,
+    opts: &BenchOptions,
+    server_core: usize,
+    client_core: usize,
+    scale: i64,
+    extras: u16,
+) -> Result<(f64, Histogram<u64>), String> {
+    let server = local_server(model, PollMode::Spin, server_core)?;
+    let deadline = Instant::now() + Duration::from_secs_f64(opts.throughput_secs);
+    let window = opts.window.max(1);
+    let threads: Vec<_> = (0..opts.connections.max(1))
+        .map(|c| {
+            let socket = server.socket.clone();
+            std::thread::spawn(move || -> Result<(u64, Histogram<u64>), String> {
+                pin(client_core);
+                let (mut s, _) = connect(&socket)?;
+                let reqs: Vec<MlRequest> =
+                    (0..window as u64).map(|i| sample_request(scale, extras, (c as u64) << 32 | i)).collect();
+                let bytes: &[u8] = bytemuck::cast_slice(&reqs);
+                let mut answers = vec![0u8; window * RESPONSE_SIZE];
+                let mut h = hist();
+                let (mut done, mut sent_at) = (0u64, std::collections::VecDeque::new());
+                s.write_all(bytes).map_err(|e| e.to_string())?;
+                sent_at.push_back(now_ns());
+                loop {
+                    let more = Instant::now() < deadline;
+                    if more {
+                        s.write_all(bytes).map_err(|e| e.to_string())?;
+                        sent_at.push_back(now_ns());
+                    }
+                    s.read_exact(&mut answers).map_err(|e| e.to_string())?;
+                    h.saturating_record(now_ns() - sent_at.pop_front().unwrap_or(0));
+                    let first: MlResponse = bytemuck::pod_read_unaligned(&answers[..RESPONSE_SIZE]);
+                    if first.status != 0 {
+                        return Err(format!("throughput: status {}", { first.status }));
+                    }
+                    done += window as u64;
+                    if sent_at.is_empty() {
+                        break;
+                    }
+                }
+                Ok((done, h))
+            })
+        })
+        .collect();
+    let t0 = Instant::now();
+    let mut total = 0;
+    let mut h = hist();
+    for t in threads {
+        let (n, th) = t.join().map_err(|_| "throughput client panicked")??;
+        total += n;
+        let _ = h.add(&th);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let stats = server.stop()?;
+    log::info!("throughput run: server batch mean {:.1}", stats.batch.mean);
+    Ok((total as f64 / secs, h))
+}
+
+/// (e) The quick alternative: a Python socket server calling onnxruntime.
+fn python_sidecar(
+    model: &Path,
+    python: &str,
+    n: usize,
+    server_core: usize,
+    client_core: usize,
+    scale: i64,
+    extras: u16,
+) -> Result<Histogram<u64>, String> {
+    let check = std::process::Command::new(python).args(["-c", "import onnxruntime, numpy"]).output();
+    match check {
+        Ok(o) if o.status.success() => {}
+        Ok(_) => return Err(format!("{python} cannot import onnxruntime and numpy (pip install onnxruntime numpy, or set TICKINFER_PYTHON)")),
+        Err(e) => return Err(format!("cannot run {python}: {e}")),
+    }
+    let script = [
+        PathBuf::from("scripts/python_sidecar.py"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/python_sidecar.py"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .ok_or("scripts/python_sidecar.py not found")?;
+    let dir = std::env::temp_dir().join(format!("tickinfer-py-{}-{}", std::process::id(), now_ns()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let socket = dir.join("py.sock");
+    let mut child = std::process::Command::new("taskset")
+        .args(["-c", &server_core.to_string(), python])
+        .arg(&script)
+        .arg("--model")
+        .arg(model)
+        .arg("--socket")
+        .arg(&socket)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .or_else(|_| {
+            std::process::Command::new(python)
+                .arg(&script)
+                .arg("--model")
+                .arg(model)
+                .arg("--socket")
+                .arg(&socket)
+                .spawn()
+        })
+        .map_err(|e| e.to_string())?;
+    let t0 = Instant::now();
+    while !socket.exists() && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let h = sync_client(&socket, n, client_core, scale, extras);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    h
+}
+
+/// The table as markdown.
+pub fn markdown(r: &BenchReport) -> String {
+    let h = &r.host;
+    let mut s = format!(
+        "Host: {} ({} cores online, usable {:?}; server core {}, client core {}), clocksource {}, isolated `{}`, governor {}, steal {:.2}%, kernel {}\n\n",
+        h.cpu, h.cores_online, h.usable_cores, h.server_core, h.client_core, h.clocksource, h.isolated, h.governor, h.steal_percent, h.kernel
+    );
+    s += "| row | n | p50 ns | p99 ns | p99.9 ns | max ns | signals/s | setup |\n|---|---:|---:|---:|---:|---:|---:|---|\n";
+    for row in &r.rows {
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            row.name,
+            row.count,
+            row.p50,
+            row.p99,
+            row.p999,
+            row.max,
+            row.throughput_per_s.map_or("".into(), |t| format!("{t:.0}")),
+            row.note
+        );
+    }
+    s += &format!(
+        "\nE2E / (floor + bare ORT): p50 {:.2} (target ≤ 1.2), p99 {:.2} (target ≤ 1.3); pipelined throughput {:.0} signals/s (target ≥ 500 000)\n",
+        r.ratios.p50, r.ratios.p99, r.ratios.throughput_per_s
+    );
+    s
+}
+
+fn write_outputs(r: &BenchReport, out: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(r).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    std::fs::write(out.join("bench.md"), markdown(r)).map_err(|e| e.to_string())?;
+    let series: Vec<(&str, &Histogram<u64>)> = r
+        .rows
+        .iter()
+        .filter(|row| !row.name.contains("throughput"))
+        .filter_map(|row| row.hist.as_ref().map(|h| (row.name.as_str(), h)))
+        .collect();
+    let svg = crate::replay::report::plot_svg_series(&series, "tickinfer bench: latency by percentile");
+    std::fs::write(out.join("bench.svg"), &svg).map_err(|e| e.to_string())?;
+    if let Err(e) = crate::replay::report::svg_to_png(&svg, &out.join("bench.png")) {
+        log::warn!("bench.png not written: {e}");
+    }
+    Ok(())
+}

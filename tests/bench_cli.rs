@@ -1,0 +1,47 @@
+//! `tickinfer bench --short` (CI's short mode): every row runs and the outputs
+//! are written. No timing assertions — only that each measurement happened.
+mod util;
+
+use std::process::Command;
+
+#[test]
+fn every_row_runs_in_short_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tickinfer"))
+        .args(["bench", "--short", "--out", dir.path().to_str().unwrap()])
+        .current_dir(util::repo_root())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("bench.json")).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    for want in [
+        "floor: busy-poll ping-pong",
+        "bare ORT session.run",
+        "tickinfer engine (features+run+decode)",
+        "tickinfer e2e --poll spin",
+        "tickinfer e2e --poll adaptive",
+        "tickinfer e2e --poll block",
+        "tickinfer throughput (pipelined)",
+        "python sidecar (socket + onnxruntime)",
+    ] {
+        let row = rows
+            .iter()
+            .find(|r| r["name"] == want)
+            .unwrap_or_else(|| panic!("row {want} missing: {names:?}"));
+        let ran = row["count"].as_u64().unwrap() > 0 && row["p50"].as_u64().unwrap() > 0;
+        let skipped = row["note"].as_str().unwrap().starts_with("skipped: ");
+        // Only the Python row may be skipped (when onnxruntime is not importable), and it says why.
+        assert!(ran || (skipped && want.starts_with("python")), "{want} did not run: {row}");
+    }
+    assert!(report["rows"][6]["throughput_per_s"].as_f64().unwrap() > 0.0);
+    assert!(report["ratios"]["p50"].as_f64().unwrap() > 0.0);
+    assert!(report["host"]["cpu"].as_str().is_some());
+    for f in ["bench.md", "bench.svg", "bench.png"] {
+        assert!(dir.path().join(f).exists(), "{f} not written");
+    }
+    assert!(text.contains("E2E / (floor + bare ORT)"), "{text}");
+}
