@@ -255,6 +255,7 @@ pub fn run(
         seen_swaps: 0,
         ready: Vec::with_capacity(256),
         ticks: 0,
+        spinning: false,
         cfg,
     };
     log::info!("listening on {} (control: {}.ctl)", io.cfg.socket.display(), io.cfg.socket.display());
@@ -463,6 +464,8 @@ struct IoLoop {
     ready: Vec<(Token, bool, bool)>,
     /// Loop iterations, for `tick`'s sampling.
     ticks: u64,
+    /// This iteration polled without blocking.
+    spinning: bool,
     /// `--record`: requests go to the capture writer thread.
     recorder: Option<crate::record::Recorder>,
     cfg: ServerConfig,
@@ -472,6 +475,7 @@ impl IoLoop {
     fn run(&mut self) -> io::Result<()> {
         loop {
             let timeout = if self.deferred.is_empty() { self.poll_timeout() } else { Some(Duration::ZERO) };
+            self.spinning = timeout == Some(Duration::ZERO);
             self.poll_once(timeout)?;
             self.read_deferred();
             self.advance();
@@ -902,9 +906,9 @@ impl IoLoop {
     }
 
     fn tick(&mut self) {
-        // A clock read every 64 iterations is plenty for 200 ms / seconds periods.
+        // While spinning, a clock read every 64 iterations is plenty for 200 ms periods.
         self.ticks = self.ticks.wrapping_add(1);
-        if self.ticks % 64 != 0 {
+        if self.spinning && self.ticks % 64 != 0 {
             return;
         }
         let now = now_ns();
