@@ -82,6 +82,18 @@ pub struct Outcome {
     pub latency_ns: u64,
 }
 
+impl Outcome {
+    fn of(resp: &MlResponse, latency_ns: u64) -> Outcome {
+        Outcome {
+            status: resp.status,
+            direction: resp.direction,
+            confidence: resp.confidence,
+            target_price: resp.target_price,
+            latency_ns,
+        }
+    }
+}
+
 /// Everything a replay produced.
 pub struct ReplayRun {
     pub stream: Stream,
@@ -256,16 +268,7 @@ fn drive_sync(
         let t1 = now_ns();
         let resp: MlResponse = bytemuck::pod_read_unaligned(&buf);
         mismatched += ({ resp.request_id } != i as u64) as u64;
-        outcomes.push((
-            i,
-            Outcome {
-                status: resp.status,
-                direction: resp.direction,
-                confidence: resp.confidence,
-                target_price: resp.target_price,
-                latency_ns: t1 - t0,
-            },
-        ));
+        outcomes.push((i, Outcome::of(&resp, t1 - t0)));
         if k % 1024 == 1023 {
             progress.inc(1024);
         }
@@ -364,16 +367,7 @@ fn drive(
             }
             std::sync::atomic::fence(Ordering::Acquire);
             let sent = intended[k].load(Ordering::Relaxed);
-            outcomes.push((
-                i,
-                Outcome {
-                    status: resp.status,
-                    direction: resp.direction,
-                    confidence: resp.confidence,
-                    target_price: resp.target_price,
-                    latency_ns: t.saturating_sub(sent),
-                },
-            ));
+            outcomes.push((i, Outcome::of(&resp, t.saturating_sub(sent))));
             k += 1;
             // Release: the sender's Acquire load sees answers only after they are recorded.
             received.fetch_add(1, Ordering::Release);

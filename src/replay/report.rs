@@ -8,6 +8,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::{ReplayRun, Speed};
+use crate::stats::Percentiles;
 use crate::wire::Status;
 
 /// A progress bar on stderr (hidden when not a terminal or not wanted).
@@ -21,37 +22,6 @@ pub fn progress_bar(total: u64, wanted: bool) -> indicatif::ProgressBar {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar
-}
-
-/// Latency percentiles in ns.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Latency {
-    pub count: u64,
-    pub p50: u64,
-    pub p90: u64,
-    pub p99: u64,
-    pub p999: u64,
-    pub p9999: u64,
-    pub max: u64,
-    pub mean: f64,
-}
-
-impl Latency {
-    fn of(h: &Histogram<u64>) -> Latency {
-        if h.is_empty() {
-            return Latency::default();
-        }
-        Latency {
-            count: h.len(),
-            p50: h.value_at_quantile(0.5),
-            p90: h.value_at_quantile(0.9),
-            p99: h.value_at_quantile(0.99),
-            p999: h.value_at_quantile(0.999),
-            p9999: h.value_at_quantile(0.9999),
-            max: h.max(),
-            mean: h.mean(),
-        }
-    }
 }
 
 /// Direction accuracy against the realised mid move `horizon` events ahead (same symbol).
@@ -88,7 +58,7 @@ pub struct Summary {
     pub wall_seconds: f64,
     pub throughput_per_s: f64,
     /// Round trip (closed loop) or latency from the intended send time (open loop).
-    pub latency_ns: Latency,
+    pub latency_ns: Percentiles,
     pub by_status: Vec<(String, u64)>,
     pub mismatched_ids: u64,
     pub lost: u64,
@@ -128,7 +98,7 @@ pub fn summarize(run: &ReplayRun, opts: &super::ReplayOptions) -> Summary {
         skipped_rows: run.stream.skipped.clone(),
         wall_seconds: wall,
         throughput_per_s: if wall > 0.0 { n as f64 / wall } else { 0.0 },
-        latency_ns: Latency::of(&run.latency),
+        latency_ns: Percentiles::of(&run.latency),
         by_status,
         mismatched_ids: run.mismatched,
         lost: run.lost,

@@ -746,28 +746,13 @@ impl IoLoop {
     /// Score (inline) or hand over / collect (pipeline); route answers.
     /// Returns how many answers were routed.
     fn exchange(&mut self) -> usize {
-        let send_ns = now_ns();
-        let mut routed = 0;
+        // Stage work: score the inline jobs, or ring the worker for the ones pushed.
         match &mut self.stage {
             Stage::Inline { scorer, jobs, dones } => {
-                if jobs.is_empty() {
-                    return 0;
-                }
-                scorer.poll_reload(&self.shared.reload);
-                scorer.score(jobs, &mut self.stats, |done| dones.push(done));
-                jobs.clear();
-                let send_ns = now_ns();
-                for done in dones.drain(..) {
-                    route(
-                        &mut self.conns,
-                        &mut self.dirty,
-                        &mut self.resume,
-                        &mut self.stats,
-                        self.hard_limit,
-                        done,
-                        send_ns,
-                    );
-                    routed += 1;
+                if !jobs.is_empty() {
+                    scorer.poll_reload(&self.shared.reload);
+                    scorer.score(jobs, &mut self.stats, |done| dones.push(done));
+                    jobs.clear();
                 }
             }
             Stage::Pipeline(w) => {
@@ -779,17 +764,21 @@ impl IoLoop {
                         }
                     }
                 }
+            }
+        }
+        // Route the answers, in order, to their connections.
+        let send_ns = now_ns();
+        let IoLoop { stage, conns, dirty, resume, stats, hard_limit, .. } = self;
+        let mut routed = 0;
+        let mut deliver = |done| {
+            route(conns, dirty, resume, stats, *hard_limit, done, send_ns);
+            routed += 1;
+        };
+        match stage {
+            Stage::Inline { dones, .. } => dones.drain(..).for_each(&mut deliver),
+            Stage::Pipeline(w) => {
                 while let Ok(done) = w.done_rx.pop() {
-                    route(
-                        &mut self.conns,
-                        &mut self.dirty,
-                        &mut self.resume,
-                        &mut self.stats,
-                        self.hard_limit,
-                        done,
-                        send_ns,
-                    );
-                    routed += 1;
+                    deliver(done);
                 }
             }
         }
