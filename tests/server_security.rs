@@ -20,6 +20,13 @@ fn socket_mode_default_and_configured() {
     assert_eq!(mode_of(&tickinfer::control::control_path(&server.socket)), 0o600);
     let server = Server::start(&["--socket-mode", "660"]);
     assert_eq!(mode_of(&server.socket), 0o660);
+    // A group we belong to (our own primary group) is applied to the socket file.
+    // SAFETY: getgid cannot fail.
+    let gid = unsafe { libc::getgid() };
+    let server = Server::start(&["--socket-mode", "660", "--socket-group", &gid.to_string()]);
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::symlink_metadata(&server.socket).unwrap().gid(), gid);
+    assert_eq!(mode_of(&server.socket), 0o660);
 }
 
 #[test]
