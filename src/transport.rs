@@ -153,6 +153,8 @@ pub struct Conn {
     pub dirty: bool,
     /// On the server's deferred-read list (its turn ended with bytes left).
     pub read_deferred: bool,
+    /// `CLOCK_MONOTONIC` ns of the accept (the hello must come within the server's hello timeout).
+    pub accepted_ns: u64,
 }
 
 /// The next frame of a connection's received bytes (copied out).
@@ -203,6 +205,7 @@ impl Conn {
             want_write: false,
             dirty: false,
             read_deferred: false,
+            accepted_ns: crate::clock::now_ns(),
         })
     }
 

@@ -127,3 +127,17 @@ fn inflight_bound_answers_overloaded_in_order() {
     cl.send(&[request(99)]).unwrap();
     assert_eq!({ cl.recv().unwrap().status }, Status::Ok.code());
 }
+
+#[test]
+fn a_connection_without_hello_is_closed_and_frees_its_slot() {
+    let server = Server::start(&["--max-connections", "1"]);
+    let mut silent = std::os::unix::net::UnixStream::connect(&server.socket).unwrap();
+    silent.set_read_timeout(Some(std::time::Duration::from_secs(15))).unwrap();
+    // The server hangs up on it (EOF) after its hello timeout...
+    assert_eq!(silent.read(&mut [0u8; 8]).unwrap(), 0);
+    assert!(server.log().contains("no hello within"), "{}", server.log());
+    // ...and the slot serves a real client again.
+    let mut c = Client::connect(&server.socket).unwrap();
+    c.send(&[request(5)]).unwrap();
+    assert_eq!({ c.recv().unwrap().request_id }, 5);
+}

@@ -28,6 +28,8 @@
 //! hard limit bounds the rings: `max_connections × hard limit` slots, so a push
 //! never fails. A connection whose unsent answers exceed `write_buffer_limit`
 //! is a slow reader: it is disconnected with a log line; others never wait on it.
+//! A connection that sends no hello within 5 s is closed (idle sockets cannot
+//! hold the `max_connections` slots).
 
 pub mod config;
 pub mod reload;
@@ -61,6 +63,8 @@ const INLINE_JOBS: usize = 1024;
 const PUBLISH_EVERY_NS: u64 = 200_000_000;
 /// `read()`s of one connection per loop iteration (each up to 64 KiB, 337 requests).
 const READS_PER_TURN: usize = 4;
+/// How long a new connection may take to send its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a drain may take before unsent answers are given up.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -876,6 +880,29 @@ impl IoLoop {
         }
     }
 
+    /// A connection that sent no hello within `HELLO_TIMEOUT` is closed, so idle
+    /// sockets cannot hold the connection slots other clients need.
+    fn close_silent_connections(&mut self, now: u64) {
+        let limit = HELLO_TIMEOUT.as_nanos() as u64;
+        let silent: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.decoder.is_open() && !c.close_after_flush && now - c.accepted_ns > limit)
+            .map(|(k, _)| k)
+            .collect();
+        for slot in silent {
+            if let Some(c) = self.conns.get(slot) {
+                log::warn!(
+                    "connection {slot} (pid {} uid {}): no hello within {:?}; closing",
+                    c.peer.pid,
+                    c.peer.uid,
+                    HELLO_TIMEOUT
+                );
+            }
+            self.close(slot);
+        }
+    }
+
     fn close(&mut self, slot: usize) {
         if let Some(mut conn) = self.conns.try_remove(slot) {
             let _ = self.poll.registry().deregister(&mut conn.stream);
@@ -904,6 +931,7 @@ impl IoLoop {
         if now - self.last_publish > PUBLISH_EVERY_NS {
             self.publish(false);
             self.last_publish = now;
+            self.close_silent_connections(now);
         }
         let every = self.cfg.stats_interval.as_nanos() as u64;
         if every > 0 && now - self.last_log > every {
