@@ -141,3 +141,28 @@ fn a_connection_without_hello_is_closed_and_frees_its_slot() {
     c.send(&[request(5)]).unwrap();
     assert_eq!({ c.recv().unwrap().request_id }, 5);
 }
+
+/// Past the hard in-flight limit (max_inflight + one read buffer) the server stops
+/// reading a connection and resumes as answers drain: nothing lost, nothing reordered.
+#[test]
+fn backpressure_pauses_and_resumes_reading_without_loss() {
+    for mode in ["inline", "pipeline"] {
+        let server = Server::start(&["--mode", mode, "--max-inflight", "1"]);
+        let mut cl = Client::connect(&server.socket).unwrap();
+        let reqs: Vec<MlRequest> = (0..3000).map(request).collect();
+        let socket_writer = {
+            let mut w = cl.stream.try_clone().unwrap();
+            std::thread::spawn(move || {
+                std::io::Write::write_all(&mut w, bytemuck::cast_slice(&reqs)).unwrap()
+            })
+        };
+        let mut overloaded = 0;
+        for i in 0..3000u64 {
+            let r = cl.recv().unwrap_or_else(|e| panic!("{mode}: answer {i} lost: {e}"));
+            assert_eq!({ r.request_id }, i, "{mode}");
+            overloaded += (r.status == tickinfer::wire::Status::Overloaded.code()) as u32;
+        }
+        socket_writer.join().unwrap();
+        assert!(overloaded > 0, "{mode}: the bound of 1 in flight was never hit");
+    }
+}

@@ -810,12 +810,7 @@ impl IoLoop {
 
     fn resume_paused(&mut self) {
         while let Some(slot) = self.resume.pop() {
-            if let Some(conn) = self.conns.get_mut(slot) {
-                if conn.read_paused && conn.inflight < self.hard_limit {
-                    conn.read_paused = false;
-                    self.read_conn(slot);
-                }
-            }
+            self.read_conn(slot); // tolerates a slot closed meanwhile
         }
     }
 
@@ -1024,6 +1019,8 @@ fn route(
         dirty.push(slot);
     }
     if conn.read_paused && conn.inflight < hard_limit {
+        // Once per pause: the list never holds a connection twice (and never grows).
+        conn.read_paused = false;
         resume.push(slot);
     }
 }
