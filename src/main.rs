@@ -117,7 +117,10 @@ struct ReplayArgs {
     /// Events ahead (same symbol) for the realised direction [default: the manifest's horizon_events, else 10].
     #[arg(long)]
     horizon: Option<usize>,
-    /// Replay only the first N events.
+    /// Leave out the first N events (e.g. the model's training period).
+    #[arg(long, default_value_t = 0)]
+    skip: usize,
+    /// Replay only the first N events (after --skip).
     #[arg(long)]
     limit: Option<usize>,
     /// Output directory (signals.csv, summary.json, latency.svg, latency.png).
@@ -289,6 +292,7 @@ fn replay(args: ReplayArgs) -> Result<(), String> {
         window: args.window,
         symbols: args.symbols,
         horizon: args.horizon.or_else(|| args.model.as_deref().and_then(horizon_of)).unwrap_or(10),
+        skip: args.skip,
         limit: args.limit,
         progress: !args.json,
     };
@@ -333,6 +337,7 @@ fn demo(out: &std::path::Path) -> Result<(), String> {
         window: 1,
         symbols: vec![],
         horizon: horizon_of(&model).unwrap_or(10),
+        skip: 0,
         limit: None,
         progress: true,
     };

@@ -279,9 +279,23 @@ fn demo_runs_end_to_end() {
     assert_eq!(signals.lines().count(), 20_001, "header + one line per event");
 }
 
+/// End to end against the model report: replaying the report's test period through the
+/// server reproduces the report's out-of-sample accuracy and macro-F1 (Rust features +
+/// ONNX Runtime in the server == the Python pipeline that trained and evaluated the model).
 #[test]
-fn replay_lobster_sample_reports_quality_when_present() {
+fn replay_lobster_sample_reproduces_the_model_report_when_present() {
     let Some(zip) = shared_lobster() else { return };
+    let report = std::fs::read_to_string(repo_root().join("models/lobster_direction.report.md")).unwrap();
+    let number_after = |key: &str| -> usize {
+        let rest =
+            &report[report.find(key).unwrap_or_else(|| panic!("`{key}` not in the report")) + key.len()..];
+        rest.split_whitespace().next().unwrap().trim_end_matches(',').parse().unwrap()
+    };
+    let skip = number_after("train ") + number_after("validation ");
+    let row = report.lines().find(|l| l.starts_with("| logistic |") || l.starts_with("| mlp16 |")).unwrap();
+    let cells: Vec<f64> = row.split('|').filter_map(|c| c.trim().parse().ok()).collect();
+    let (want_acc, want_f1) = (cells[0], cells[1]);
+
     let dir = tempfile::tempdir().unwrap();
     let text = tickinfer(&[
         "replay",
@@ -295,12 +309,21 @@ fn replay_lobster_sample_reports_quality_when_present() {
         "block",
         "--window",
         "32",
+        "--skip",
+        &skip.to_string(),
         "--out",
         dir.path().to_str().unwrap(),
         "--json",
     ]);
     let s: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(s["lost"], 0);
-    assert_eq!(s["quality"]["horizon_events"], 10);
-    assert!(s["quality"]["evaluated"].as_u64().unwrap() > 50_000);
+    let q = &s["quality"];
+    assert_eq!(q["horizon_events"], 10);
+    let (acc, f1) = (q["accuracy"].as_f64().unwrap(), q["macro_f1"].as_f64().unwrap());
+    // The report prints three decimals.
+    assert!(
+        (acc - want_acc).abs() <= 0.0005 && (f1 - want_f1).abs() <= 0.0005,
+        "replay {acc:.4}/{f1:.4} vs report {want_acc}/{want_f1}"
+    );
+    assert!(acc > q["majority_accuracy"].as_f64().unwrap());
 }

@@ -66,6 +66,8 @@ pub struct ReplayOptions {
     pub symbols: Vec<String>,
     /// Events ahead for the realised direction (signal quality).
     pub horizon: usize,
+    /// Leave out the first N events (e.g. a model's training period).
+    pub skip: usize,
     /// Replay at most this many events (all when `None`).
     pub limit: Option<usize>,
     pub progress: bool,
@@ -111,6 +113,7 @@ pub struct ReplayRun {
 pub fn run(socket: &Path, opts: &ReplayOptions) -> Result<ReplayRun, String> {
     let mut symbols = SymbolTable::new(&opts.symbols)?;
     let mut stream = source::load(&opts.input, opts.format, &mut symbols).map_err(|e| e.to_string())?;
+    stream.events.drain(..opts.skip.min(stream.events.len()));
     if let Some(n) = opts.limit {
         stream.events.truncate(n);
     }
