@@ -59,7 +59,11 @@ fn shared_lobster() -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        eprintln!("skipped: ../shared/data/lobster (the real LOBSTER sample) is not present");
+        // Written to stderr directly (not eprintln!, which libtest captures) so the skip is always visible.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"skipped: ../shared/data/lobster (the real LOBSTER sample) is not present\n",
+        );
         None
     }
 }
