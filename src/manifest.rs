@@ -337,7 +337,8 @@ impl Manifest {
     /// Turn one output row into a signal for `req`. No allocation.
     #[inline]
     pub fn decode(&self, row: &[f32], req: &MlRequest) -> Prediction {
-        let mid2 = req.bid_price + req.ask_price; // validated positive, no overflow for sane prices
+        // i128: two positive i64 prices can overflow i64 when added (a hostile client may send them).
+        let mid2 = req.bid_price as i128 + req.ask_price as i128;
         match &self.output {
             OutputSpec::Classes { directions, .. } => {
                 let mut best = 0;
@@ -347,7 +348,7 @@ impl Manifest {
                     }
                 }
                 let confidence = (100.0 * row[best] as f64 + 0.5).floor().clamp(0.0, 100.0) as u8;
-                Prediction { direction: directions[best], confidence, target_price: mid2 / 2 }
+                Prediction { direction: directions[best], confidence, target_price: (mid2 / 2) as i64 }
             }
             OutputSpec::Regression { target, flat_threshold, full_confidence, .. } => {
                 let y = row[0] as f64;
@@ -457,5 +458,16 @@ classes = ["sell", "flat", "buy"]
         assert_eq!(m.decode(&[0.5], &req).direction, 0, "at the threshold is flat");
         assert_eq!(m.decode(&[f32::NAN], &req).direction, 0, "NaN output is flat");
         assert_eq!(m.decode(&[9.0], &req).confidence, 100);
+    }
+
+    #[test]
+    fn prices_whose_sum_overflows_i64_decode() {
+        let huge = MlRequest {
+            bid_price: 5_000_000_000_000_000_000,
+            ask_price: 6_000_000_000_000_000_000,
+            ..MlRequest::new()
+        };
+        let m = Manifest::parse(TEXT, Path::new("m.toml")).unwrap();
+        assert_eq!(m.decode(&[0.1, 0.2, 0.7], &huge).target_price, 5_500_000_000_000_000_000);
     }
 }

@@ -86,6 +86,13 @@ fn each_bad_request_gets_its_status_in_order_and_the_connection_stays() {
         let r = c.recv().unwrap();
         assert_eq!(({ r.request_id }, Status::from_code(r.status)), (id, Some(status)));
     }
+    // Extreme but valid prices (their sum overflows i64) are answered, not a crash.
+    let mut huge = good(9_999);
+    huge.bid_price = 5_000_000_000_000_000_000;
+    huge.ask_price = 6_000_000_000_000_000_000;
+    c.send(&[huge]).unwrap();
+    let r = c.recv().unwrap();
+    assert_eq!(({ r.request_id }, { r.status }, { r.target_price }), (9_999, 0, 5_500_000_000_000_000_000));
     assert_still_serving(&server);
 }
 
