@@ -148,3 +148,42 @@ fn model_failure_is_an_error_not_a_panic() {
     let too_many = vec![tickinfer::wire::MlRequest::new(); engine.max_batch() + 1];
     assert!(engine.run_rows(&too_many).is_err());
 }
+
+mod hostile_values {
+    use super::*;
+    use proptest::prelude::*;
+    use tickinfer::wire::{validate, Limits, MlRequest, Status, MAX_FEATURES};
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// Any request that passes validation — extreme prices and sizes included — is
+        /// scored without a panic, for a classifier and a regressor.
+        #[test]
+        fn any_valid_request_is_scored(
+            bid in 1i64..i64::MAX, spread in 1i64..i64::MAX, bsz in 0i64..i64::MAX, asz in 0i64..i64::MAX,
+            imb in -1_000_000i64..=1_000_000, x in any::<f32>().prop_filter("finite", |v| v.is_finite()),
+        ) {
+            thread_local! {
+                static ENGINES: std::cell::RefCell<Vec<Engine>> = std::cell::RefCell::new(
+                    ["models/lobster_direction.toml", "tests/fixtures/models/ridge_return.toml"]
+                        .iter().map(|m| load(m)).collect());
+            }
+            let mut features = [0f32; MAX_FEATURES];
+            features[0] = x;
+            let req = MlRequest {
+                bid_price: bid, ask_price: bid.saturating_add(spread), bid_size: bsz, ask_size: asz,
+                book_imbalance: imb, n_features: 1, features, ..MlRequest::new()
+            };
+            prop_assume!(validate(&req, &Limits::default()) == Status::Ok);
+            ENGINES.with(|e| {
+                for engine in e.borrow_mut().iter_mut() {
+                    let n = engine.info().extra_features;
+                    let r = MlRequest { n_features: n, ..req };
+                    let mut p = [Prediction::default()];
+                    engine.predict(&[r], &mut p).unwrap();
+                    assert!((-1..=1).contains(&p[0].direction) && p[0].confidence <= 100);
+                }
+            });
+        }
+    }
+}
