@@ -53,18 +53,8 @@ def simulate(n, seed):
             else:
                 asz += size
                 price = ask
-        elif u < 0.70:
-            kind = 3  # delete at the best
-            if side == 1:
-                size = min(size, bsz)
-                bsz -= size
-                price = bid
-            else:
-                size = min(size, asz)
-                asz -= size
-                price = ask
         else:
-            kind = 4  # execution against the best
+            kind = 3 if u < 0.70 else 4  # delete at the best, or an execution against it
             if side == 1:
                 size = min(size, bsz)
                 bsz -= size
