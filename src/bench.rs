@@ -16,7 +16,7 @@ use crate::clock::now_ns;
 use crate::engine::{ort_environment, Engine, EngineOptions};
 use crate::manifest::{Manifest, Prediction};
 use crate::server::{Mode, PollMode, ServerConfig};
-use crate::wire::{MlHello, MlHelloAck, MlRequest, MlResponse, HELLO_ACK_SIZE, REQUEST_SIZE, RESPONSE_SIZE};
+use crate::wire::{MlRequest, MlResponse, REQUEST_SIZE, RESPONSE_SIZE};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -263,35 +263,12 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
     Ok(report)
 }
 
-fn write_all_spin(s: &mut UnixStream, mut b: &[u8]) -> Result<(), String> {
-    while !b.is_empty() {
-        match s.write(b) {
-            Ok(n) => b = &b[n..],
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    Ok(())
+fn write_all_spin(s: &mut UnixStream, b: &[u8]) -> Result<(), String> {
+    crate::replay::write_all_spin(s, b).map_err(|e| e.to_string())
 }
 
 fn read_exact_spin(s: &mut UnixStream, buf: &mut [u8]) -> Result<(), String> {
-    let mut got = 0;
-    while got < buf.len() {
-        match s.read(&mut buf[got..]) {
-            Ok(0) => return Err("peer closed".into()),
-            Ok(n) => got += n,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::Interrupted =>
-            {
-                std::hint::spin_loop()
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    Ok(())
+    crate::replay::read_exact_spin(s, buf).map_err(|e| e.to_string())
 }
 
 /// (a) Busy-poll ping-pong over a socketpair with tickinfer's frame sizes.
@@ -386,14 +363,6 @@ fn bare_ort(
     .map_err(|_| "bare ORT thread panicked".to_string())?
 }
 
-fn connect(socket: &Path) -> Result<(UnixStream, MlHelloAck), String> {
-    let mut s = UnixStream::connect(socket).map_err(|e| e.to_string())?;
-    s.write_all(bytemuck::bytes_of(&MlHello::current())).map_err(|e| e.to_string())?;
-    let mut ack = [0u8; HELLO_ACK_SIZE];
-    s.read_exact(&mut ack).map_err(|e| e.to_string())?;
-    Ok((s, bytemuck::pod_read_unaligned(&ack)))
-}
-
 /// One request in flight, busy-polling client: round trips.
 fn sync_client(
     socket: &Path,
@@ -405,7 +374,7 @@ fn sync_client(
     let socket = socket.to_path_buf();
     std::thread::spawn(move || -> Result<Histogram<u64>, String> {
         pin(core);
-        let (mut s, _) = connect(&socket)?;
+        let (mut s, _) = crate::replay::connect(&socket)?;
         s.set_nonblocking(true).map_err(|e| e.to_string())?;
         let mut h = hist();
         let mut buf = [0u8; RESPONSE_SIZE];
@@ -474,7 +443,7 @@ fn throughput(
             let socket = server.socket.clone();
             std::thread::spawn(move || -> Result<(u64, Histogram<u64>), String> {
                 pin(client_core);
-                let (mut s, _) = connect(&socket)?;
+                let (mut s, _) = crate::replay::connect(&socket)?;
                 let reqs: Vec<MlRequest> =
                     (0..window as u64).map(|i| sample_request(scale, extras, (c as u64) << 32 | i)).collect();
                 let bytes: &[u8] = bytemuck::cast_slice(&reqs);

@@ -207,7 +207,8 @@ pub fn schedule(events: &[Event], speed: Speed, rate: Option<f64>) -> Vec<Option
         .collect()
 }
 
-fn connect(socket: &Path) -> Result<(UnixStream, MlHelloAck), String> {
+/// Connect and exchange hellos; a refusal is an error naming the status.
+pub(crate) fn connect(socket: &Path) -> Result<(UnixStream, MlHelloAck), String> {
     let mut s = UnixStream::connect(socket).map_err(|e| format!("connect {}: {e}", socket.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
     s.write_all(bytemuck::bytes_of(&MlHello::current())).map_err(|e| e.to_string())?;
@@ -245,28 +246,16 @@ fn drive_sync(
     let mut outcomes = Vec::with_capacity(list.len());
     let (mut mismatched, mut lost) = (0, 0);
     let mut buf = [0u8; RESPONSE_SIZE];
-    'events: for (k, &i) in list.iter().enumerate() {
+    for (k, &i) in list.iter().enumerate() {
         let t0 = now_ns();
-        if let Err(e) = write_all_nonblocking(&mut stream, bytemuck::bytes_of(&events[i].req)) {
+        if let Err(e) = write_all_spin(&mut stream, bytemuck::bytes_of(&events[i].req)) {
             log::warn!("replay connection: send: {e}");
             lost = (list.len() - k) as u64;
             break;
         }
-        let mut have = 0;
-        while have < RESPONSE_SIZE {
-            match stream.read(&mut buf[have..]) {
-                Ok(0) => {
-                    lost = (list.len() - k) as u64;
-                    break 'events;
-                }
-                Ok(n) => have += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    lost = (list.len() - k) as u64;
-                    break 'events;
-                }
-            }
+        if read_exact_spin(&mut stream, &mut buf).is_err() {
+            lost = (list.len() - k) as u64;
+            break;
         }
         let t1 = now_ns();
         let resp: MlResponse = bytemuck::pod_read_unaligned(&buf);
@@ -279,11 +268,27 @@ fn drive_sync(
     Ok(ConnResult { outcomes, mismatched, lost, finished_ns: now_ns() })
 }
 
-fn write_all_nonblocking(s: &mut UnixStream, mut bytes: &[u8]) -> std::io::Result<()> {
+/// Write all of `bytes` to a non-blocking socket, busy-polling while it is full.
+pub(crate) fn write_all_spin(s: &mut UnixStream, mut bytes: &[u8]) -> std::io::Result<()> {
     while !bytes.is_empty() {
         match s.write(bytes) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Fill `buf` from a non-blocking socket, busy-polling; EOF is `UnexpectedEof`.
+pub(crate) fn read_exact_spin(s: &mut UnixStream, buf: &mut [u8]) -> std::io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        match s.read(&mut buf[got..]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
