@@ -254,6 +254,15 @@ impl Conn {
         decoded
     }
 
+    /// Put this connection (at `slot`) on the flush list, once.
+    #[inline]
+    pub fn mark_dirty(&mut self, slot: usize, list: &mut Vec<usize>) {
+        if !self.dirty {
+            self.dirty = true;
+            list.push(slot);
+        }
+    }
+
     /// Bytes waiting for the kernel.
     pub fn queued(&self) -> usize {
         self.wbuf.len() - self.wpos

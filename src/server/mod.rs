@@ -669,10 +669,7 @@ impl IoLoop {
                     Decoded::NeedMore => break,
                     Decoded::Hello => {
                         conn.queue_ack(Status::Ok, &self.info);
-                        if !conn.dirty {
-                            conn.dirty = true;
-                            self.dirty.push(slot);
-                        }
+                        conn.mark_dirty(slot, &mut self.dirty);
                     }
                     Decoded::Request(req) => {
                         if let Some(r) = &mut self.recorder {
@@ -714,10 +711,7 @@ impl IoLoop {
                         } else {
                             conn.queue_ack(e.status(), &self.info);
                             conn.close_after_flush = true;
-                            if !conn.dirty {
-                                conn.dirty = true;
-                                self.dirty.push(slot);
-                            }
+                            conn.mark_dirty(slot, &mut self.dirty);
                         }
                         return;
                     }
@@ -737,10 +731,7 @@ impl IoLoop {
                 ReadOutcome::Drained | ReadOutcome::WouldBlock => return,
                 ReadOutcome::Closed => {
                     conn.peer_closed = true;
-                    if !conn.dirty {
-                        conn.dirty = true; // so close-when-done is checked
-                        self.dirty.push(slot);
-                    }
+                    conn.mark_dirty(slot, &mut self.dirty); // so close-when-done is checked
                     return;
                 }
             }
@@ -816,10 +807,7 @@ impl IoLoop {
 
     fn mark_dirty(&mut self, slot: usize) {
         if let Some(conn) = self.conns.get_mut(slot) {
-            if !conn.dirty {
-                conn.dirty = true;
-                self.dirty.push(slot);
-            }
+            conn.mark_dirty(slot, &mut self.dirty);
         }
     }
 
@@ -1014,10 +1002,7 @@ fn route(
     if let Some(c) = stats.status.get_mut(resp.status as usize) {
         *c += 1;
     }
-    if !conn.dirty {
-        conn.dirty = true;
-        dirty.push(slot);
-    }
+    conn.mark_dirty(slot, dirty);
     if conn.read_paused && conn.inflight < hard_limit {
         // Once per pause: the list never holds a connection twice (and never grows).
         conn.read_paused = false;
