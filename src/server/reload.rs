@@ -60,12 +60,13 @@ impl ReloadSlot {
 
     /// Scoring thread, between two runs: swap in a pending engine.
     #[inline]
-    pub fn poll(&self, engine: &mut Engine) {
+    /// Returns whether `engine` was replaced.
+    pub fn poll(&self, engine: &mut Engine) -> bool {
         // Acquire: pairs with the Release store in `reload`, after `incoming` was filled.
         if !self.pending.load(Ordering::Acquire) {
-            return;
+            return false;
         }
-        let Ok(mut incoming) = self.incoming.try_lock() else { return };
+        let Ok(mut incoming) = self.incoming.try_lock() else { return false };
         if let Some((new, current)) = incoming.take() {
             let old = std::mem::replace(engine, new);
             if let Ok(mut r) = self.retired.lock() {
@@ -78,7 +79,9 @@ impl ReloadSlot {
             self.pending.store(false, Ordering::Relaxed);
             // Release: the control plane's Acquire load sees the retired engine after it sees the count.
             self.swaps.fetch_add(1, Ordering::Release);
+            return true;
         }
+        false
     }
 
     /// Control plane: load `manifest`, check it against the serving model,

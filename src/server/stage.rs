@@ -57,7 +57,9 @@ impl Scorer {
     /// Swap in a pending reloaded engine, if any (between two runs).
     #[inline]
     pub fn poll_reload(&mut self, slot: &super::reload::ReloadSlot) {
-        slot.poll(&mut self.engine);
+        if !slot.poll(&mut self.engine) {
+            return;
+        }
         self.model_version = self.engine.info().version;
         if self.engine.max_batch() != self.max_batch {
             self.max_batch = self.engine.max_batch();
