@@ -49,7 +49,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("engine");
     for batch in [1usize, 32] {
         let reqs = requests(batch);
-        let mut preds = vec![Prediction::default(); batch];
+        let mut preds = vec![None::<Prediction>; batch];
         let mut rows = vec![0f32; batch * width];
         for (r, row) in reqs.iter().zip(rows.chunks_exact_mut(width)) {
             manifest.features.fill(r, row);
@@ -64,7 +64,8 @@ fn bench(c: &mut Criterion) {
             out["probabilities"].try_extract_tensor::<f32>().unwrap().1.to_vec()
         };
         assert_eq!(ours, theirs, "engine and bare ORT disagree at batch {batch}");
-        assert!(preds.iter().all(|p| (-1..=1).contains(&p.direction) && p.confidence <= 100));
+        assert!(preds.iter().flatten().count() == batch, "every output is finite");
+        assert!(preds.iter().flatten().all(|p| (-1..=1).contains(&p.direction) && p.confidence <= 100));
 
         g.throughput(Throughput::Elements(batch as u64));
         g.bench_with_input(BenchmarkId::new("tickinfer_predict", batch), &batch, |b, _| {

@@ -226,6 +226,48 @@ full_confidence = 1.0
         print(f"failing_gather: fails as intended ({type(e).__name__})")
 
 
+def nonfinite_fixture():
+    """A classifier whose output is log(extra:0) in every column: NaN below 0, -inf at 0,
+    finite above. The server must answer ML_ERR_MODEL_FAILURE for the non-finite rows."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Log", ["x"], ["l"]),
+        helper.make_node("Concat", ["l", "l", "l"], ["probabilities"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "nonfinite_log",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, os.path.join(FIX, "models", "nonfinite_log.onnx"))
+    with open(os.path.join(FIX, "models", "nonfinite_log.toml"), "w") as f:
+        f.write(f"""# Fixture: outputs log(extra:0) in every class column: NaN for extra:0 < 0, -inf at 0.
+[model]
+name = "nonfinite_log"
+version = 1
+onnx = "nonfinite_log.onnx"
+price_scale = {PRICE_SCALE}
+
+[input]
+name = "x"
+features = ["extra:0"]
+
+[output]
+kind = "classes"
+name = "probabilities"
+classes = ["sell", "flat", "buy"]
+""")
+    sess = ort.InferenceSession(os.path.join(FIX, "models", "nonfinite_log.onnx"), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"x": np.array([[-1.0], [0.0], [1.0]], dtype=np.float32)})[0]
+    assert np.isnan(y[0]).all() and np.isneginf(y[1]).all() and (y[2] == 0).all(), y
+    print("nonfinite_log: NaN, -inf and 0 as intended")
+
+
 def default_model_parity(rng):
     import tomllib
     with open(os.path.join(ROOT, "models", "lobster_direction.toml"), "rb") as f:
@@ -245,3 +287,4 @@ if __name__ == "__main__":
     ridge_fixture(rng)
     default_model_parity(rng)
     failing_fixture()
+    nonfinite_fixture()

@@ -348,7 +348,7 @@ fn bare_ort(
             }
         }
         let mut engine = Engine::load(&model, &opts).map_err(|e| e.to_string())?;
-        let mut p = [Prediction::default()];
+        let mut p = [None::<Prediction>];
         let mut he = hist();
         for i in 0..n + n / 10 {
             let t0 = now_ns();

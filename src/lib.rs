@@ -15,6 +15,7 @@ pub mod doctor;
 pub mod engine;
 pub mod features;
 pub mod manifest;
+pub mod ratelog;
 pub mod record;
 pub mod replay;
 pub mod ring;

@@ -171,18 +171,61 @@ pub struct Manifest {
     pub output: OutputSpec,
 }
 
+/// Largest manifest file read (a real one is under a few KiB).
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+/// Read a manifest file: a regular file of at most [`MAX_MANIFEST_BYTES`]. Opened
+/// non-blocking and checked on the open descriptor, so a FIFO cannot hang the
+/// caller (a reload holds the one-reload-at-a-time lock) and a device such as
+/// `/dev/zero` cannot eat memory, even if the path changes between check and read.
+fn read_manifest(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(invalid("not a regular file".into()));
+    }
+    if meta.len() > MAX_MANIFEST_BYTES {
+        return Err(invalid(format!("{} bytes, more than a manifest's {MAX_MANIFEST_BYTES}", meta.len())));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(invalid(format!("grew past a manifest's {MAX_MANIFEST_BYTES} bytes while read")));
+    }
+    // The error names no byte of the file: a manifest path can come from a control client.
+    String::from_utf8(bytes)
+        .map_err(|e| invalid(format!("not UTF-8 text (at byte {})", e.utf8_error().valid_up_to())))
+}
+
+/// A TOML error as `line L column C: message`, without the source excerpt that
+/// `toml`'s own `Display` quotes (never echo a file's content back to a caller).
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line} column {column}: {}", e.message())
+        }
+        None => e.message().to_string(),
+    }
+}
+
 impl Manifest {
-    /// Read and check a manifest file.
+    /// Read and check a manifest file (regular, at most [`MAX_MANIFEST_BYTES`]).
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ManifestError::Read { path: path.to_path_buf(), source })?;
+        let text =
+            read_manifest(path).map_err(|source| ManifestError::Read { path: path.to_path_buf(), source })?;
         Manifest::parse(&text, path)
     }
 
     /// Parse manifest text; `path` locates the `.onnx` and names errors.
     pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
         let invalid = |message: String| ManifestError::Invalid { path: path.to_path_buf(), message };
-        let file: File = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let file: File = toml::from_str(text).map_err(|e| invalid(toml_error(text, &e)))?;
         let features = FeatureMap::new(
             &file.input.features,
             file.input.mean.as_deref(),
@@ -334,9 +377,14 @@ impl Manifest {
         }
     }
 
-    /// Turn one output row into a signal for `req`. No allocation.
+    /// Turn one output row into a signal for `req`. No allocation. `None` when the
+    /// row holds a NaN or an infinity, or a regression target outside `i64`: the model
+    /// failed on this request and it must not be answered as if it had a signal.
     #[inline]
-    pub fn decode(&self, row: &[f32], req: &MlRequest) -> Prediction {
+    pub fn decode(&self, row: &[f32], req: &MlRequest) -> Option<Prediction> {
+        if !row.iter().all(|v| v.is_finite()) {
+            return None;
+        }
         // i128: two positive i64 prices can overflow i64 when added (a hostile client may send them).
         let mid2 = req.bid_price as i128 + req.ask_price as i128;
         match &self.output {
@@ -348,12 +396,12 @@ impl Manifest {
                     }
                 }
                 let confidence = (100.0 * row[best] as f64 + 0.5).floor().clamp(0.0, 100.0) as u8;
-                Prediction { direction: directions[best], confidence, target_price: (mid2 / 2) as i64 }
+                Some(Prediction { direction: directions[best], confidence, target_price: (mid2 / 2) as i64 })
             }
             OutputSpec::Regression { target, flat_threshold, full_confidence, .. } => {
                 let y = row[0] as f64;
                 let mid = mid2 as f64 / 2.0;
-                let direction = if y.is_nan() || y.abs() <= *flat_threshold {
+                let direction = if y.abs() <= *flat_threshold {
                     0
                 } else if y > 0.0 {
                     1
@@ -365,7 +413,12 @@ impl Manifest {
                     Target::MidReturnBps => mid * (1.0 + y / 1e4),
                     Target::MidChange => mid + y * self.price_scale as f64,
                 };
-                Prediction { direction, confidence, target_price: (target + 0.5).floor() as i64 }
+                let target = (target + 0.5).floor();
+                // i64::MAX as f64 rounds up to 2^63, itself out of range: compare with <.
+                if !(target >= i64::MIN as f64 && target < i64::MAX as f64) {
+                    return None;
+                }
+                Some(Prediction { direction, confidence, target_price: target as i64 })
             }
         }
     }
@@ -443,21 +496,29 @@ classes = ["sell", "flat", "buy"]
         let m = Manifest::parse(TEXT, Path::new("m.toml")).unwrap();
         let req = MlRequest { bid_price: 1_000_000, ask_price: 1_000_101, ..MlRequest::new() };
         let p = m.decode(&[0.2, 0.3, 0.5], &req);
-        assert_eq!(p, Prediction { direction: 1, confidence: 50, target_price: 1_000_050 });
-        assert_eq!(m.decode(&[0.4, 0.4, 0.2], &req).direction, -1, "first maximum wins ties");
+        assert_eq!(p, Some(Prediction { direction: 1, confidence: 50, target_price: 1_000_050 }));
+        assert_eq!(m.decode(&[0.4, 0.4, 0.2], &req).unwrap().direction, -1, "first maximum wins ties");
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            assert_eq!(m.decode(&[0.2, bad, 0.5], &req), None, "{bad} in a class row is a model failure");
+        }
 
         let reg = TEXT.replace(
             "kind = \"classes\"\nname = \"probabilities\"\nclasses = [\"sell\", \"flat\", \"buy\"]",
             "kind = \"regression\"\nname = \"variable\"\ntarget = \"mid_return_bps\"\nflat_threshold = 0.5\nfull_confidence = 2.0",
         );
         let m = Manifest::parse(&reg, Path::new("m.toml")).unwrap();
-        let p = m.decode(&[-1.0], &req);
+        let p = m.decode(&[-1.0], &req).unwrap();
         assert_eq!(p.direction, -1);
         assert_eq!(p.confidence, 50);
         assert_eq!(p.target_price, (1_000_050.5f64 * (1.0 - 1e-4) + 0.5).floor() as i64);
-        assert_eq!(m.decode(&[0.5], &req).direction, 0, "at the threshold is flat");
-        assert_eq!(m.decode(&[f32::NAN], &req).direction, 0, "NaN output is flat");
-        assert_eq!(m.decode(&[9.0], &req).confidence, 100);
+        assert_eq!(m.decode(&[0.5], &req).unwrap().direction, 0, "at the threshold is flat");
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            assert_eq!(m.decode(&[bad], &req), None, "{bad} is a model failure, not a flat signal");
+        }
+        assert_eq!(m.decode(&[9.0], &req).unwrap().confidence, 100);
+        // A finite output whose target price leaves i64 is a failure too, never a saturated price.
+        let huge = MlRequest { bid_price: i64::MAX / 2, ask_price: i64::MAX / 2, ..MlRequest::new() };
+        assert_eq!(m.decode(&[3.0e38], &huge), None);
     }
 
     #[test]
@@ -468,6 +529,6 @@ classes = ["sell", "flat", "buy"]
             ..MlRequest::new()
         };
         let m = Manifest::parse(TEXT, Path::new("m.toml")).unwrap();
-        assert_eq!(m.decode(&[0.1, 0.2, 0.7], &huge).target_price, 5_500_000_000_000_000_000);
+        assert_eq!(m.decode(&[0.1, 0.2, 0.7], &huge).unwrap().target_price, 5_500_000_000_000_000_000);
     }
 }

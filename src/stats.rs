@@ -28,6 +28,8 @@ pub struct Stats {
     pub connections_accepted: u64,
     pub connections_refused: u64,
     pub slow_reader_disconnects: u64,
+    /// Requests whose model output was NaN or infinite (answered `ML_ERR_MODEL_FAILURE`).
+    pub nonfinite_outputs: u64,
 }
 
 fn histogram(max: u64) -> Histogram<u64> {
@@ -45,6 +47,7 @@ impl Default for Stats {
             connections_accepted: 0,
             connections_refused: 0,
             slow_reader_disconnects: 0,
+            nonfinite_outputs: 0,
         }
     }
 }
@@ -63,6 +66,7 @@ impl Stats {
         self.connections_accepted += other.connections_accepted;
         self.connections_refused += other.connections_refused;
         self.slow_reader_disconnects += other.slow_reader_disconnects;
+        self.nonfinite_outputs += other.nonfinite_outputs;
     }
 
     /// Zero every recorder, keeping the allocations.
@@ -75,11 +79,21 @@ impl Stats {
         self.connections_accepted = 0;
         self.connections_refused = 0;
         self.slow_reader_disconnects = 0;
+        self.nonfinite_outputs = 0;
     }
 
-    /// Whether nothing was recorded since the last reset.
+    /// Whether nothing was recorded since the last reset. Every recorder counts: the
+    /// pipeline's worker records only histograms (queue, inference, batch), never statuses.
     pub fn is_empty(&self) -> bool {
-        self.status.iter().all(|&n| n == 0) && self.connections_accepted == 0 && self.connections_refused == 0
+        self.status.iter().all(|&n| n == 0)
+            && self.queue.is_empty()
+            && self.inference.is_empty()
+            && self.total.is_empty()
+            && self.batch.is_empty()
+            && self.connections_accepted == 0
+            && self.connections_refused == 0
+            && self.slow_reader_disconnects == 0
+            && self.nonfinite_outputs == 0
     }
 
     pub fn report(&self) -> StatsReport {
@@ -100,6 +114,7 @@ impl Stats {
             connections_accepted: self.connections_accepted,
             connections_refused: self.connections_refused,
             slow_reader_disconnects: self.slow_reader_disconnects,
+            nonfinite_outputs: self.nonfinite_outputs,
         }
     }
 }
@@ -147,14 +162,21 @@ pub struct StatsReport {
     pub connections_accepted: u64,
     pub connections_refused: u64,
     pub slow_reader_disconnects: u64,
+    /// Requests answered `ML_ERR_MODEL_FAILURE` because the model's output was NaN or infinite.
+    #[serde(default)]
+    pub nonfinite_outputs: u64,
 }
 
 impl std::fmt::Display for StatsReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "responses {} (connections accepted {}, refused {}, slow-reader disconnects {})",
-            self.responses, self.connections_accepted, self.connections_refused, self.slow_reader_disconnects
+            "responses {} (connections accepted {}, refused {}, slow-reader disconnects {}, non-finite model outputs {})",
+            self.responses,
+            self.connections_accepted,
+            self.connections_refused,
+            self.slow_reader_disconnects,
+            self.nonfinite_outputs
         )?;
         for (status, n) in &self.by_status {
             writeln!(f, "  status {status}: {n}")?;

@@ -65,7 +65,7 @@ fn steady_state_requests_allocate_nothing() {
             "lobster_direction"
         });
         let reqs: Vec<MlRequest> = cases.iter().map(|c| c.request).cycle().take(16).collect();
-        let mut preds = vec![Prediction::default(); reqs.len()];
+        let mut preds = vec![None::<Prediction>; reqs.len()];
 
         // The counter itself works: a Vec allocates.
         assert_eq!(allocations_during(|| drop(vec![1u8; 10])), 1);
@@ -84,6 +84,6 @@ fn steady_state_requests_allocate_nothing() {
             }
         });
         assert_eq!(n, 0, "{manifest}: batch-16 path allocated {n} times in 200 batches");
-        assert!(preds.iter().all(|p| p.confidence <= 100 && p.target_price > 0));
+        assert!(preds.iter().all(|p| p.is_some_and(|p| p.confidence <= 100 && p.target_price > 0)));
     }
 }

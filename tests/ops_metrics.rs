@@ -28,8 +28,19 @@ fn parse(body: &str) -> HashMap<String, f64> {
 }
 
 #[test]
-fn metrics_endpoint_is_scraped_and_parsed() {
-    let server = Server::start(&["--metrics", "127.0.0.1:0"]);
+fn metrics_endpoint_is_scraped_and_parsed_inline() {
+    metrics_endpoint_is_scraped_and_parsed("inline");
+}
+
+/// The pipeline's worker records queue, inference and batch histograms on its own
+/// thread: they must reach the endpoint as in inline mode (they once stayed zero).
+#[test]
+fn metrics_endpoint_is_scraped_and_parsed_pipeline() {
+    metrics_endpoint_is_scraped_and_parsed("pipeline");
+}
+
+fn metrics_endpoint_is_scraped_and_parsed(mode: &str) {
+    let server = Server::start(&["--metrics", "127.0.0.1:0", "--mode", mode]);
     let log = server.log();
     let addr = log
         .lines()
@@ -72,8 +83,15 @@ fn metrics_endpoint_is_scraped_and_parsed() {
         assert!(buckets.len() > 20 && buckets[0].0 <= 1e-6, "{h}: {buckets:?}");
         assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{h} buckets not cumulative");
         assert_eq!(buckets.last().unwrap().1, m[&format!("tickinfer_{h}_count")]);
+        assert!(m[&format!("tickinfer_{h}_count")] > 0.0, "{mode}: {h} is empty:\n{body}");
+        assert!(m[&format!("tickinfer_{h}_sum")] > 0.0, "{mode}: {h} sums to zero:\n{body}");
     }
     assert_eq!(m["tickinfer_total_seconds_count"], 450.0);
+    // One queue sample per request; at least one model run per round of 8 runnable requests.
+    assert_eq!(m["tickinfer_queue_seconds_count"], 450.0, "{mode}");
+    assert!((50.0..=400.0).contains(&m["tickinfer_inference_seconds_count"]), "{mode}");
+    assert_eq!(m["tickinfer_batch_size_count"], m["tickinfer_inference_seconds_count"], "{mode}");
+    assert_eq!(m["tickinfer_batch_size_sum"], 400.0, "{mode}: every runnable request is in one batch");
     let (head, _) = scrape(&addr, "/other");
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
 }

@@ -136,3 +136,64 @@ fn sighup_rereads_the_config_file() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// A reload with no traffic at all is swapped in at once, in every mode and poll
+/// mode (it used to wait for the next request and give up after 30 s).
+#[test]
+fn reload_on_an_idle_server_swaps_in_every_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = manifest_version(dir.path(), 1);
+    let v2 = manifest_version(dir.path(), 2);
+    for mode in ["inline", "pipeline"] {
+        for poll in ["spin", "adaptive", "block"] {
+            let server = Server::start(&["--model", v1.to_str().unwrap(), "--mode", mode, "--poll", poll]);
+            let t0 = std::time::Instant::now();
+            let (ok, out) = reload(&server, &v2);
+            let took = t0.elapsed();
+            assert!(ok && out.contains("now serving lobster_direction v2"), "{mode}/{poll}: {out}");
+            // Generous: a reload that waits for traffic takes 30 s and fails; a working one, a
+            // model load and warm-up (~0.1 s here).
+            assert!(took < std::time::Duration::from_secs(10), "{mode}/{poll}: reload took {took:?}");
+            eprintln!("idle reload {mode}/{poll}: {took:?} (model load and warm-up included)");
+            let mut c = Client::connect(&server.socket).unwrap();
+            assert_eq!({ c.ack.model_version }, 2, "{mode}/{poll}: new connections are told v2");
+            c.send(&[request(1)]).unwrap();
+            assert_eq!({ c.recv().unwrap().model_version }, 2, "{mode}/{poll}");
+        }
+    }
+}
+
+/// A reload that reports failure did not swap: with no scoring thread to take
+/// the engine, the reload times out, and a scoring thread that polls afterwards
+/// finds nothing to swap in (the engine was taken back).
+#[test]
+fn a_reload_reported_failed_never_swaps() {
+    use tickinfer::engine::Engine;
+    use tickinfer::server::reload::ReloadSlot;
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, v2) = (manifest_version(dir.path(), 1), manifest_version(dir.path(), 2));
+    let opts = util::test_engine_options();
+    let mut serving = Engine::load(&v1, &opts).unwrap();
+    let slot = Arc::new(ReloadSlot::with_swap_timeout(std::time::Duration::from_millis(50)));
+    slot.set_current(serving.info().clone(), v1.clone(), opts.clone());
+    let err = slot.reload(&v2).unwrap_err();
+    assert!(err.contains("not swapped"), "{err}");
+    assert!(!slot.poll(&mut serving), "a failed reload left an engine behind to swap in");
+    assert_eq!((serving.info().version, slot.swaps()), (1, 0));
+    assert_eq!(slot.reloads_failed.load(Ordering::Relaxed), 1);
+    // With a scoring thread polling, the same reload succeeds and the swap is visible.
+    let (s, stop) = (slot.clone(), Arc::new(AtomicBool::new(false)));
+    let st = stop.clone();
+    let scorer = std::thread::spawn(move || {
+        while !st.load(Ordering::Relaxed) {
+            s.poll(&mut serving);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        serving.info().version
+    });
+    let ok = ReloadSlot::reload(&slot, &v2);
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(ok.map(|i| i.version), Ok(2));
+    assert_eq!(scorer.join().unwrap(), 2);
+    assert_eq!(slot.swaps(), 1);
+}

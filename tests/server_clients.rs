@@ -75,7 +75,12 @@ fn many_clients(args: &[&str]) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(report["responses"].as_u64().unwrap() >= answered, "{report}");
-    assert!(report["total_ns"]["p50"].as_u64().unwrap() > 0, "{report}");
+    // Every histogram, in both modes (the pipeline's worker records queue, inference and batch).
+    for h in ["total_ns", "queue_ns", "inference_ns", "batch"] {
+        assert!(report[h]["count"].as_u64().unwrap() > 0, "{h} is empty: {report}");
+        assert!(report[h]["p50"].as_u64().unwrap() > 0, "{h} p50 is zero: {report}");
+    }
+    assert!(report["queue_ns"]["count"].as_u64().unwrap() >= answered, "{report}");
     assert!(report["connections_accepted"].as_u64().unwrap() > CLIENTS, "{report}");
 }
 

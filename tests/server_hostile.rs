@@ -222,3 +222,46 @@ fn failed_model_run_answers_model_failure_and_the_server_stays_up() {
     }
     assert!(server.log().contains("model run of 1 requests failed"), "{}", server.log());
 }
+
+#[test]
+fn nonfinite_model_output_answers_model_failure_counted_and_logged() {
+    let model = repo_root().join("tests/fixtures/models/nonfinite_log.toml");
+    let server = Server::start(&["--model", model.to_str().unwrap()]);
+    let mut c = Client::connect(&server.socket).unwrap();
+    let with_extra = |id: u64, x: f32| {
+        let mut r = request(id);
+        r.n_features = 1;
+        let mut f = [0f32; MAX_FEATURES];
+        f[0] = x;
+        r.features = f;
+        r
+    };
+    // One batch mixing finite and non-finite rows: only the non-finite ones fail.
+    let cases = [(1, 1.0, Status::Ok), (2, -1.0, Status::ModelFailure), (3, 0.0, Status::ModelFailure)];
+    let batch: Vec<MlRequest> = cases.iter().map(|&(id, x, _)| with_extra(id, x)).collect();
+    c.send(&batch).unwrap();
+    for (id, _, want) in cases {
+        let r = c.recv().unwrap();
+        assert_eq!(({ r.request_id }, Status::from_code(r.status)), (id, Some(want)), "{}", server.log());
+        if want != Status::Ok {
+            assert_eq!(({ r.direction }, { r.confidence }, { r.target_price }), (0, 0, 0), "no signal");
+        }
+    }
+    // A flood of NaN answers is logged once per second, not once per request.
+    for id in 10..510 {
+        c.send(&[with_extra(id, -2.0)]).unwrap();
+        assert_eq!(Status::from_code(c.recv().unwrap().status), Some(Status::ModelFailure));
+    }
+    c.send(&[with_extra(999, 4.0)]).unwrap();
+    assert_eq!(Status::from_code(c.recv().unwrap().status), Some(Status::Ok), "still serving");
+    std::thread::sleep(Duration::from_millis(400)); // stats are published every 200 ms
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tickinfer"))
+        .args(["stats", "--json", "--socket", server.socket.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["nonfinite_outputs"], 502, "{report}");
+    let log = server.log();
+    let lines = log.lines().filter(|l| l.contains("is NaN or infinite")).count();
+    assert!((1..=3).contains(&lines), "rate-limited log: {lines} lines\n{log}");
+}

@@ -336,8 +336,9 @@ impl Engine {
     }
 
     /// Score `reqs` (any number; run in chunks of `max_batch`) into `out`
-    /// (same length). No allocation.
-    pub fn predict(&mut self, reqs: &[MlRequest], out: &mut [Prediction]) -> Result<(), EngineError> {
+    /// (same length); `None` where the model's output for that request was not
+    /// finite (see [`Manifest::decode`]). No allocation.
+    pub fn predict(&mut self, reqs: &[MlRequest], out: &mut [Option<Prediction>]) -> Result<(), EngineError> {
         assert_eq!(reqs.len(), out.len(), "one prediction slot per request");
         let Engine { manifest, slots, input_name, rebind_input, session, info } = self;
         let width = manifest.output.width();

@@ -195,6 +195,10 @@ pub fn run(
     let hard_limit = cfg.max_inflight + (READ_BUFFER / REQUEST_SIZE) as u32;
     let (stage, model) = match mode {
         Mode::Inline | Mode::Auto => {
+            let w = waker.clone();
+            shared.reload.set_waker(move || {
+                let _ = w.wake();
+            });
             let engine = Engine::load(&cfg.model, &cfg.engine)?;
             let model = engine.info().clone();
             let stage = Stage::Inline {
@@ -339,6 +343,7 @@ impl Worker {
         let (model_path, engine_opts, poll, spin) =
             (cfg.model.clone(), cfg.engine.clone(), cfg.poll, cfg.spin);
         let (wb, ib, st) = (worker_bell.clone(), io_bell.clone(), stop.clone());
+        let control = shared.clone();
         let thread = std::thread::Builder::new().name("tickinfer-worker".into()).spawn(move || {
             pin(core, "inference worker");
             // The engine is built on the thread that runs it (ORT sessions stay on one thread).
@@ -358,6 +363,8 @@ impl Worker {
             let mut last_work = now_ns();
             let mut last_publish = now_ns();
             loop {
+                // Every turn, jobs or not: an idle worker takes a reload at once (one atomic load).
+                scorer.poll_reload(&shared.reload);
                 jobs.clear();
                 if ring::pop_into(&mut jobs_rx, &mut jobs, max_batch) == 0 {
                     // Acquire: pairs with the I/O thread's Release store after its last push.
@@ -374,7 +381,7 @@ impl Worker {
                         std::hint::spin_loop();
                     } else {
                         wb.announce_sleep();
-                        if jobs_rx.is_empty() && !st.load(Ordering::Acquire) {
+                        if jobs_rx.is_empty() && !st.load(Ordering::Acquire) && !shared.reload.is_pending() {
                             std::thread::park_timeout(Duration::from_millis(100));
                         }
                         wb.wake_pending();
@@ -385,7 +392,6 @@ impl Worker {
                     }
                     continue;
                 }
-                scorer.poll_reload(&shared.reload);
                 scorer.score(&jobs, &mut stats, |done| {
                     if done_tx.push(done).is_err() {
                         unreachable!("response ring is as large as the request ring");
@@ -405,6 +411,8 @@ impl Worker {
                 return Err(ServerError::Worker("the worker thread died while loading the model".into()))
             }
         };
+        let worker_thread = thread.thread().clone();
+        control.reload.set_waker(move || worker_thread.unpark());
         let worker =
             Worker { jobs_tx, done_rx, worker_bell, io_bell, stop, thread: Some(thread), pushed: false };
         Ok((Stage::Pipeline(worker), model))
@@ -500,10 +508,17 @@ impl IoLoop {
         }
         self.flush_dirty();
         self.tick();
-        if self.shared.reload.swaps() != self.seen_swaps {
-            self.seen_swaps = self.shared.reload.swaps();
+        self.refresh_model_info();
+    }
+
+    /// After a reload swap (by this thread or the worker), new connections are told the
+    /// model now serving. Called before events are handled too: a hello acked right after
+    /// a reload reports the new version. One atomic load when nothing changed.
+    fn refresh_model_info(&mut self) {
+        let swaps = self.shared.reload.swaps();
+        if swaps != self.seen_swaps {
+            self.seen_swaps = swaps;
             if let Some((model, _)) = self.shared.reload.current() {
-                // New connections are told the model now serving.
                 self.info.model_version = model.version;
                 self.info.model_name = model.name;
             }
@@ -541,6 +556,7 @@ impl IoLoop {
         if let Stage::Pipeline(w) = &self.stage {
             w.io_bell.wake_pending();
         }
+        self.refresh_model_info();
         // Collect first: handlers need `&mut self`. (A reused buffer: zeroing a 6 KB
         // array on every spin iteration showed up at the top of `perf`.)
         let mut ready = std::mem::take(&mut self.ready);
@@ -744,8 +760,9 @@ impl IoLoop {
         // Stage work: score the inline jobs, or ring the worker for the ones pushed.
         match &mut self.stage {
             Stage::Inline { scorer, jobs, dones } => {
+                // Every turn, jobs or not: an idle server takes a reload at once (one atomic load).
+                scorer.poll_reload(&self.shared.reload);
                 if !jobs.is_empty() {
-                    scorer.poll_reload(&self.shared.reload);
                     scorer.score(jobs, &mut self.stats, |done| dones.push(done));
                     jobs.clear();
                 }

@@ -1,7 +1,17 @@
 //! Hot model reload: the control plane loads, validates and warms up a new
 //! engine off the hot path; the scoring thread swaps it in between two model
-//! runs (one atomic load per run when nothing is pending), and hands the old
-//! engine back to be dropped off the hot path.
+//! runs (one atomic load per loop turn when nothing is pending), and hands the
+//! old engine back to be dropped off the hot path.
+//!
+//! The scoring thread may be asleep (an idle server in block or adaptive
+//! polling, or spinning with no jobs): the control plane wakes it through the
+//! waker the server registered, and the scoring thread polls the slot on every
+//! loop turn, jobs or not, so a reload before the open takes milliseconds.
+//!
+//! A reload reports failure only when the new engine was taken back unswapped:
+//! the scoring thread swaps while holding `incoming`'s lock, so at the deadline
+//! the control plane either finds its engine still there (not swapped: taken
+//! back, failure) or gone (swapped: success).
 //!
 //! A reload must keep the wire contract the connected clients were given in
 //! their hello ack: the same price scale and the same number of extra
@@ -19,6 +29,12 @@ use crate::engine::{Engine, EngineOptions, ModelInfo};
 /// The serving model: its info, manifest path, and the options it was loaded with.
 type Current = (ModelInfo, PathBuf, EngineOptions);
 
+/// Wakes the scoring thread (the I/O loop's mio waker, or an unpark of the worker).
+type Wake = Box<dyn Fn() + Send + Sync>;
+
+/// How long a reload waits for the scoring thread to take the new engine.
+const SWAP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Shared between the control plane and the scoring thread.
 #[derive(Default)]
 pub struct ReloadSlot {
@@ -34,16 +50,37 @@ pub struct ReloadSlot {
     current: Mutex<Option<Current>>,
     /// One reload at a time.
     busy: Mutex<()>,
+    /// Wakes the scoring thread when a new engine is pending.
+    wake: std::sync::OnceLock<Wake>,
+    /// How long to wait for the swap; `None`: [`SWAP_TIMEOUT`].
+    swap_timeout: Option<Duration>,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
 }
 
 impl ReloadSlot {
+    /// A slot whose reloads wait at most `swap_timeout` for the swap (tests).
+    pub fn with_swap_timeout(swap_timeout: Duration) -> ReloadSlot {
+        ReloadSlot { swap_timeout: Some(swap_timeout), ..Default::default() }
+    }
+
+    /// Register how to wake the scoring thread (once, when the server starts).
+    pub fn set_waker(&self, wake: impl Fn() + Send + Sync + 'static) {
+        let _ = self.wake.set(Box::new(wake));
+    }
+
     /// Record the model the server started with.
     pub fn set_current(&self, info: ModelInfo, path: PathBuf, opts: EngineOptions) {
         if let Ok(mut c) = self.current.lock() {
             *c = Some((info, path, opts));
         }
+    }
+
+    /// A new engine waits to be swapped in (the scoring thread must not sleep long).
+    #[inline]
+    pub fn is_pending(&self) -> bool {
+        // Acquire: pairs with the Release store in `reload`, after `incoming` was filled.
+        self.pending.load(Ordering::Acquire)
     }
 
     /// Swaps done so far (a reload changed the model when this moves).
@@ -76,9 +113,10 @@ impl ReloadSlot {
             if let Ok(mut c) = self.current.lock() {
                 *c = Some(current);
             }
-            self.pending.store(false, Ordering::Relaxed);
-            // Release: the control plane's Acquire load sees the retired engine after it sees the count.
+            // Release (both): whoever sees `pending` cleared or the count moved also sees the
+            // retired engine and the new `current`.
             self.swaps.fetch_add(1, Ordering::Release);
+            self.pending.store(false, Ordering::Release);
             return true;
         }
         false
@@ -117,17 +155,31 @@ impl ReloadSlot {
                 new.extra_features, serving.extra_features, serving.extra_features
             ));
         }
-        let before = self.swaps.load(Ordering::Acquire);
         let next = (new.clone(), manifest.to_path_buf(), opts);
         *self.incoming.lock().map_err(|_| "poisoned")? = Some((engine, next));
         // Release: the scoring thread's Acquire load of `pending` sees `incoming` filled.
         self.pending.store(true, Ordering::Release);
+        if let Some(wake) = self.wake.get() {
+            wake();
+        }
+        let timeout = self.swap_timeout.unwrap_or(SWAP_TIMEOUT);
         let t0 = Instant::now();
-        while self.swaps.load(Ordering::Acquire) == before {
-            if t0.elapsed() > Duration::from_secs(30) {
-                self.pending.store(false, Ordering::Release);
-                let _ = self.incoming.lock().map(|mut i| i.take());
-                return Err("the scoring thread did not take the new model within 30 s".into());
+        loop {
+            // Acquire: pairs with `poll`'s Release store after the swap.
+            if !self.pending.load(Ordering::Acquire) {
+                break;
+            }
+            if t0.elapsed() > timeout {
+                // The swap happens under this lock: holding it, `incoming` tells the truth.
+                let mut incoming = self.incoming.lock().map_err(|_| "poisoned")?;
+                if incoming.take().is_some() {
+                    self.pending.store(false, Ordering::Relaxed);
+                    return Err(format!(
+                        "the scoring thread did not take the new model within {timeout:?}; \
+                         not swapped, the old model keeps serving"
+                    ));
+                }
+                break; // taken just now: swapped
             }
             std::thread::sleep(Duration::from_micros(200));
         }

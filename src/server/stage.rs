@@ -4,6 +4,7 @@
 use crate::clock::now_ns;
 use crate::engine::Engine;
 use crate::manifest::Prediction;
+use crate::ratelog::RateLimited;
 use crate::stats::Stats;
 use crate::wire::{MlRequest, MlResponse, Status, RESPONSE_END};
 
@@ -35,7 +36,10 @@ pub struct Scorer {
     max_batch: usize,
     /// Requests of the batch being run; capacity `max_batch`, never grows.
     batch: Vec<MlRequest>,
-    preds: Vec<Prediction>,
+    /// Their signals; `None` where the model's output was not finite.
+    preds: Vec<Option<Prediction>>,
+    /// Non-finite outputs are logged at most once a second.
+    nonfinite_log: RateLimited,
 }
 
 impl Scorer {
@@ -46,7 +50,8 @@ impl Scorer {
             engine,
             max_batch,
             batch: Vec::with_capacity(max_batch),
-            preds: vec![Prediction::default(); max_batch],
+            preds: vec![None; max_batch],
+            nonfinite_log: RateLimited::new(1_000_000_000),
         }
     }
 
@@ -64,7 +69,7 @@ impl Scorer {
         if self.engine.max_batch() != self.max_batch {
             self.max_batch = self.engine.max_batch();
             self.batch = Vec::with_capacity(self.max_batch);
-            self.preds = vec![Prediction::default(); self.max_batch];
+            self.preds = vec![None; self.max_batch];
         }
     }
 
@@ -103,13 +108,26 @@ impl Scorer {
                 let mut resp =
                     MlResponse::error(job.req.request_id, job.req.symbol_id, job.status, job.recv_ns);
                 if job.status == Status::Ok {
-                    if outcome {
-                        let p = self.preds[k];
-                        resp.direction = p.direction;
-                        resp.confidence = p.confidence;
-                        resp.target_price = p.target_price;
-                    } else {
-                        resp.status = Status::ModelFailure.code();
+                    match self.preds[k] {
+                        Some(p) if outcome => {
+                            resp.direction = p.direction;
+                            resp.confidence = p.confidence;
+                            resp.target_price = p.target_price;
+                        }
+                        None if outcome => {
+                            resp.status = Status::ModelFailure.code();
+                            stats.nonfinite_outputs += 1;
+                            if let Some(left_out) = self.nonfinite_log.event(t1) {
+                                log::error!(
+                                    "model output for request {} (symbol {}) is NaN or infinite: answered {} \
+                                     ({left_out} more since the last such line)",
+                                    { job.req.request_id },
+                                    { job.req.symbol_id },
+                                    Status::ModelFailure
+                                );
+                            }
+                        }
+                        _ => resp.status = Status::ModelFailure.code(),
                     }
                     resp.inference_latency_ns = t1 - t0;
                     resp.batch_size = n as u16;
