@@ -5,13 +5,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::{EngineOptions, ExecutionProvider};
 use crate::transport::SocketPolicy;
 
 /// Where the request stages run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Pipeline with ≥ 3 usable cores (I/O, worker, and one left for a client), else inline.
@@ -23,7 +23,7 @@ pub enum Mode {
 }
 
 /// How idle threads wait.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum PollMode {
     /// Busy-poll: lowest latency, one core at 100%.
@@ -35,7 +35,7 @@ pub enum PollMode {
 }
 
 /// Execution provider names for the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderName {
     Cpu,
@@ -44,7 +44,7 @@ pub enum ProviderName {
 }
 
 /// Options of `tickinfer serve`, from flags and/or the config file.
-#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct ServeOptions {
     /// TOML config file; its keys are these options' long names with `_` for `-`. Flags override it.
@@ -132,50 +132,22 @@ pub struct ServeOptions {
     pub metrics: Option<std::net::SocketAddr>,
 }
 
-macro_rules! overlay {
-    ($base:ident, $top:ident, $($field:ident),*) => {
-        $( if $top.$field.is_some() { $base.$field = $top.$field; } )*
-    };
-}
-
 impl ServeOptions {
-    /// Flags over the config file (if `--config` was given).
+    /// Flags over the config file (if `--config` was given). Merged as TOML tables
+    /// (a flag's key replaces the file's), so every option works from the file with
+    /// no list to keep in step; `tests::every_option_works_from_the_config_file` checks it.
     pub fn with_config_file(self) -> Result<ServeOptions, String> {
         let Some(path) = self.config.clone() else { return Ok(self) };
         let text = std::fs::read_to_string(&path).map_err(|e| format!("config {}: {e}", path.display()))?;
-        let mut base: ServeOptions =
+        let mut merged: toml::Table =
             toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))?;
-        let top = self;
-        overlay!(
-            base,
-            top,
-            config,
-            model,
-            socket,
-            mode,
-            poll,
-            spin_us,
-            io_core,
-            worker_core,
-            no_pin,
-            max_connections,
-            max_inflight,
-            max_batch,
-            write_buffer_limit,
-            socket_mode,
-            socket_group,
-            allow_uids,
-            allow_gids,
-            symbols,
-            stats_interval_s,
-            ort_lib,
-            intra_threads,
-            provider,
-            device_id,
-            trt_cache,
-            trt_fp16
-        );
-        Ok(base)
+        // Options not given on the command line are `None`, which TOML leaves out.
+        let flags = toml::Table::try_from(&self).map_err(|e| format!("command-line options: {e}"))?;
+        merged.extend(flags);
+        let mut options: ServeOptions =
+            merged.try_into().map_err(|e| format!("config {}: {e}", path.display()))?;
+        options.config = self.config;
+        Ok(options)
     }
 
     /// Resolve defaults and check values.
@@ -299,6 +271,95 @@ mod tests {
         let bad = ServeOptions { config: Some(dir.path().join("bad.toml")), ..Default::default() };
         let e = bad.with_config_file().unwrap_err();
         assert!(e.contains("unknown field `symbol`"), "{e}");
+    }
+
+    /// A valid TOML value for every `serve` option. A new option fails
+    /// `every_option_works_from_the_config_file` until it has one here.
+    const SAMPLES: &[(&str, &str)] = &[
+        ("model", "\"m.toml\""),
+        ("socket", "\"/tmp/t.sock\""),
+        ("mode", "\"pipeline\""),
+        ("poll", "\"adaptive\""),
+        ("spin_us", "77"),
+        ("io_core", "1"),
+        ("worker_core", "0"),
+        ("no_pin", "true"),
+        ("max_connections", "9"),
+        ("max_inflight", "17"),
+        ("max_batch", "5"),
+        ("write_buffer_limit", "1048576"),
+        ("socket_mode", "\"660\""),
+        ("socket_group", "\"0\""),
+        ("allow_uids", "[0, 1000]"),
+        ("allow_gids", "[0]"),
+        ("symbols", "[3, 4]"),
+        ("stats_interval_s", "3"),
+        ("ort_lib", "\"/opt/ort/libonnxruntime.so.1.31.1\""),
+        ("intra_threads", "2"),
+        ("provider", "\"cpu\""),
+        ("device_id", "1"),
+        ("trt_cache", "\"/var/cache/trt\""),
+        ("trt_fp16", "true"),
+        ("record", "\"/var/tmp/requests.tkcap\""),
+        ("metrics", "\"127.0.0.1:9464\""),
+    ];
+
+    /// Walks every option `serve` has (from clap's own list): each works from the file
+    /// alone, and the whole set resolves with every value where it belongs.
+    #[test]
+    fn every_option_works_from_the_config_file() {
+        use clap::Args;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("serve.toml");
+        let command = ServeOptions::augment_args(clap::Command::new("serve"));
+        let mut all = String::new();
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "config" | "help" | "version") {
+                continue;
+            }
+            let (_, value) = SAMPLES
+                .iter()
+                .find(|(k, _)| *k == id)
+                .unwrap_or_else(|| panic!("option `{id}` has no sample in SAMPLES: add one"));
+            let line = format!("{id} = {value}\n");
+            all += &line;
+            std::fs::write(&file, &line).unwrap();
+            let opts = ServeOptions { config: Some(file.clone()), ..Default::default() }
+                .with_config_file()
+                .unwrap_or_else(|e| panic!("`{line}`: {e}"));
+            let got = toml::Table::try_from(&opts).unwrap();
+            let want: toml::Table = toml::from_str(&line).unwrap();
+            assert_eq!(got.get(id), want.get(id), "option `{id}` from the config file was lost");
+            // The same value as a flag beside a config file that does not set it.
+            std::fs::write(&file, "").unwrap();
+            let flags: ServeOptions = toml::from_str(&line).unwrap();
+            let opts = ServeOptions { config: Some(file.clone()), ..flags }.with_config_file().unwrap();
+            let got = toml::Table::try_from(&opts).unwrap();
+            assert_eq!(got.get(id), want.get(id), "flag `--{id}` was lost beside --config");
+        }
+        std::fs::write(&file, &all).unwrap();
+        let cfg = ServeOptions { config: Some(file), ..Default::default() }
+            .with_config_file()
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(cfg.record.as_deref(), Some(std::path::Path::new("/var/tmp/requests.tkcap")));
+        assert_eq!(cfg.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(
+            (cfg.mode, cfg.poll, cfg.spin),
+            (Mode::Pipeline, PollMode::Adaptive, Duration::from_micros(77))
+        );
+        assert_eq!((cfg.io_core, cfg.worker_core, cfg.pin), (Some(1), Some(0), false));
+        assert_eq!((cfg.max_connections, cfg.max_inflight, cfg.engine.max_batch), (9, 17, 5));
+        assert_eq!((cfg.write_buffer_limit, cfg.policy.mode, cfg.policy.group), (1 << 20, 0o660, Some(0)));
+        assert_eq!((cfg.policy.allow_uids.clone(), cfg.policy.allow_gids.clone()), (vec![0, 1000], vec![0]));
+        assert_eq!((cfg.symbols.clone(), cfg.stats_interval), (Some(vec![3, 4]), Duration::from_secs(3)));
+        assert_eq!(cfg.engine.intra_threads, 2);
+        assert_eq!(
+            cfg.engine.ort_lib.as_deref(),
+            Some(std::path::Path::new("/opt/ort/libonnxruntime.so.1.31.1"))
+        );
     }
 
     #[test]
