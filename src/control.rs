@@ -6,19 +6,40 @@
 //! Control protocol: one line per connection, one JSON line back, then close.
 //! - `stats` → the [`StatsReport`];
 //! - `reload PATH` → `{"ok":true,"name":…,"version":…}` or `{"ok":false,"error":…}`.
+//!
+//! The control socket can make the server read any file it can, so it is guarded
+//! apart from the data socket: its own file mode (owner-only by default), and a
+//! `SO_PEERCRED` check on every connection (the server's uid, root, and the uids
+//! and gids the operator adds). Both endpoints bound what a client can hold: at
+//! most [`MAX_CLIENTS`] connections each (more are closed at once), the request
+//! must arrive within [`REQUEST_TIMEOUT`] and fit in [`MAX_REQUEST`] bytes, and the
+//! answer must be taken within [`REPLY_TIMEOUT`]. The loop's shutdown check runs on
+//! an interval made once, so no rate of connections can starve it, and a SIGHUP
+//! reload runs beside the loop, never blocking SIGTERM.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::Semaphore;
 
 use crate::server::Shared;
 use crate::stats::StatsReport;
 use crate::transport::{SocketFile, SocketPolicy};
 use crate::wire::Status;
+
+/// Connections each endpoint serves at once; more are closed on accept.
+pub const MAX_CLIENTS: usize = 16;
+/// The request line (control) or request head (metrics) must arrive within this.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest request line or head, bytes.
+pub const MAX_REQUEST: usize = 4096;
+/// The answer must be taken within this.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The control socket path of a server socket.
 pub fn control_path(socket: &Path) -> PathBuf {
@@ -27,7 +48,8 @@ pub fn control_path(socket: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// Start the control thread; it ends once `shared.shutdown` triggers.
+/// Start the control thread; it ends once `shared.shutdown` triggers. `policy` is
+/// the control socket's own (see `ServerConfig::control_policy`).
 pub fn spawn(
     socket: &Path,
     policy: &SocketPolicy,
@@ -48,6 +70,7 @@ pub fn spawn(
         }
         None => None,
     };
+    let policy = policy.clone();
     std::thread::Builder::new().name("tickinfer-control".into()).spawn(move || {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
@@ -56,7 +79,11 @@ pub fn spawn(
                 return;
             }
         };
-        rt.block_on(control_loop(std_listener, file, metrics_listener, shared, config_file));
+        let control = Control { shared, policy, config_file };
+        rt.block_on(control.run(std_listener, file, metrics_listener));
+        // A reload still loading a model must not hold up the exit (it is refused once the
+        // server has drained: `ReloadSlot::close`).
+        rt.shutdown_timeout(Duration::from_secs(1));
     })
 }
 
@@ -69,64 +96,178 @@ async fn next_signal(sig: &mut Option<tokio::signal::unix::Signal>) {
     }
 }
 
-async fn control_loop(
-    std_listener: std::os::unix::net::UnixListener,
-    file: SocketFile,
-    metrics: Option<std::net::TcpListener>,
+/// The control plane's state, shared by its tasks.
+struct Control {
     shared: Arc<Shared>,
+    /// Who may use the control socket.
+    policy: SocketPolicy,
     config_file: Option<PathBuf>,
-) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let _file = file; // the control socket file is removed when this ends
-    let Ok(listener) = tokio::net::UnixListener::from_std(std_listener) else {
-        log::error!("control socket: cannot register with tokio");
-        return;
-    };
-    let metrics = metrics.and_then(|l| tokio::net::TcpListener::from_std(l).ok());
-    let mut term = signal(SignalKind::terminate()).ok();
-    let mut int = signal(SignalKind::interrupt()).ok();
-    let mut hup = signal(SignalKind::hangup()).ok();
-    loop {
-        tokio::select! {
-            _ = next_signal(&mut term) => {
-                log::info!("SIGTERM: draining");
-                shared.shutdown.trigger();
-            }
-            _ = next_signal(&mut int) => {
-                log::info!("SIGINT: draining");
-                shared.shutdown.trigger();
-            }
-            _ = next_signal(&mut hup) => {
-                let path = match &config_file {
-                    Some(cfg) => crate::server::ServeOptions { config: Some(cfg.clone()), ..Default::default() }
-                        .with_config_file()
-                        .ok()
-                        .and_then(|o| o.model),
-                    None => shared.reload.current().map(|(_, p)| p),
-                };
-                match path {
-                    Some(p) => {
-                        log::info!("SIGHUP: reloading {}", p.display());
-                        let s = shared.clone();
-                        let _ = tokio::task::spawn_blocking(move || s.reload.reload(&p)).await;
+}
+
+impl Control {
+    async fn run(
+        self,
+        std_listener: std::os::unix::net::UnixListener,
+        file: SocketFile,
+        metrics: Option<std::net::TcpListener>,
+    ) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _file = file; // the control socket file is removed when this ends
+        let Ok(listener) = tokio::net::UnixListener::from_std(std_listener) else {
+            log::error!("control socket: cannot register with tokio");
+            return;
+        };
+        let metrics = metrics.and_then(|l| tokio::net::TcpListener::from_std(l).ok());
+        let this = Arc::new(self);
+        let (control_slots, metrics_slots) =
+            (Arc::new(Semaphore::new(MAX_CLIENTS)), Arc::new(Semaphore::new(MAX_CLIENTS)));
+        let mut refused = crate::ratelog::RateLimited::new(1_000_000_000);
+        let mut term = signal(SignalKind::terminate()).ok();
+        let mut int = signal(SignalKind::interrupt()).ok();
+        let mut hup = signal(SignalKind::hangup()).ok();
+        // Made once: other arms firing cannot postpone it (a sleep made anew each turn could
+        // be starved by a client connecting more often than its period).
+        let mut shutdown_check = tokio::time::interval(Duration::from_millis(100));
+        shutdown_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = next_signal(&mut term) => {
+                    log::info!("SIGTERM: draining");
+                    this.shared.shutdown.trigger();
+                }
+                _ = next_signal(&mut int) => {
+                    log::info!("SIGINT: draining");
+                    this.shared.shutdown.trigger();
+                }
+                _ = next_signal(&mut hup) => {
+                    // Beside the loop: a slow reload never holds up SIGTERM.
+                    tokio::spawn(this.clone().sighup_reload());
+                }
+                accepted = listener.accept() => {
+                    if let Ok((stream, _)) = accepted {
+                        match control_slots.clone().try_acquire_owned() {
+                            Ok(slot) => {
+                                tokio::spawn(this.clone().serve_control(stream, slot));
+                            }
+                            Err(_) => {
+                                if let Some(n) = refused.event(crate::clock::now_ns()) {
+                                    log::warn!("control socket: {MAX_CLIENTS} connections busy; closing new ones ({n} more since the last such line)");
+                                }
+                            }
+                        }
                     }
-                    None => log::warn!("SIGHUP: no model path to reload"),
                 }
-            }
-            accepted = listener.accept() => {
-                if let Ok((stream, _)) = accepted {
-                    tokio::spawn(serve_control(stream, shared.clone()));
+                accepted = async { match &metrics { Some(m) => m.accept().await, None => std::future::pending().await } } => {
+                    if let Ok((stream, _)) = accepted {
+                        match metrics_slots.clone().try_acquire_owned() {
+                            Ok(slot) => {
+                                tokio::spawn(serve_metrics(stream, this.shared.clone(), slot));
+                            }
+                            Err(_) => {
+                                if let Some(n) = refused.event(crate::clock::now_ns()) {
+                                    log::warn!("metrics: {MAX_CLIENTS} connections busy; closing new ones ({n} more since the last such line)");
+                                }
+                            }
+                        }
+                    }
                 }
-            }
-            accepted = async { match &metrics { Some(m) => m.accept().await, None => std::future::pending().await } } => {
-                if let Ok((stream, _)) = accepted {
-                    tokio::spawn(serve_metrics(stream, shared.clone()));
+                _ = shutdown_check.tick() => {
+                    if this.shared.shutdown.is_triggered() { break; }
                 }
-            }
-            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {
-                if shared.shutdown.is_triggered() { break; }
             }
         }
+    }
+
+    async fn sighup_reload(self: Arc<Self>) {
+        let path = match &self.config_file {
+            Some(cfg) => crate::server::ServeOptions { config: Some(cfg.clone()), ..Default::default() }
+                .with_config_file()
+                .ok()
+                .and_then(|o| o.model),
+            None => self.shared.reload.current().map(|(_, p)| p),
+        };
+        match path {
+            Some(p) => {
+                log::info!("SIGHUP: reloading {}", p.display());
+                let s = self.shared.clone();
+                let _ = tokio::task::spawn_blocking(move || s.reload.reload(&p)).await;
+            }
+            None => log::warn!("SIGHUP: no model path to reload"),
+        }
+    }
+
+    async fn serve_control(
+        self: Arc<Self>,
+        stream: tokio::net::UnixStream,
+        _slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let answer = match stream.peer_cred() {
+            Ok(cred) => {
+                let peer =
+                    crate::sys::PeerCred { pid: cred.pid().unwrap_or(0), uid: cred.uid(), gid: cred.gid() };
+                if self.policy.admits(&peer) {
+                    None
+                } else {
+                    log::warn!(
+                        "control socket: refusing pid {} uid {} gid {} (not the server's uid, root, or --control-allow-uid/gid)",
+                        peer.pid,
+                        peer.uid,
+                        peer.gid
+                    );
+                    Some(json_error(
+                        "permission denied: this uid may not use the control socket (--control-allow-uid)",
+                    ))
+                }
+            }
+            Err(e) => Some(json_error(&format!("cannot read peer credentials: {e}"))),
+        };
+        let (read, mut write) = stream.into_split();
+        let answer = match answer {
+            Some(refusal) => refusal,
+            None => match read_line(read).await {
+                Ok(line) => self.command(line.trim()).await,
+                Err(e) => json_error(&e),
+            },
+        };
+        let reply = async {
+            write.write_all(answer.as_bytes()).await?;
+            write.write_all(b"\n").await
+        };
+        let _ = tokio::time::timeout(REPLY_TIMEOUT, reply).await;
+    }
+
+    async fn command(&self, line: &str) -> String {
+        if line == "stats" {
+            let report = self.shared.stats.lock().map(|s| s.report()).unwrap_or_default();
+            serde_json::to_string(&report).unwrap_or_else(|e| json_error(&e.to_string()))
+        } else if let Some(path) = line.strip_prefix("reload ") {
+            let path = PathBuf::from(path.trim());
+            let s = self.shared.clone();
+            match tokio::task::spawn_blocking(move || s.reload.reload(&path)).await {
+                Ok(Ok(info)) => {
+                    serde_json::json!({ "ok": true, "name": info.name, "version": info.version }).to_string()
+                }
+                Ok(Err(e)) => json_error(&e),
+                Err(e) => json_error(&e.to_string()),
+            }
+        } else {
+            let shown: String = line.chars().take(40).collect();
+            json_error(&format!("unknown command `{shown}` (known: stats, reload PATH)"))
+        }
+    }
+}
+
+/// One request line: at most [`MAX_REQUEST`] bytes, within [`REQUEST_TIMEOUT`].
+async fn read_line(read: tokio::net::unix::OwnedReadHalf) -> Result<String, String> {
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
+    match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+        Err(_) => Err(format!("no request line within {REQUEST_TIMEOUT:?}")),
+        Ok(Err(e)) => Err(format!("bad request line: {e}")),
+        Ok(Ok(_)) if !line.ends_with('\n') && line.len() >= MAX_REQUEST => {
+            Err(format!("request line longer than {MAX_REQUEST} bytes"))
+        }
+        Ok(Ok(_)) => Ok(line),
     }
 }
 
@@ -134,45 +275,29 @@ fn json_error(e: &str) -> String {
     serde_json::json!({ "ok": false, "error": e }).to_string()
 }
 
-async fn serve_control(stream: tokio::net::UnixStream, shared: Arc<Shared>) {
-    let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    if BufReader::new(read).read_line(&mut line).await.is_err() {
-        return;
-    }
-    let line = line.trim();
-    let answer = if line == "stats" {
-        let report = shared.stats.lock().map(|s| s.report()).unwrap_or_default();
-        serde_json::to_string(&report).unwrap_or_else(|e| json_error(&e.to_string()))
-    } else if let Some(path) = line.strip_prefix("reload ") {
-        let path = PathBuf::from(path.trim());
-        let s = shared.clone();
-        match tokio::task::spawn_blocking(move || s.reload.reload(&path)).await {
-            Ok(Ok(info)) => {
-                serde_json::json!({ "ok": true, "name": info.name, "version": info.version }).to_string()
-            }
-            Ok(Err(e)) => json_error(&e),
-            Err(e) => json_error(&e.to_string()),
-        }
-    } else {
-        json_error(&format!("unknown command `{line}` (known: stats, reload PATH)"))
-    };
-    let _ = write.write_all(answer.as_bytes()).await;
-    let _ = write.write_all(b"\n").await;
-}
-
-/// Minimal HTTP/1.1 responder for `GET /metrics` (one request per connection).
-async fn serve_metrics(mut stream: tokio::net::TcpStream, shared: Arc<Shared>) {
-    let mut buf = vec![0u8; 4096];
+/// Minimal HTTP/1.1 responder for `GET /metrics` (one request per connection; the
+/// head must arrive within [`REQUEST_TIMEOUT`] and fit in [`MAX_REQUEST`] bytes).
+async fn serve_metrics(
+    mut stream: tokio::net::TcpStream,
+    shared: Arc<Shared>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    let mut buf = vec![0u8; MAX_REQUEST];
     let mut n = 0;
-    while n < buf.len() {
-        match stream.read(&mut buf[n..]).await {
-            Ok(0) | Err(_) => return,
-            Ok(k) => n += k,
+    let head = async {
+        while n < buf.len() {
+            match stream.read(&mut buf[n..]).await {
+                Ok(0) | Err(_) => return false,
+                Ok(k) => n += k,
+            }
+            if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                return true;
+            }
         }
-        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-            break;
-        }
+        false
+    };
+    if !matches!(tokio::time::timeout(REQUEST_TIMEOUT, head).await, Ok(true)) {
+        return; // slow, oversized or closed: nothing to answer
     }
     let request = String::from_utf8_lossy(&buf[..n]);
     let (status, body) = if request.starts_with("GET /metrics ") || request.starts_with("GET /metrics?") {
@@ -184,8 +309,11 @@ async fn serve_metrics(mut stream: tokio::net::TcpStream, shared: Arc<Shared>) {
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(body.as_bytes()).await;
+    let reply = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await
+    };
+    let _ = tokio::time::timeout(REPLY_TIMEOUT, reply).await;
 }
 
 /// Histogram bucket bounds in seconds: 1 µs … 1 s, fine enough for microseconds.
@@ -239,6 +367,11 @@ pub fn prometheus_text(shared: &Shared) -> String {
             "slow_reader_disconnects_total",
             "Connections cut off for not reading their answers.",
             stats.slow_reader_disconnects,
+        ),
+        (
+            "nonfinite_outputs_total",
+            "Requests answered model failure because the model's output was NaN or infinite.",
+            stats.nonfinite_outputs,
         ),
     ] {
         let _ = writeln!(

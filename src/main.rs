@@ -234,14 +234,19 @@ fn serve(opts: ServeOptions) -> ExitCode {
         }
     };
     let shared = Shared::new();
-    let control =
-        match tickinfer::control::spawn(&cfg.socket, &cfg.policy, shared.clone(), config_file, cfg.metrics) {
-            Ok(handle) => handle,
-            Err(e) => {
-                eprintln!("tickinfer serve: control socket: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+    let control = match tickinfer::control::spawn(
+        &cfg.socket,
+        &cfg.control_policy,
+        shared.clone(),
+        config_file,
+        cfg.metrics,
+    ) {
+        Ok(handle) => handle,
+        Err(e) => {
+            eprintln!("tickinfer serve: control socket: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = server::run(cfg, shared.clone(), |ready| {
         log::info!(
             "ready: model {} v{} on {} ({:?} mode, {:?} polling, batch up to {})",

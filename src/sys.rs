@@ -48,6 +48,12 @@ pub fn peer_cred(fd: RawFd) -> io::Result<PeerCred> {
     Ok(PeerCred { pid: cred.pid, uid: cred.uid, gid: cred.gid })
 }
 
+/// The effective uid of this process.
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() }
+}
+
 /// Set the process umask, returning the previous one.
 pub fn umask(mask: u32) -> u32 {
     // SAFETY: umask cannot fail and touches no memory.

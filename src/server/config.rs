@@ -99,6 +99,18 @@ pub struct ServeOptions {
     /// Peer gids allowed; repeatable.
     #[arg(long = "allow-gid")]
     pub allow_gids: Option<Vec<u32>>,
+    /// Control socket (PATH.ctl: stats, reload) file mode, octal. Owner-only unless widened [default: 600].
+    #[arg(long)]
+    pub control_socket_mode: Option<String>,
+    /// Control socket file group (name or gid), for a widened --control-socket-mode.
+    #[arg(long)]
+    pub control_socket_group: Option<String>,
+    /// Peer uids allowed on the control socket besides the server's own uid and root; repeatable.
+    #[arg(long = "control-allow-uid")]
+    pub control_allow_uids: Option<Vec<u32>>,
+    /// Peer gids allowed on the control socket; repeatable.
+    #[arg(long = "control-allow-gid")]
+    pub control_allow_gids: Option<Vec<u32>>,
     /// Symbol table: the symbol_ids served (others get ML_ERR_UNKNOWN_SYMBOL); repeatable.
     #[arg(long = "symbol")]
     pub symbols: Option<Vec<u16>>,
@@ -154,14 +166,18 @@ impl ServeOptions {
     pub fn resolve(self) -> Result<ServerConfig, String> {
         let model = self.model.ok_or("--model is required (or `model` in the config file)")?;
         let socket = self.socket.ok_or("--socket is required (or `socket` in the config file)")?;
-        let mode = u32::from_str_radix(self.socket_mode.as_deref().unwrap_or("600"), 8)
-            .map_err(|_| "--socket-mode must be octal, e.g. 600 or 660".to_string())?;
-        if mode & !0o777 != 0 {
-            return Err(format!("--socket-mode {mode:o}: only permission bits (0..777)"));
-        }
-        let group = match &self.socket_group {
-            None => None,
-            Some(g) => Some(crate::sys::group_id(g).map_err(|e| format!("--socket-group {g}: {e}"))?),
+        let mode = file_mode("--socket-mode", self.socket_mode.as_deref())?;
+        let group = group_option("--socket-group", self.socket_group.as_deref())?;
+        // The control socket can reload any file as the server: owner-only and peer-checked
+        // (the server's own uid and root, plus what the operator adds) whatever the data socket's policy.
+        let mut control_uids = vec![crate::sys::geteuid(), 0];
+        control_uids.extend(self.control_allow_uids.unwrap_or_default());
+        control_uids.dedup();
+        let control_policy = SocketPolicy {
+            mode: file_mode("--control-socket-mode", self.control_socket_mode.as_deref())?,
+            group: group_option("--control-socket-group", self.control_socket_group.as_deref())?,
+            allow_uids: control_uids,
+            allow_gids: self.control_allow_gids.unwrap_or_default(),
         };
         let max_connections = self.max_connections.unwrap_or(64);
         let max_inflight = self.max_inflight.unwrap_or(256);
@@ -200,6 +216,7 @@ impl ServeOptions {
                 allow_uids: self.allow_uids.unwrap_or_default(),
                 allow_gids: self.allow_gids.unwrap_or_default(),
             },
+            control_policy,
             symbols: self.symbols,
             stats_interval: Duration::from_secs(self.stats_interval_s.unwrap_or(10)),
             engine: EngineOptions {
@@ -211,6 +228,21 @@ impl ServeOptions {
             },
         })
     }
+}
+
+/// An octal permission mode option (default 600).
+fn file_mode(flag: &str, value: Option<&str>) -> Result<u32, String> {
+    let mode = u32::from_str_radix(value.unwrap_or("600"), 8)
+        .map_err(|_| format!("{flag} must be octal, e.g. 600 or 660"))?;
+    if mode & !0o777 != 0 {
+        return Err(format!("{flag} {mode:o}: only permission bits (0..777)"));
+    }
+    Ok(mode)
+}
+
+/// A group option (name or gid).
+fn group_option(flag: &str, value: Option<&str>) -> Result<Option<u32>, String> {
+    value.map(|g| crate::sys::group_id(g).map_err(|e| format!("{flag} {g}: {e}"))).transpose()
 }
 
 /// A resolved server configuration.
@@ -229,6 +261,8 @@ pub struct ServerConfig {
     pub max_inflight: u32,
     pub write_buffer_limit: usize,
     pub policy: SocketPolicy,
+    /// The control socket's file mode, group and peer allowlist (never empty: owner and root).
+    pub control_policy: SocketPolicy,
     pub symbols: Option<Vec<u16>>,
     /// Zero: no periodic stats log line.
     pub stats_interval: Duration,
@@ -293,6 +327,10 @@ mod tests {
         ("allow_uids", "[0, 1000]"),
         ("allow_gids", "[0]"),
         ("symbols", "[3, 4]"),
+        ("control_socket_mode", "\"660\""),
+        ("control_socket_group", "\"0\""),
+        ("control_allow_uids", "[1001]"),
+        ("control_allow_gids", "[1002]"),
         ("stats_interval_s", "3"),
         ("ort_lib", "\"/opt/ort/libonnxruntime.so.1.31.1\""),
         ("intra_threads", "2"),
@@ -356,6 +394,9 @@ mod tests {
         assert_eq!((cfg.policy.allow_uids.clone(), cfg.policy.allow_gids.clone()), (vec![0, 1000], vec![0]));
         assert_eq!((cfg.symbols.clone(), cfg.stats_interval), (Some(vec![3, 4]), Duration::from_secs(3)));
         assert_eq!(cfg.engine.intra_threads, 2);
+        let control = &cfg.control_policy;
+        assert_eq!((control.mode, control.group, control.allow_gids.clone()), (0o660, Some(0), vec![1002]));
+        assert!(control.allow_uids.contains(&1001) && control.allow_uids.contains(&0));
         assert_eq!(
             cfg.engine.ort_lib.as_deref(),
             Some(std::path::Path::new("/opt/ort/libonnxruntime.so.1.31.1"))
@@ -370,6 +411,13 @@ mod tests {
         assert!(e.contains("octal"), "{e}");
         let e = ServeOptions { max_inflight: Some(0), ..base() }.resolve().unwrap_err();
         assert!(e.contains("--max-inflight"), "{e}");
+        let e = ServeOptions { control_socket_mode: Some("1777".into()), ..base() }.resolve().unwrap_err();
+        assert!(e.contains("--control-socket-mode"), "{e}");
+        // The control socket is owner-only and peer-checked whatever the data socket allows.
+        let open = ServeOptions { socket_mode: Some("666".into()), ..base() }.resolve().unwrap();
+        assert_eq!((open.policy.mode, open.control_policy.mode), (0o666, 0o600));
+        assert!(open.policy.allow_uids.is_empty());
+        assert!(!open.control_policy.admits(&crate::sys::PeerCred { pid: 1, uid: 54321, gid: 54321 }));
         let e = ServeOptions { model: None, ..base() }.resolve().unwrap_err();
         assert!(e.contains("--model"), "{e}");
     }

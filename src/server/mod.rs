@@ -268,7 +268,10 @@ pub fn run(
     };
     log::info!("listening on {} (control: {}.ctl)", io.cfg.socket.display(), io.cfg.socket.display());
     on_ready(&ready);
-    io.run()?;
+    let ran = io.run();
+    // Drained (or failed): no scoring thread will take a reload any more.
+    io.shared.reload.close();
+    ran?;
     io.publish(true);
     if let Some(mut r) = io.recorder.take() {
         r.finish()?;

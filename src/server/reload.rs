@@ -50,6 +50,8 @@ pub struct ReloadSlot {
     current: Mutex<Option<Current>>,
     /// One reload at a time.
     busy: Mutex<()>,
+    /// The scoring thread has stopped (the server drained): no swap can happen any more.
+    closed: AtomicBool,
     /// Wakes the scoring thread when a new engine is pending.
     wake: std::sync::OnceLock<Wake>,
     /// How long to wait for the swap; `None`: [`SWAP_TIMEOUT`].
@@ -67,6 +69,12 @@ impl ReloadSlot {
     /// Register how to wake the scoring thread (once, when the server starts).
     pub fn set_waker(&self, wake: impl Fn() + Send + Sync + 'static) {
         let _ = self.wake.set(Box::new(wake));
+    }
+
+    /// The scoring thread stopped: reloads from now on (and one waiting now) are refused.
+    pub fn close(&self) {
+        // Release: pairs with the Acquire loads in `reload_inner`.
+        self.closed.store(true, Ordering::Release);
     }
 
     /// Record the model the server started with.
@@ -139,6 +147,10 @@ impl ReloadSlot {
     }
 
     fn reload_inner(&self, manifest: &Path) -> Result<ModelInfo, String> {
+        const STOPPED: &str = "the server is stopping; not swapped";
+        if self.closed.load(Ordering::Acquire) {
+            return Err(STOPPED.into());
+        }
         let (serving, _, opts) =
             self.current.lock().map_err(|_| "poisoned")?.clone().ok_or("the server is not serving yet")?;
         let engine = Engine::load(manifest, &opts).map_err(|e| e.to_string())?;
@@ -169,15 +181,20 @@ impl ReloadSlot {
             if !self.pending.load(Ordering::Acquire) {
                 break;
             }
-            if t0.elapsed() > timeout {
+            let stopped = self.closed.load(Ordering::Acquire);
+            if stopped || t0.elapsed() > timeout {
                 // The swap happens under this lock: holding it, `incoming` tells the truth.
                 let mut incoming = self.incoming.lock().map_err(|_| "poisoned")?;
                 if incoming.take().is_some() {
                     self.pending.store(false, Ordering::Relaxed);
-                    return Err(format!(
-                        "the scoring thread did not take the new model within {timeout:?}; \
-                         not swapped, the old model keeps serving"
-                    ));
+                    return Err(if stopped {
+                        STOPPED.into()
+                    } else {
+                        format!(
+                            "the scoring thread did not take the new model within {timeout:?}; \
+                             not swapped, the old model keeps serving"
+                        )
+                    });
                 }
                 break; // taken just now: swapped
             }
