@@ -155,6 +155,9 @@ pub struct Conn {
     pub read_deferred: bool,
     /// `CLOCK_MONOTONIC` ns of the accept (the hello must come within the server's hello timeout).
     pub accepted_ns: u64,
+    /// Its hello was accepted: it holds one of the server's `max_connections` slots.
+    /// Until then it is pending (handshaking) and counts against `max_pending` instead.
+    pub established: bool,
 }
 
 /// The next frame of a connection's received bytes (copied out).
@@ -206,6 +209,7 @@ impl Conn {
             dirty: false,
             read_deferred: false,
             accepted_ns: crate::clock::now_ns(),
+            established: false,
         })
     }
 

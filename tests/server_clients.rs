@@ -4,7 +4,7 @@
 //! connection bound and the per-connection in-flight bound.
 mod util;
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::Shutdown as SockShutdown;
 use std::process::Command;
 
@@ -170,4 +170,48 @@ fn backpressure_pauses_and_resumes_reading_without_loss() {
         socket_writer.join().unwrap();
         assert!(overloaded > 0, "{mode}: the bound of 1 in flight was never hit");
     }
+}
+
+/// Out of descriptors (`EMFILE`), the edge-triggered listener raises no new event for
+/// clients already queued: the server retries `accept` on a timer, so a waiting client
+/// is served as soon as a descriptor frees up, with no other connection arriving.
+#[test]
+fn accept_is_retried_after_running_out_of_descriptors() {
+    // Find the server's own descriptor count, then allow 3 client connections more.
+    let probe = Server::start(&[]);
+    let base = std::fs::read_dir(format!("/proc/{}/fd", probe.pid())).unwrap().count() as u64;
+    drop(probe);
+    let server = Server::start_with_nofile(&["--max-connections", "16"], base + 3);
+    let mut held = Vec::new();
+    let waiting = loop {
+        // Connect and hello; the first that gets no ack within 300 ms waits in the backlog.
+        let mut s = std::os::unix::net::UnixStream::connect(&server.socket).unwrap();
+        s.write_all(bytemuck::bytes_of(&MlHello::current())).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_millis(300))).unwrap();
+        let mut ack = [0u8; HELLO_ACK_SIZE];
+        match s.read_exact(&mut ack) {
+            Ok(()) => held.push(s),
+            Err(_) => break s,
+        }
+        assert!(held.len() < 16, "never ran out of descriptors:\n{}", server.log());
+    };
+    assert!(server.log().contains("retrying every"), "{}", server.log());
+    // Free one descriptor; nothing else connects. The waiting client must be served.
+    held.pop();
+    let mut waiting = waiting;
+    waiting.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let mut ack = [0u8; HELLO_ACK_SIZE];
+    waiting.read_exact(&mut ack).expect("the queued client was never accepted");
+    let ack: MlHelloAck = bytemuck::pod_read_unaligned(&ack);
+    assert_eq!({ ack.status }, Status::Ok.code());
+    waiting.write_all(bytemuck::bytes_of(&request(5))).unwrap();
+    let mut buf = [0u8; tickinfer::wire::RESPONSE_SIZE];
+    waiting.read_exact(&mut buf).unwrap();
+    let r: tickinfer::wire::MlResponse = bytemuck::pod_read_unaligned(&buf);
+    assert_eq!(({ r.request_id }, { r.status }), (5, 0));
+    // With descriptors to spare again, the episode ends (logged once).
+    drop(held);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(server.log().contains("accept recovered"), "{}", server.log());
+    assert_eq!(server.log().matches("retrying every").count(), 1, "logged once per episode");
 }

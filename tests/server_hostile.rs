@@ -265,3 +265,35 @@ fn nonfinite_model_output_answers_model_failure_counted_and_logged() {
     let lines = log.lines().filter(|l| l.contains("is NaN or infinite")).count();
     assert!((1..=3).contains(&lines), "rate-limited log: {lines} lines\n{log}");
 }
+
+/// 200 connections that connect and say nothing take no serving slot: they sit in
+/// the bounded pending pool (oldest dropped first), a real client connecting during
+/// the flood is served at once, and the flood is logged once a second, not per socket.
+#[test]
+fn pre_hello_flood_takes_no_serving_slot() {
+    let server = Server::start(&["--max-connections", "4", "--max-pending", "64"]);
+    let mut flood: Vec<UnixStream> = (0..200).map(|_| UnixStream::connect(&server.socket).unwrap()).collect();
+    let t0 = std::time::Instant::now();
+    let mut real = Client::connect(&server.socket).expect("a real client is refused during the flood");
+    real.send(&[request(42)]).unwrap();
+    let r = real.recv().unwrap();
+    assert_eq!(({ r.request_id }, { r.status }), (42, 0));
+    eprintln!("served during a 200-socket pre-hello flood after {:?}", t0.elapsed());
+    // The oldest flood sockets were dropped (EOF); the pool kept at most 64.
+    let mut dropped = 0;
+    for s in flood.iter_mut() {
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        if matches!(s.read(&mut [0u8; 64]), Ok(0)) {
+            dropped += 1;
+        }
+    }
+    assert!(dropped >= 200 - 64, "only {dropped} of 200 silent sockets were dropped");
+    // The established slots are still whole: 3 more real clients fit, the 5th is refused.
+    let others: Vec<Client> = (0..3).map(|_| Client::connect(&server.socket).unwrap()).collect();
+    let e = Client::connect(&server.socket).err().expect("a 5th established connection");
+    assert!(e.to_string().contains(&Status::TooManyConnections.code().to_string()), "{e}");
+    drop(others);
+    let log = server.log();
+    let lines = log.lines().filter(|l| l.contains("without a hello (--max-pending)")).count();
+    assert!((1..=3).contains(&lines), "flood logged {lines} times:\n{log}");
+}

@@ -78,6 +78,10 @@ pub struct ServeOptions {
     /// Most concurrent client connections; more are refused in the hello ack [default: 64].
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// Connections still in their handshake (no hello yet) held at once, apart from the
+    /// established ones; when full, the oldest is dropped for a new one [default: 128].
+    #[arg(long)]
+    pub max_pending: Option<usize>,
     /// Requests in flight per connection before ML_ERR_OVERLOADED answers [default: 256].
     #[arg(long)]
     pub max_inflight: Option<u32>,
@@ -184,6 +188,10 @@ impl ServeOptions {
         if max_connections == 0 || max_connections > 65_536 {
             return Err("--max-connections must be in 1..=65536".into());
         }
+        let max_pending = self.max_pending.unwrap_or(128);
+        if max_pending == 0 || max_pending > 65_536 {
+            return Err("--max-pending must be in 1..=65536".into());
+        }
         if max_inflight == 0 || max_inflight > 65_536 {
             return Err("--max-inflight must be in 1..=65536".into());
         }
@@ -208,6 +216,7 @@ impl ServeOptions {
             worker_core: self.worker_core,
             pin: !self.no_pin.unwrap_or(false),
             max_connections,
+            max_pending,
             max_inflight,
             write_buffer_limit: self.write_buffer_limit.unwrap_or(4 << 20).max(64 * 1024),
             policy: SocketPolicy {
@@ -258,6 +267,8 @@ pub struct ServerConfig {
     pub worker_core: Option<usize>,
     pub pin: bool,
     pub max_connections: usize,
+    /// Handshaking connections held apart from the established ones (oldest dropped when full).
+    pub max_pending: usize,
     pub max_inflight: u32,
     pub write_buffer_limit: usize,
     pub policy: SocketPolicy,
@@ -320,6 +331,7 @@ mod tests {
         ("no_pin", "true"),
         ("max_connections", "9"),
         ("max_inflight", "17"),
+        ("max_pending", "33"),
         ("max_batch", "5"),
         ("write_buffer_limit", "1048576"),
         ("socket_mode", "\"660\""),
@@ -390,6 +402,7 @@ mod tests {
         );
         assert_eq!((cfg.io_core, cfg.worker_core, cfg.pin), (Some(1), Some(0), false));
         assert_eq!((cfg.max_connections, cfg.max_inflight, cfg.engine.max_batch), (9, 17, 5));
+        assert_eq!(cfg.max_pending, 33);
         assert_eq!((cfg.write_buffer_limit, cfg.policy.mode, cfg.policy.group), (1 << 20, 0o660, Some(0)));
         assert_eq!((cfg.policy.allow_uids.clone(), cfg.policy.allow_gids.clone()), (vec![0, 1000], vec![0]));
         assert_eq!((cfg.symbols.clone(), cfg.stats_interval), (Some(vec![3, 4]), Duration::from_secs(3)));

@@ -28,8 +28,19 @@
 //! hard limit bounds the rings: `max_connections × hard limit` slots, so a push
 //! never fails. A connection whose unsent answers exceed `write_buffer_limit`
 //! is a slow reader: it is disconnected with a log line; others never wait on it.
-//! A connection that sends no hello within 5 s is closed (idle sockets cannot
-//! hold the `max_connections` slots).
+//!
+//! # Admission
+//! A new connection is *pending* until its hello is accepted: pending ones live
+//! in their own pool of `max_pending`, apart from the `max_connections`
+//! established ones, so sockets that connect and say nothing can never take a
+//! serving slot. When the pool is full the oldest pending connection is dropped
+//! for the new one (a flood cannot lock real clients out: a client that sends
+//! its hello right after connecting is established at once); one that sends no
+//! hello within 5 s is closed. The hello is refused `ML_ERR_TOO_MANY_CONNECTIONS`
+//! only when the established slots are full. Floods are logged once a second.
+//! When `accept` fails for want of descriptors (`EMFILE`/`ENFILE`), the
+//! edge-triggered listener would not report the waiting clients again, so
+//! accepting is retried every 50 ms until it succeeds (logged once per episode).
 
 pub mod config;
 pub mod reload;
@@ -51,6 +62,7 @@ use worker::{publish, Worker};
 
 use crate::clock::now_ns;
 use crate::engine::{Engine, EngineError, ModelInfo};
+use crate::ratelog::RateLimited;
 use crate::stats::{Stats, StatsReport};
 use crate::transport::{Conn, Decoded, ListenError, ReadOutcome, SocketFile, READ_BUFFER};
 use crate::wire::{Limits, MlHelloAck, ServerInfo, Status, REQUEST_SIZE};
@@ -65,6 +77,8 @@ const PUBLISH_EVERY_NS: u64 = 200_000_000;
 const READS_PER_TURN: usize = 4;
 /// How long a new connection may take to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often `accept` is retried after it failed for want of descriptors.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// How long a drain may take before unsent answers are given up.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -245,7 +259,12 @@ pub fn run(
         events: Events::with_capacity(256),
         listener: Some(listener),
         socket_file: Some(socket_file),
-        conns: Slab::with_capacity(cfg.max_connections),
+        conns: Slab::with_capacity(cfg.max_connections + cfg.max_pending),
+        established: 0,
+        pending: 0,
+        accept_retry_at: None,
+        flood_log: RateLimited::new(1_000_000_000),
+        refused_log: RateLimited::new(1_000_000_000),
         next_generation: 1,
         info,
         limits,
@@ -321,6 +340,16 @@ struct IoLoop {
     listener: Option<UnixListener>,
     socket_file: Option<SocketFile>,
     conns: Slab<Conn>,
+    /// Connections whose hello was accepted (at most `max_connections`).
+    established: usize,
+    /// Connections still handshaking (at most `max_pending`).
+    pending: usize,
+    /// `accept` failed for want of descriptors: try again at this time (ns).
+    accept_retry_at: Option<u64>,
+    /// Pending-pool evictions, logged once a second.
+    flood_log: RateLimited,
+    /// Refused connections (permissions, full), logged once a second.
+    refused_log: RateLimited,
     next_generation: u32,
     info: ServerInfo,
     limits: Limits,
@@ -377,6 +406,7 @@ impl IoLoop {
         self.flush_dirty();
         self.tick();
         self.refresh_model_info();
+        self.retry_accept();
     }
 
     /// After a reload swap (by this thread or the worker), new connections are told the
@@ -410,7 +440,8 @@ impl IoLoop {
                 return Some(Duration::ZERO);
             }
         }
-        Some(Duration::from_millis(200))
+        // Blocking: wake in time for an accept retry, if one is due.
+        Some(if self.accept_retry_at.is_some() { ACCEPT_RETRY } else { Duration::from_millis(200) })
     }
 
     fn poll_once(&mut self, timeout: Option<Duration>) -> io::Result<()> {
@@ -464,10 +495,33 @@ impl IoLoop {
             let Some(listener) = &self.listener else { return };
             let stream = match listener.accept() {
                 Ok((stream, _)) => stream,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Queue drained with descriptors to spare (at the limit, accept says EMFILE
+                    // even with nothing queued): the episode is over.
+                    if self.accept_retry_at.take().is_some() {
+                        log::info!("accept recovered: descriptors are available again");
+                    }
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    log::warn!("accept failed: {e}");
+                    let out_of_fds = matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    );
+                    if out_of_fds {
+                        // Edge-triggered: the clients already queued raise no new event. Retry on a timer.
+                        if self.accept_retry_at.is_none() {
+                            // Logged once per episode: the timer stays set until accept says WouldBlock.
+                            log::warn!(
+                                "accept failed: {e}; retrying every {ACCEPT_RETRY:?} until descriptors free up \
+                                 (logged once until it recovers; raise `ulimit -n` / LimitNOFILE=)"
+                            );
+                        }
+                        self.accept_retry_at = Some(now_ns() + ACCEPT_RETRY.as_nanos() as u64);
+                    } else {
+                        log::warn!("accept failed: {e}");
+                    }
                     return;
                 }
             };
@@ -480,26 +534,12 @@ impl IoLoop {
                     continue;
                 }
             };
-            let refuse = if !self.cfg.policy.admits(&conn.peer) {
-                Some(Status::PermissionDenied)
-            } else if self.conns.len() >= self.cfg.max_connections {
-                Some(Status::TooManyConnections)
-            } else {
-                None
-            };
-            if let Some(status) = refuse {
-                log::warn!(
-                    "refusing connection from pid {} uid {} gid {}: {}",
-                    conn.peer.pid,
-                    conn.peer.uid,
-                    conn.peer.gid,
-                    status
-                );
-                self.stats.connections_refused += 1;
-                // A fresh socket's buffer always takes one 64-byte ack; the client reads it after its hello.
-                conn.queue(bytemuck::bytes_of(&MlHelloAck::new(status, &self.info)));
-                let _ = conn.flush();
+            if !self.cfg.policy.admits(&conn.peer) {
+                self.refuse(&mut conn, Status::PermissionDenied);
                 continue;
+            }
+            if self.pending >= self.cfg.max_pending {
+                self.drop_oldest_pending();
             }
             let entry = self.conns.vacant_entry();
             let slot = entry.key();
@@ -511,9 +551,57 @@ impl IoLoop {
             }
             log::debug!("connection {slot} from pid {} uid {}", conn.peer.pid, conn.peer.uid);
             entry.insert(conn);
+            self.pending += 1;
             self.stats.connections_accepted += 1;
             // Data may already be waiting (edge-triggered): read now.
             self.read_conn(slot);
+        }
+    }
+
+    /// Accept was retried on a timer after running out of descriptors: is it time?
+    fn retry_accept(&mut self) {
+        if let Some(at) = self.accept_retry_at {
+            if now_ns() >= at {
+                self.accept();
+            }
+        }
+    }
+
+    /// Answer a connection's hello (or its first bytes) with a refusal, without registering it.
+    fn refuse(&mut self, conn: &mut Conn, status: Status) {
+        if let Some(left_out) = self.refused_log.event(now_ns()) {
+            log::warn!(
+                "refusing connection from pid {} uid {} gid {}: {status} ({left_out} more refused since the last such line)",
+                conn.peer.pid,
+                conn.peer.uid,
+                conn.peer.gid,
+            );
+        }
+        self.stats.connections_refused += 1;
+        // A fresh socket's buffer always takes one 64-byte ack; the client reads it after its hello.
+        conn.queue(bytemuck::bytes_of(&MlHelloAck::new(status, &self.info)));
+        let _ = conn.flush();
+    }
+
+    /// The pending pool is full: close its oldest connection (a scan, only under a flood).
+    fn drop_oldest_pending(&mut self) {
+        let oldest = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.established)
+            .min_by_key(|(_, c)| c.accepted_ns)
+            .map(|(k, c)| (k, c.peer));
+        if let Some((slot, peer)) = oldest {
+            if let Some(left_out) = self.flood_log.event(now_ns()) {
+                log::warn!(
+                    "{} connections without a hello (--max-pending): dropping the oldest, from pid {} uid {} \
+                     ({left_out} more dropped since the last such line)",
+                    self.pending,
+                    peer.pid,
+                    peer.uid
+                );
+            }
+            self.close(slot);
         }
     }
 
@@ -552,6 +640,25 @@ impl IoLoop {
                 match conn.decode_next() {
                     Decoded::NeedMore => break,
                     Decoded::Hello => {
+                        if self.established >= self.cfg.max_connections {
+                            conn.queue_ack(Status::TooManyConnections, &self.info);
+                            conn.close_after_flush = true;
+                            conn.mark_dirty(slot, &mut self.dirty);
+                            self.stats.connections_refused += 1;
+                            if let Some(left_out) = self.refused_log.event(recv_ns) {
+                                log::warn!(
+                                    "refusing connection from pid {} uid {}: {} established (--max-connections) \
+                                     ({left_out} more refused since the last such line)",
+                                    conn.peer.pid,
+                                    conn.peer.uid,
+                                    self.established
+                                );
+                            }
+                            return;
+                        }
+                        conn.established = true;
+                        self.pending -= 1;
+                        self.established += 1;
                         conn.queue_ack(Status::Ok, &self.info);
                         conn.mark_dirty(slot, &mut self.dirty);
                     }
@@ -758,21 +865,28 @@ impl IoLoop {
             .filter(|(_, c)| !c.decoder.is_open() && !c.close_after_flush && now - c.accepted_ns > limit)
             .map(|(k, _)| k)
             .collect();
-        for slot in silent {
-            if let Some(c) = self.conns.get(slot) {
+        if let (Some(&first), n) = (silent.first(), silent.len()) {
+            if let Some(c) = self.conns.get(first) {
                 log::warn!(
-                    "connection {slot} (pid {} uid {}): no hello within {:?}; closing",
+                    "{n} connection(s) sent no hello within {HELLO_TIMEOUT:?}; closing them (first: pid {} uid {})",
                     c.peer.pid,
                     c.peer.uid,
-                    HELLO_TIMEOUT
                 );
             }
+        }
+        for slot in silent {
             self.close(slot);
         }
     }
 
     fn close(&mut self, slot: usize) {
         if let Some(mut conn) = self.conns.try_remove(slot) {
+            if conn.established {
+                self.established -= 1;
+            } else {
+                self.pending -= 1;
+            }
+            debug_assert_eq!(self.established + self.pending, self.conns.len());
             let _ = self.poll.registry().deregister(&mut conn.stream);
             log::debug!("connection {slot} closed ({} in flight dropped)", conn.inflight);
         }
@@ -781,7 +895,7 @@ impl IoLoop {
     fn publish(&mut self, force: bool) {
         publish(&mut self.stats, &self.shared.stats, force);
         // Relaxed: gauges, read by the metrics endpoint with no ordering needs.
-        self.shared.connections.store(self.conns.len() as u64, Ordering::Relaxed);
+        self.shared.connections.store(self.established as u64, Ordering::Relaxed);
         let depth = match &self.stage {
             Stage::Pipeline(w) => (w.jobs_tx.buffer().capacity() - w.jobs_tx.slots()) as u64,
             Stage::Inline { .. } => 0,

@@ -35,8 +35,33 @@ impl Server {
     }
 
     pub fn spawn_at(dir: tempfile::TempDir, socket: PathBuf, args: &[&str]) -> Server {
-        let log = dir.path().join("server.log");
+        Server::spawn_with(dir, socket, args, Command::new(env!("CARGO_BIN_EXE_tickinfer")))
+    }
+
+    /// Start with at most `nofile` open descriptors (`RLIMIT_NOFILE`), and wait until it answers.
+    pub fn start_with_nofile(args: &[&str], nofile: u64) -> Server {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("tickinfer.sock");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tickinfer"));
+        // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit { rlim_cur: nofile, rlim_max: nofile };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            });
+        }
+        let s = Server::spawn_with(dir, socket, args, cmd);
+        s.wait_ready();
+        s
+    }
+
+    fn spawn_with(dir: tempfile::TempDir, socket: PathBuf, args: &[&str], mut cmd: Command) -> Server {
+        let log = dir.path().join("server.log");
         cmd.arg("serve").arg("--socket").arg(&socket);
         if !args.contains(&"--model") {
             cmd.arg("--model").arg(repo_root().join("models/lobster_direction.toml"));
