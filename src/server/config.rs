@@ -73,7 +73,7 @@ pub struct ServeOptions {
     #[arg(long)]
     pub worker_core: Option<usize>,
     /// Do not pin threads to cores.
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub no_pin: Option<bool>,
     /// Most concurrent client connections; more are refused in the hello ack [default: 64].
     #[arg(long)]
@@ -137,12 +137,18 @@ pub struct ServeOptions {
     #[arg(long)]
     pub trt_cache: Option<PathBuf>,
     /// TensorRT fp16.
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub trt_fp16: Option<bool>,
     /// Append every request with its arrival stamp to this capture file (proto/ml_capture.h),
     /// from a separate thread; drops (writer behind) are counted and logged.
     #[arg(long)]
     pub record: Option<PathBuf>,
+    /// Replace an existing --record file (without it, an existing file is refused).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub record_overwrite: Option<bool>,
+    /// Rotate the --record file when it would pass this many bytes (FILE.1 … FILE.9 kept).
+    #[arg(long)]
+    pub record_max_bytes: Option<u64>,
     /// Serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9464), off the hot path.
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,
@@ -206,6 +212,10 @@ impl ServeOptions {
         };
         Ok(ServerConfig {
             record: self.record,
+            record_options: crate::record::RecordOptions {
+                overwrite: self.record_overwrite.unwrap_or(false),
+                max_bytes: self.record_max_bytes,
+            },
             metrics: self.metrics,
             model,
             socket,
@@ -280,6 +290,8 @@ pub struct ServerConfig {
     pub engine: EngineOptions,
     /// Capture file for `--record`.
     pub record: Option<PathBuf>,
+    /// `--record-overwrite`, `--record-max-bytes`.
+    pub record_options: crate::record::RecordOptions,
     /// Prometheus endpoint address.
     pub metrics: Option<std::net::SocketAddr>,
 }
@@ -352,6 +364,8 @@ mod tests {
         ("trt_fp16", "true"),
         ("record", "\"/var/tmp/requests.tkcap\""),
         ("metrics", "\"127.0.0.1:9464\""),
+        ("record_overwrite", "true"),
+        ("record_max_bytes", "1000000"),
     ];
 
     /// Walks every option `serve` has (from clap's own list): each works from the file
@@ -396,6 +410,8 @@ mod tests {
             .unwrap();
         assert_eq!(cfg.record.as_deref(), Some(std::path::Path::new("/var/tmp/requests.tkcap")));
         assert_eq!(cfg.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        let record = crate::record::RecordOptions { overwrite: true, max_bytes: Some(1_000_000) };
+        assert_eq!(cfg.record_options, record);
         assert_eq!(
             (cfg.mode, cfg.poll, cfg.spin),
             (Mode::Pipeline, PollMode::Adaptive, Duration::from_micros(77))

@@ -247,7 +247,7 @@ pub fn run(
     let recorder = match &cfg.record {
         Some(path) => {
             log::info!("recording requests to {}", path.display());
-            Some(crate::record::Recorder::start(path, model.price_scale)?)
+            Some(crate::record::Recorder::start(path, model.price_scale, &cfg.record_options)?)
         }
         None => None,
     };
@@ -293,7 +293,8 @@ pub fn run(
     ran?;
     io.publish(true);
     if let Some(mut r) = io.recorder.take() {
-        r.finish()?;
+        // Logs its own counts and error; a recorder failure never costs the exit status or stats.
+        r.finish();
     }
     let report = io.shared.stats.lock().map(|s| s.report()).unwrap_or_default();
     Ok(report)
