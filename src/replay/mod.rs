@@ -127,7 +127,8 @@ pub fn run(socket: &Path, opts: &ReplayOptions) -> Result<ReplayRun, String> {
     }
     let ack = conns[0].1;
     let price_scale = ack.price_scale;
-    source::rescale(&mut stream.events, stream.price_scale, price_scale);
+    source::rescale(&mut stream.events, stream.price_scale, price_scale)
+        .map_err(|e| format!("{}: {e}", opts.input.display()))?;
     let extras = { ack.model_features };
     if extras > 0 && stream.events.iter().all(|e| { e.req.n_features } == 0) {
         log::warn!(

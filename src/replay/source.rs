@@ -56,7 +56,8 @@ fn err(path: &Path, message: impl Into<String>) -> SourceError {
 pub struct SymbolTable {
     map: HashMap<String, u16>,
     explicit: bool,
-    next: u16,
+    /// The next id to assign; past 65535 there is none (never wraps onto a used id).
+    next: u32,
 }
 
 impl SymbolTable {
@@ -71,18 +72,21 @@ impl SymbolTable {
         Ok(SymbolTable { explicit: !map.is_empty(), map, next: 0 })
     }
 
-    /// The id of `name`; `None` when an explicit map does not list it.
-    pub fn id(&mut self, name: &str) -> Option<u16> {
+    /// The id of `name`; `Ok(None)` when an explicit map does not list it; an error
+    /// when a 65 537th name appears (ids are 16-bit: map them with `--symbols`).
+    pub fn id(&mut self, name: &str) -> Result<Option<u16>, String> {
         if let Some(&id) = self.map.get(name) {
-            return Some(id);
+            return Ok(Some(id));
         }
         if self.explicit {
-            return None;
+            return Ok(None);
         }
-        let id = self.next;
-        self.next = self.next.wrapping_add(1);
+        let id = u16::try_from(self.next).map_err(|_| {
+            format!("symbol `{name}` would be the 65537th: symbol ids are 0..65535 (map them with --symbols NAME=ID)")
+        })?;
+        self.next += 1;
         self.map.insert(name.to_string(), id);
-        Some(id)
+        Ok(Some(id))
     }
 
     fn listing(&self) -> Vec<(String, u16)> {
@@ -93,12 +97,26 @@ impl SymbolTable {
 }
 
 fn imbalance(bid_size: i64, ask_size: i64) -> i64 {
-    let tot = bid_size + ask_size;
+    // i128: two large sizes overflow i64 when added.
+    let tot = bid_size as i128 + ask_size as i128;
     if tot > 0 {
-        ((bid_size - ask_size) as i128 * IMBALANCE_SCALE as i128 / tot as i128) as i64
+        ((bid_size as i128 - ask_size as i128) * IMBALANCE_SCALE as i128 / tot) as i64
     } else {
         0
     }
+}
+
+/// Seconds (decimal) → ns, or `None` when negative, not finite, or past `u64`.
+fn secs_to_ns(secs: f64) -> Option<u64> {
+    let ns = (secs * 1e9).round();
+    // u64::MAX as f64 rounds up to 2^64, itself out of range: compare with <.
+    (ns.is_finite() && ns >= 0.0 && ns < u64::MAX as f64).then_some(ns as u64)
+}
+
+/// A decimal price × `scale` as fixed point, or `None` when not finite or past `i64`.
+fn fixed_point(v: f64, scale: f64) -> Option<i64> {
+    let x = (v * scale).round();
+    (x.is_finite() && x >= i64::MIN as f64 && x < i64::MAX as f64).then_some(x as i64)
 }
 
 fn request(ts_ns: u64, symbol_id: u16, bid: i64, ask: i64, bsz: i64, asz: i64) -> Event {
@@ -184,6 +202,7 @@ pub fn load_lobster(path: &Path, symbols: &mut SymbolTable) -> Result<Stream, So
     let day_ns = parts.next().and_then(date_to_unix_ns).unwrap_or(0);
     let symbol_id = symbols
         .id(&ticker)
+        .map_err(|e| err(path, e))?
         .ok_or_else(|| err(path, format!("ticker {ticker} is not in the --symbols mapping")))?;
 
     let mut events = Vec::new();
@@ -216,7 +235,16 @@ pub fn load_lobster(path: &Path, symbols: &mut SymbolTable) -> Result<Stream, So
             skips.add("empty best level (dummy price)");
             continue;
         }
-        let ts = day_ns + (secs * 1e9).round() as u64;
+        for (what, v) in [("ask size", asz), ("bid size", bsz)] {
+            if v < 0 {
+                return Err(bad_num(&format!("{what} {v} (negative)")));
+            }
+        }
+        let ts = secs_to_ns(secs).and_then(|ns| day_ns.checked_add(ns)).ok_or_else(|| {
+            bad_num(&format!(
+                "time {secs} (negative, or past the nanosecond clock's range from the file's date)"
+            ))
+        })?;
         events.push(request(ts, symbol_id, bid, ask, bsz, asz));
     }
     Ok(Stream { events, price_scale: 10_000, symbols: symbols.listing(), skipped: skips.0 })
@@ -267,7 +295,7 @@ pub fn load_dbn(path: &Path, symbols: &mut SymbolTable) -> Result<Stream, Source
             skips.add("undefined bid or ask price");
             continue;
         }
-        let Some(symbol_id) = symbols.id(&instrument.to_string()) else {
+        let Some(symbol_id) = symbols.id(&instrument.to_string()).map_err(|e| err(path, e))? else {
             skips.add("instrument not in --symbols");
             continue;
         };
@@ -311,34 +339,61 @@ pub fn load_csv(path: &Path, symbols: &mut SymbolTable) -> Result<Stream, Source
         let f: Vec<&str> = line.split(',').map(str::trim).collect();
         let bad = |what: &str| err(path, format!("line {}: bad {what}", n + 1));
         let get = |i: usize, what: &str| f.get(i).copied().ok_or_else(|| bad(what));
+        // Every error names the line, the column and the value.
+        let out_of_range =
+            |what: &str, v: &str, why: &str| err(path, format!("line {}: {what} = {v}: {why}", n + 1));
         let price = |i: usize, what: &str| -> Result<i64, SourceError> {
-            let v: f64 = get(i, what)?.parse().map_err(|_| bad(what))?;
-            Ok((v * SCALE).round() as i64)
+            let text = get(i, what)?;
+            let v: f64 = text.parse().map_err(|_| bad(what))?;
+            fixed_point(v, SCALE)
+                .ok_or_else(|| out_of_range(what, text, "not a finite price within range at scale 1e9"))
         };
-        let int = |i: usize, what: &str| get(i, what)?.parse::<i64>().map_err(|_| bad(what));
+        let size = |i: usize, what: &str| -> Result<i64, SourceError> {
+            let text = get(i, what)?;
+            let v = text.parse::<i64>().map_err(|_| bad(what))?;
+            if v < 0 {
+                return Err(out_of_range(what, text, "sizes cannot be negative"));
+            }
+            Ok(v)
+        };
         let ts = match (ts_ns_i, ts_s_i) {
             (Some(i), _) => get(i, "timestamp_ns")?.parse::<u64>().map_err(|_| bad("timestamp_ns"))?,
             (None, Some(i)) => {
-                (get(i, "timestamp")?.parse::<f64>().map_err(|_| bad("timestamp"))? * 1e9).round() as u64
+                let text = get(i, "timestamp")?;
+                let secs = text.parse::<f64>().map_err(|_| bad("timestamp"))?;
+                secs_to_ns(secs)
+                    .ok_or_else(|| out_of_range("timestamp", text, "negative, or past u64 nanoseconds"))?
             }
             _ => unreachable!(),
         };
         let symbol_id = match (symid_i, sym_i) {
-            (Some(i), _) => int(i, "symbol_id")? as u16,
-            (None, Some(i)) => match symbols.id(get(i, "symbol")?) {
-                Some(id) => id,
-                None => {
-                    skips.add("symbol not in --symbols");
-                    continue;
+            (Some(i), _) => {
+                let text = get(i, "symbol_id")?;
+                let v = text.parse::<i64>().map_err(|_| bad("symbol_id"))?;
+                u16::try_from(v).map_err(|_| {
+                    out_of_range("symbol_id", text, "symbol ids are 0..65535 (16-bit on the wire)")
+                })?
+            }
+            (None, Some(i)) => {
+                match symbols.id(get(i, "symbol")?).map_err(|e| err(path, format!("line {}: {e}", n + 1)))? {
+                    Some(id) => id,
+                    None => {
+                        skips.add("symbol not in --symbols");
+                        continue;
+                    }
                 }
-            },
+            }
             _ => 0,
         };
         let (bid, ask) = (price(bid_i, "bid_price")?, price(ask_i, "ask_price")?);
-        let (bsz, asz) = (int(bsz_i, "bid_size")?, int(asz_i, "ask_size")?);
+        let (bsz, asz) = (size(bsz_i, "bid_size")?, size(asz_i, "ask_size")?);
         let mut ev = request(ts, symbol_id, bid, ask, bsz, asz);
         if let Some(i) = imb_i {
-            let r: f64 = get(i, "book_imbalance")?.parse().map_err(|_| bad("book_imbalance"))?;
+            let text = get(i, "book_imbalance")?;
+            let r: f64 = text.parse().map_err(|_| bad("book_imbalance"))?;
+            if !(-1.0..=1.0).contains(&r) {
+                return Err(out_of_range("book_imbalance", text, "a ratio in [-1, 1]"));
+            }
             ev.req.book_imbalance = (r * IMBALANCE_SCALE as f64).round() as i64;
         }
         if !feats.is_empty() {
@@ -359,6 +414,10 @@ pub fn load_csv(path: &Path, symbols: &mut SymbolTable) -> Result<Stream, Source
 /// A tickinfer capture: requests exactly as recorded (extras included).
 pub fn load_capture(path: &Path) -> Result<Stream, SourceError> {
     let cap = crate::record::read_capture(path).map_err(|e| err(path, e.to_string()))?;
+    let scale = cap.header.price_scale;
+    if scale <= 0 {
+        return Err(err(path, format!("capture header: price_scale = {scale}: must be positive")));
+    }
     let mut skipped = vec![];
     if cap.trailing_bytes > 0 {
         skipped.push((format!("trailing partial record ({} bytes)", cap.trailing_bytes), 1));
@@ -368,21 +427,36 @@ pub fn load_capture(path: &Path) -> Result<Stream, SourceError> {
     Ok(Stream { events, price_scale: cap.header.price_scale, symbols: vec![], skipped })
 }
 
-/// Rescale every price from `from` to `to` (exact when one divides the other; rounded otherwise).
-pub fn rescale(events: &mut [Event], from: i64, to: i64) {
-    if from == to {
-        return;
+/// Rescale every price from `from` to `to` (exact when one divides the other; rounded
+/// otherwise). An error names the event whose price leaves `i64` at the new scale.
+pub fn rescale(events: &mut [Event], from: i64, to: i64) -> Result<(), String> {
+    if from <= 0 || to <= 0 {
+        return Err(format!("price scales must be positive (from {from} to {to})"));
     }
-    let conv = |v: i64| -> i64 {
+    if from == to {
+        return Ok(());
+    }
+    let conv = |v: i64| -> Option<i64> {
         let num = v as i128 * to as i128;
         let q = num / from as i128;
         let r = num % from as i128;
-        (if 2 * r.abs() >= from as i128 { q + r.signum() } else { q }) as i64
+        i64::try_from(if 2 * r.abs() >= from as i128 { q + r.signum() } else { q }).ok()
     };
-    for e in events {
-        e.req.bid_price = conv(e.req.bid_price);
-        e.req.ask_price = conv(e.req.ask_price);
+    for (i, e) in events.iter_mut().enumerate() {
+        let symbol = e.req.symbol_id;
+        let scaled = |what: &str, price: i64| {
+            conv(price).ok_or_else(|| {
+                format!(
+                    "event {} (symbol {symbol}): {what} {price} does not fit in i64 at the server's price \
+                     scale {to} (from {from})",
+                    i + 1
+                )
+            })
+        };
+        e.req.bid_price = scaled("bid_price", e.req.bid_price)?;
+        e.req.ask_price = scaled("ask_price", e.req.ask_price)?;
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -395,18 +469,29 @@ mod tests {
         assert_eq!(date_to_unix_ns("2012-06-21"), Some(1_340_236_800_000_000_000));
         assert_eq!(date_to_unix_ns("2012-13-01"), None);
         let mut ev = vec![request(0, 0, 1_234_500, 1_234_600, 1, 1)];
-        rescale(&mut ev, 10_000, 1_000_000_000);
+        rescale(&mut ev, 10_000, 1_000_000_000).unwrap();
         assert_eq!(({ ev[0].req.bid_price }, { ev[0].req.ask_price }), (123_450_000_000, 123_460_000_000));
-        rescale(&mut ev, 1_000_000_000, 100);
+        rescale(&mut ev, 1_000_000_000, 100).unwrap();
         assert_eq!({ ev[0].req.bid_price }, 12_345);
+        let mut huge = vec![request(0, 3, i64::MAX / 10, i64::MAX / 10, 1, 1)];
+        let e = rescale(&mut huge, 1, 1_000).unwrap_err();
+        assert!(e.contains("event 1 (symbol 3): bid_price"), "{e}");
+        assert!(rescale(&mut ev, 0, 100).unwrap_err().contains("positive"));
+        assert_eq!(imbalance(i64::MAX, i64::MAX), 0, "sizes whose sum overflows i64");
+        assert_eq!(imbalance(i64::MAX, 0), IMBALANCE_SCALE);
     }
 
     #[test]
     fn symbol_tables() {
         let mut t = SymbolTable::new(&[]).unwrap();
-        assert_eq!((t.id("A"), t.id("B"), t.id("A")), (Some(0), Some(1), Some(0)));
+        assert_eq!((t.id("A"), t.id("B"), t.id("A")), (Ok(Some(0)), Ok(Some(1)), Ok(Some(0))));
         let mut t = SymbolTable::new(&["AMZN=7".into()]).unwrap();
-        assert_eq!((t.id("AMZN"), t.id("MSFT")), (Some(7), None));
+        assert_eq!((t.id("AMZN"), t.id("MSFT")), (Ok(Some(7)), Ok(None)));
+        let mut t = SymbolTable::new(&[]).unwrap();
+        for i in 0..65_536u32 {
+            assert_eq!(t.id(&i.to_string()), Ok(Some(i as u16)));
+        }
+        assert!(t.id("one too many").unwrap_err().contains("65537th"), "ids never wrap onto used ones");
         assert!(SymbolTable::new(&["AMZN".into()]).is_err());
     }
 }
