@@ -145,7 +145,7 @@ fn dbn_mbp1_and_bbo_plain_and_zstd() {
         // Instruments 1000, 1001 -> symbol ids 0, 1 by first appearance.
         assert_eq!(({ s.events[0].req.symbol_id }, { s.events[1].req.symbol_id }), (0, 1));
         let mut ev = s.events.clone();
-        source::rescale(&mut ev, s.price_scale, 10_000);
+        source::rescale(&mut ev, s.price_scale, 10_000).unwrap();
         assert_eq!({ ev[0].req.bid_price }, 1_000_000, "DBN 1e-9 → the server's scale");
     }
 }
