@@ -59,11 +59,7 @@ fn shared_lobster() -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        // Written to stderr directly (not eprintln!, which libtest captures) so the skip is always visible.
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            b"skipped: ../shared/data/lobster (the real LOBSTER sample) is not present\n",
-        );
+        util::skip("real LOBSTER sample", "../shared/data/lobster is not present");
         None
     }
 }

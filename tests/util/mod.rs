@@ -109,3 +109,9 @@ impl Rng {
         lo + self.next() % (hi - lo)
     }
 }
+
+/// Say that a test skipped and why, on stderr directly (not `eprintln!`, which libtest
+/// captures), so the skip is always visible.
+pub fn skip(test: &str, why: &str) {
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("skipped: {test}: {why}\n").as_bytes());
+}
