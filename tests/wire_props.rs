@@ -92,3 +92,60 @@ proptest! {
         }
     }
 }
+
+/// The fuzzers' seed corpora (`fuzz/seeds/`) are valid frames of this build, so the
+/// fuzzers start past the magic and the layout checks. Rewritten with
+/// `TICKINFER_BLESS=1 cargo test --test wire_props fuzz_seeds` when the layout changes.
+#[test]
+fn fuzz_seeds_are_this_builds_frames() {
+    use tickinfer::wire::{MlHello, MlRequest};
+    let hello = bytemuck::bytes_of(&MlHello::current()).to_vec();
+    let req = |id: u64, n: u16| {
+        let mut r = MlRequest {
+            timestamp_ns: id,
+            symbol_id: 3,
+            bid_price: 2_230_000,
+            ask_price: 2_230_100,
+            bid_size: 100,
+            ask_size: 300,
+            book_imbalance: -500_000,
+            request_id: id,
+            n_features: n,
+            ..MlRequest::new()
+        };
+        r.features[0] = 0.5;
+        bytemuck::bytes_of(&r).to_vec()
+    };
+    let cat = |parts: &[&[u8]]| parts.concat();
+    // decode_request: 2 bytes of cuts (bit 0 of the first: prepend a hello), then the stream.
+    let decode: Vec<(&str, Vec<u8>)> = vec![
+        ("hello_one_request", cat(&[&[0, 128], &hello, &req(1, 0)])),
+        ("auto_hello_two_requests", cat(&[&[1, 64], &req(1, 4), &req(2, 0)])),
+        ("request_with_features", cat(&[&[1, 200], &req(7, 4)])),
+        ("broken_trailer", cat(&[&[1, 0], &req(1, 0)[..190], &[0xde, 0xad, 0xbe, 0xef]])),
+        ("hello_only", cat(&[&[0, 0], &hello])),
+    ];
+    let hello_seeds: Vec<(&str, Vec<u8>)> = vec![
+        ("valid", hello.clone()),
+        ("valid_then_ack_bytes", cat(&[&hello, &[0u8; 48]])),
+        ("wrong_version", {
+            let mut h = hello.clone();
+            h[0] = 9;
+            h
+        }),
+        ("model_name", b"lobster_direction_v2_with_a_long_name".to_vec()),
+    ];
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let bless = std::env::var_os("TICKINFER_BLESS").is_some();
+    for (target, seeds) in [("decode_request", decode), ("hello", hello_seeds)] {
+        for (name, bytes) in seeds {
+            let path = root.join(target).join(name);
+            if bless {
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(&path, &bytes).unwrap();
+            }
+            let committed = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(committed, bytes, "{} is stale: rerun with TICKINFER_BLESS=1", path.display());
+        }
+    }
+}
