@@ -202,19 +202,21 @@ fn random_garbage_never_hurts_other_clients() {
     }
 }
 
+/// A valid request carrying one extra feature `x` (for the one-input fixture models).
+fn with_extra(id: u64, x: f32) -> MlRequest {
+    let mut r = request(id);
+    r.n_features = 1;
+    let mut f = [0f32; MAX_FEATURES];
+    f[0] = x;
+    r.features = f;
+    r
+}
+
 #[test]
 fn failed_model_run_answers_model_failure_and_the_server_stays_up() {
     let model = repo_root().join("tests/fixtures/models/failing_gather.toml");
     let server = Server::start(&["--model", model.to_str().unwrap()]);
     let mut c = Client::connect(&server.socket).unwrap();
-    let with_extra = |id: u64, x: f32| {
-        let mut r = request(id);
-        r.n_features = 1;
-        let mut f = [0f32; MAX_FEATURES];
-        f[0] = x;
-        r.features = f;
-        r
-    };
     for (id, x, want) in [(1, 2.0, Status::Ok), (2, 7.0, Status::ModelFailure), (3, 0.0, Status::Ok)] {
         c.send(&[with_extra(id, x)]).unwrap();
         let r = c.recv().unwrap();
@@ -228,14 +230,6 @@ fn nonfinite_model_output_answers_model_failure_counted_and_logged() {
     let model = repo_root().join("tests/fixtures/models/nonfinite_log.toml");
     let server = Server::start(&["--model", model.to_str().unwrap()]);
     let mut c = Client::connect(&server.socket).unwrap();
-    let with_extra = |id: u64, x: f32| {
-        let mut r = request(id);
-        r.n_features = 1;
-        let mut f = [0f32; MAX_FEATURES];
-        f[0] = x;
-        r.features = f;
-        r
-    };
     // One batch mixing finite and non-finite rows: only the non-finite ones fail.
     let cases = [(1, 1.0, Status::Ok), (2, -1.0, Status::ModelFailure), (3, 0.0, Status::ModelFailure)];
     let batch: Vec<MlRequest> = cases.iter().map(|&(id, x, _)| with_extra(id, x)).collect();
