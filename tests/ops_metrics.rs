@@ -59,8 +59,19 @@ fn metrics_endpoint_is_scraped_and_parsed(mode: &str) {
             c.recv().unwrap();
         }
     }
-    std::thread::sleep(std::time::Duration::from_millis(400)); // published every 200 ms
-    let (head, body) = scrape(&addr, "/metrics");
+    // Published every 200 ms (later on a loaded machine): scrape until everything is in.
+    let t0 = std::time::Instant::now();
+    let (head, body) = loop {
+        let (head, body) = scrape(&addr, "/metrics");
+        let m = parse(&body);
+        let all_in = m.get("tickinfer_total_seconds_count") == Some(&450.0)
+            && m.get("tickinfer_queue_seconds_count") == Some(&450.0)
+            && m.get("tickinfer_batch_size_sum") == Some(&400.0);
+        if all_in || t0.elapsed() > std::time::Duration::from_secs(20) {
+            break (head, body);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert!(head.starts_with("HTTP/1.1 200") && head.contains("text/plain"), "{head}");
     let m = parse(&body);
     assert_eq!(m["tickinfer_responses_total{status=\"ok\",code=\"0\"}"], 400.0, "{body}");

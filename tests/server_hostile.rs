@@ -248,12 +248,7 @@ fn nonfinite_model_output_answers_model_failure_counted_and_logged() {
     }
     c.send(&[with_extra(999, 4.0)]).unwrap();
     assert_eq!(Status::from_code(c.recv().unwrap().status), Some(Status::Ok), "still serving");
-    std::thread::sleep(Duration::from_millis(400)); // stats are published every 200 ms
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tickinfer"))
-        .args(["stats", "--json", "--socket", server.socket.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = server.stats_when(|r| r["responses"] == 504);
     assert_eq!(report["nonfinite_outputs"], 502, "{report}");
     let log = server.log();
     let lines = log.lines().filter(|l| l.contains("is NaN or infinite")).count();

@@ -135,6 +135,27 @@ impl Drop for Server {
     }
 }
 
+impl Server {
+    /// `tickinfer stats --json`, polled until `done` holds on the report (stats are
+    /// published every 200 ms, later on a loaded machine); panics after 20 s.
+    pub fn stats_when(&self, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let t0 = Instant::now();
+        loop {
+            let out = Command::new(env!("CARGO_BIN_EXE_tickinfer"))
+                .args(["stats", "--json", "--socket", self.socket.to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            if done(&report) {
+                return report;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "stats never got there: {report}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 /// A blocking client speaking the protocol (hello on connect).
 pub struct Client {
     pub stream: UnixStream,
