@@ -55,8 +55,9 @@ fn bench(c: &mut Criterion) {
             manifest.features.fill(r, row);
         }
         // Works before it is timed: engine and bare ORT agree on the probabilities.
-        engine.predict(&reqs, &mut preds).unwrap();
-        let ours = engine.run_rows(&reqs).unwrap().to_vec();
+        let mut state = engine.new_state(1);
+        engine.predict(&reqs, &mut state, &mut preds).unwrap();
+        let ours = engine.run_rows(&reqs, &mut state).unwrap().to_vec();
         let theirs = {
             let out = bare
                 .run(ort::inputs![TensorRef::from_array_view(([batch, width], &rows[..])).unwrap()])
@@ -69,7 +70,7 @@ fn bench(c: &mut Criterion) {
 
         g.throughput(Throughput::Elements(batch as u64));
         g.bench_with_input(BenchmarkId::new("tickinfer_predict", batch), &batch, |b, _| {
-            b.iter(|| engine.predict(black_box(&reqs), &mut preds).unwrap())
+            b.iter(|| engine.predict(black_box(&reqs), &mut state, &mut preds).unwrap())
         });
         g.bench_with_input(BenchmarkId::new("bare_ort_run", batch), &batch, |b, _| {
             b.iter(|| {

@@ -116,11 +116,13 @@ typedef enum ml_status {
     ML_ERR_SHUTTING_DOWN = 14,       /* server draining: request not run            */
     ML_ERR_TOO_MANY_CONNECTIONS = 15,/* hello: connection limit reached             */
     ML_ERR_PERMISSION_DENIED = 16,   /* hello: peer uid/gid not allowed             */
-    ML_ERR_INTERNAL = 17             /* a server bug; please report                 */
+    ML_ERR_INTERNAL = 17,            /* a server bug; please report                 */
+    ML_ERR_TOO_MANY_SYMBOLS = 18     /* stateful model: every --max-symbols slot is
+                                        taken; this symbol gets no state or answer */
 } ml_status;
 
 /** Number of wire status codes (one past the largest). */
-#define ML_STATUS_COUNT 18u
+#define ML_STATUS_COUNT 19u
 
 /*
  * Client-library result codes (proto/ml_client.h): negative, never on the
@@ -156,6 +158,7 @@ static inline const char *ml_status_str(int code) {
     case ML_ERR_TOO_MANY_CONNECTIONS: return "too many connections";
     case ML_ERR_PERMISSION_DENIED: return "peer credentials not allowed";
     case ML_ERR_INTERNAL: return "internal server error";
+    case ML_ERR_TOO_MANY_SYMBOLS: return "no state slot left for this symbol (--max-symbols)";
     case ML_CLIENT_ERR_CONNECT: return "connect failed";
     case ML_CLIENT_ERR_TIMEOUT: return "timed out";
     case ML_CLIENT_ERR_IO: return "socket I/O error";
@@ -216,6 +219,18 @@ typedef struct ml_request_t {
 } ml_request_t;
 
 /** The server's answer to one request (58 bytes). */
+/*
+ * ml_response_t.flags bits. Protocol-compatible: the field was `reserved` (always 0)
+ * in earlier builds of protocol 1, so a client that ignores it loses nothing.
+ *
+ * ML_RESPONSE_WARMING: the model reads per-symbol history (stateful features such as
+ * mid_return_bps(n)) and this symbol had fewer earlier events than those features
+ * need: the answer was computed from a partial history (missing history reads as 0).
+ * The server keeps the history per symbol_id, updated by every valid request in the
+ * order the server scores them; `tickinfer reset` clears it.
+ */
+#define ML_RESPONSE_WARMING 0x0001u
+
 typedef struct ml_response_t {
     int8_t direction;              /* -1 sell, 0 flat, +1 buy                */
     uint8_t confidence;            /* 0..100                                  */
@@ -228,7 +243,7 @@ typedef struct ml_response_t {
     uint64_t server_send_ns;       /* CLOCK_MONOTONIC: response handed to the kernel */
     uint32_t model_version;        /* model that produced this answer         */
     uint16_t batch_size;           /* requests scored in the same model run   */
-    uint16_t reserved;             /* 0                                       */
+    uint16_t flags;                /* ML_RESPONSE_* bits (was reserved, 0)    */
     uint32_t frame_end;            /* ML_RESPONSE_END                         */
 } ml_response_t;
 
@@ -285,7 +300,7 @@ ML_STATIC_ASSERT(offsetof(ml_response_t, server_recv_ns) == 30, "resp.server_rec
 ML_STATIC_ASSERT(offsetof(ml_response_t, server_send_ns) == 38, "resp.server_send_ns");
 ML_STATIC_ASSERT(offsetof(ml_response_t, model_version) == 46, "resp.model_version");
 ML_STATIC_ASSERT(offsetof(ml_response_t, batch_size) == 50, "resp.batch_size");
-ML_STATIC_ASSERT(offsetof(ml_response_t, reserved) == 52, "resp.reserved");
+ML_STATIC_ASSERT(offsetof(ml_response_t, flags) == 52, "resp.flags");
 ML_STATIC_ASSERT(offsetof(ml_response_t, frame_end) == 54, "resp.frame_end");
 
 /* ---- helpers ------------------------------------------------------------- */

@@ -268,6 +268,67 @@ classes = ["sell", "flat", "buy"]
     print("nonfinite_log: NaN, -inf and 0 as intended")
 
 
+STATEFUL_FEATURES = ["spread_bps", "size_imbalance", "mid_return_bps(5)", "ofi(10)", "realized_vol_bps(20)",
+                     "spread_bps_mean(8)", "ewma_mid_return_bps(4)", "time_since_last_ms", "event_rate(100)",
+                     "mid_return_bps(1)"]
+
+
+def stateful_fixture(rng):
+    """A linear softmax classifier over stateless and stateful features, and the twin's
+    rows (as float32 bits) over the first 3000 events of the bundled synthetic LOBSTER
+    sample: the Rust state and features must give the same bits."""
+    import onnx
+    from onnx import TensorProto, helper
+    from tickfeatures import read_lobster, stateful_rows
+
+    n = len(STATEFUL_FEATURES)
+    w = rng.normal(0, 0.3, size=(n, 3)).astype(np.float32)
+    b = np.array([0.1, -0.2, 0.1], dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["z"]), helper.make_node("Add", ["z", "b"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
+        "stateful_linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, n])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3])],
+        initializer=[helper.make_tensor("w", TensorProto.FLOAT, [n, 3], w.flatten().tolist()),
+                     helper.make_tensor("b", TensorProto.FLOAT, [3], b.tolist())],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, os.path.join(FIX, "models", "stateful_linear.onnx"))
+    mean = [2.0, 0.0, 0.0, 0.0, 1.0, 2.0, 0.0, 5.0, 50.0, 0.0]
+    std = [1.0, 0.5, 2.0, 500.0, 2.0, 1.0, 1.0, 10.0, 50.0, 1.0]
+    with open(os.path.join(FIX, "models", "stateful_linear.toml"), "w") as f:
+        f.write(f"""# Fixture: a linear softmax over stateless and stateful features (made by scripts/make_fixtures.py).
+[model]
+name = "stateful_linear"
+version = 1
+onnx = "stateful_linear.onnx"
+price_scale = {PRICE_SCALE}
+
+[input]
+name = "x"
+features = {toml_list(STATEFUL_FEATURES)}
+mean = {toml_list(mean)}
+std = {toml_list(std)}
+
+[output]
+kind = "classes"
+name = "probabilities"
+classes = ["sell", "flat", "buy"]
+""")
+    reqs = read_lobster(os.path.join(ROOT, "data", "sample", "SYNTH_2026-01-05_sample.zip"), 3000)
+    rows, warming = stateful_rows(STATEFUL_FEATURES, reqs, PRICE_SCALE, mean, std)
+    bits = [[int(np.float32(v).view(np.uint32)) for v in row] for row in rows]
+    with open(os.path.join(FIX, "parity", "stateful_features.json"), "w") as f:
+        json.dump({"features": STATEFUL_FEATURES, "mean": mean, "std": std, "price_scale": PRICE_SCALE,
+                   "requests": [[r["timestamp_ns"], r["bid_price"], r["ask_price"], r["bid_size"], r["ask_size"],
+                                 r["book_imbalance"]] for r in reqs],
+                   "rows": bits, "warming": warming}, f, separators=(",", ":"))
+    print(f"stateful_linear: {len(rows)} rows of {n} features, {sum(warming)} warming")
+
+
 def default_model_parity(rng):
     import tomllib
     with open(os.path.join(ROOT, "models", "lobster_direction.toml"), "rb") as f:
@@ -288,3 +349,4 @@ if __name__ == "__main__":
     default_model_parity(rng)
     failing_fixture()
     nonfinite_fixture()
+    stateful_fixture(rng)

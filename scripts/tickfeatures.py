@@ -1,17 +1,16 @@
 """Feature definitions shared by the training and fixture scripts.
 
-This mirrors src/features.rs exactly (float64 arithmetic, cast to float32 after
+This mirrors src/features.rs and src/state.rs exactly (float64 arithmetic, cast to float32 after
 normalisation): the parity tests depend on it. Request fields are the wire's:
 prices fixed-point at `price_scale`, sizes plain counts, book_imbalance scaled
 by IMBALANCE_SCALE.
 """
-import numpy as np
-
 IMBALANCE_SCALE = 1_000_000.0
 
 
 def feature_column(name, r, price_scale):
     """One named feature over a dict of request-field arrays `r` (float64)."""
+    import numpy as np
     bid = r["bid_price"] / price_scale
     ask = r["ask_price"] / price_scale
     bsz = r["bid_size"].astype(np.float64)
@@ -43,6 +42,7 @@ def feature_column(name, r, price_scale):
 
 def feature_matrix(names, r, price_scale, mean=None, std=None):
     """(n, len(names)) float32 model input, normalised with mean/std if given."""
+    import numpy as np
     cols = np.stack([feature_column(n, r, price_scale) for n in names], axis=1)
     if mean is not None:
         cols = (cols - np.asarray(mean, dtype=np.float64)) / np.asarray(std, dtype=np.float64)
@@ -51,3 +51,242 @@ def feature_matrix(names, r, price_scale, mean=None, std=None):
 
 def toml_list(xs):
     return "[" + ", ".join(repr(float(x)) if not isinstance(x, str) else f'"{x}"' for x in xs) + "]"
+
+
+# ---------------------------------------------------------------- stateful features
+#
+# Pure Python floats (IEEE float64, like Rust's f64), one event at a time, in the
+# server's order: each valid request first updates its symbol's state, then its row is
+# computed. Every operation mirrors src/state.rs and src/features.rs (same order of
+# additions, multiplication by 1/price_scale, the same libm functions), so the parity
+# test holds both to the same bits.
+import math
+import struct
+
+STATEFUL = ("mid_return_bps", "ofi", "realized_vol_bps", "spread_bps_mean",
+            "ewma_mid_return_bps", "event_rate")
+
+
+def parse_feature(name):
+    """('kind', n) for a feature name: ('mid_return_bps', 5), ('time_since_last_ms', 0), ('spread_bps', 0)."""
+    if "(" in name:
+        func, arg = name[:-1].split("(")
+        assert func in STATEFUL and name.endswith(")"), name
+        return (func, int(arg))
+    return (name, 0)
+
+
+def state_spec(feats):
+    """Ring capacity, EWMA alphas, event-rate taus (s), history: as features.rs state_spec()."""
+    cap, hist, alphas, taus = 0, 0, [], []
+    for kind, n in feats:
+        if kind == "mid_return_bps":
+            cap, hist = max(cap, n + 1), max(hist, n)
+        elif kind in ("ofi", "realized_vol_bps"):
+            cap, hist = max(cap, n), max(hist, n)
+        elif kind == "spread_bps_mean":
+            cap, hist = max(cap, n), max(hist, n - 1)
+        elif kind == "ewma_mid_return_bps":
+            alphas.append(1.0 - 0.5 ** (1.0 / float(n)))
+            hist = max(hist, n)
+        elif kind == "event_rate":
+            taus.append(n / 1e3)
+            hist = max(hist, 1)
+        elif kind == "time_since_last_ms":
+            hist = max(hist, 1)
+    return cap, alphas, taus, hist
+
+
+class SymbolState:
+    def __init__(self, cap, n_acc):
+        self.count = 0
+        self.ring = [None] * cap  # entries (mid, spread_bps, ofi, ret_bps)
+        self.newest = 0
+        self.last = None          # (bid, ask, bid_size, ask_size, mid, ts_ns)
+        self.dt_ms = 0.0
+        self.accum = [0.0] * n_acc
+
+    def back(self, b):
+        cap = len(self.ring)
+        if b >= self.count or b >= cap:
+            return None
+        return self.ring[(self.newest + cap - b) % cap]
+
+    def window(self, n):
+        m = min(n, self.count, len(self.ring))
+        return [self.back(b) for b in range(m - 1, -1, -1)]
+
+
+def update(st, r, inv, alphas, taus):
+    bid = float(r["bid_price"]) * inv
+    ask = float(r["ask_price"]) * inv
+    bsz, asz = float(r["bid_size"]), float(r["ask_size"])
+    mid = (bid + ask) * 0.5
+    ts = r["timestamp_ns"]
+    if st.count == 0:
+        e, ret, dt_ms, dt_s = 0.0, 0.0, 0.0, 0.0
+    else:
+        pb, pa, pbs, pas, pmid, pts = st.last
+        e = 0.0
+        if bid >= pb:
+            e += bsz
+        if bid <= pb:
+            e -= pbs
+        if ask <= pa:
+            e -= asz
+        if ask >= pa:
+            e += pas
+        dt_ms = float(ts - pts) / 1e6
+        dt_s = float(max(ts - pts, 0)) / 1e9
+        ret = (mid - pmid) / pmid * 1e4
+    na = len(alphas)
+    for i, a in enumerate(alphas):
+        st.accum[i] = a * ret + (1.0 - a) * st.accum[i]
+    for j, tau in enumerate(taus):
+        st.accum[na + j] = st.accum[na + j] * math.exp(-dt_s / tau) + 1.0 / tau
+    cap = len(st.ring)
+    if cap > 0:
+        st.newest = 0 if st.count == 0 else (st.newest + 1) % cap
+        st.ring[st.newest] = (mid, (ask - bid) / mid * 1e4, e, ret)
+    st.count += 1
+    st.last = (bid, ask, bsz, asz, mid, ts)
+    st.dt_ms = dt_ms
+
+
+def stateless_value(kind, r, inv):
+    bid = float(r["bid_price"]) * inv
+    ask = float(r["ask_price"]) * inv
+    bsz, asz = float(r["bid_size"]), float(r["ask_size"])
+    mid = (bid + ask) * 0.5
+    tot = bsz + asz
+    micro = (bid * asz + ask * bsz) / tot if tot > 0 else mid
+    if kind.startswith("extra:"):
+        return float(r["features"][int(kind.split(":")[1])])
+    return {
+        "bid_price": lambda: bid, "ask_price": lambda: ask, "bid_size": lambda: bsz, "ask_size": lambda: asz,
+        "book_imbalance": lambda: r["book_imbalance"] / IMBALANCE_SCALE, "mid": lambda: mid,
+        "spread": lambda: ask - bid, "spread_bps": lambda: (ask - bid) / mid * 1e4, "microprice": lambda: micro,
+        "microprice_offset_bps": lambda: (micro - mid) / mid * 1e4,
+        "size_imbalance": lambda: (bsz - asz) / tot if tot > 0 else 0.0,
+        "log_bid_size": lambda: math.log1p(bsz), "log_ask_size": lambda: math.log1p(asz),
+        "log_size_ratio": lambda: math.log1p(bsz) - math.log1p(asz),
+    }[kind]()
+
+
+def f32(x):
+    """float64 -> float32 as Rust's `as f32` (round to nearest even, overflow to inf)."""
+    try:
+        return struct.unpack("<f", struct.pack("<f", x))[0]
+    except OverflowError:
+        return math.copysign(math.inf, x)
+
+
+def stateful_rows(names, requests, price_scale, mean=None, std=None):
+    """Rows (lists of float32 values as Python floats) and warming flags for `requests`
+    (dicts of the wire fields, in the order the server scores them)."""
+    feats = [parse_feature(n) for n in names]
+    cap, alphas, taus, hist = state_spec(feats)
+    # Accumulator of each EWMA / rate feature, in row order (EWMAs first), as features.rs numbers them.
+    acc_of, ei, ri = {}, 0, 0
+    for k, f in enumerate(feats):
+        if f[0] == "ewma_mid_return_bps":
+            acc_of[k], ei = ei, ei + 1
+        elif f[0] == "event_rate":
+            acc_of[k], ri = len(alphas) + ri, ri + 1
+    inv = 1.0 / price_scale
+    states, rows, warming = {}, [], []
+    for r in requests:
+        st = states.get(r["symbol_id"])
+        if st is None:
+            st = states[r["symbol_id"]] = SymbolState(cap, len(alphas) + len(taus))
+        update(st, r, inv, alphas, taus)
+        row = []
+        for k, (kind, n) in enumerate(feats):
+            if kind == "mid_return_bps":
+                now, then = st.back(0), st.back(n)
+                x = (now[0] - then[0]) / then[0] * 1e4 if now is not None and then is not None else 0.0
+            elif kind == "ofi":
+                x = 0.0
+                for e in st.window(n):
+                    x = x + e[2]
+            elif kind == "realized_vol_bps":
+                x = 0.0
+                for e in st.window(n):
+                    x = x + e[3] * e[3]
+                x = math.sqrt(x)
+            elif kind == "spread_bps_mean":
+                x, m = 0.0, 0
+                for e in st.window(n):
+                    x, m = x + e[1], m + 1
+                x = x / float(m) if m > 0 else 0.0
+            elif kind in ("ewma_mid_return_bps", "event_rate"):
+                x = st.accum[acc_of[k]]
+            elif kind == "time_since_last_ms":
+                x = st.dt_ms
+            else:
+                x = stateless_value(kind, r, inv)
+            if mean is not None:
+                x = (x - mean[k]) / std[k]
+            row.append(f32(x))
+        rows.append(row)
+        warming.append(st.count <= hist)
+    return rows, warming
+
+
+LOBSTER_DUMMY = 9999999999
+
+
+def read_lobster(path, limit=None):
+    """Requests from a LOBSTER pair (zip or *_message_N.csv), as `tickinfer replay` reads them:
+    type-7 halts and dummy best levels skipped; ts = midnight of the file's date + round(secs·1e9);
+    the ticker gets symbol 0; prices at scale 10 000."""
+    import datetime
+    import os
+    import zipfile
+    if path.endswith(".zip"):
+        z = zipfile.ZipFile(path)
+        msg = next(n for n in z.namelist() if "_message_" in n and n.endswith(".csv"))
+        messages = z.read(msg).decode().splitlines()
+        book = z.read(msg.replace("_message_", "_orderbook_")).decode().splitlines()
+        base = os.path.basename(msg)
+    else:
+        messages = open(path).read().splitlines()
+        book = open(path.replace("_message_", "_orderbook_")).read().splitlines()
+        base = os.path.basename(path)
+    parts = base.split("_")
+    d = datetime.date.fromisoformat(parts[1])
+    day_ns = (d - datetime.date(1970, 1, 1)).days * 86_400 * 10**9
+    out = []
+    for line, bline in zip(messages, book):
+        m, b = line.split(","), bline.split(",")
+        if int(m[1]) == 7:
+            continue
+        ask, asz, bid, bsz = int(b[0]), int(b[1]), int(b[2]), int(b[3])
+        if abs(ask) == LOBSTER_DUMMY or abs(bid) == LOBSTER_DUMMY:
+            continue
+        x = float(m[0]) * 1e9
+        # Rust's f64::round: half away from zero (x >= 0 here).
+        ns = math.floor(x)
+        if x - ns >= 0.5:
+            ns += 1
+        tot = bsz + asz
+        num = (bsz - asz) * int(IMBALANCE_SCALE)
+        imb = (abs(num) // tot) * (1 if num >= 0 else -1) if tot > 0 else 0  # truncation, as i128 division
+        out.append({"timestamp_ns": day_ns + int(ns), "symbol_id": 0, "bid_price": bid, "ask_price": ask,
+                    "bid_size": bsz, "ask_size": asz, "book_imbalance": imb, "features": [0.0] * 32})
+        if limit is not None and len(out) == limit:
+            break
+    return out
+
+
+if __name__ == "__main__":
+    # Stateful rows over a LOBSTER file, as JSON (used by the live parity test):
+    #   python3 scripts/tickfeatures.py LOBSTER.zip PRICE_SCALE LIMIT FEATURE...
+    import json
+    import sys
+    path, scale, limit, names = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+    reqs = read_lobster(path, limit)
+    rows, warming = stateful_rows(names, reqs, scale)
+    bits = [[struct.unpack("<I", struct.pack("<f", v))[0] for v in row] for row in rows]
+    json.dump({"requests": [[r["timestamp_ns"], r["bid_price"], r["ask_price"], r["bid_size"], r["ask_size"]]
+                            for r in reqs], "rows": bits, "warming": warming}, sys.stdout)

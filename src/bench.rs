@@ -349,10 +349,11 @@ fn bare_ort(
         }
         let mut engine = Engine::load(&model, &opts).map_err(|e| e.to_string())?;
         let mut p = [None::<Prediction>];
+        let mut state = engine.new_state(1);
         let mut he = hist();
         for i in 0..n + n / 10 {
             let t0 = now_ns();
-            engine.predict(std::slice::from_ref(&req), &mut p).map_err(|e| e.to_string())?;
+            engine.predict(std::slice::from_ref(&req), &mut state, &mut p).map_err(|e| e.to_string())?;
             if i >= n / 10 {
                 he.saturating_record(now_ns() - t0);
             }

@@ -5,7 +5,9 @@
 //!
 //! Control protocol: one line per connection, one JSON line back, then close.
 //! - `stats` → the [`StatsReport`];
-//! - `reload PATH` → `{"ok":true,"name":…,"version":…}` or `{"ok":false,"error":…}`.
+//! - `reload PATH` → `{"ok":true,"name":…,"version":…}` or `{"ok":false,"error":…}`;
+//! - `reset` / `reset SYMBOL` → `{"ok":true}` once the scoring thread cleared the
+//!   per-symbol state (every symbol's, or one's) of a stateful model.
 //!
 //! The control socket can make the server read any file it can, so it is guarded
 //! apart from the data socket: its own file mode (owner-only by default), and a
@@ -250,9 +252,25 @@ impl Control {
                 Ok(Err(e)) => json_error(&e),
                 Err(e) => json_error(&e.to_string()),
             }
+        } else if line == "reset" || line.starts_with("reset ") {
+            let symbol = match line.strip_prefix("reset").map(str::trim).filter(|a| !a.is_empty()) {
+                None => None,
+                Some(a) => match a.parse::<u16>() {
+                    Ok(s) => Some(s),
+                    Err(_) => {
+                        return json_error("reset takes a symbol id 0..65535, or nothing for every symbol")
+                    }
+                },
+            };
+            let s = self.shared.clone();
+            match tokio::task::spawn_blocking(move || s.reload.reset_state(symbol)).await {
+                Ok(Ok(())) => serde_json::json!({ "ok": true }).to_string(),
+                Ok(Err(e)) => json_error(&e),
+                Err(e) => json_error(&e.to_string()),
+            }
         } else {
             let shown: String = line.chars().take(40).collect();
-            json_error(&format!("unknown command `{shown}` (known: stats, reload PATH)"))
+            json_error(&format!("unknown command `{shown}` (known: stats, reload PATH, reset [SYMBOL])"))
         }
     }
 }
@@ -465,6 +483,18 @@ fn query(socket: &Path, command: &str) -> Result<String, String> {
 pub fn query_stats(socket: &Path) -> Result<StatsReport, String> {
     let line = query(socket, "stats")?;
     serde_json::from_str(&line).map_err(|e| format!("bad answer: {e}: {line}"))
+}
+
+/// Ask a running server to clear the per-symbol state of `symbol` (or every symbol's).
+pub fn request_reset(socket: &Path, symbol: Option<u16>) -> Result<(), String> {
+    let command = symbol.map_or("reset".to_string(), |s| format!("reset {s}"));
+    let line = query(socket, &command)?;
+    let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| format!("bad answer: {e}: {line}"))?;
+    if v["ok"] == true {
+        Ok(())
+    } else {
+        Err(v["error"].as_str().unwrap_or("reset failed").to_string())
+    }
 }
 
 /// Ask a running server to load `model` and swap it in; `Ok((name, version))`.

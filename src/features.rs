@@ -1,10 +1,16 @@
-//! Request → model input row. Stateless: every feature is a function of one
-//! request. `scripts/tickfeatures.py` is the Python twin used at training time;
-//! the parity tests hold the two to the same numbers.
+//! Request → model input row. Stateless features are a function of one
+//! request; stateful ones (`mid_return_bps(n)`, `ofi(n)`, …) read the request's
+//! symbol's history kept by [`crate::state`], updated with this request first.
+//! `scripts/tickfeatures.py` is the Python twin used at training time; the
+//! parity tests hold the two to the same bits.
 //!
 //! Arithmetic is f64, normalised as `(x - mean) / std` in f64, then cast to f32.
 
+use crate::state::{StateSpec, SymbolView};
 use crate::wire::{MlRequest, IMBALANCE_SCALE, MAX_FEATURES};
+
+/// Largest window (events) a stateful feature may ask for: bounds the memory per symbol.
+pub const MAX_WINDOW: u32 = 1024;
 
 /// One named input feature. Names are the manifest's strings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +45,21 @@ pub enum Feature {
     LogSizeRatio,
     /// `extra:<i>`: the request's extra feature `i`.
     Extra(u8),
+    /// `mid_return_bps(n)`: (mid_t - mid_{t-n}) / mid_{t-n} × 10⁴ over this symbol's events; 0 until n earlier events.
+    MidReturnBps(u32),
+    /// `ofi(n)`: order-flow imbalance (Cont–Kukanov–Stoikov) summed over the last n events, in size units.
+    Ofi(u32),
+    /// `realized_vol_bps(n)`: sqrt(Σ r²) of the one-event mid returns r (bps) over the last n events.
+    RealizedVolBps(u32),
+    /// `spread_bps_mean(n)`: mean spread_bps over the last n events (fewer while warming).
+    SpreadBpsMean(u32),
+    /// `ewma_mid_return_bps(h)`: EWMA of the one-event mid returns (bps), half-life h events.
+    /// `acc`: its accumulator in the symbol's state.
+    EwmaMidReturnBps { halflife: u32, acc: u8 },
+    /// `time_since_last_ms`: ms since this symbol's previous event (by `timestamp_ns`); 0 for its first.
+    TimeSinceLastMs,
+    /// `event_rate(tau_ms)`: this symbol's events per second, exponentially decayed with time constant tau.
+    EventRate { tau_ms: u32, acc: u8 },
 }
 
 impl Feature {
@@ -60,8 +81,64 @@ impl Feature {
         "log_size_ratio",
     ];
 
+    /// Stateful feature names, with their parameter.
+    pub const STATEFUL: [&'static str; 7] = [
+        "mid_return_bps(n)",
+        "ofi(n)",
+        "realized_vol_bps(n)",
+        "spread_bps_mean(n)",
+        "ewma_mid_return_bps(halflife)",
+        "time_since_last_ms",
+        "event_rate(tau_ms)",
+    ];
+
+    /// Whether this feature reads the symbol's history.
+    pub fn is_stateful(&self) -> bool {
+        use Feature::*;
+        matches!(
+            self,
+            MidReturnBps(_)
+                | Ofi(_)
+                | RealizedVolBps(_)
+                | SpreadBpsMean(_)
+                | EwmaMidReturnBps { .. }
+                | TimeSinceLastMs
+                | EventRate { .. }
+        )
+    }
+
     /// Parse a manifest feature name.
     pub fn parse(name: &str) -> Result<Feature, String> {
+        if let Some((func, rest)) = name.split_once('(') {
+            let arg =
+                rest.strip_suffix(')').ok_or_else(|| format!("feature `{name}`: expected `{func}(N)`"))?;
+            let n: u32 = arg
+                .trim()
+                .parse()
+                .map_err(|_| format!("feature `{name}`: the parameter must be a whole number"))?;
+            let window = |n: u32| {
+                if (1..=MAX_WINDOW).contains(&n) {
+                    Ok(n)
+                } else {
+                    Err(format!("feature `{name}`: the window must be 1..={MAX_WINDOW} events"))
+                }
+            };
+            return match func {
+                "mid_return_bps" => Ok(Feature::MidReturnBps(window(n)?)),
+                "ofi" => Ok(Feature::Ofi(window(n)?)),
+                "realized_vol_bps" => Ok(Feature::RealizedVolBps(window(n)?)),
+                "spread_bps_mean" => Ok(Feature::SpreadBpsMean(window(n)?)),
+                "ewma_mid_return_bps" if n >= 1 => Ok(Feature::EwmaMidReturnBps { halflife: n, acc: 0 }),
+                "event_rate" if n >= 1 => Ok(Feature::EventRate { tau_ms: n, acc: 0 }),
+                "ewma_mid_return_bps" | "event_rate" => {
+                    Err(format!("feature `{name}`: the parameter must be >= 1"))
+                }
+                _ => Err(format!("unknown feature `{name}` (stateful: {})", Feature::STATEFUL.join(", "))),
+            };
+        }
+        if name == "time_since_last_ms" {
+            return Ok(Feature::TimeSinceLastMs);
+        }
         if let Some(i) = name.strip_prefix("extra:") {
             return match i.parse::<usize>() {
                 Ok(i) if i < MAX_FEATURES => Ok(Feature::Extra(i as u8)),
@@ -86,8 +163,9 @@ impl Feature {
             "log_size_ratio" => LogSizeRatio,
             _ => {
                 return Err(format!(
-                    "unknown feature `{name}` (known: {}, extra:<i>)",
-                    Feature::NAMES.join(", ")
+                    "unknown feature `{name}` (known: {}, extra:<i>; stateful: {})",
+                    Feature::NAMES.join(", "),
+                    Feature::STATEFUL.join(", ")
                 ))
             }
         })
@@ -104,6 +182,8 @@ pub struct FeatureMap {
     inv_price_scale: f64,
     /// Extra features the row reads: 1 + the largest `extra:<i>` index, or 0.
     extras: u16,
+    /// What the stateful features need kept per symbol (stateless: nothing).
+    spec: StateSpec,
 }
 
 impl FeatureMap {
@@ -114,7 +194,8 @@ impl FeatureMap {
         std: Option<&[f64]>,
         price_scale: i64,
     ) -> Result<FeatureMap, String> {
-        let features = names.iter().map(|n| Feature::parse(n)).collect::<Result<Vec<_>, _>>()?;
+        let mut features = names.iter().map(|n| Feature::parse(n)).collect::<Result<Vec<_>, _>>()?;
+        let spec = state_spec(&mut features);
         if features.is_empty() {
             return Err("the manifest lists no input features".into());
         }
@@ -147,7 +228,17 @@ impl FeatureMap {
             .filter_map(|f| if let Feature::Extra(i) = f { Some(*i as u16 + 1) } else { None })
             .max()
             .unwrap_or(0);
-        Ok(FeatureMap { features, norm, inv_price_scale: 1.0 / price_scale as f64, extras })
+        Ok(FeatureMap { features, norm, inv_price_scale: 1.0 / price_scale as f64, extras, spec })
+    }
+
+    /// What the stateful features need kept per symbol.
+    pub fn state_spec(&self) -> &StateSpec {
+        &self.spec
+    }
+
+    /// 1 / price_scale (fixed point → price units), as the state's update uses it.
+    pub fn inv_price_scale(&self) -> f64 {
+        self.inv_price_scale
     }
 
     /// Width of one row.
@@ -170,9 +261,17 @@ impl FeatureMap {
         &self.features
     }
 
-    /// Fill `row` (length [`len`](Self::len)) from `req`. No allocation.
+    /// Fill `row` (length [`len`](Self::len)) from `req` alone (a stateless map). No allocation.
     #[inline]
     pub fn fill(&self, req: &MlRequest, row: &mut [f32]) {
+        debug_assert!(self.spec.is_stateless(), "a stateful map needs the symbol's state: fill_with");
+        self.fill_with(req, None, row)
+    }
+
+    /// Fill `row` from `req` and its symbol's state, already updated with `req`
+    /// (`State::update`). No allocation.
+    #[inline]
+    pub fn fill_with(&self, req: &MlRequest, state: Option<&SymbolView>, row: &mut [f32]) {
         debug_assert_eq!(row.len(), self.features.len());
         let bid = req.bid_price as f64 * self.inv_price_scale;
         let ask = req.ask_price as f64 * self.inv_price_scale;
@@ -204,11 +303,78 @@ impl FeatureMap {
                 Feature::LogAskSize => asz.ln_1p(),
                 Feature::LogSizeRatio => bsz.ln_1p() - asz.ln_1p(),
                 Feature::Extra(i) => extras[i as usize] as f64,
+                stateful => state.map_or(0.0, |v| stateful_value(stateful, v)),
             };
             // Division, not multiplication by a reciprocal, to match numpy bit for bit.
             *slot = ((x - mean) / std) as f32;
         }
     }
+}
+
+/// One stateful feature's value from its symbol's view (README "Stateful features").
+/// Sums run oldest event first, as in the Python twin.
+#[inline]
+fn stateful_value(feature: Feature, v: &SymbolView) -> f64 {
+    match feature {
+        Feature::MidReturnBps(n) => match (v.back(0), v.back(n as usize)) {
+            (Some(now), Some(then)) => (now.mid - then.mid) / then.mid * 1e4,
+            _ => 0.0,
+        },
+        Feature::Ofi(n) => v.window(n as usize).fold(0.0, |acc, e| acc + e.ofi),
+        Feature::RealizedVolBps(n) => {
+            v.window(n as usize).fold(0.0, |acc, e| acc + e.ret_bps * e.ret_bps).sqrt()
+        }
+        Feature::SpreadBpsMean(n) => {
+            let (sum, m) = v.window(n as usize).fold((0.0, 0u32), |(acc, m), e| (acc + e.spread_bps, m + 1));
+            if m > 0 {
+                sum / m as f64
+            } else {
+                0.0
+            }
+        }
+        Feature::EwmaMidReturnBps { acc, .. } | Feature::EventRate { acc, .. } => v.accum[acc as usize],
+        Feature::TimeSinceLastMs => v.dt_ms,
+        _ => 0.0,
+    }
+}
+
+/// The state the stateful features need; numbers each accumulator (EWMAs first,
+/// then event rates, in row order) into its feature.
+fn state_spec(features: &mut [Feature]) -> StateSpec {
+    let mut spec = StateSpec::stateless();
+    let (mut capacity, mut history) = (0usize, 0usize);
+    let ewmas = features.iter().filter(|f| matches!(f, Feature::EwmaMidReturnBps { .. })).count();
+    for f in features.iter_mut() {
+        match f {
+            Feature::MidReturnBps(n) => {
+                capacity = capacity.max(*n as usize + 1);
+                history = history.max(*n as usize);
+            }
+            Feature::Ofi(n) | Feature::RealizedVolBps(n) => {
+                capacity = capacity.max(*n as usize);
+                history = history.max(*n as usize);
+            }
+            Feature::SpreadBpsMean(n) => {
+                capacity = capacity.max(*n as usize);
+                history = history.max(*n as usize - 1);
+            }
+            Feature::EwmaMidReturnBps { halflife, acc } => {
+                *acc = spec.ewma_alphas.len() as u8;
+                spec.ewma_alphas.push(1.0 - 0.5f64.powf(1.0 / *halflife as f64));
+                history = history.max(*halflife as usize);
+            }
+            Feature::EventRate { tau_ms, acc } => {
+                *acc = (ewmas + spec.rate_taus_s.len()) as u8;
+                spec.rate_taus_s.push(*tau_ms as f64 / 1e3);
+                history = history.max(1);
+            }
+            Feature::TimeSinceLastMs => history = history.max(1),
+            _ => {}
+        }
+    }
+    spec.capacity = capacity;
+    spec.history = history;
+    spec
 }
 
 #[inline]

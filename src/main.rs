@@ -24,6 +24,14 @@ enum Command {
         #[arg(long)]
         model: PathBuf,
     },
+    /// Clear the per-symbol history of a running server's stateful model (e.g. at the session start).
+    Reset {
+        #[arg(long)]
+        socket: PathBuf,
+        /// Only this symbol_id [default: every symbol].
+        #[arg(long)]
+        symbol: Option<u16>,
+    },
     /// Print the latency and status statistics of a running server.
     Stats {
         /// The server's socket (its control socket is PATH.ctl).
@@ -145,6 +153,19 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("tickinfer reload: refused, the old model keeps serving: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Reset { socket, symbol } => match tickinfer::control::request_reset(&socket, symbol) {
+            Ok(()) => {
+                match symbol {
+                    Some(s) => println!("state of symbol {s} reset"),
+                    None => println!("state of every symbol reset"),
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tickinfer reset: {e}");
                 ExitCode::FAILURE
             }
         },

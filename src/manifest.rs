@@ -124,6 +124,8 @@ pub struct Prediction {
     pub direction: i8,
     pub confidence: u8,
     pub target_price: i64,
+    /// The request's symbol had fewer earlier events than the stateful features need.
+    pub warming: bool,
 }
 
 /// A model's input or output as the runtime reports it (independent of `ort`).
@@ -396,7 +398,12 @@ impl Manifest {
                     }
                 }
                 let confidence = (100.0 * row[best] as f64 + 0.5).floor().clamp(0.0, 100.0) as u8;
-                Some(Prediction { direction: directions[best], confidence, target_price: (mid2 / 2) as i64 })
+                Some(Prediction {
+                    direction: directions[best],
+                    confidence,
+                    target_price: (mid2 / 2) as i64,
+                    warming: false,
+                })
             }
             OutputSpec::Regression { target, flat_threshold, full_confidence, .. } => {
                 let y = row[0] as f64;
@@ -418,7 +425,7 @@ impl Manifest {
                 if !(target >= i64::MIN as f64 && target < i64::MAX as f64) {
                     return None;
                 }
-                Some(Prediction { direction, confidence, target_price: target as i64 })
+                Some(Prediction { direction, confidence, target_price: target as i64, warming: false })
             }
         }
     }
@@ -496,7 +503,10 @@ classes = ["sell", "flat", "buy"]
         let m = Manifest::parse(TEXT, Path::new("m.toml")).unwrap();
         let req = MlRequest { bid_price: 1_000_000, ask_price: 1_000_101, ..MlRequest::new() };
         let p = m.decode(&[0.2, 0.3, 0.5], &req);
-        assert_eq!(p, Some(Prediction { direction: 1, confidence: 50, target_price: 1_000_050 }));
+        assert_eq!(
+            p,
+            Some(Prediction { direction: 1, confidence: 50, target_price: 1_000_050, warming: false })
+        );
         assert_eq!(m.decode(&[0.4, 0.4, 0.2], &req).unwrap().direction, -1, "first maximum wins ties");
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
             assert_eq!(m.decode(&[0.2, bad, 0.5], &req), None, "{bad} in a class row is a model failure");

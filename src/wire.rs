@@ -28,6 +28,8 @@ pub const HELLO_ACK_MAGIC: u32 = 0x4148_4B54;
 pub const REQUEST_END: u32 = 0x5152_4B54;
 /// `ML_RESPONSE_END` ("TKRS").
 pub const RESPONSE_END: u32 = 0x5352_4B54;
+/// `ML_RESPONSE_WARMING`: the symbol had fewer earlier events than the stateful features need.
+pub const RESPONSE_WARMING: u16 = 0x0001;
 /// `ML_MODEL_NAME_LEN`.
 pub const MODEL_NAME_LEN: usize = 28;
 
@@ -53,11 +55,12 @@ pub enum Status {
     TooManyConnections = 15,
     PermissionDenied = 16,
     Internal = 17,
+    TooManySymbols = 18,
 }
 
 impl Status {
     /// `ML_STATUS_COUNT`.
-    pub const COUNT: usize = 18;
+    pub const COUNT: usize = 19;
     /// Every status, indexed by its code.
     pub const ALL: [Status; Self::COUNT] = [
         Status::Ok,
@@ -78,6 +81,7 @@ impl Status {
         Status::TooManyConnections,
         Status::PermissionDenied,
         Status::Internal,
+        Status::TooManySymbols,
     ];
 
     /// The status with this wire code, if any.
@@ -111,6 +115,7 @@ impl Status {
             Status::TooManyConnections => "too many connections",
             Status::PermissionDenied => "peer credentials not allowed",
             Status::Internal => "internal server error",
+            Status::TooManySymbols => "no state slot left for this symbol (--max-symbols)",
         }
     }
 
@@ -198,7 +203,8 @@ pub struct MlResponse {
     pub server_send_ns: u64,
     pub model_version: u32,
     pub batch_size: u16,
-    pub reserved: u16,
+    /// `ML_RESPONSE_*` bits ([`RESPONSE_WARMING`]).
+    pub flags: u16,
     pub frame_end: u32,
 }
 
@@ -263,7 +269,7 @@ const _: () = {
     assert!(offset_of!(MlResponse, server_send_ns) == 38);
     assert!(offset_of!(MlResponse, model_version) == 46);
     assert!(offset_of!(MlResponse, batch_size) == 50);
-    assert!(offset_of!(MlResponse, reserved) == 52);
+    assert!(offset_of!(MlResponse, flags) == 52);
     assert!(offset_of!(MlResponse, frame_end) == 54);
 
     // Packed frames are cast straight out of byte buffers: alignment must be 1.
@@ -326,7 +332,7 @@ pub fn layout_table() -> Vec<(&'static str, usize)> {
         "ml_response_t.server_send_ns" => offset_of!(MlResponse, server_send_ns),
         "ml_response_t.model_version" => offset_of!(MlResponse, model_version),
         "ml_response_t.batch_size" => offset_of!(MlResponse, batch_size),
-        "ml_response_t.reserved" => offset_of!(MlResponse, reserved),
+        "ml_response_t.flags" => offset_of!(MlResponse, flags),
         "ml_response_t.frame_end" => offset_of!(MlResponse, frame_end),
     ]
 }

@@ -6,6 +6,7 @@ mod util;
 use tickinfer::engine::{Engine, EngineError};
 use tickinfer::features::FeatureMap;
 use tickinfer::manifest::{Manifest, Prediction};
+use tickinfer::wire::MlRequest;
 use util::{parity_cases, repo_root, test_engine_options};
 
 const MODELS: [(&str, &str); 3] = [
@@ -48,7 +49,7 @@ fn outputs_match_python_onnxruntime() {
         for chunk in [1, 7, 16] {
             for (k, group) in cases.chunks(chunk).enumerate() {
                 let reqs: Vec<_> = group.iter().map(|c| c.request).collect();
-                let rows = engine.run_rows(&reqs).unwrap().to_vec();
+                let rows = engine.run_rows(&reqs, &mut engine.new_state(1)).unwrap().to_vec();
                 for (i, case) in group.iter().enumerate() {
                     for (j, want) in case.output.iter().enumerate() {
                         let got = rows[i * width + j];
@@ -63,7 +64,7 @@ fn outputs_match_python_onnxruntime() {
         }
         let reqs: Vec<_> = cases.iter().map(|c| c.request).collect();
         let mut preds = vec![None::<Prediction>; reqs.len()];
-        engine.predict(&reqs, &mut preds).unwrap();
+        engine.predict(&reqs, &mut engine.new_state(16), &mut preds).unwrap();
         for (i, (p, c)) in preds.iter().zip(&cases).enumerate() {
             let p = p.unwrap_or_else(|| panic!("{name} case {i}: non-finite output"));
             assert_eq!(
@@ -144,10 +145,10 @@ fn mismatched_manifest_is_rejected_naming_each_mismatch() {
 #[test]
 fn model_failure_is_an_error_not_a_panic() {
     let mut engine = load("models/lobster_direction.toml");
-    let err = engine.run_rows(&[]).unwrap_err().to_string();
+    let err = engine.run_rows(&[], &mut engine.new_state(1)).unwrap_err().to_string();
     assert!(err.contains("batch of 0"), "{err}");
     let too_many = vec![tickinfer::wire::MlRequest::new(); engine.max_batch() + 1];
-    assert!(engine.run_rows(&too_many).is_err());
+    assert!(engine.run_rows(&too_many, &mut engine.new_state(1)).is_err());
 }
 
 mod hostile_values {
@@ -181,7 +182,7 @@ mod hostile_values {
                     let n = engine.info().extra_features;
                     let r = MlRequest { n_features: n, ..req };
                     let mut p = [None::<Prediction>];
-                    engine.predict(&[r], &mut p).unwrap();
+                    engine.predict(&[r], &mut engine.new_state(1), &mut p).unwrap();
                     // A non-finite output (or a target price beyond i64) is `None`: answered
                     // ML_ERR_MODEL_FAILURE by the server. Anything else is in range.
                     if let Some(p) = p[0] {
@@ -191,4 +192,95 @@ mod hostile_values {
             });
         }
     }
+}
+
+/// Stateful features: the server's state and feature code against the Python twin
+/// (`scripts/tickfeatures.py`), bit for bit, over the first 3000 events of the bundled
+/// synthetic LOBSTER sample, read by each side's own LOBSTER reader.
+#[test]
+fn stateful_features_match_the_python_twin_bit_for_bit() {
+    use tickinfer::replay::source::{self, Format, SymbolTable};
+    let text =
+        std::fs::read_to_string(util::repo_root().join("tests/fixtures/parity/stateful_features.json"))
+            .unwrap();
+    let fx: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let manifest =
+        Manifest::load(&util::repo_root().join("tests/fixtures/models/stateful_linear.toml")).unwrap();
+    let names: Vec<String> =
+        fx["features"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    assert_eq!(manifest.feature_names, names, "fixture and manifest list the same features");
+    let stream = source::load(
+        &util::repo_root().join("data/sample/SYNTH_2026-01-05_sample.zip"),
+        Format::Lobster,
+        &mut SymbolTable::new(&[]).unwrap(),
+    )
+    .unwrap();
+    let rows = fx["rows"].as_array().unwrap();
+    let mut state = tickinfer::state::State::new(manifest.features.state_spec().clone(), 4);
+    let mut row = vec![0f32; names.len()];
+    for (i, ((ev, want), fx_req)) in
+        stream.events.iter().zip(rows).zip(fx["requests"].as_array().unwrap()).enumerate()
+    {
+        let r = &ev.req;
+        let got_req =
+            [r.timestamp_ns as i64, r.bid_price, r.ask_price, r.bid_size, r.ask_size, r.book_imbalance];
+        let want_req: Vec<i64> = fx_req.as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        assert_eq!(got_req.to_vec(), want_req, "event {i}: the two LOBSTER readers disagree");
+        assert!(state.admit(r.symbol_id));
+        let view = state.update(r, manifest.features.inv_price_scale());
+        assert_eq!(view.warming, fx["warming"][i].as_bool().unwrap(), "event {i}: warming");
+        manifest.features.fill_with(r, Some(&view), &mut row);
+        let want: Vec<u32> = want.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let got: Vec<u32> = row.iter().map(|v| v.to_bits()).collect();
+        if got != want {
+            let diff: Vec<String> = names
+                .iter()
+                .zip(got.iter().zip(&want))
+                .filter(|(_, (g, w))| g != w)
+                .map(|(n, (g, w))| format!("{n}: {} vs twin {}", f32::from_bits(*g), f32::from_bits(*w)))
+                .collect();
+            panic!("event {i}: rows differ: {}", diff.join("; "));
+        }
+    }
+    assert_eq!(rows.len(), 3000);
+}
+
+/// Batching never changes an answer: the same stream of 4 symbols scored one request
+/// per run and 32 per run gives the same signals and warming flags.
+#[test]
+fn stateful_answers_are_the_same_at_batch_1_and_32() {
+    let path = util::repo_root().join("tests/fixtures/models/stateful_linear.toml");
+    let opts = tickinfer::engine::EngineOptions { max_batch: 32, warmup_runs: 2, ..Default::default() };
+    let mut engine = Engine::load(&path, &opts).unwrap();
+    let reqs: Vec<MlRequest> = (0..2000u64)
+        .map(|i| {
+            let tick = ((i * 7919) % 13) as i64 * 100;
+            MlRequest {
+                timestamp_ns: 1_000_000 * i,
+                symbol_id: (i % 4) as u16,
+                bid_price: 2_230_000 + tick,
+                ask_price: 2_230_100 + tick + (i % 3) as i64 * 100,
+                bid_size: 100 + (i % 7) as i64 * 50,
+                ask_size: 100 + (i % 5) as i64 * 60,
+                request_id: i,
+                ..MlRequest::new()
+            }
+        })
+        .collect();
+    let mut one = vec![None::<Prediction>; reqs.len()];
+    let mut state = engine.new_state(8);
+    for (r, p) in reqs.iter().zip(one.iter_mut()) {
+        engine.predict(std::slice::from_ref(r), &mut state, std::slice::from_mut(p)).unwrap();
+    }
+    let mut batched = vec![None::<Prediction>; reqs.len()];
+    let mut state = engine.new_state(8);
+    engine.predict(&reqs, &mut state, &mut batched).unwrap();
+    assert_eq!(one, batched, "batch 1 and batch 32 answers differ");
+    let warming = one.iter().filter(|p| p.unwrap().warming).count();
+    // history 20 (realized_vol_bps(20)): each symbol's first 20 events are warming.
+    assert_eq!(warming, 4 * 20);
+    // A symbol beyond the table is an error for direct engine use (the server answers a status).
+    let mut small = engine.new_state(1);
+    let e = engine.predict(&reqs[..2], &mut small, &mut one[..2]).unwrap_err().to_string();
+    assert!(e.contains("--max-symbols"), "{e}");
 }

@@ -56,7 +56,11 @@ fn allocations_during(f: impl FnOnce()) -> u64 {
 
 #[test]
 fn steady_state_requests_allocate_nothing() {
-    for manifest in ["models/lobster_direction.toml", "tests/fixtures/models/lgbm_direction.toml"] {
+    for manifest in [
+        "models/lobster_direction.toml",
+        "tests/fixtures/models/lgbm_direction.toml",
+        "tests/fixtures/models/stateful_linear.toml",
+    ] {
         let mut engine =
             Engine::load(&util::repo_root().join(manifest), &util::test_engine_options()).unwrap();
         let cases = util::parity_cases(if manifest.contains("lgbm") {
@@ -64,7 +68,14 @@ fn steady_state_requests_allocate_nothing() {
         } else {
             "lobster_direction"
         });
-        let reqs: Vec<MlRequest> = cases.iter().map(|c| c.request).cycle().take(16).collect();
+        // Symbols 0..8 with growing timestamps: a stateful model's history fills and wraps its rings.
+        let mut reqs: Vec<MlRequest> = cases.iter().map(|c| c.request).cycle().take(16).collect();
+        for (i, r) in reqs.iter_mut().enumerate() {
+            r.symbol_id = (i % 8) as u16;
+            r.timestamp_ns = 1_000 * i as u64;
+        }
+        // Allocated once, before counting: the state table of a stateful model.
+        let mut state = engine.new_state(8);
         let mut preds = vec![None::<Prediction>; reqs.len()];
 
         // The counter itself works: a Vec allocates.
@@ -73,14 +84,14 @@ fn steady_state_requests_allocate_nothing() {
         let n = allocations_during(|| {
             for i in 0..2000 {
                 let one = &reqs[i % reqs.len()..][..1];
-                engine.predict(one, &mut preds[..1]).unwrap();
+                engine.predict(one, &mut state, &mut preds[..1]).unwrap();
             }
         });
         assert_eq!(n, 0, "{manifest}: batch-1 path allocated {n} times in 2000 requests");
 
         let n = allocations_during(|| {
             for _ in 0..200 {
-                engine.predict(&reqs, &mut preds).unwrap();
+                engine.predict(&reqs, &mut state, &mut preds).unwrap();
             }
         });
         assert_eq!(n, 0, "{manifest}: batch-16 path allocated {n} times in 200 batches");

@@ -48,7 +48,8 @@ fn gpu_providers_fall_back_to_cpu_loudly() {
         eprintln!("{warn}");
         // And it serves.
         let cases = util::parity_cases("lobster_direction");
-        let out = engine.run_rows(&[cases[0].request]).unwrap();
+        let mut state = engine.new_state(1);
+        let out = engine.run_rows(&[cases[0].request], &mut state).unwrap();
         assert!((out[0] - cases[0].output[0]).abs() < 1e-5);
     }
 }

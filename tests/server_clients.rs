@@ -6,7 +6,6 @@ mod util;
 
 use std::io::{Read, Write};
 use std::net::Shutdown as SockShutdown;
-use std::process::Command;
 
 use tickinfer::wire::{MlHello, MlHelloAck, MlRequest, Status, HELLO_ACK_SIZE};
 use util::server::{request, Client, Server};
@@ -69,7 +68,9 @@ fn many_clients(args: &[&str]) {
     // `tickinfer stats` reads the running server (published every 200 ms).
     // Both threads' stats are in: the I/O thread's statuses and (pipeline) the worker's histograms.
     let report = server.stats_when(|r| {
-        r["responses"].as_u64().unwrap() > answered && r["queue_ns"]["count"].as_u64().unwrap() > answered
+        r["responses"].as_u64().unwrap() > answered
+            && r["queue_ns"]["count"].as_u64().unwrap() > answered
+            && r["connections_accepted"].as_u64().unwrap() > CLIENTS
     });
     assert!(report["responses"].as_u64().unwrap() >= answered, "{report}");
     // Every histogram, in both modes (the pipeline's worker records queue, inference and batch).

@@ -31,6 +31,7 @@ use ort::value::{Tensor, ValueType};
 use ort::AsPointer;
 
 use crate::manifest::{BatchDim, IoDesc, Manifest, ManifestError, Prediction};
+use crate::state::State;
 use crate::wire::MlRequest;
 
 /// Where the model runs.
@@ -143,6 +144,8 @@ pub struct Engine {
     /// Input name for re-binding on device providers (which copy at bind time).
     input_name: CString,
     rebind_input: bool,
+    /// Per row of the batch being filled: its symbol was warming (capacity `max_batch`).
+    warming: Vec<bool>,
     // Declared last: dropped after the bindings and tensors that belong to it.
     session: Session,
 }
@@ -285,8 +288,19 @@ impl Engine {
         }
         let input_name = CString::new(manifest.input_name.as_str())
             .map_err(|_| EngineError::Config("input name contains a NUL byte".into()))?;
+        let spec = manifest.features.state_spec();
+        if !spec.is_stateless() {
+            log::info!(
+                "  state per symbol: {} events kept, {} accumulators, {} B; warm after {} earlier events",
+                spec.capacity,
+                spec.ewma_alphas.len() + spec.rate_taus_s.len(),
+                spec.bytes_per_symbol(),
+                spec.history
+            );
+        }
+        let warming = vec![false; max_batch];
         let mut engine =
-            Engine { rebind_input: provider != "cpu", input_name, manifest, info, slots, session };
+            Engine { rebind_input: provider != "cpu", input_name, manifest, info, slots, session, warming };
         engine.warm_up(opts.warmup_runs)?;
         Ok(engine)
     }
@@ -318,34 +332,50 @@ impl Engine {
             ..MlRequest::new()
         };
         let reqs = vec![req; self.max_batch()];
+        let mut state = self.new_state(1); // its own: the serving state never sees warm-up rows
         let t0 = std::time::Instant::now();
         for b in 1..=self.max_batch() {
             for _ in 0..runs {
-                self.run_rows(&reqs[..b])?;
+                self.run_rows(&reqs[..b], &mut state)?;
             }
         }
         log::info!("warm-up: {runs} runs x {} batch sizes in {:.1?}", self.max_batch(), t0.elapsed());
         Ok(())
     }
 
-    /// Run the model on `reqs` (1..=max_batch of them) and return the raw output
-    /// rows, `reqs.len() × width` values, row-major. No allocation.
-    pub fn run_rows(&mut self, reqs: &[MlRequest]) -> Result<&[f32], EngineError> {
-        let Engine { manifest, slots, input_name, rebind_input, session, .. } = self;
-        run_slot(slots, session, manifest, input_name, *rebind_input, reqs)
+    /// A per-symbol state table for this model's stateful features, for `max_symbols`
+    /// symbols (allocated now; empty for a stateless model).
+    pub fn new_state(&self, max_symbols: usize) -> State {
+        State::new(self.manifest.features.state_spec().clone(), max_symbols)
+    }
+
+    /// Run the model on `reqs` (1..=max_batch of them, in order: each updates its
+    /// symbol's `state` before its row is filled) and return the raw output rows,
+    /// `reqs.len() × width` values, row-major. No allocation.
+    pub fn run_rows(&mut self, reqs: &[MlRequest], state: &mut State) -> Result<&[f32], EngineError> {
+        let Engine { manifest, slots, input_name, rebind_input, session, warming, .. } = self;
+        run_slot(slots, session, manifest, input_name, *rebind_input, reqs, state, warming)
     }
 
     /// Score `reqs` (any number; run in chunks of `max_batch`) into `out`
     /// (same length); `None` where the model's output for that request was not
-    /// finite (see [`Manifest::decode`]). No allocation.
-    pub fn predict(&mut self, reqs: &[MlRequest], out: &mut [Option<Prediction>]) -> Result<(), EngineError> {
+    /// finite (see [`Manifest::decode`]). Each request updates its symbol's `state`
+    /// first, in order. No allocation.
+    pub fn predict(
+        &mut self,
+        reqs: &[MlRequest],
+        state: &mut State,
+        out: &mut [Option<Prediction>],
+    ) -> Result<(), EngineError> {
         assert_eq!(reqs.len(), out.len(), "one prediction slot per request");
-        let Engine { manifest, slots, input_name, rebind_input, session, info } = self;
+        let Engine { manifest, slots, input_name, rebind_input, session, info, warming } = self;
         let width = manifest.output.width();
         for (reqs, out) in reqs.chunks(info.max_batch).zip(out.chunks_mut(info.max_batch)) {
-            let rows = run_slot(slots, session, manifest, input_name, *rebind_input, reqs)?;
-            for ((req, row), p) in reqs.iter().zip(rows.chunks_exact(width)).zip(out.iter_mut()) {
-                *p = manifest.decode(row, req);
+            let rows = run_slot(slots, session, manifest, input_name, *rebind_input, reqs, state, warming)?;
+            for (((req, row), p), &warm) in
+                reqs.iter().zip(rows.chunks_exact(width)).zip(out.iter_mut()).zip(&*warming)
+            {
+                *p = manifest.decode(row, req).map(|p| Prediction { warming: warm, ..p });
             }
         }
         Ok(())
@@ -355,6 +385,7 @@ impl Engine {
 /// The hot path of one model run: fill the slot's input in place, run its
 /// binding, return its output rows.
 #[inline]
+#[allow(clippy::too_many_arguments)]
 fn run_slot<'s>(
     slots: &'s mut [Slot],
     session: &Session,
@@ -362,6 +393,8 @@ fn run_slot<'s>(
     input_name: &CStr,
     rebind_input: bool,
     reqs: &[MlRequest],
+    state: &mut State,
+    warming: &mut [bool],
 ) -> Result<&'s [f32], EngineError> {
     let b = reqs.len();
     if b == 0 || b > slots.len() {
@@ -372,8 +405,24 @@ fn run_slot<'s>(
     let width = manifest.features.len();
     {
         let (_, data) = slot.input.extract_tensor_mut();
-        for (req, row) in reqs.iter().zip(data.chunks_exact_mut(width)) {
-            manifest.features.fill(req, row);
+        let inv = manifest.features.inv_price_scale();
+        for ((req, row), warm) in reqs.iter().zip(data.chunks_exact_mut(width)).zip(warming.iter_mut()) {
+            if state.is_stateless() {
+                manifest.features.fill_with(req, None, row);
+                *warm = false;
+                continue;
+            }
+            // In request order: this row sees every earlier request of its symbol, this batch's too.
+            if !state.admit(req.symbol_id) {
+                return Err(EngineError::Run(format!(
+                    "symbol {} has no state slot: all {} are taken (--max-symbols)",
+                    { req.symbol_id },
+                    state.max_symbols()
+                )));
+            }
+            let view = state.update(req, inv);
+            *warm = view.warming;
+            manifest.features.fill_with(req, Some(&view), row);
         }
     }
     let api = ort::api();

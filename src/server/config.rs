@@ -115,6 +115,10 @@ pub struct ServeOptions {
     /// Peer gids allowed on the control socket; repeatable.
     #[arg(long = "control-allow-gid")]
     pub control_allow_gids: Option<Vec<u32>>,
+    /// Symbols a stateful model keeps history for (slots allocated at start); a new symbol
+    /// beyond them is answered ML_ERR_TOO_MANY_SYMBOLS [default: 1024].
+    #[arg(long)]
+    pub max_symbols: Option<usize>,
     /// Symbol table: the symbol_ids served (others get ML_ERR_UNKNOWN_SYMBOL); repeatable.
     #[arg(long = "symbol")]
     pub symbols: Option<Vec<u16>>,
@@ -194,6 +198,10 @@ impl ServeOptions {
         if max_connections == 0 || max_connections > 65_536 {
             return Err("--max-connections must be in 1..=65536".into());
         }
+        let max_symbols = self.max_symbols.unwrap_or(1024);
+        if max_symbols == 0 || max_symbols > 65_536 {
+            return Err("--max-symbols must be in 1..=65536".into());
+        }
         let max_pending = self.max_pending.unwrap_or(128);
         if max_pending == 0 || max_pending > 65_536 {
             return Err("--max-pending must be in 1..=65536".into());
@@ -236,6 +244,7 @@ impl ServeOptions {
                 allow_gids: self.allow_gids.unwrap_or_default(),
             },
             control_policy,
+            max_symbols,
             symbols: self.symbols,
             stats_interval: Duration::from_secs(self.stats_interval_s.unwrap_or(10)),
             engine: EngineOptions {
@@ -284,6 +293,8 @@ pub struct ServerConfig {
     pub policy: SocketPolicy,
     /// The control socket's file mode, group and peer allowlist (never empty: owner and root).
     pub control_policy: SocketPolicy,
+    /// State slots of a stateful model.
+    pub max_symbols: usize,
     pub symbols: Option<Vec<u16>>,
     /// Zero: no periodic stats log line.
     pub stats_interval: Duration,
@@ -351,6 +362,7 @@ mod tests {
         ("allow_uids", "[0, 1000]"),
         ("allow_gids", "[0]"),
         ("symbols", "[3, 4]"),
+        ("max_symbols", "77"),
         ("control_socket_mode", "\"660\""),
         ("control_socket_group", "\"0\""),
         ("control_allow_uids", "[1001]"),
@@ -418,7 +430,7 @@ mod tests {
         );
         assert_eq!((cfg.io_core, cfg.worker_core, cfg.pin), (Some(1), Some(0), false));
         assert_eq!((cfg.max_connections, cfg.max_inflight, cfg.engine.max_batch), (9, 17, 5));
-        assert_eq!(cfg.max_pending, 33);
+        assert_eq!((cfg.max_pending, cfg.max_symbols), (33, 77));
         assert_eq!((cfg.write_buffer_limit, cfg.policy.mode, cfg.policy.group), (1 << 20, 0o660, Some(0)));
         assert_eq!((cfg.policy.allow_uids.clone(), cfg.policy.allow_gids.clone()), (vec![0, 1000], vec![0]));
         assert_eq!((cfg.symbols.clone(), cfg.stats_interval), (Some(vec![3, 4]), Duration::from_secs(3)));

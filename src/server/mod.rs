@@ -216,7 +216,7 @@ pub fn run(
             let engine = Engine::load(&cfg.model, &cfg.engine)?;
             let model = engine.info().clone();
             let stage = Stage::Inline {
-                scorer: Box::new(Scorer::new(engine)),
+                scorer: Box::new(Scorer::new(engine, cfg.max_symbols)),
                 jobs: Vec::with_capacity(INLINE_JOBS),
                 dones: Vec::with_capacity(INLINE_JOBS),
             };

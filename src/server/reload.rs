@@ -20,7 +20,7 @@
 //! reason; in both cases the old model keeps serving.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,13 @@ type Current = (ModelInfo, PathBuf, EngineOptions);
 
 /// Wakes the scoring thread (the I/O loop's mio waker, or an unpark of the worker).
 type Wake = Box<dyn Fn() + Send + Sync>;
+
+/// `ReloadSlot::reset` when no reset is pending (the default, 0, would be symbol 0).
+const NO_RESET: u32 = 0;
+/// Reset every symbol.
+const RESET_ALL: u32 = 1 << 16;
+/// A symbol's reset is stored as `symbol + RESET_SYMBOL` (0 stays "none").
+const RESET_SYMBOL: u32 = 1 << 17;
 
 /// How long a reload waits for the scoring thread to take the new engine.
 const SWAP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -56,6 +63,10 @@ pub struct ReloadSlot {
     wake: std::sync::OnceLock<Wake>,
     /// How long to wait for the swap; `None`: [`SWAP_TIMEOUT`].
     swap_timeout: Option<Duration>,
+    /// A state reset for the scoring thread: [`NO_RESET`], [`RESET_ALL`], or a symbol id.
+    reset: AtomicU32,
+    /// Resets applied by the scoring thread.
+    resets_done: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
 }
@@ -84,11 +95,63 @@ impl ReloadSlot {
         }
     }
 
-    /// A new engine waits to be swapped in (the scoring thread must not sleep long).
+    /// A new engine or a state reset waits for the scoring thread (it must not sleep long).
     #[inline]
     pub fn is_pending(&self) -> bool {
-        // Acquire: pairs with the Release store in `reload`, after `incoming` was filled.
-        self.pending.load(Ordering::Acquire)
+        // Acquire: pairs with the Release stores in `reload` (after `incoming` was filled) and
+        // `reset_state`.
+        self.pending.load(Ordering::Acquire) || self.reset.load(Ordering::Acquire) != NO_RESET
+    }
+
+    /// Control plane: clear the per-symbol state of `symbol` (or of all) and wait until the
+    /// scoring thread did it. Blocking (use a blocking thread).
+    pub fn reset_state(&self, symbol: Option<u16>) -> Result<(), String> {
+        let _one = self.busy.lock().map_err(|_| "reload lock poisoned")?;
+        if self.closed.load(Ordering::Acquire) {
+            return Err("the server is stopping".into());
+        }
+        let before = self.resets_done.load(Ordering::Acquire);
+        let code = symbol.map_or(RESET_ALL, |s| s as u32 + RESET_SYMBOL);
+        // Release: nothing else is published with it; Acquire on the other side pairs for form.
+        self.reset.store(code, Ordering::Release);
+        if let Some(wake) = self.wake.get() {
+            wake();
+        }
+        let t0 = Instant::now();
+        // Acquire: pairs with `reset_done`'s Release increment.
+        while self.resets_done.load(Ordering::Acquire) == before {
+            if self.closed.load(Ordering::Acquire) || t0.elapsed() > self.swap_timeout.unwrap_or(SWAP_TIMEOUT)
+            {
+                // Taken back unless the scoring thread took it just now.
+                return match self.reset.compare_exchange(code, NO_RESET, Ordering::AcqRel, Ordering::Acquire)
+                {
+                    Ok(_) => Err("the scoring thread did not take the reset; nothing was reset".into()),
+                    Err(_) => Ok(()),
+                };
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(())
+    }
+
+    /// Scoring thread: a pending reset, taken (`Some(None)`: every symbol).
+    #[inline]
+    pub fn take_reset(&self) -> Option<Option<u16>> {
+        // Relaxed first (the common case, nothing pending), then the swap with Acquire.
+        if self.reset.load(Ordering::Relaxed) == NO_RESET {
+            return None;
+        }
+        match self.reset.swap(NO_RESET, Ordering::AcqRel) {
+            NO_RESET => None,
+            RESET_ALL => Some(None),
+            code => Some(Some((code - RESET_SYMBOL) as u16)),
+        }
+    }
+
+    /// Scoring thread: the reset taken by [`take_reset`](Self::take_reset) is applied.
+    pub fn reset_done(&self) {
+        // Release: the control plane's Acquire load sees the reset done.
+        self.resets_done.fetch_add(1, Ordering::Release);
     }
 
     /// Swaps done so far (a reload changed the model when this moves).

@@ -1,12 +1,15 @@
 //! The scoring stage, shared by inline and pipeline modes: a run of jobs in,
-//! one response per job out, in the same order.
+//! one response per job out, in the same order. It owns the per-symbol state
+//! ([`State`]): runnable jobs update it in the order they arrive here, so
+//! batching never changes an answer.
 
 use crate::clock::now_ns;
 use crate::engine::Engine;
 use crate::manifest::Prediction;
 use crate::ratelog::RateLimited;
+use crate::state::State;
 use crate::stats::Stats;
-use crate::wire::{MlRequest, MlResponse, Status, RESPONSE_END};
+use crate::wire::{MlRequest, MlResponse, Status, RESPONSE_END, RESPONSE_WARMING};
 
 /// One request on its way through the pipeline.
 #[derive(Clone, Copy, Debug)]
@@ -29,9 +32,17 @@ pub struct Done {
     pub resp: MlResponse,
 }
 
+/// Jobs one call of [`Scorer::score`] looks at per batch at most (runnable or not).
+const SPAN: usize = 1024;
+
 /// Runs the model over jobs, batching consecutive runnable ones.
 pub struct Scorer {
     engine: Engine,
+    /// Per-symbol history of the stateful features (empty for a stateless model).
+    state: State,
+    max_symbols: usize,
+    /// The status each job of the batch being collected is answered with (capacity `SPAN`).
+    statuses: Vec<Status>,
     model_version: u32,
     max_batch: usize,
     /// Requests of the batch being run; capacity `max_batch`, never grows.
@@ -43,9 +54,22 @@ pub struct Scorer {
 }
 
 impl Scorer {
-    pub fn new(engine: Engine) -> Scorer {
+    /// `max_symbols`: state slots for a stateful model (allocated now).
+    pub fn new(engine: Engine, max_symbols: usize) -> Scorer {
         let max_batch = engine.max_batch();
+        let state = engine.new_state(max_symbols);
+        if !state.is_stateless() {
+            log::info!(
+                "per-symbol state: {} symbols x {} B = {:.1} MiB, allocated",
+                max_symbols,
+                state.spec().bytes_per_symbol(),
+                state.bytes() as f64 / (1 << 20) as f64
+            );
+        }
         Scorer {
+            state,
+            max_symbols,
+            statuses: Vec::with_capacity(SPAN),
             model_version: engine.info().version,
             engine,
             max_batch,
@@ -59,11 +83,35 @@ impl Scorer {
         &self.engine
     }
 
-    /// Swap in a pending reloaded engine, if any (between two runs).
+    /// The per-symbol state (tests, stats).
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Between two runs: apply a pending state reset, swap in a pending reloaded engine.
+    /// A new engine keeps the state when its stateful features are the same (same
+    /// history kept per symbol); otherwise the state starts empty (logged).
     #[inline]
     pub fn poll_reload(&mut self, slot: &super::reload::ReloadSlot) {
+        if let Some(symbol) = slot.take_reset() {
+            self.state.reset(symbol);
+            match symbol {
+                Some(s) => log::info!("state of symbol {s} reset"),
+                None => log::info!("state of every symbol reset ({} symbols)", self.state.symbols()),
+            }
+            slot.reset_done();
+        }
         if !slot.poll(&mut self.engine) {
             return;
+        }
+        if self.engine.manifest().features.state_spec() == self.state.spec() {
+            if !self.state.is_stateless() {
+                log::info!("reload: same stateful features, {} symbols' state kept", self.state.symbols());
+            }
+        } else {
+            // Once per reload, on this thread: the new table is allocated and the old one freed here.
+            log::warn!("reload: the stateful features changed: every symbol's state starts empty");
+            self.state = self.engine.new_state(self.max_symbols);
         }
         self.model_version = self.engine.info().version;
         if self.engine.max_batch() != self.max_batch {
@@ -79,19 +127,27 @@ impl Scorer {
     pub fn score(&mut self, jobs: &[Job], stats: &mut Stats, mut emit: impl FnMut(Done)) {
         let mut start = 0;
         while start < jobs.len() {
-            // Take jobs until max_batch runnable ones are collected.
+            // Take jobs until max_batch runnable ones are collected (at most SPAN looked at).
             self.batch.clear();
+            self.statuses.clear();
             let mut end = start;
-            while end < jobs.len() && self.batch.len() < self.max_batch {
-                if jobs[end].status == Status::Ok {
-                    self.batch.push(jobs[end].req);
+            while end < jobs.len() && self.batch.len() < self.max_batch && end - start < SPAN {
+                let job = &jobs[end];
+                let status = match job.status {
+                    // A stateful model gives a new symbol a slot, or refuses it when none is left.
+                    Status::Ok if !self.state.admit(job.req.symbol_id) => Status::TooManySymbols,
+                    s => s,
+                };
+                if status == Status::Ok {
+                    self.batch.push(job.req);
                 }
+                self.statuses.push(status);
                 end += 1;
             }
             let n = self.batch.len();
             let t0 = now_ns();
             let (outcome, t1) = if n > 0 {
-                let r = self.engine.predict(&self.batch, &mut self.preds[..n]);
+                let r = self.engine.predict(&self.batch, &mut self.state, &mut self.preds[..n]);
                 let t1 = now_ns();
                 stats.inference.saturating_record(t1 - t0);
                 stats.batch.saturating_record(n as u64);
@@ -103,16 +159,18 @@ impl Scorer {
                 (true, t0)
             };
             let mut k = 0;
-            for job in &jobs[start..end] {
+            for (job, &status) in jobs[start..end].iter().zip(&self.statuses) {
                 stats.queue.saturating_record(t0.saturating_sub(job.recv_ns));
-                let mut resp =
-                    MlResponse::error(job.req.request_id, job.req.symbol_id, job.status, job.recv_ns);
-                if job.status == Status::Ok {
+                let mut resp = MlResponse::error(job.req.request_id, job.req.symbol_id, status, job.recv_ns);
+                if status == Status::Ok {
                     match self.preds[k] {
                         Some(p) if outcome => {
                             resp.direction = p.direction;
                             resp.confidence = p.confidence;
                             resp.target_price = p.target_price;
+                            if p.warming {
+                                resp.flags |= RESPONSE_WARMING;
+                            }
                         }
                         None if outcome => {
                             resp.status = Status::ModelFailure.code();

@@ -44,8 +44,8 @@ impl Worker {
         let io_bell = Arc::new(Doorbell::default());
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (model_path, engine_opts, poll, spin) =
-            (cfg.model.clone(), cfg.engine.clone(), cfg.poll, cfg.spin);
+        let (model_path, engine_opts, poll, spin, max_symbols) =
+            (cfg.model.clone(), cfg.engine.clone(), cfg.poll, cfg.spin, cfg.max_symbols);
         let (wb, ib, st) = (worker_bell.clone(), io_bell.clone(), stop.clone());
         let control = shared.clone();
         let thread = std::thread::Builder::new().name("tickinfer-worker".into()).spawn(move || {
@@ -54,7 +54,7 @@ impl Worker {
             let mut scorer = match Engine::load(&model_path, &engine_opts) {
                 Ok(engine) => {
                     let _ = ready_tx.send(Ok(engine.info().clone()));
-                    Scorer::new(engine)
+                    Scorer::new(engine, max_symbols)
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));

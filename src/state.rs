@@ -1,0 +1,341 @@
+//! Per-symbol state for stateful features, owned by the scoring stage (one
+//! thread: no locks).
+//!
+//! Every *valid* request the scoring stage runs updates its symbol's state, in
+//! the order the stage sees the requests, before its own feature row is
+//! computed: a request sees the state left by every earlier request of its
+//! symbol, inside one model batch too (batching never changes an answer).
+//! Requests refused before the model (bad prices, overload…) never touch it.
+//!
+//! Memory is allocated once, when the model is loaded: `max_symbols` slots, each
+//! with a ring of the last `capacity` events ([`Entry`], 32 bytes) and its
+//! running accumulators (EWMAs, event rates). A symbol gets a slot on its first
+//! request; once every slot is taken, a new symbol is refused (the scoring stage
+//! answers `ML_ERR_TOO_MANY_SYMBOLS`), never allocated for.
+//!
+//! The definitions (formulas in README "Stateful features") live in
+//! [`crate::features`]; `scripts/tickfeatures.py` mirrors them operation for
+//! operation, and the parity test holds both to the same bits.
+
+use crate::wire::MlRequest;
+
+/// What the stateful features of one model need kept per symbol.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateSpec {
+    /// Ring entries per symbol (the longest window, +1 for a return over n events).
+    pub capacity: usize,
+    /// EWMA weights `alpha = 1 - 0.5^(1/halflife)`, one accumulator each.
+    pub ewma_alphas: Vec<f64>,
+    /// Event-rate time constants in seconds, one accumulator each.
+    pub rate_taus_s: Vec<f64>,
+    /// Earlier events of its symbol a request needs for every feature to be warm.
+    pub history: usize,
+}
+
+impl StateSpec {
+    /// No stateful feature: nothing is kept.
+    pub fn stateless() -> StateSpec {
+        StateSpec { capacity: 0, ewma_alphas: vec![], rate_taus_s: vec![], history: 0 }
+    }
+
+    pub fn is_stateless(&self) -> bool {
+        self.capacity == 0 && self.ewma_alphas.is_empty() && self.rate_taus_s.is_empty()
+    }
+
+    /// Bytes of state per symbol.
+    pub fn bytes_per_symbol(&self) -> usize {
+        self.capacity * std::mem::size_of::<Entry>()
+            + (self.ewma_alphas.len() + self.rate_taus_s.len()) * 8
+            + std::mem::size_of::<SlotHead>()
+    }
+}
+
+/// One past event of a symbol, as the window features read it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Entry {
+    /// (bid + ask) / 2, price units.
+    pub mid: f64,
+    /// (ask - bid) / mid × 10⁴.
+    pub spread_bps: f64,
+    /// Order-flow imbalance of this event against the previous one (0 for a symbol's first).
+    pub ofi: f64,
+    /// Mid return against the previous event, bps (0 for a symbol's first).
+    pub ret_bps: f64,
+}
+
+/// The last quote of a symbol (what the next event is compared with).
+#[derive(Clone, Copy, Debug, Default)]
+struct Quote {
+    bid: f64,
+    ask: f64,
+    bid_size: f64,
+    ask_size: f64,
+    mid: f64,
+    ts_ns: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct SlotHead {
+    /// Events seen (this one included once updated).
+    count: u64,
+    /// Ring position of the newest entry.
+    newest: usize,
+    last: Quote,
+    /// Milliseconds since the previous event (0 for the first), signed.
+    dt_ms: f64,
+}
+
+/// Marks a symbol with no slot in [`State::index`].
+const NO_SLOT: u32 = u32::MAX;
+
+/// The per-symbol table.
+pub struct State {
+    spec: StateSpec,
+    /// symbol_id → slot; [`NO_SLOT`] when the symbol has none. Empty when stateless.
+    index: Vec<u32>,
+    /// Slot heads; `len()` is the slots in use, capacity `max_symbols` (never grows).
+    heads: Vec<SlotHead>,
+    /// Ring entries, `capacity` per slot, allocated for all `max_symbols` up front.
+    entries: Vec<Entry>,
+    /// Accumulators, `ewma_alphas.len() + rate_taus_s.len()` per slot, likewise.
+    accum: Vec<f64>,
+    max_symbols: usize,
+}
+
+/// A symbol's state just after its newest event, as the features read it.
+pub struct SymbolView<'a> {
+    pub count: u64,
+    /// Fewer earlier events than the features need (`count <= history`).
+    pub warming: bool,
+    /// Milliseconds since the previous event of this symbol (0 for its first).
+    pub dt_ms: f64,
+    ring: &'a [Entry],
+    newest: usize,
+    /// EWMAs, then event rates, in the spec's order.
+    pub accum: &'a [f64],
+}
+
+impl SymbolView<'_> {
+    /// The entry `back` events before the newest (0: the newest), if kept and seen.
+    #[inline]
+    pub fn back(&self, back: usize) -> Option<&Entry> {
+        if back as u64 >= self.count || back >= self.ring.len() {
+            return None;
+        }
+        let cap = self.ring.len();
+        Some(&self.ring[(self.newest + cap - back) % cap])
+    }
+
+    /// The last `n` entries (fewer while the symbol is new), oldest first: sums over
+    /// them run in the same order as the Python twin's.
+    #[inline]
+    pub fn window(&self, n: usize) -> impl Iterator<Item = &Entry> + '_ {
+        let m = n.min(self.count as usize).min(self.ring.len());
+        (0..m).rev().filter_map(move |b| self.back(b))
+    }
+}
+
+impl State {
+    /// Allocate the table for `max_symbols` symbols (nothing when `spec` is stateless).
+    pub fn new(spec: StateSpec, max_symbols: usize) -> State {
+        if spec.is_stateless() {
+            return State { spec, index: vec![], heads: vec![], entries: vec![], accum: vec![], max_symbols };
+        }
+        let per = spec.ewma_alphas.len() + spec.rate_taus_s.len();
+        State {
+            index: vec![NO_SLOT; 1 << 16],
+            heads: Vec::with_capacity(max_symbols),
+            entries: vec![Entry::default(); max_symbols * spec.capacity],
+            accum: vec![0.0; max_symbols * per],
+            max_symbols,
+            spec,
+        }
+    }
+
+    pub fn spec(&self) -> &StateSpec {
+        &self.spec
+    }
+
+    pub fn is_stateless(&self) -> bool {
+        self.spec.is_stateless()
+    }
+
+    pub fn max_symbols(&self) -> usize {
+        self.max_symbols
+    }
+
+    /// Symbols holding a slot.
+    pub fn symbols(&self) -> usize {
+        self.heads.len()
+    }
+
+    /// Bytes allocated for the whole table.
+    pub fn bytes(&self) -> usize {
+        if self.is_stateless() {
+            return 0;
+        }
+        self.index.len() * 4 + self.max_symbols * self.spec.bytes_per_symbol()
+    }
+
+    /// Whether `symbol` has (or now gets) a slot. False only when every slot is taken.
+    #[inline]
+    pub fn admit(&mut self, symbol: u16) -> bool {
+        if self.is_stateless() || self.index[symbol as usize] != NO_SLOT {
+            return true;
+        }
+        if self.heads.len() == self.max_symbols {
+            return false;
+        }
+        self.index[symbol as usize] = self.heads.len() as u32;
+        self.heads.push(SlotHead::default()); // within capacity: never reallocates
+        debug_assert!(self.heads.len() <= self.heads.capacity());
+        true
+    }
+
+    /// Fold one valid request into its symbol's state and return the view its features
+    /// read. The symbol must have been admitted. `inv_price_scale`: 1 / price_scale.
+    #[inline]
+    pub fn update(&mut self, req: &MlRequest, inv_price_scale: f64) -> SymbolView<'_> {
+        let slot = self.index[req.symbol_id as usize];
+        debug_assert_ne!(slot, NO_SLOT, "update of a symbol that was not admitted");
+        let slot = slot as usize;
+        let cap = self.spec.capacity;
+        let per = self.spec.ewma_alphas.len() + self.spec.rate_taus_s.len();
+        let head = &mut self.heads[slot];
+        // The same arithmetic, in the same order, as scripts/tickfeatures.py.
+        let bid = req.bid_price as f64 * inv_price_scale;
+        let ask = req.ask_price as f64 * inv_price_scale;
+        let (bid_size, ask_size) = (req.bid_size as f64, req.ask_size as f64);
+        let mid = (bid + ask) * 0.5;
+        let ts_ns = req.timestamp_ns;
+        let q = Quote { bid, ask, bid_size, ask_size, mid, ts_ns };
+        let (ofi, ret_bps, dt_ms, dt_s) = if head.count == 0 {
+            (0.0, 0.0, 0.0, 0.0)
+        } else {
+            let p = head.last;
+            let mut e = 0.0;
+            if bid >= p.bid {
+                e += bid_size;
+            }
+            if bid <= p.bid {
+                e -= p.bid_size;
+            }
+            if ask <= p.ask {
+                e -= ask_size;
+            }
+            if ask >= p.ask {
+                e += p.ask_size;
+            }
+            let dt_ms = (ts_ns as i128 - p.ts_ns as i128) as f64 / 1e6;
+            let dt_s = ts_ns.saturating_sub(p.ts_ns) as f64 / 1e9;
+            (e, (mid - p.mid) / p.mid * 1e4, dt_ms, dt_s)
+        };
+        let accum = &mut self.accum[slot * per..(slot + 1) * per];
+        let (ewmas, rates) = accum.split_at_mut(self.spec.ewma_alphas.len());
+        for (v, &alpha) in ewmas.iter_mut().zip(&self.spec.ewma_alphas) {
+            *v = alpha * ret_bps + (1.0 - alpha) * *v;
+        }
+        for (v, &tau) in rates.iter_mut().zip(&self.spec.rate_taus_s) {
+            *v = *v * (-dt_s / tau).exp() + 1.0 / tau;
+        }
+        let ring = &mut self.entries[slot * cap..(slot + 1) * cap];
+        if cap > 0 {
+            head.newest = if head.count == 0 { 0 } else { (head.newest + 1) % cap };
+            ring[head.newest] = Entry { mid, spread_bps: (ask - bid) / mid * 1e4, ofi, ret_bps };
+        }
+        head.count += 1;
+        head.last = q;
+        head.dt_ms = dt_ms;
+        let warming = head.count <= self.spec.history as u64;
+        SymbolView { count: head.count, warming, dt_ms, ring, newest: head.newest, accum }
+    }
+
+    /// Forget `symbol`'s history (it keeps its slot), or every symbol's (`None`).
+    pub fn reset(&mut self, symbol: Option<u16>) {
+        let per = self.spec.ewma_alphas.len() + self.spec.rate_taus_s.len();
+        let clear = |slot: usize, heads: &mut Vec<SlotHead>, accum: &mut Vec<f64>| {
+            heads[slot] = SlotHead::default();
+            accum[slot * per..(slot + 1) * per].iter_mut().for_each(|v| *v = 0.0);
+        };
+        match symbol {
+            Some(s) if !self.is_stateless() => {
+                if let Some(&slot) = self.index.get(s as usize).filter(|&&i| i != NO_SLOT) {
+                    clear(slot as usize, &mut self.heads, &mut self.accum);
+                }
+            }
+            Some(_) => {}
+            None => {
+                for slot in 0..self.heads.len() {
+                    clear(slot, &mut self.heads, &mut self.accum);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(capacity: usize) -> StateSpec {
+        StateSpec { capacity, ewma_alphas: vec![0.5], rate_taus_s: vec![1.0], history: 2 }
+    }
+
+    fn req(symbol: u16, ts: u64, bid: i64, ask: i64, bsz: i64, asz: i64) -> MlRequest {
+        MlRequest {
+            timestamp_ns: ts,
+            symbol_id: symbol,
+            bid_price: bid,
+            ask_price: ask,
+            bid_size: bsz,
+            ask_size: asz,
+            ..MlRequest::new()
+        }
+    }
+
+    #[test]
+    fn ring_order_ofi_returns_and_accumulators_by_hand() {
+        let mut st = State::new(spec(3), 2);
+        assert!(st.admit(7) && st.admit(8));
+        let v = st.update(&req(7, 1_000_000, 100, 102, 10, 20), 1.0);
+        assert_eq!(
+            (v.count, v.dt_ms, v.back(0).unwrap().ofi, v.back(0).unwrap().ret_bps),
+            (1, 0.0, 0.0, 0.0)
+        );
+        assert_eq!(v.accum, &[0.0, 1.0], "ewma 0; rate 1/tau after one event");
+        assert!(st.update(&req(8, 0, 1, 2, 1, 1), 1.0).warming, "history 2: the first event is warming");
+        // Bid up, ask unchanged: e = +bid_size - prev ask... (bid>=pb: +12; ask<=pa: -25; ask>=pa: +20)
+        let v = st.update(&req(7, 3_000_000, 101, 102, 12, 25), 1.0);
+        assert_eq!(v.back(0).unwrap().ofi, 12.0 - 25.0 + 20.0);
+        assert_eq!(v.dt_ms, 2.0);
+        let r = (101.5 - 101.0) / 101.0 * 1e4;
+        assert_eq!(v.back(0).unwrap().ret_bps, r);
+        assert_eq!(v.accum[0], 0.5 * r);
+        assert_eq!(v.accum[1], 1.0 * (-0.002f64).exp() + 1.0);
+        let mids: Vec<f64> = v.window(5).map(|e| e.mid).collect();
+        assert_eq!(mids, vec![101.0, 101.5], "oldest first, only what was seen");
+        st.update(&req(7, 4_000_000, 101, 103, 1, 1), 1.0);
+        let v = st.update(&req(7, 5_000_000, 102, 103, 1, 1), 1.0);
+        let mids: Vec<f64> = v.window(5).map(|e| e.mid).collect();
+        assert_eq!(mids, vec![101.5, 102.0, 102.5], "the ring keeps the newest 3");
+        assert_eq!(v.back(3), None);
+        assert!(!v.warming);
+    }
+
+    #[test]
+    fn symbols_are_bounded_isolated_and_reset() {
+        let mut st = State::new(spec(2), 2);
+        assert!(st.admit(1) && st.admit(2) && st.admit(1));
+        assert!(!st.admit(3), "a third symbol has no slot");
+        st.update(&req(1, 0, 100, 101, 1, 1), 1.0);
+        st.update(&req(1, 0, 100, 101, 1, 1), 1.0);
+        assert_eq!(st.update(&req(2, 0, 50, 51, 1, 1), 1.0).count, 1, "symbols do not share state");
+        st.reset(Some(1));
+        assert_eq!(st.update(&req(1, 0, 100, 101, 1, 1), 1.0).count, 1);
+        st.reset(None);
+        assert_eq!(st.update(&req(2, 0, 50, 51, 1, 1), 1.0).count, 1);
+        assert_eq!(st.symbols(), 2, "a reset keeps the slots");
+        let stateless = State::new(StateSpec::stateless(), 10);
+        assert_eq!(stateless.bytes(), 0);
+    }
+}
