@@ -284,3 +284,49 @@ fn stateful_answers_are_the_same_at_batch_1_and_32() {
     let e = engine.predict(&reqs[..2], &mut small, &mut one[..2]).unwrap_err().to_string();
     assert!(e.contains("--max-symbols"), "{e}");
 }
+
+/// The same parity over the real LOBSTER AMZN day (57 515 events), the twin run live
+/// (`python3 scripts/tickfeatures.py`, standard library only). Skips, saying so, without
+/// `../shared/data` or `python3`.
+#[test]
+fn stateful_features_match_the_twin_over_the_real_lobster_day_when_present() {
+    use tickinfer::replay::source::{self, Format, SymbolTable};
+    let data = repo_root().join("../shared/data/lobster/LOBSTER_SampleFile_AMZN_2012-06-21_1.zip");
+    if !data.exists() {
+        util::skip("stateful parity over the real LOBSTER day", "../shared/data/lobster is not present");
+        return;
+    }
+    let manifest = Manifest::load(&repo_root().join("tests/fixtures/models/stateful_linear.toml")).unwrap();
+    let names = manifest.feature_names.clone();
+    let out = match std::process::Command::new("python3")
+        .arg(repo_root().join("scripts/tickfeatures.py"))
+        .arg(&data)
+        .args(["10000", "1000000000"])
+        .args(&names)
+        .output()
+    {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => panic!("the twin failed: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => {
+            util::skip("stateful parity over the real LOBSTER day", &format!("cannot run python3: {e}"));
+            return;
+        }
+    };
+    let twin: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stream = source::load(&data, Format::Lobster, &mut SymbolTable::new(&[]).unwrap()).unwrap();
+    let rows = twin["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), stream.events.len(), "both readers see the same events");
+    // Unnormalised rows (the twin was run without mean/std): a map without them.
+    let raw = FeatureMap::new(&names, None, None, 10_000).unwrap();
+    let mut state = tickinfer::state::State::new(raw.state_spec().clone(), 1);
+    let mut row = vec![0f32; names.len()];
+    for (i, (ev, want)) in stream.events.iter().zip(rows).enumerate() {
+        assert!(state.admit(ev.req.symbol_id));
+        let view = state.update(&ev.req, raw.inv_price_scale());
+        raw.fill_with(&ev.req, Some(&view), &mut row);
+        let want: Vec<u32> = want.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let got: Vec<u32> = row.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got, want, "event {i}: rows differ ({names:?})");
+    }
+    eprintln!("stateful parity: {} real LOBSTER events x {} features, bit for bit", rows.len(), names.len());
+}

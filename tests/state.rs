@@ -1,0 +1,169 @@
+//! Per-symbol state through the real server: the warming flag, the symbol bound,
+//! batching never changing an answer, reset, and reload keeping or clearing the
+//! state. The model is `tests/fixtures/models/stateful_linear` (history 20 events).
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tickinfer::wire::{MlRequest, MlResponse, Status, RESPONSE_WARMING};
+use util::repo_root;
+use util::server::{Client, Server};
+
+const HISTORY: u64 = 20;
+
+fn model() -> PathBuf {
+    repo_root().join("tests/fixtures/models/stateful_linear.toml")
+}
+
+/// Request `i` of a stream over `symbols` symbols (prices wander, time moves on).
+fn tick(i: u64, symbol: u16) -> MlRequest {
+    let step = ((i * 7919) % 13) as i64 * 100;
+    MlRequest {
+        timestamp_ns: 1_000_000_000 + 250_000 * i,
+        symbol_id: symbol,
+        bid_price: 2_230_000 + step,
+        ask_price: 2_230_100 + step + (i % 3) as i64 * 100,
+        bid_size: 100 + (i % 7) as i64 * 50,
+        ask_size: 100 + (i % 5) as i64 * 60,
+        request_id: i,
+        ..MlRequest::new()
+    }
+}
+
+fn one(c: &mut Client, r: MlRequest) -> MlResponse {
+    c.send(&[r]).unwrap();
+    let resp = c.recv().unwrap();
+    assert_eq!({ resp.request_id }, { r.request_id });
+    resp
+}
+
+fn warming(r: &MlResponse) -> bool {
+    r.flags & RESPONSE_WARMING != 0
+}
+
+fn control(server: &Server, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tickinfer"))
+        .args(args)
+        .args(["--socket", server.socket.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{args:?}: {text}");
+    text
+}
+
+#[test]
+fn warming_flag_and_the_symbol_bound() {
+    let server = Server::start(&["--model", model().to_str().unwrap(), "--max-symbols", "2"]);
+    assert!(server.log().contains("per-symbol state: 2 symbols"), "{}", server.log());
+    let mut c = Client::connect(&server.socket).unwrap();
+    for i in 0..HISTORY + 5 {
+        let r = one(&mut c, tick(i, 1));
+        assert_eq!({ r.status }, 0);
+        assert_eq!(warming(&r), i < HISTORY, "event {i} of symbol 1");
+    }
+    assert_eq!({ one(&mut c, tick(100, 2)).status }, 0, "a second symbol gets the second slot");
+    let r = one(&mut c, tick(101, 3));
+    assert_eq!(Status::from_code(r.status), Some(Status::TooManySymbols), "no slot is left for a third");
+    assert_eq!({ one(&mut c, tick(102, 1)).status }, 0, "the others keep being served");
+    // An invalid request never touches the state: symbol 2 stays at one event.
+    let mut bad = tick(103, 2);
+    bad.bid_price = 0;
+    assert_eq!(Status::from_code(one(&mut c, bad).status), Some(Status::BadPrice));
+    for i in 0..HISTORY - 1 {
+        assert!(warming(&one(&mut c, tick(200 + i, 2))), "symbol 2 valid event {}", i + 2);
+    }
+    assert!(!warming(&one(&mut c, tick(300, 2))), "symbol 2's 21st valid event is warm");
+}
+
+/// The same pipelined stream of 6 symbols through a server running one request per
+/// model run (inline) and one running up to 32 (pipeline mode: the state lives on the
+/// worker): the same answers, flags included.
+#[test]
+fn batching_never_changes_an_answer_through_the_server() {
+    let answers = |max_batch: &str, mode: &str| -> Vec<(i8, u8, i64, u16, u16)> {
+        let m = model();
+        let server =
+            Server::start(&["--model", m.to_str().unwrap(), "--max-batch", max_batch, "--mode", mode]);
+        let mut c = Client::connect(&server.socket).unwrap();
+        let reqs: Vec<MlRequest> = (0..3000u64).map(|i| tick(i, (i % 6) as u16)).collect();
+        let mut out = Vec::with_capacity(reqs.len());
+        for window in reqs.chunks(64) {
+            c.send(window).unwrap();
+            for r in window {
+                let resp = c.recv().unwrap();
+                assert_eq!({ resp.request_id }, { r.request_id });
+                out.push((resp.direction, resp.confidence, resp.target_price, resp.status, resp.flags));
+            }
+        }
+        out
+    };
+    let (one, batched) = (answers("1", "inline"), answers("32", "pipeline"));
+    assert_eq!(one.len(), 3000);
+    assert!(one.iter().all(|a| a.3 == 0));
+    assert_eq!(one.iter().filter(|a| a.4 & RESPONSE_WARMING != 0).count() as u64, 6 * HISTORY);
+    assert_eq!(one, batched, "batch 1 and batch 32 answers differ");
+}
+
+fn manifest_copy(dir: &Path, version: u32, edit: impl Fn(String) -> String) -> PathBuf {
+    let src = std::fs::read_to_string(model()).unwrap();
+    let onnx = repo_root().join("tests/fixtures/models/stateful_linear.onnx");
+    let text = src
+        .replace("version = 1", &format!("version = {version}"))
+        .replace("onnx = \"stateful_linear.onnx\"", &format!("onnx = \"{}\"", onnx.display()));
+    let path = dir.join(format!("v{version}.toml"));
+    std::fs::write(&path, edit(text)).unwrap();
+    path
+}
+
+#[test]
+fn reset_and_reload_keep_or_clear_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&["--model", model().to_str().unwrap()]);
+    let mut c = Client::connect(&server.socket).unwrap();
+    let mut id = 0;
+    let mut next = |c: &mut Client, symbol: u16| {
+        id += 1;
+        one(c, tick(id, symbol))
+    };
+    let warm_up = |c: &mut Client, next: &mut dyn FnMut(&mut Client, u16) -> MlResponse| {
+        for _ in 0..HISTORY {
+            next(c, 1);
+            next(c, 2);
+        }
+    };
+    warm_up(&mut c, &mut next);
+    assert!(!warming(&next(&mut c, 1)) && !warming(&next(&mut c, 2)));
+
+    // One symbol's reset (a session start for one instrument).
+    assert!(control(&server, &["reset", "--symbol", "1"]).contains("symbol 1 reset"));
+    assert!(warming(&next(&mut c, 1)), "symbol 1 starts over");
+    assert!(!warming(&next(&mut c, 2)), "symbol 2 keeps its history");
+
+    // A reload with the same stateful features keeps every symbol's state.
+    let same = manifest_copy(dir.path(), 2, |t| t);
+    control(&server, &["reload", "--model", same.to_str().unwrap()]);
+    let r = next(&mut c, 2);
+    assert_eq!(({ r.model_version }, warming(&r)), (2, false), "same features: state kept");
+    assert!(server.log().contains("state kept"), "{}", server.log());
+
+    // Another window within what is already kept (the ring holds 20 events): state kept.
+    let wider = manifest_copy(dir.path(), 3, |t| t.replace("ofi(10)", "ofi(12)"));
+    control(&server, &["reload", "--model", wider.to_str().unwrap()]);
+    let r = next(&mut c, 2);
+    assert_eq!(({ r.model_version }, warming(&r)), (3, false), "same state kept per symbol");
+    // Another EWMA half-life: the accumulators mean something else, every symbol starts empty.
+    let other =
+        manifest_copy(dir.path(), 4, |t| t.replace("ewma_mid_return_bps(4)", "ewma_mid_return_bps(8)"));
+    control(&server, &["reload", "--model", other.to_str().unwrap()]);
+    let r = next(&mut c, 2);
+    assert_eq!(({ r.model_version }, warming(&r)), (4, true), "new state: cleared");
+    assert!(server.log().contains("state starts empty"), "{}", server.log());
+
+    // Everyone's reset.
+    warm_up(&mut c, &mut next);
+    assert!(!warming(&next(&mut c, 1)));
+    control(&server, &["reset"]);
+    assert!(warming(&next(&mut c, 1)) && warming(&next(&mut c, 2)), "every symbol starts over");
+}
