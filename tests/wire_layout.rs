@@ -25,7 +25,8 @@ fn c_program() -> String {
     }
     format!(
         "#include <stdio.h>\n#include \"ml_wire.h\"\nint main(void) {{\n{rows}{statuses}    \
-         printf(\"status_count %u\\n\", ML_STATUS_COUNT);\n    return 0;\n}}\n"
+         printf(\"status_count %u\\n\", ML_STATUS_COUNT);\n    \
+         printf(\"response_warming %u\\n\", ML_RESPONSE_WARMING);\n    return 0;\n}}\n"
     )
 }
 
@@ -67,6 +68,8 @@ fn c_and_rust_agree_on_every_size_and_offset() {
             c_status.insert(code.parse::<u16>().unwrap(), msg.to_string());
         } else if let Some(n) = line.strip_prefix("status_count ") {
             assert_eq!(n.parse::<usize>().unwrap(), Status::COUNT, "ML_STATUS_COUNT");
+        } else if let Some(n) = line.strip_prefix("response_warming ") {
+            assert_eq!(n.parse::<u16>().unwrap(), tickinfer::wire::RESPONSE_WARMING, "ML_RESPONSE_WARMING");
         } else {
             let (name, v) = line.rsplit_once(' ').unwrap();
             c_layout.insert(name.to_string(), v.parse::<usize>().unwrap());
