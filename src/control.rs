@@ -224,12 +224,13 @@ impl Control {
             Err(e) => Some(json_error(&format!("cannot read peer credentials: {e}"))),
         };
         let (read, mut write) = stream.into_split();
-        let answer = match answer {
-            Some(refusal) => refusal,
-            None => match read_line(read).await {
-                Ok(line) => self.command(line.trim()).await,
-                Err(e) => json_error(&e),
-            },
+        // The request line is read (bounded) even from a refused peer, so the refusal is
+        // answered rather than racing the client's write into a closed socket.
+        let line = read_line(read).await;
+        let answer = match (answer, line) {
+            (Some(refusal), _) => refusal,
+            (None, Ok(line)) => self.command(line.trim()).await,
+            (None, Err(e)) => json_error(&e),
         };
         let reply = async {
             write.write_all(answer.as_bytes()).await?;
@@ -473,10 +474,16 @@ fn query(socket: &Path, command: &str) -> Result<String, String> {
         format!("cannot reach control socket {}: {e} (is `tickinfer serve` running?)", path.display())
     })?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(120))).map_err(|e| e.to_string())?;
-    s.write_all(format!("{command}\n").as_bytes()).map_err(|e| e.to_string())?;
+    // A server that refuses may answer and close before reading: read its answer anyway.
+    let sent = s.write_all(format!("{command}\n").as_bytes());
     let mut line = String::new();
-    std::io::BufReader::new(s).read_line(&mut line).map_err(|e| e.to_string())?;
-    Ok(line)
+    let read = std::io::BufReader::new(s).read_line(&mut line);
+    match (sent, read) {
+        (_, Ok(n)) if n > 0 => Ok(line),
+        (Err(e), _) => Err(e.to_string()),
+        (Ok(()), Err(e)) => Err(e.to_string()),
+        (Ok(()), Ok(_)) => Err("the control socket closed without an answer".into()),
+    }
 }
 
 /// Ask a running server's control socket for its stats.
