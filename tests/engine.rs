@@ -252,21 +252,7 @@ fn stateful_answers_are_the_same_at_batch_1_and_32() {
     let path = util::repo_root().join("tests/fixtures/models/stateful_linear.toml");
     let opts = tickinfer::engine::EngineOptions { max_batch: 32, warmup_runs: 2, ..Default::default() };
     let mut engine = Engine::load(&path, &opts).unwrap();
-    let reqs: Vec<MlRequest> = (0..2000u64)
-        .map(|i| {
-            let tick = ((i * 7919) % 13) as i64 * 100;
-            MlRequest {
-                timestamp_ns: 1_000_000 * i,
-                symbol_id: (i % 4) as u16,
-                bid_price: 2_230_000 + tick,
-                ask_price: 2_230_100 + tick + (i % 3) as i64 * 100,
-                bid_size: 100 + (i % 7) as i64 * 50,
-                ask_size: 100 + (i % 5) as i64 * 60,
-                request_id: i,
-                ..MlRequest::new()
-            }
-        })
-        .collect();
+    let reqs: Vec<MlRequest> = (0..2000u64).map(|i| util::stream_request(i, (i % 4) as u16)).collect();
     let mut one = vec![None::<Prediction>; reqs.len()];
     let mut state = engine.new_state(8);
     for (r, p) in reqs.iter().zip(one.iter_mut()) {

@@ -16,19 +16,9 @@ fn model() -> PathBuf {
     repo_root().join("tests/fixtures/models/stateful_linear.toml")
 }
 
-/// Request `i` of a stream over `symbols` symbols (prices wander, time moves on).
+/// Request `i` of the test market stream, for `symbol`.
 fn tick(i: u64, symbol: u16) -> MlRequest {
-    let step = ((i * 7919) % 13) as i64 * 100;
-    MlRequest {
-        timestamp_ns: 1_000_000_000 + 250_000 * i,
-        symbol_id: symbol,
-        bid_price: 2_230_000 + step,
-        ask_price: 2_230_100 + step + (i % 3) as i64 * 100,
-        bid_size: 100 + (i % 7) as i64 * 50,
-        ask_size: 100 + (i % 5) as i64 * 60,
-        request_id: i,
-        ..MlRequest::new()
-    }
+    util::stream_request(i, symbol)
 }
 
 fn one(c: &mut Client, r: MlRequest) -> MlResponse {

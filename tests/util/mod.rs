@@ -115,3 +115,19 @@ impl Rng {
 pub fn skip(test: &str, why: &str) {
     let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("skipped: {test}: {why}\n").as_bytes());
 }
+
+/// Event `i` of a market stream for `symbol` (prices wander over 13 ticks, sizes cycle,
+/// time moves 0.25 ms per event): stateful tests feed it to the engine and the server.
+pub fn stream_request(i: u64, symbol: u16) -> MlRequest {
+    let step = ((i * 7919) % 13) as i64 * 100;
+    MlRequest {
+        timestamp_ns: 1_000_000_000 + 250_000 * i,
+        symbol_id: symbol,
+        bid_price: 2_230_000 + step,
+        ask_price: 2_230_100 + step + (i % 3) as i64 * 100,
+        bid_size: 100 + (i % 7) as i64 * 50,
+        ask_size: 100 + (i % 5) as i64 * 60,
+        request_id: i,
+        ..MlRequest::new()
+    }
+}
