@@ -89,6 +89,24 @@ pub fn spawn(
     })
 }
 
+/// One of an endpoint's [`MAX_CLIENTS`] slots for a new connection, or `None` (the
+/// connection is then dropped, closed at once; logged once a second).
+fn take_slot(
+    slots: &Arc<Semaphore>,
+    refused: &mut crate::ratelog::RateLimited,
+    endpoint: &str,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let slot = slots.clone().try_acquire_owned().ok();
+    if slot.is_none() {
+        if let Some(n) = refused.event(crate::clock::now_ns()) {
+            log::warn!(
+                "{endpoint}: {MAX_CLIENTS} connections busy; closing new ones ({n} more since the last such line)"
+            );
+        }
+    }
+    slot
+}
+
 async fn next_signal(sig: &mut Option<tokio::signal::unix::Signal>) {
     match sig.as_mut() {
         Some(s) => {
@@ -147,29 +165,15 @@ impl Control {
                 }
                 accepted = listener.accept() => {
                     if let Ok((stream, _)) = accepted {
-                        match control_slots.clone().try_acquire_owned() {
-                            Ok(slot) => {
-                                tokio::spawn(this.clone().serve_control(stream, slot));
-                            }
-                            Err(_) => {
-                                if let Some(n) = refused.event(crate::clock::now_ns()) {
-                                    log::warn!("control socket: {MAX_CLIENTS} connections busy; closing new ones ({n} more since the last such line)");
-                                }
-                            }
+                        if let Some(slot) = take_slot(&control_slots, &mut refused, "control socket") {
+                            tokio::spawn(this.clone().serve_control(stream, slot));
                         }
                     }
                 }
                 accepted = async { match &metrics { Some(m) => m.accept().await, None => std::future::pending().await } } => {
                     if let Ok((stream, _)) = accepted {
-                        match metrics_slots.clone().try_acquire_owned() {
-                            Ok(slot) => {
-                                tokio::spawn(serve_metrics(stream, this.shared.clone(), slot));
-                            }
-                            Err(_) => {
-                                if let Some(n) = refused.event(crate::clock::now_ns()) {
-                                    log::warn!("metrics: {MAX_CLIENTS} connections busy; closing new ones ({n} more since the last such line)");
-                                }
-                            }
+                        if let Some(slot) = take_slot(&metrics_slots, &mut refused, "metrics") {
+                            tokio::spawn(serve_metrics(stream, this.shared.clone(), slot));
                         }
                     }
                 }
@@ -492,26 +496,27 @@ pub fn query_stats(socket: &Path) -> Result<StatsReport, String> {
     serde_json::from_str(&line).map_err(|e| format!("bad answer: {e}: {line}"))
 }
 
+/// Send a command whose answer is `{"ok":true,…}` or `{"ok":false,"error":…}`; the
+/// answer when ok, else its error.
+fn command_ok(socket: &Path, command: &str, what: &str) -> Result<serde_json::Value, String> {
+    let line = query(socket, command)?;
+    let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| format!("bad answer: {e}: {line}"))?;
+    if v["ok"] == true {
+        Ok(v)
+    } else {
+        Err(v["error"].as_str().map_or(format!("{what} failed"), String::from))
+    }
+}
+
 /// Ask a running server to clear the per-symbol state of `symbol` (or every symbol's).
 pub fn request_reset(socket: &Path, symbol: Option<u16>) -> Result<(), String> {
     let command = symbol.map_or("reset".to_string(), |s| format!("reset {s}"));
-    let line = query(socket, &command)?;
-    let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| format!("bad answer: {e}: {line}"))?;
-    if v["ok"] == true {
-        Ok(())
-    } else {
-        Err(v["error"].as_str().unwrap_or("reset failed").to_string())
-    }
+    command_ok(socket, &command, "reset").map(|_| ())
 }
 
 /// Ask a running server to load `model` and swap it in; `Ok((name, version))`.
 pub fn request_reload(socket: &Path, model: &Path) -> Result<(String, u32), String> {
     let abs = std::fs::canonicalize(model).map_err(|e| format!("{}: {e}", model.display()))?;
-    let line = query(socket, &format!("reload {}", abs.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| format!("bad answer: {e}: {line}"))?;
-    if v["ok"] == true {
-        Ok((v["name"].as_str().unwrap_or_default().to_string(), v["version"].as_u64().unwrap_or(0) as u32))
-    } else {
-        Err(v["error"].as_str().unwrap_or("reload failed").to_string())
-    }
+    let v = command_ok(socket, &format!("reload {}", abs.display()), "reload")?;
+    Ok((v["name"].as_str().unwrap_or_default().to_string(), v["version"].as_u64().unwrap_or(0) as u32))
 }

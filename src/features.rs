@@ -92,21 +92,6 @@ impl Feature {
         "event_rate(tau_ms)",
     ];
 
-    /// Whether this feature reads the symbol's history.
-    pub fn is_stateful(&self) -> bool {
-        use Feature::*;
-        matches!(
-            self,
-            MidReturnBps(_)
-                | Ofi(_)
-                | RealizedVolBps(_)
-                | SpreadBpsMean(_)
-                | EwmaMidReturnBps { .. }
-                | TimeSinceLastMs
-                | EventRate { .. }
-        )
-    }
-
     /// Parse a manifest feature name.
     pub fn parse(name: &str) -> Result<Feature, String> {
         if let Some((func, rest)) = name.split_once('(') {

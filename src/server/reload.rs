@@ -42,6 +42,15 @@ const RESET_SYMBOL: u32 = 1 << 17;
 /// How long a reload waits for the scoring thread to take the new engine.
 const SWAP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How a wait for the scoring thread ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Waited {
+    Done,
+    /// The scoring thread stopped (the server drained).
+    Stopped,
+    TimedOut,
+}
+
 /// Shared between the control plane and the scoring thread.
 #[derive(Default)]
 pub struct ReloadSlot {
@@ -103,6 +112,29 @@ impl ReloadSlot {
         self.pending.load(Ordering::Acquire) || self.reset.load(Ordering::Acquire) != NO_RESET
     }
 
+    /// Wake the scoring thread, then wait until `done` holds, the scoring thread stops,
+    /// or the swap timeout passes. Blocking.
+    fn wake_and_wait(&self, done: impl Fn() -> bool) -> Waited {
+        if let Some(wake) = self.wake.get() {
+            wake();
+        }
+        let timeout = self.swap_timeout.unwrap_or(SWAP_TIMEOUT);
+        let t0 = Instant::now();
+        loop {
+            if done() {
+                return Waited::Done;
+            }
+            // Acquire: pairs with `close`'s Release store.
+            if self.closed.load(Ordering::Acquire) {
+                return Waited::Stopped;
+            }
+            if t0.elapsed() > timeout {
+                return Waited::TimedOut;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
     /// Control plane: clear the per-symbol state of `symbol` (or of all) and wait until the
     /// scoring thread did it. Blocking (use a blocking thread).
     pub fn reset_state(&self, symbol: Option<u16>) -> Result<(), String> {
@@ -112,26 +144,17 @@ impl ReloadSlot {
         }
         let before = self.resets_done.load(Ordering::Acquire);
         let code = symbol.map_or(RESET_ALL, |s| s as u32 + RESET_SYMBOL);
-        // Release: nothing else is published with it; Acquire on the other side pairs for form.
+        // Release: pairs with `take_reset`'s AcqRel swap (nothing else is published with it).
         self.reset.store(code, Ordering::Release);
-        if let Some(wake) = self.wake.get() {
-            wake();
-        }
-        let t0 = Instant::now();
         // Acquire: pairs with `reset_done`'s Release increment.
-        while self.resets_done.load(Ordering::Acquire) == before {
-            if self.closed.load(Ordering::Acquire) || t0.elapsed() > self.swap_timeout.unwrap_or(SWAP_TIMEOUT)
-            {
-                // Taken back unless the scoring thread took it just now.
-                return match self.reset.compare_exchange(code, NO_RESET, Ordering::AcqRel, Ordering::Acquire)
-                {
-                    Ok(_) => Err("the scoring thread did not take the reset; nothing was reset".into()),
-                    Err(_) => Ok(()),
-                };
-            }
-            std::thread::sleep(Duration::from_micros(200));
+        if self.wake_and_wait(|| self.resets_done.load(Ordering::Acquire) != before) == Waited::Done {
+            return Ok(());
         }
-        Ok(())
+        // Taken back unless the scoring thread took it just now (it is then applied).
+        match self.reset.compare_exchange(code, NO_RESET, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => Err("the scoring thread did not take the reset; nothing was reset".into()),
+            Err(_) => Ok(()),
+        }
     }
 
     /// Scoring thread: a pending reset, taken (`Some(None)`: every symbol).
@@ -234,34 +257,23 @@ impl ReloadSlot {
         *self.incoming.lock().map_err(|_| "poisoned")? = Some((engine, next));
         // Release: the scoring thread's Acquire load of `pending` sees `incoming` filled.
         self.pending.store(true, Ordering::Release);
-        if let Some(wake) = self.wake.get() {
-            wake();
-        }
-        let timeout = self.swap_timeout.unwrap_or(SWAP_TIMEOUT);
-        let t0 = Instant::now();
-        loop {
-            // Acquire: pairs with `poll`'s Release store after the swap.
-            if !self.pending.load(Ordering::Acquire) {
-                break;
+        // Acquire: pairs with `poll`'s Release store after the swap.
+        let waited = self.wake_and_wait(|| !self.pending.load(Ordering::Acquire));
+        if waited != Waited::Done {
+            // The swap happens under this lock: holding it, `incoming` tells the truth.
+            let mut incoming = self.incoming.lock().map_err(|_| "poisoned")?;
+            if incoming.take().is_some() {
+                self.pending.store(false, Ordering::Relaxed);
+                return Err(match waited {
+                    Waited::Stopped => STOPPED.into(),
+                    _ => format!(
+                        "the scoring thread did not take the new model within {:?}; \
+                         not swapped, the old model keeps serving",
+                        self.swap_timeout.unwrap_or(SWAP_TIMEOUT)
+                    ),
+                });
             }
-            let stopped = self.closed.load(Ordering::Acquire);
-            if stopped || t0.elapsed() > timeout {
-                // The swap happens under this lock: holding it, `incoming` tells the truth.
-                let mut incoming = self.incoming.lock().map_err(|_| "poisoned")?;
-                if incoming.take().is_some() {
-                    self.pending.store(false, Ordering::Relaxed);
-                    return Err(if stopped {
-                        STOPPED.into()
-                    } else {
-                        format!(
-                            "the scoring thread did not take the new model within {timeout:?}; \
-                             not swapped, the old model keeps serving"
-                        )
-                    });
-                }
-                break; // taken just now: swapped
-            }
-            std::thread::sleep(Duration::from_micros(200));
+            // Taken just now: swapped.
         }
         // Dropped here, on the control plane, not on the hot path.
         drop(self.retired.lock().map_err(|_| "poisoned")?.take());

@@ -40,7 +40,6 @@ pub struct Scorer {
     engine: Engine,
     /// Per-symbol history of the stateful features (empty for a stateless model).
     state: State,
-    max_symbols: usize,
     /// The status each job of the batch being collected is answered with (capacity `SPAN`).
     statuses: Vec<Status>,
     model_version: u32,
@@ -68,7 +67,6 @@ impl Scorer {
         }
         Scorer {
             state,
-            max_symbols,
             statuses: Vec::with_capacity(SPAN),
             model_version: engine.info().version,
             engine,
@@ -81,11 +79,6 @@ impl Scorer {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
-    }
-
-    /// The per-symbol state (tests, stats).
-    pub fn state(&self) -> &State {
-        &self.state
     }
 
     /// Between two runs: apply a pending state reset, swap in a pending reloaded engine.
@@ -111,7 +104,7 @@ impl Scorer {
         } else {
             // Once per reload, on this thread: the new table is allocated and the old one freed here.
             log::warn!("reload: the stateful features changed: every symbol's state starts empty");
-            self.state = self.engine.new_state(self.max_symbols);
+            self.state = self.engine.new_state(self.state.max_symbols());
         }
         self.model_version = self.engine.info().version;
         if self.engine.max_batch() != self.max_batch {
