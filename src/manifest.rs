@@ -23,6 +23,14 @@
 //! # or a regressor: float32 [batch, 1] or [batch]
 //! # kind = "regression"; name = "variable"; target = "mid_return_bps" | "mid_change"
 //! # flat_threshold = 0.5  (|y| at or below → direction 0); full_confidence = 3.0 (|y| → confidence 100)
+//!
+//! [sequence]                            # optional: a sequence model (README "Sequence models")
+//! kind = "window"                       # input float32 [batch, window, features]: the symbol's
+//! window = 16                           # last 16 feature rows, oldest first
+//! # or one recurrent step, state carried per symbol between requests:
+//! # kind = "recurrent"
+//! # state = [{ input = "h_in", output = "h_out" }, { input = "c_in", output = "c_out" }]
+//! # warmup_events = 32                  # events before the carried state counts as warm
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -49,6 +57,38 @@ struct File {
     model: ModelSection,
     input: InputSection,
     output: OutputSection,
+    sequence: Option<SequenceSection>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+enum SequenceSection {
+    Window { window: usize },
+    Recurrent { state: Vec<StatePair>, warmup_events: Option<usize> },
+}
+
+/// One recurrent state tensor: fed as `input`, read back from `output` after each step.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatePair {
+    pub input: String,
+    pub output: String,
+}
+
+/// Largest window a window model may ask for.
+pub const MAX_WINDOW: usize = 4096;
+
+/// How a model sees a symbol's history beyond its features.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Sequence {
+    /// One feature row per request: input `[batch, features]`.
+    #[default]
+    None,
+    /// The symbol's last `window` feature rows, oldest first: input `[batch, window, features]`.
+    Window { window: usize },
+    /// One recurrent step per request; each state tensor `[batch, width]` is fed from, and
+    /// written back to, the symbol's memory. Warm after `warmup_events` further events.
+    Recurrent { state: Vec<StatePair>, warmup_events: usize },
 }
 
 #[derive(Deserialize)]
@@ -171,6 +211,8 @@ pub struct Manifest {
     pub feature_names: Vec<String>,
     pub features: FeatureMap,
     pub output: OutputSpec,
+    /// Window or recurrent model, or neither.
+    pub sequence: Sequence,
 }
 
 /// Largest manifest file read (a real one is under a few KiB).
@@ -270,6 +312,36 @@ impl Manifest {
                 OutputSpec::Regression { name, target, flat_threshold, full_confidence }
             }
         };
+        let sequence = match file.sequence {
+            None => Sequence::None,
+            Some(SequenceSection::Window { window }) => {
+                if !(1..=MAX_WINDOW).contains(&window) {
+                    return Err(invalid(format!("sequence window {window} must be in 1..={MAX_WINDOW}")));
+                }
+                Sequence::Window { window }
+            }
+            Some(SequenceSection::Recurrent { state, warmup_events }) => {
+                if state.is_empty() {
+                    return Err(invalid(
+                        "a recurrent sequence needs at least one state = {input, output}".into(),
+                    ));
+                }
+                let mut names: Vec<&str> =
+                    state.iter().flat_map(|p| [p.input.as_str(), p.output.as_str()]).collect();
+                names.push(&file.input.name);
+                names.push(output.name());
+                let n = names.len();
+                names.sort_unstable();
+                names.dedup();
+                if names.len() != n {
+                    return Err(invalid(
+                        "recurrent state names must be distinct from each other and from the input and output"
+                            .into(),
+                    ));
+                }
+                Sequence::Recurrent { state, warmup_events: warmup_events.unwrap_or(0) }
+            }
+        };
         let onnx = if file.model.onnx.is_absolute() {
             file.model.onnx
         } else {
@@ -287,6 +359,7 @@ impl Manifest {
             feature_names: file.input.features,
             features,
             output,
+            sequence,
         })
     }
 
@@ -296,13 +369,31 @@ impl Manifest {
         let mut bad = Vec::new();
         let mut batch = BatchDim::Dynamic;
         let list = |xs: &[IoDesc]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("; ");
-        if inputs.len() != 1 {
+        let states: &[StatePair] = match &self.sequence {
+            Sequence::Recurrent { state, .. } => state,
+            _ => &[],
+        };
+        if inputs.len() != 1 + states.len() {
             bad.push(format!(
-                "the model has {} inputs ({}); tickinfer feeds exactly one float32 [batch, features] input",
+                "the model has {} inputs ({}); the manifest feeds {}",
                 inputs.len(),
-                list(inputs)
+                list(inputs),
+                if states.is_empty() {
+                    "exactly one float32 [batch, features] input".to_string()
+                } else {
+                    format!("the features and {} recurrent state input(s)", states.len())
+                }
             ));
         }
+        let window = match self.sequence {
+            Sequence::Window { window } => Some(window),
+            _ => None,
+        };
+        let mut check_batch = |name: &str, b: i64, bad: &mut Vec<String>| match b {
+            d if d < 0 => {}
+            1 => batch = BatchDim::One,
+            d => bad.push(format!("input `{name}` has a fixed batch dimension {d}; expected dynamic or 1")),
+        };
         match inputs.iter().find(|i| i.name == self.input_name) {
             None => bad.push(format!(
                 "input `{}` named in the manifest is not a model input (model inputs: {})",
@@ -313,29 +404,94 @@ impl Manifest {
                 if input.dtype != "float32" {
                     bad.push(format!("input `{}` is {}, expected float32", input.name, input.dtype));
                 }
-                match input.shape.as_slice() {
-                    [b, n] => {
-                        match *b {
-                            d if d < 0 => batch = BatchDim::Dynamic,
-                            1 => batch = BatchDim::One,
-                            d => bad.push(format!(
-                                "input `{}` has a fixed batch dimension {d}; expected dynamic or 1",
-                                input.name
-                            )),
-                        }
-                        if *n >= 0 && *n as usize != self.features.len() {
+                let n = match (input.shape.as_slice(), window) {
+                    ([b, n], None) => {
+                        check_batch(&input.name, *b, &mut bad);
+                        Some(*n)
+                    }
+                    ([b, k, n], Some(window)) => {
+                        check_batch(&input.name, *b, &mut bad);
+                        if *k >= 0 && *k as usize != window {
                             bad.push(format!(
-                                "input `{}` takes {n} features; the manifest lists {} ({})",
-                                input.name,
-                                self.features.len(),
-                                self.feature_names.join(", ")
+                                "input `{}` holds {k} steps; the manifest's window is {window}",
+                                input.name
+                            ));
+                        }
+                        Some(*n)
+                    }
+                    (other, None) => {
+                        bad.push(format!(
+                            "input `{}` has shape {other:?}; expected rank 2 [batch, features]{}",
+                            input.name,
+                            if other.len() == 3 {
+                                " (a window model needs [sequence] kind = \"window\")"
+                            } else {
+                                ""
+                            }
+                        ));
+                        None
+                    }
+                    (other, Some(window)) => {
+                        bad.push(format!(
+                            "input `{}` has shape {other:?}; a window model needs rank 3 [batch, {window}, features]",
+                            input.name
+                        ));
+                        None
+                    }
+                };
+                if let Some(n) = n.filter(|&n| n >= 0 && n as usize != self.features.len()) {
+                    bad.push(format!(
+                        "input `{}` takes {n} features; the manifest lists {} ({})",
+                        input.name,
+                        self.features.len(),
+                        self.feature_names.join(", ")
+                    ));
+                }
+            }
+        }
+        for pair in states {
+            let fed = inputs.iter().find(|i| i.name == pair.input);
+            let back = outputs.iter().find(|o| o.name == pair.output);
+            let width = |d: &IoDesc, bad: &mut Vec<String>| match d.shape.as_slice() {
+                [_, w] if *w > 0 && d.dtype == "float32" => Some(*w),
+                other => {
+                    bad.push(format!(
+                        "recurrent state `{}` is {}{other:?}; expected float32 [batch, width] with a fixed width \
+                         (export [layers, batch, hidden] state as [batch, layers*hidden]: scripts/export_lstm.py)",
+                        d.name, d.dtype
+                    ));
+                    None
+                }
+            };
+            match (fed, back) {
+                (Some(i), Some(o)) => {
+                    if let Some(b) = i.shape.first() {
+                        check_batch(&i.name, *b, &mut bad);
+                    }
+                    if let (Some(wi), Some(wo)) = (width(i, &mut bad), width(o, &mut bad)) {
+                        if wi != wo {
+                            bad.push(format!(
+                                "recurrent state `{}` is {wi} wide but `{}` is {wo}",
+                                pair.input, pair.output
                             ));
                         }
                     }
-                    other => bad.push(format!(
-                        "input `{}` has shape {other:?}; expected rank 2 [batch, features]",
-                        input.name
-                    )),
+                }
+                (i, o) => {
+                    if i.is_none() {
+                        bad.push(format!(
+                            "recurrent state input `{}` is not a model input (model inputs: {})",
+                            pair.input,
+                            list(inputs)
+                        ));
+                    }
+                    if o.is_none() {
+                        bad.push(format!(
+                            "recurrent state output `{}` is not a model output (model outputs: {})",
+                            pair.output,
+                            list(outputs)
+                        ));
+                    }
                 }
             }
         }
@@ -376,6 +532,18 @@ impl Manifest {
             Ok(batch)
         } else {
             Err(ManifestError::Mismatch { path: self.path.clone(), onnx: self.onnx.clone(), mismatches: bad })
+        }
+    }
+
+    /// The width of each recurrent state tensor (in the manifest's order), as the model
+    /// declares it; call after [`check_model`](Self::check_model) succeeded.
+    pub fn state_widths(&self, inputs: &[IoDesc]) -> Vec<usize> {
+        match &self.sequence {
+            Sequence::Recurrent { state, .. } => state
+                .iter()
+                .map(|p| inputs.iter().find(|i| i.name == p.input).map_or(0, |i| i.shape[1].max(0) as usize))
+                .collect(),
+            _ => vec![],
         }
     }
 

@@ -9,7 +9,9 @@
 //!
 //! Memory is allocated once, when the model is loaded: `max_symbols` slots, each
 //! with a ring of the last `capacity` events ([`Entry`], 32 bytes) and its
-//! running accumulators (EWMAs, event rates). A symbol gets a slot on its first
+//! running accumulators (EWMAs, event rates), plus a sequence model's memory: a
+//! window model's last `K` feature rows, or a recurrent model's state tensors
+//! (fed to each step and written back after it). A symbol gets a slot on its first
 //! request; once every slot is taken, a new symbol is refused (the scoring stage
 //! answers `ML_ERR_TOO_MANY_SYMBOLS`), never allocated for.
 //!
@@ -28,25 +30,44 @@ pub struct StateSpec {
     pub ewma_alphas: Vec<f64>,
     /// Event-rate time constants in seconds, one accumulator each.
     pub rate_taus_s: Vec<f64>,
-    /// Earlier events of its symbol a request needs for every feature to be warm.
+    /// Earlier events of its symbol a request needs for every feature to be warm
+    /// (for a sequence model: its window or warm-up too).
     pub history: usize,
+    /// Floats of sequence memory per symbol: a window model's last `K` feature rows
+    /// (`K × F`) or a recurrent model's state tensors (their widths summed). 0: none.
+    pub sequence_floats: usize,
+    /// What the sequence memory means (window and feature map, or the recurrent model's
+    /// bytes): a reload keeps the state only when this is equal too.
+    pub sequence_id: String,
 }
 
 impl StateSpec {
     /// No stateful feature: nothing is kept.
     pub fn stateless() -> StateSpec {
-        StateSpec { capacity: 0, ewma_alphas: vec![], rate_taus_s: vec![], history: 0 }
+        StateSpec {
+            capacity: 0,
+            ewma_alphas: vec![],
+            rate_taus_s: vec![],
+            history: 0,
+            sequence_floats: 0,
+            sequence_id: String::new(),
+        }
     }
 
     pub fn is_stateless(&self) -> bool {
-        self.capacity == 0 && self.ewma_alphas.is_empty() && self.rate_taus_s.is_empty()
+        self.capacity == 0
+            && self.ewma_alphas.is_empty()
+            && self.rate_taus_s.is_empty()
+            && self.sequence_floats == 0
     }
 
     /// Bytes of state per symbol.
     pub fn bytes_per_symbol(&self) -> usize {
         self.capacity * std::mem::size_of::<Entry>()
             + (self.ewma_alphas.len() + self.rate_taus_s.len()) * 8
+            + self.sequence_floats * 4
             + std::mem::size_of::<SlotHead>()
+            + 8 // batch mark
     }
 }
 
@@ -99,12 +120,20 @@ pub struct State {
     entries: Vec<Entry>,
     /// Accumulators, `ewma_alphas.len() + rate_taus_s.len()` per slot, likewise.
     accum: Vec<f64>,
+    /// Sequence memory, `sequence_floats` per slot, likewise.
+    sequence: Vec<f32>,
+    /// Per slot: the last batch ([`State::begin_batch`]) that marked it.
+    marks: Vec<u64>,
+    /// The current batch's number; starts at 1 so that a zeroed mark is never current.
+    batch: u64,
     max_symbols: usize,
 }
 
 /// A symbol's state just after its newest event, as the features read it.
 pub struct SymbolView<'a> {
     pub count: u64,
+    /// The symbol's slot (for [`State::sequence_mut`]).
+    pub slot: usize,
     /// Fewer earlier events than the features need (`count <= history`).
     pub warming: bool,
     /// Milliseconds since the previous event of this symbol (0 for its first).
@@ -139,7 +168,17 @@ impl State {
     /// Allocate the table for `max_symbols` symbols (nothing when `spec` is stateless).
     pub fn new(spec: StateSpec, max_symbols: usize) -> State {
         if spec.is_stateless() {
-            return State { spec, index: vec![], heads: vec![], entries: vec![], accum: vec![], max_symbols };
+            return State {
+                spec,
+                index: vec![],
+                heads: vec![],
+                entries: vec![],
+                accum: vec![],
+                sequence: vec![],
+                marks: vec![],
+                batch: 1,
+                max_symbols,
+            };
         }
         let per = spec.ewma_alphas.len() + spec.rate_taus_s.len();
         State {
@@ -147,6 +186,9 @@ impl State {
             heads: Vec::with_capacity(max_symbols),
             entries: vec![Entry::default(); max_symbols * spec.capacity],
             accum: vec![0.0; max_symbols * per],
+            sequence: vec![0.0; max_symbols * spec.sequence_floats],
+            marks: vec![0; max_symbols],
+            batch: 1,
             max_symbols,
             spec,
         }
@@ -192,10 +234,48 @@ impl State {
         true
     }
 
+    /// The slot of an admitted symbol.
+    #[inline]
+    pub fn slot_of(&self, symbol: u16) -> Option<usize> {
+        self.index.get(symbol as usize).filter(|&&i| i != NO_SLOT).map(|&i| i as usize)
+    }
+
+    /// Start a new batch for [`mark`](Self::mark): no slot is marked in it yet.
+    #[inline]
+    pub fn begin_batch(&mut self) {
+        self.batch += 1;
+    }
+
+    /// Mark `slot` as used by the current batch; false if it already was (a recurrent
+    /// model must then run the batch so far before this symbol's next step).
+    #[inline]
+    pub fn mark(&mut self, slot: usize) -> bool {
+        let fresh = self.marks[slot] != self.batch;
+        self.marks[slot] = self.batch;
+        fresh
+    }
+
+    /// A slot's sequence memory (`sequence_floats` values).
+    #[inline]
+    pub fn sequence_mut(&mut self, slot: usize) -> &mut [f32] {
+        let n = self.spec.sequence_floats;
+        &mut self.sequence[slot * n..(slot + 1) * n]
+    }
+
     /// Fold one valid request into its symbol's state and return the view its features
     /// read. The symbol must have been admitted. `inv_price_scale`: 1 / price_scale.
     #[inline]
     pub fn update(&mut self, req: &MlRequest, inv_price_scale: f64) -> SymbolView<'_> {
+        self.update_with_sequence(req, inv_price_scale).0
+    }
+
+    /// [`update`](Self::update), also lending the symbol's sequence memory.
+    #[inline]
+    pub fn update_with_sequence(
+        &mut self,
+        req: &MlRequest,
+        inv_price_scale: f64,
+    ) -> (SymbolView<'_>, &mut [f32]) {
         let slot = self.index[req.symbol_id as usize];
         debug_assert_ne!(slot, NO_SLOT, "update of a symbol that was not admitted");
         let slot = slot as usize;
@@ -247,26 +327,29 @@ impl State {
         head.last = q;
         head.dt_ms = dt_ms;
         let warming = head.count <= self.spec.history as u64;
-        SymbolView { count: head.count, warming, dt_ms, ring, newest: head.newest, accum }
+        let n = self.spec.sequence_floats;
+        let sequence = &mut self.sequence[slot * n..(slot + 1) * n];
+        (SymbolView { count: head.count, slot, warming, dt_ms, ring, newest: head.newest, accum }, sequence)
     }
 
     /// Forget `symbol`'s history (it keeps its slot), or every symbol's (`None`).
     pub fn reset(&mut self, symbol: Option<u16>) {
         let per = self.spec.ewma_alphas.len() + self.spec.rate_taus_s.len();
-        let clear = |slot: usize, heads: &mut Vec<SlotHead>, accum: &mut Vec<f64>| {
-            heads[slot] = SlotHead::default();
-            accum[slot * per..(slot + 1) * per].iter_mut().for_each(|v| *v = 0.0);
+        let n = self.spec.sequence_floats;
+        let clear = |slot: usize, st: &mut State| {
+            st.heads[slot] = SlotHead::default();
+            st.accum[slot * per..(slot + 1) * per].iter_mut().for_each(|v| *v = 0.0);
+            st.sequence[slot * n..(slot + 1) * n].iter_mut().for_each(|v| *v = 0.0);
         };
         match symbol {
-            Some(s) if !self.is_stateless() => {
-                if let Some(&slot) = self.index.get(s as usize).filter(|&&i| i != NO_SLOT) {
-                    clear(slot as usize, &mut self.heads, &mut self.accum);
+            Some(s) => {
+                if let Some(slot) = self.slot_of(s) {
+                    clear(slot, self);
                 }
             }
-            Some(_) => {}
             None => {
                 for slot in 0..self.heads.len() {
-                    clear(slot, &mut self.heads, &mut self.accum);
+                    clear(slot, self);
                 }
             }
         }
@@ -278,7 +361,13 @@ mod tests {
     use super::*;
 
     fn spec(capacity: usize) -> StateSpec {
-        StateSpec { capacity, ewma_alphas: vec![0.5], rate_taus_s: vec![1.0], history: 2 }
+        StateSpec {
+            capacity,
+            ewma_alphas: vec![0.5],
+            rate_taus_s: vec![1.0],
+            history: 2,
+            ..StateSpec::stateless()
+        }
     }
 
     fn req(symbol: u16, ts: u64, bid: i64, ask: i64, bsz: i64, asz: i64) -> MlRequest {

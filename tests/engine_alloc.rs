@@ -1,6 +1,7 @@
 //! Zero heap allocations per request in steady state, counted by a global
 //! allocator that tallies every allocation made by this thread. Covers the
-//! engine's batch-1 and batched paths (features, model run, decoding).
+//! engine's batch-1 and batched paths (features, model run, decoding), for stateless,
+//! stateful, window and recurrent models (a batch holding a symbol twice included).
 //!
 //! Scope: this counts Rust heap allocations (ours and the `ort` crate's).
 //! ONNX Runtime's own C++ allocations go through its arena allocator and are
@@ -60,6 +61,8 @@ fn steady_state_requests_allocate_nothing() {
         "models/lobster_direction.toml",
         "tests/fixtures/models/lgbm_direction.toml",
         "tests/fixtures/models/stateful_linear.toml",
+        "tests/fixtures/models/lstm_step.toml",
+        "tests/fixtures/models/lstm_window.toml",
     ] {
         let mut engine =
             Engine::load(&util::repo_root().join(manifest), &util::test_engine_options()).unwrap();

@@ -30,8 +30,8 @@ use ort::session::{IoBinding, Session};
 use ort::value::{Tensor, ValueType};
 use ort::AsPointer;
 
-use crate::manifest::{BatchDim, IoDesc, Manifest, ManifestError, Prediction};
-use crate::state::State;
+use crate::manifest::{BatchDim, IoDesc, Manifest, ManifestError, Prediction, Sequence};
+use crate::state::{State, StateSpec};
 use crate::wire::MlRequest;
 
 /// Where the model runs.
@@ -128,24 +128,44 @@ pub struct ModelInfo {
 struct Slot {
     /// Rows this slot runs.
     rows: usize,
-    /// `[rows, features]`, written in place per run.
+    /// `[rows, features]` (a window model: `[rows, window, features]`), written in place per run.
     input: Tensor<f32>,
     /// `[rows, width]`, written by ONNX Runtime per run.
     output: Tensor<f32>,
+    /// A recurrent model's state inputs, `[rows, width_k]` each, filled from the symbols' memory.
+    states_in: Vec<Tensor<f32>>,
+    /// Its state outputs, `[rows, width_k]` each, copied back to the symbols' memory after a run.
+    states_out: Vec<Tensor<f32>>,
     binding: IoBinding,
+}
+
+/// Everything a run touches but the session and manifest: the pre-bound slots and their scratch.
+struct Parts {
+    /// `slots[b - 1]` runs batches of `b` rows.
+    slots: Vec<Slot>,
+    /// Input names for re-binding on device providers (which copy at bind time): features first,
+    /// then the recurrent state inputs.
+    input_names: Vec<CString>,
+    rebind_input: bool,
+    /// Width of each recurrent state tensor (empty for other models).
+    state_widths: Vec<usize>,
+    /// Per row of a recurrent run: the symbol's state slot (capacity `max_batch`).
+    row_slots: Vec<usize>,
+    /// Output rows of a recurrent batch that had to run in parts (a symbol twice in it).
+    scratch: Vec<f32>,
 }
 
 /// A loaded model, ready to score requests. Not `Sync`: one inference thread owns it.
 pub struct Engine {
     manifest: Manifest,
     info: ModelInfo,
-    /// `slots[b - 1]` runs batches of `b` rows.
-    slots: Vec<Slot>,
-    /// Input name for re-binding on device providers (which copy at bind time).
-    input_name: CString,
-    rebind_input: bool,
+    /// What a symbol's state must hold for this model (features and sequence memory).
+    spec: StateSpec,
+    parts: Parts,
     /// Per row of the batch being filled: its symbol was warming (capacity `max_batch`).
     warming: Vec<bool>,
+    /// Per row: the recurrent state the model returned was finite (always true otherwise).
+    row_ok: Vec<bool>,
     // Declared last: dropped after the bindings and tensors that belong to it.
     session: Session,
 }
@@ -273,34 +293,80 @@ impl Engine {
         }
         log::info!("  features [{}] -> {}", manifest.feature_names.join(", "), manifest.output.name());
 
+        let state_widths = manifest.state_widths(&info.inputs);
+        let spec = state_spec(&manifest, &state_widths)?;
         let allocator = Allocator::default();
         let width_in = manifest.features.len();
         let width_out = manifest.output.width();
+        let states: Vec<_> = match &manifest.sequence {
+            Sequence::Recurrent { state, .. } => state.iter().zip(&state_widths).collect(),
+            _ => vec![],
+        };
         let mut slots = Vec::with_capacity(max_batch);
         for rows in 1..=max_batch {
-            let input = Tensor::<f32>::new(&allocator, [rows, width_in])?;
+            let input = match manifest.sequence {
+                Sequence::Window { window } => Tensor::<f32>::new(&allocator, [rows, window, width_in])?,
+                _ => Tensor::<f32>::new(&allocator, [rows, width_in])?,
+            };
             let mut output = Tensor::<f32>::new(&allocator, output_shape(&info.outputs, &manifest, rows))?;
             let mut binding = session.create_binding()?;
             binding.bind_input(manifest.input_name.as_str(), &input)?;
             binding.bind_output(manifest.output.name(), &mut output)?;
+            let (mut states_in, mut states_out) = (Vec::new(), Vec::new());
+            for (pair, &w) in &states {
+                let mut fed = Tensor::<f32>::new(&allocator, [rows, w])?;
+                fed.extract_tensor_mut().1.fill(0.0);
+                let mut back = Tensor::<f32>::new(&allocator, [rows, w])?;
+                binding.bind_input(pair.input.as_str(), &fed)?;
+                binding.bind_output(pair.output.as_str(), &mut back)?;
+                states_in.push(fed);
+                states_out.push(back);
+            }
             debug_assert_eq!(output.extract_tensor().1.len(), rows * width_out);
-            slots.push(Slot { rows, input, output, binding });
+            slots.push(Slot { rows, input, output, states_in, states_out, binding });
         }
-        let input_name = CString::new(manifest.input_name.as_str())
-            .map_err(|_| EngineError::Config("input name contains a NUL byte".into()))?;
-        let spec = manifest.features.state_spec();
+        let cname = |n: &str| {
+            CString::new(n).map_err(|_| EngineError::Config(format!("name {n:?} contains a NUL byte")))
+        };
+        let mut input_names = vec![cname(&manifest.input_name)?];
+        for (pair, _) in &states {
+            input_names.push(cname(&pair.input)?);
+        }
         if !spec.is_stateless() {
             log::info!(
-                "  state per symbol: {} events kept, {} accumulators, {} B; warm after {} earlier events",
+                "  state per symbol: {} events kept, {} accumulators, {} sequence floats, {} B; warm after {} earlier events",
                 spec.capacity,
                 spec.ewma_alphas.len() + spec.rate_taus_s.len(),
+                spec.sequence_floats,
                 spec.bytes_per_symbol(),
                 spec.history
             );
         }
-        let warming = vec![false; max_batch];
-        let mut engine =
-            Engine { rebind_input: provider != "cpu", input_name, manifest, info, slots, session, warming };
+        match &manifest.sequence {
+            Sequence::None => {}
+            Sequence::Window { window } => {
+                log::info!("  window model: the symbol's last {window} feature rows per request")
+            }
+            Sequence::Recurrent { state, warmup_events } => log::info!(
+                "  recurrent step model: state {} carried per symbol, warm after {warmup_events} more events",
+                state
+                    .iter()
+                    .zip(&state_widths)
+                    .map(|(p, w)| format!("{}->{} [{w}]", p.input, p.output))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+        let parts = Parts {
+            slots,
+            input_names,
+            rebind_input: provider != "cpu",
+            state_widths,
+            row_slots: vec![0; max_batch],
+            scratch: vec![0.0; max_batch * width_out],
+        };
+        let (warming, row_ok) = (vec![false; max_batch], vec![true; max_batch]);
+        let mut engine = Engine { manifest, info, spec, parts, warming, row_ok, session };
         engine.warm_up(opts.warmup_runs)?;
         Ok(engine)
     }
@@ -331,8 +397,10 @@ impl Engine {
             n_features: self.info.extra_features,
             ..MlRequest::new()
         };
-        let reqs = vec![req; self.max_batch()];
-        let mut state = self.new_state(1); // its own: the serving state never sees warm-up rows
+        // One symbol per row, so that a recurrent model runs every slot whole.
+        let reqs: Vec<MlRequest> =
+            (0..self.max_batch()).map(|i| MlRequest { symbol_id: i as u16, ..req }).collect();
+        let mut state = self.new_state(self.max_batch()); // its own: the serving state never sees warm-up rows
         let t0 = std::time::Instant::now();
         for b in 1..=self.max_batch() {
             for _ in 0..runs {
@@ -346,21 +414,28 @@ impl Engine {
     /// A per-symbol state table for this model's stateful features, for `max_symbols`
     /// symbols (allocated now; empty for a stateless model).
     pub fn new_state(&self, max_symbols: usize) -> State {
-        State::new(self.manifest.features.state_spec().clone(), max_symbols)
+        State::new(self.spec.clone(), max_symbols)
+    }
+
+    /// What a symbol's state must hold for this model: its stateful features and its
+    /// sequence memory. A reload keeps the serving state only when this is equal.
+    pub fn state_spec(&self) -> &StateSpec {
+        &self.spec
     }
 
     /// Run the model on `reqs` (1..=max_batch of them, in order: each updates its
     /// symbol's `state` before its row is filled) and return the raw output rows,
     /// `reqs.len() × width` values, row-major. No allocation.
     pub fn run_rows(&mut self, reqs: &[MlRequest], state: &mut State) -> Result<&[f32], EngineError> {
-        let Engine { manifest, slots, input_name, rebind_input, session, warming, .. } = self;
-        run_slot(slots, session, manifest, input_name, *rebind_input, reqs, state, warming)
+        let Engine { manifest, parts, session, warming, row_ok, .. } = self;
+        run_batch(parts, session, manifest, reqs, state, warming, row_ok)
     }
 
     /// Score `reqs` (any number; run in chunks of `max_batch`) into `out`
     /// (same length); `None` where the model's output for that request was not
-    /// finite (see [`Manifest::decode`]). Each request updates its symbol's `state`
-    /// first, in order. No allocation.
+    /// finite (see [`Manifest::decode`]) or, for a recurrent model, where the state
+    /// it returned was not (that symbol's state then starts again from zero). Each
+    /// request updates its symbol's `state` first, in order. No allocation.
     pub fn predict(
         &mut self,
         reqs: &[MlRequest],
@@ -368,78 +443,230 @@ impl Engine {
         out: &mut [Option<Prediction>],
     ) -> Result<(), EngineError> {
         assert_eq!(reqs.len(), out.len(), "one prediction slot per request");
-        let Engine { manifest, slots, input_name, rebind_input, session, info, warming } = self;
+        let Engine { manifest, parts, session, info, warming, row_ok, .. } = self;
         let width = manifest.output.width();
         for (reqs, out) in reqs.chunks(info.max_batch).zip(out.chunks_mut(info.max_batch)) {
-            let rows = run_slot(slots, session, manifest, input_name, *rebind_input, reqs, state, warming)?;
-            for (((req, row), p), &warm) in
-                reqs.iter().zip(rows.chunks_exact(width)).zip(out.iter_mut()).zip(&*warming)
+            let rows = run_batch(parts, session, manifest, reqs, state, warming, row_ok)?;
+            for ((((req, row), p), &warm), &ok) in
+                reqs.iter().zip(rows.chunks_exact(width)).zip(out.iter_mut()).zip(&*warming).zip(&*row_ok)
             {
-                *p = manifest.decode(row, req).map(|p| Prediction { warming: warm, ..p });
+                *p = manifest.decode(row, req).filter(|_| ok).map(|p| Prediction { warming: warm, ..p });
             }
         }
         Ok(())
     }
 }
 
-/// The hot path of one model run: fill the slot's input in place, run its
-/// binding, return its output rows.
-#[inline]
-#[allow(clippy::too_many_arguments)]
-fn run_slot<'s>(
-    slots: &'s mut [Slot],
+/// The state a model needs per symbol: its features' state, plus a window model's last
+/// `window` rows or a recurrent model's state tensors.
+fn state_spec(manifest: &Manifest, state_widths: &[usize]) -> Result<StateSpec, EngineError> {
+    use sha2::{Digest, Sha256};
+    let mut spec = manifest.features.state_spec().clone();
+    let features = format!("{:?}", manifest.features);
+    match &manifest.sequence {
+        Sequence::None => {}
+        Sequence::Window { window } => {
+            spec.sequence_floats = window * manifest.features.len();
+            spec.history += window - 1;
+            spec.sequence_id = format!("window {window} of {features}");
+        }
+        Sequence::Recurrent { warmup_events, .. } => {
+            // The carried state means something only to the weights that made it.
+            let bytes = std::fs::read(&manifest.onnx)
+                .map_err(|e| EngineError::Config(format!("cannot read {}: {e}", manifest.onnx.display())))?;
+            spec.sequence_floats = state_widths.iter().sum();
+            spec.history += warmup_events;
+            spec.sequence_id = format!("recurrent {:x} of {features}", Sha256::digest(&bytes));
+        }
+    }
+    Ok(spec)
+}
+
+/// Run `reqs` (1..=max_batch, in order) and return their output rows. A recurrent
+/// model runs a batch that holds a symbol twice in parts, each part with every symbol
+/// at most once, so that the second step sees the state the first one left.
+fn run_batch<'p>(
+    parts: &'p mut Parts,
     session: &Session,
     manifest: &Manifest,
-    input_name: &CStr,
-    rebind_input: bool,
     reqs: &[MlRequest],
     state: &mut State,
     warming: &mut [bool],
-) -> Result<&'s [f32], EngineError> {
+    row_ok: &mut [bool],
+) -> Result<&'p [f32], EngineError> {
     let b = reqs.len();
-    if b == 0 || b > slots.len() {
-        return Err(EngineError::Run(format!("batch of {b} outside 1..={}", slots.len())));
+    if b == 0 || b > parts.slots.len() {
+        return Err(EngineError::Run(format!("batch of {b} outside 1..={}", parts.slots.len())));
     }
+    if !matches!(manifest.sequence, Sequence::Recurrent { .. }) || distinct_prefix(reqs, state)? == b {
+        run_slot(parts, session, manifest, reqs, state, warming, row_ok)?;
+        return Ok(parts.slots[b - 1].output.extract_tensor().1);
+    }
+    let width = manifest.output.width();
+    let mut start = 0;
+    while start < b {
+        let end = start + distinct_prefix(&reqs[start..], state)?;
+        run_slot(
+            parts,
+            session,
+            manifest,
+            &reqs[start..end],
+            state,
+            &mut warming[start..end],
+            &mut row_ok[start..end],
+        )?;
+        let rows = parts.slots[end - start - 1].output.extract_tensor().1;
+        parts.scratch[start * width..end * width].copy_from_slice(rows);
+        start = end;
+    }
+    Ok(&parts.scratch[..b * width])
+}
+
+/// How many leading `reqs` have distinct symbols (admitting each).
+fn distinct_prefix(reqs: &[MlRequest], state: &mut State) -> Result<usize, EngineError> {
+    state.begin_batch();
+    for (i, req) in reqs.iter().enumerate() {
+        let slot = admitted(state, req)?;
+        if !state.mark(slot) {
+            return Ok(i);
+        }
+    }
+    Ok(reqs.len())
+}
+
+/// The state slot of `req`'s symbol, admitting it; an error when every slot is taken.
+#[inline]
+fn admitted(state: &mut State, req: &MlRequest) -> Result<usize, EngineError> {
+    if state.admit(req.symbol_id) {
+        if let Some(slot) = state.slot_of(req.symbol_id) {
+            return Ok(slot);
+        }
+    }
+    Err(EngineError::Run(format!(
+        "symbol {} has no state slot: all {} are taken (--max-symbols)",
+        { req.symbol_id },
+        state.max_symbols()
+    )))
+}
+
+/// The hot path of one model run: fill the slot's input (and a recurrent model's
+/// state inputs) in place, run its binding, carry the returned state back.
+#[inline]
+fn run_slot(
+    parts: &mut Parts,
+    session: &Session,
+    manifest: &Manifest,
+    reqs: &[MlRequest],
+    state: &mut State,
+    warming: &mut [bool],
+    row_ok: &mut [bool],
+) -> Result<(), EngineError> {
+    let b = reqs.len();
+    let Parts { slots, input_names, rebind_input, state_widths, row_slots, .. } = parts;
     let slot = &mut slots[b - 1];
     debug_assert_eq!(slot.rows, b);
-    let width = manifest.features.len();
+    let features = &manifest.features;
+    let width = features.len();
+    let inv = features.inv_price_scale();
     {
         let (_, data) = slot.input.extract_tensor_mut();
-        let inv = manifest.features.inv_price_scale();
-        for ((req, row), warm) in reqs.iter().zip(data.chunks_exact_mut(width)).zip(warming.iter_mut()) {
-            if state.is_stateless() {
-                manifest.features.fill_with(req, None, row);
-                *warm = false;
-                continue;
+        match manifest.sequence {
+            _ if state.is_stateless() => {
+                for ((req, row), warm) in
+                    reqs.iter().zip(data.chunks_exact_mut(width)).zip(warming.iter_mut())
+                {
+                    features.fill_with(req, None, row);
+                    *warm = false;
+                }
             }
-            // In request order: this row sees every earlier request of its symbol, this batch's too.
-            if !state.admit(req.symbol_id) {
-                return Err(EngineError::Run(format!(
-                    "symbol {} has no state slot: all {} are taken (--max-symbols)",
-                    { req.symbol_id },
-                    state.max_symbols()
-                )));
+            Sequence::None => {
+                // In request order: this row sees every earlier request of its symbol, this batch's too.
+                for ((req, row), warm) in
+                    reqs.iter().zip(data.chunks_exact_mut(width)).zip(warming.iter_mut())
+                {
+                    admitted(state, req)?;
+                    let view = state.update(req, inv);
+                    *warm = view.warming;
+                    features.fill_with(req, Some(&view), row);
+                }
             }
-            let view = state.update(req, inv);
-            *warm = view.warming;
-            manifest.features.fill_with(req, Some(&view), row);
+            Sequence::Window { window } => {
+                let span = window * width;
+                for ((req, dst), warm) in reqs.iter().zip(data.chunks_exact_mut(span)).zip(warming.iter_mut())
+                {
+                    admitted(state, req)?;
+                    let (view, ring) = state.update_with_sequence(req, inv);
+                    *warm = view.warming;
+                    // The symbol's ring of rows: the newest goes where the oldest was.
+                    let count = view.count as usize;
+                    let pos = (count - 1) % window;
+                    features.fill_with(req, Some(&view), &mut ring[pos * width..(pos + 1) * width]);
+                    // Oldest first; zeros before a new symbol's first row.
+                    let have = count.min(window);
+                    dst[..(window - have) * width].fill(0.0);
+                    for j in 0..have {
+                        let src = (count - have + j) % window;
+                        let at = window - have + j;
+                        dst[at * width..(at + 1) * width]
+                            .copy_from_slice(&ring[src * width..(src + 1) * width]);
+                    }
+                }
+            }
+            Sequence::Recurrent { .. } => {
+                for (i, (req, row)) in reqs.iter().zip(data.chunks_exact_mut(width)).enumerate() {
+                    admitted(state, req)?;
+                    let (view, memory) = state.update_with_sequence(req, inv);
+                    warming[i] = view.warming;
+                    row_slots[i] = view.slot;
+                    features.fill_with(req, Some(&view), row);
+                    let mut at = 0;
+                    for (fed, &w) in slot.states_in.iter_mut().zip(&*state_widths) {
+                        fed.extract_tensor_mut().1[i * w..(i + 1) * w].copy_from_slice(&memory[at..at + w]);
+                        at += w;
+                    }
+                }
+            }
         }
     }
     let api = ort::api();
-    if rebind_input {
-        // SAFETY: binding, name and tensor are live and owned by the engine; device providers copy the
-        // input at bind time, so it is re-bound after being written.
-        let status =
-            unsafe { (api.BindInput)(slot.binding.ptr_mut(), input_name.as_ptr(), slot.input.ptr()) };
-        check_status(status)?;
+    if *rebind_input {
+        let inputs = std::iter::once(&slot.input).chain(&slot.states_in);
+        for (name, tensor) in input_names.iter().zip(inputs) {
+            // SAFETY: binding, name and tensor are live and owned by the engine; device providers copy
+            // the input at bind time, so it is re-bound after being written.
+            let status = unsafe { (api.BindInput)(slot.binding.ptr_mut(), name.as_ptr(), tensor.ptr()) };
+            check_status(status)?;
+        }
     }
     // SAFETY: the session and binding pointers are valid for the life of the engine; the engine's
     // `&mut self` gives the exclusive access RunWithBinding requires; null run options are allowed.
     let status =
         unsafe { (api.RunWithBinding)(session.ptr().cast_mut(), std::ptr::null(), slot.binding.ptr()) };
     check_status(status)?;
-    let (_, out) = slot.output.extract_tensor();
-    Ok(out)
+    if slot.states_out.is_empty() {
+        row_ok[..b].fill(true);
+        return Ok(());
+    }
+    // Carry each symbol's new state back; a non-finite one is not kept (the symbol starts again).
+    for (i, ok) in row_ok[..b].iter_mut().enumerate() {
+        let memory = state.sequence_mut(row_slots[i]);
+        *ok = slot
+            .states_out
+            .iter()
+            .zip(&*state_widths)
+            .all(|(back, &w)| back.extract_tensor().1[i * w..(i + 1) * w].iter().all(|v| v.is_finite()));
+        let mut at = 0;
+        for (back, &w) in slot.states_out.iter().zip(&*state_widths) {
+            let dst = &mut memory[at..at + w];
+            if *ok {
+                dst.copy_from_slice(&back.extract_tensor().1[i * w..(i + 1) * w]);
+            } else {
+                dst.fill(0.0);
+            }
+            at += w;
+        }
+    }
+    Ok(())
 }
 
 fn output_shape(outputs: &[IoDesc], manifest: &Manifest, rows: usize) -> Vec<usize> {

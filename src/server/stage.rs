@@ -82,8 +82,9 @@ impl Scorer {
     }
 
     /// Between two runs: apply a pending state reset, swap in a pending reloaded engine.
-    /// A new engine keeps the state when its stateful features are the same (same
-    /// history kept per symbol); otherwise the state starts empty (logged).
+    /// A new engine keeps the state when its state spec is the same (same history kept
+    /// per symbol; a sequence model's same window over the same features, or the same
+    /// recurrent weights); otherwise the state starts empty (logged).
     #[inline]
     pub fn poll_reload(&mut self, slot: &super::reload::ReloadSlot) {
         if let Some(symbol) = slot.take_reset() {
@@ -97,13 +98,15 @@ impl Scorer {
         if !slot.poll(&mut self.engine) {
             return;
         }
-        if self.engine.manifest().features.state_spec() == self.state.spec() {
+        if self.engine.state_spec() == self.state.spec() {
             if !self.state.is_stateless() {
-                log::info!("reload: same stateful features, {} symbols' state kept", self.state.symbols());
+                log::info!("reload: same state spec, {} symbols' state kept", self.state.symbols());
             }
         } else {
             // Once per reload, on this thread: the new table is allocated and the old one freed here.
-            log::warn!("reload: the stateful features changed: every symbol's state starts empty");
+            log::warn!(
+                "reload: the stateful features or sequence memory changed: every symbol's state starts empty"
+            );
             self.state = self.engine.new_state(self.state.max_symbols());
         }
         self.model_version = self.engine.info().version;
