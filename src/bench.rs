@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::clock::now_ns;
 use crate::engine::{ort_environment, Engine, EngineOptions};
-use crate::manifest::{Manifest, Prediction};
+use crate::manifest::{Manifest, Prediction, Sequence};
 use crate::server::{Mode, PollMode, ServerConfig};
 use crate::wire::{MlRequest, MlResponse, REQUEST_SIZE, RESPONSE_SIZE};
 
@@ -30,8 +30,22 @@ pub struct BenchOptions {
     pub window: usize,
     /// Python interpreter for the sidecar row (skipped when onnxruntime is not importable).
     pub python: String,
+    /// Further models timed engine beside bare ORT (stateful and sequence models).
+    pub more_models: Vec<PathBuf>,
     pub out: PathBuf,
 }
+
+/// The stateful and sequence models `tickinfer bench` times beside the main one: the
+/// trained stateful default and LSTM, and LSTM steps of three sizes (`benches/models/`).
+pub const MORE_MODELS: [&str; 7] = [
+    "models/lobster_stateful.toml",
+    "models/lobster_lstm_step.toml",
+    "models/lobster_lstm_window.toml",
+    "benches/models/lstm_h32_step.toml",
+    "benches/models/lstm_h32_window.toml",
+    "benches/models/lstm_h64_step.toml",
+    "benches/models/lstm_2x128_step.toml",
+];
 
 impl BenchOptions {
     /// CI's short mode: every row runs, briefly.
@@ -43,6 +57,7 @@ impl BenchOptions {
             connections: 2,
             window: 128,
             python: std::env::var("TICKINFER_PYTHON").unwrap_or_else(|_| "python3".into()),
+            more_models: vec![],
             out,
         }
     }
@@ -212,6 +227,23 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
         engine,
         format!("core {server_core}; pre-bound IoBinding"),
     ));
+    eprintln!("bench: (b') stateful and sequence models, engine beside bare ORT");
+    for m in &opts.more_models {
+        let name = m.file_stem().map_or("?".into(), |s| s.to_string_lossy().into_owned());
+        let loaded = Manifest::load(m).map_err(|e| e.to_string());
+        match loaded.and_then(|mm| bare_ort(m, &mm, n, server_core).map(|r| (mm, r))) {
+            Ok((mm, (bare, engine))) => {
+                let what = match mm.sequence {
+                    Sequence::None => format!("{} features", mm.features.len()),
+                    Sequence::Window { window } => format!("window {window} x {} features", mm.features.len()),
+                    Sequence::Recurrent { .. } => format!("recurrent step, {} features", mm.features.len()),
+                };
+                rows.push(Row::of(&format!("bare ORT: {name}"), bare, format!("core {server_core}; {what}, input ready")));
+                rows.push(Row::of(&format!("engine: {name}"), engine, format!("core {server_core}; {what}, state + features + run")));
+            }
+            Err(why) => rows.push(Row::skipped(&format!("engine: {name}"), format!("skipped: {why}"))),
+        }
+    }
     for poll in [PollMode::Spin, PollMode::Adaptive, PollMode::Block] {
         eprintln!("bench: (c) tickinfer end to end, --poll {poll:?}");
         let h = e2e(&opts.model, poll, n, server_core, client_core, scale, extras)?;
@@ -305,7 +337,14 @@ fn pingpong(n: usize, echo_core: usize, client_core: usize) -> Result<Histogram<
     Ok(h)
 }
 
-/// (b) Bare `session.run` on a ready row, and our engine on the same request.
+/// (b) Bare `session.run` on a ready input, and our engine on the same requests.
+///
+/// The bare side is what a quant would write: `session.run` with named inputs on rows
+/// already computed (a window model: the K rows ready; a recurrent model: the state
+/// tensors fed and the returned ones copied back for the next call), same session
+/// settings. The engine side runs everything per request: the symbol's state update,
+/// feature rows, the window or state copies, the pre-bound run and decoding. Both see
+/// one symbol's stream of moving quotes.
 fn bare_ort(
     model: &Path,
     manifest: &Manifest,
@@ -332,17 +371,69 @@ fn bare_ort(
             .commit_from_file(&manifest.onnx)
             .map_err(|e| e.to_string())?;
         let width = manifest.features.len();
-        let req = sample_request(manifest.price_scale, manifest.features.extras(), 1);
-        let mut row = vec![0f32; width];
-        manifest.features.fill(&req, &mut row);
+        let steps = match manifest.sequence {
+            Sequence::Window { window } => window,
+            _ => 1,
+        };
+        let states: Vec<(String, String, usize)> = match &manifest.sequence {
+            Sequence::Recurrent { state, .. } => state
+                .iter()
+                .map(|p| {
+                    let w = session
+                        .inputs()
+                        .iter()
+                        .find(|i| i.name() == p.input)
+                        .and_then(|i| i.dtype().tensor_shape().and_then(|s| s.get(1).copied()))
+                        .unwrap_or(0)
+                        .max(0) as usize;
+                    (p.input.clone(), p.output.clone(), w)
+                })
+                .collect(),
+            _ => vec![],
+        };
+        let reqs: Vec<MlRequest> = (0..64u64)
+            .map(|i| MlRequest {
+                timestamp_ns: 1_000_000_000 + i * 250_000,
+                ..sample_request(manifest.price_scale, manifest.features.extras(), i)
+            })
+            .collect();
+        // The bare side's ready input: the engine's own rows for the first requests.
+        let mut rows = vec![0f32; steps * width];
+        {
+            let mut st = crate::state::State::new(manifest.features.state_spec().clone(), 1);
+            st.admit(0);
+            for (k, row) in rows.chunks_exact_mut(width).enumerate() {
+                if st.is_stateless() {
+                    manifest.features.fill_with(&reqs[k], None, row);
+                } else {
+                    let view = st.update(&reqs[k], manifest.features.inv_price_scale());
+                    manifest.features.fill_with(&reqs[k], Some(&view), row);
+                }
+            }
+        }
+        let mut carried: Vec<Vec<f32>> = states.iter().map(|s| vec![0f32; s.2]).collect();
         let out_name = manifest.output.name().to_string();
+        let input_name = manifest.input_name.clone();
         let mut h = hist();
         for i in 0..n + n / 10 {
             let t0 = now_ns();
-            let input = TensorRef::from_array_view(([1usize, width], &row[..])).map_err(|e| e.to_string())?;
-            let out = session.run(ort::inputs![input]).map_err(|e| e.to_string())?;
+            let x = if steps > 1 {
+                TensorRef::from_array_view(([1usize, steps, width], &rows[..]))
+            } else {
+                TensorRef::from_array_view(([1usize, width], &rows[..width]))
+            }
+            .map_err(|e| e.to_string())?;
+            let mut inputs = vec![(input_name.clone(), x)];
+            for ((name, _, w), c) in states.iter().zip(&carried) {
+                inputs.push((name.clone(), TensorRef::from_array_view(([1usize, *w], &c[..])).map_err(|e| e.to_string())?));
+            }
+            let out = session.run(inputs).map_err(|e| e.to_string())?;
             let v = out[out_name.as_str()].try_extract_tensor::<f32>().map_err(|e| e.to_string())?.1[0];
             std::hint::black_box(v);
+            for ((_, back, _), c) in states.iter().zip(carried.iter_mut()) {
+                c.copy_from_slice(out[back.as_str()].try_extract_tensor::<f32>().map_err(|e| e.to_string())?.1);
+            }
+            drop(out);
             if i >= n / 10 {
                 h.saturating_record(now_ns() - t0);
             }
@@ -352,6 +443,8 @@ fn bare_ort(
         let mut state = engine.new_state(1);
         let mut he = hist();
         for i in 0..n + n / 10 {
+            let mut req = reqs[i % reqs.len()];
+            req.timestamp_ns = 1_000_000_000 + i as u64 * 250_000;
             let t0 = now_ns();
             engine.predict(std::slice::from_ref(&req), &mut state, &mut p).map_err(|e| e.to_string())?;
             if i >= n / 10 {

@@ -206,6 +206,7 @@ fn main() -> ExitCode {
                 opts.window = window;
             }
             opts.connections = connections;
+            opts.more_models = tickinfer::bench::MORE_MODELS.iter().map(|m| bundled(m)).collect();
             if let Some(p) = python {
                 opts.python = p;
             }
