@@ -235,11 +235,21 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
             Ok((mm, (bare, engine))) => {
                 let what = match mm.sequence {
                     Sequence::None => format!("{} features", mm.features.len()),
-                    Sequence::Window { window } => format!("window {window} x {} features", mm.features.len()),
+                    Sequence::Window { window } => {
+                        format!("window {window} x {} features", mm.features.len())
+                    }
                     Sequence::Recurrent { .. } => format!("recurrent step, {} features", mm.features.len()),
                 };
-                rows.push(Row::of(&format!("bare ORT: {name}"), bare, format!("core {server_core}; {what}, input ready")));
-                rows.push(Row::of(&format!("engine: {name}"), engine, format!("core {server_core}; {what}, state + features + run")));
+                rows.push(Row::of(
+                    &format!("bare ORT: {name}"),
+                    bare,
+                    format!("core {server_core}; {what}, input ready"),
+                ));
+                rows.push(Row::of(
+                    &format!("engine: {name}"),
+                    engine,
+                    format!("core {server_core}; {what}, state + features + run"),
+                ));
             }
             Err(why) => rows.push(Row::skipped(&format!("engine: {name}"), format!("skipped: {why}"))),
         }
@@ -425,13 +435,18 @@ fn bare_ort(
             .map_err(|e| e.to_string())?;
             let mut inputs = vec![(input_name.clone(), x)];
             for ((name, _, w), c) in states.iter().zip(&carried) {
-                inputs.push((name.clone(), TensorRef::from_array_view(([1usize, *w], &c[..])).map_err(|e| e.to_string())?));
+                inputs.push((
+                    name.clone(),
+                    TensorRef::from_array_view(([1usize, *w], &c[..])).map_err(|e| e.to_string())?,
+                ));
             }
             let out = session.run(inputs).map_err(|e| e.to_string())?;
             let v = out[out_name.as_str()].try_extract_tensor::<f32>().map_err(|e| e.to_string())?.1[0];
             std::hint::black_box(v);
             for ((_, back, _), c) in states.iter().zip(carried.iter_mut()) {
-                c.copy_from_slice(out[back.as_str()].try_extract_tensor::<f32>().map_err(|e| e.to_string())?.1);
+                c.copy_from_slice(
+                    out[back.as_str()].try_extract_tensor::<f32>().map_err(|e| e.to_string())?.1,
+                );
             }
             drop(out);
             if i >= n / 10 {

@@ -128,6 +128,10 @@ struct ReplayArgs {
     /// Leave out the first N events (e.g. the model's training period).
     #[arg(long, default_value_t = 0)]
     skip: usize,
+    /// Send every event but score signal quality only from event N on (after --skip): the
+    /// events before it warm a stateful model's per-symbol state (e.g. its training period).
+    #[arg(long, default_value_t = 0)]
+    score_from: usize,
     /// Replay only the first N events (after --skip).
     #[arg(long)]
     limit: Option<usize>,
@@ -320,6 +324,7 @@ fn replay(args: ReplayArgs) -> Result<(), String> {
         symbols: args.symbols,
         horizon: args.horizon.or_else(|| args.model.as_deref().and_then(horizon_of)).unwrap_or(10),
         skip: args.skip,
+        score_from: args.score_from,
         limit: args.limit,
         progress: !args.json,
     };
@@ -365,6 +370,7 @@ fn demo(out: &std::path::Path) -> Result<(), String> {
         symbols: vec![],
         horizon: horizon_of(&model).unwrap_or(10),
         skip: 0,
+        score_from: 0,
         limit: None,
         progress: true,
     };
@@ -373,5 +379,81 @@ fn demo(out: &std::path::Path) -> Result<(), String> {
     let summary = summary?;
     print!("{}", tickinfer::replay::report::print(&summary));
     println!("server side (read -> answer queued), ns:\n{server_stats}");
+    compare_signals(out)
+}
+
+/// The demo's second part: the stateless default beside the stateful models, same data,
+/// same server settings. On the real AMZN day (when `../shared` is here) only its last
+/// 30% is scored — the models' test period, never trained on — while every earlier event
+/// is still sent, to warm the per-symbol state; elsewhere, the bundled synthetic sample.
+fn compare_signals(out: &std::path::Path) -> Result<(), String> {
+    let real = bundled("../shared/data/lobster/LOBSTER_SampleFile_AMZN_2012-06-21_1.zip");
+    let (input, score_from, what) = if real.exists() {
+        let from = test_period_start(&bundled("models/lobster_stateful.report.md"))?;
+        (
+            real,
+            from,
+            format!("real AMZN day, scored from event {from} (the models' out-of-sample test period)"),
+        )
+    } else {
+        let sample = bundled("data/sample/SYNTH_2026-01-05_sample.zip");
+        (sample, 0, "bundled synthetic sample (no model was trained on it); ../shared absent".to_string())
+    };
+    println!("\nsignal quality, stateless beside stateful: {} — {what}", input.display());
+    println!("| model | kind | accuracy | macro-F1 | always-majority macro-F1 | p50 µs | p99 µs |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for (name, kind) in [
+        ("lobster_direction", "stateless logistic, 6 features"),
+        ("lobster_stateful", "stateful LightGBM, 18 features"),
+        ("lobster_lstm_step", "LSTM step, 18 features"),
+    ] {
+        let model = bundled(&format!("models/{name}.toml"));
+        let mut cfg = tickinfer::server::ServerConfig::new(&model, "unused");
+        cfg.stats_interval = std::time::Duration::ZERO;
+        let local = tickinfer::replay::LocalServer::start(cfg)?;
+        let opts = tickinfer::replay::ReplayOptions {
+            input: input.clone(),
+            format: tickinfer::replay::source::Format::Lobster,
+            speed: tickinfer::replay::Speed::Max,
+            rate: None,
+            connections: 1,
+            window: 1,
+            symbols: vec![],
+            horizon: horizon_of(&model).unwrap_or(10),
+            skip: 0,
+            score_from,
+            limit: None,
+            progress: false,
+        };
+        let summary =
+            tickinfer::replay::run_and_report(&local.socket, &opts, &out.join("compare").join(name));
+        local.stop()?;
+        let s = summary?;
+        let q = &s.quality;
+        println!(
+            "| {name} | {kind} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} |",
+            q.accuracy,
+            q.macro_f1,
+            q.majority_macro_f1,
+            s.latency_ns.p50 as f64 / 1e3,
+            s.latency_ns.p99 as f64 / 1e3
+        );
+    }
+    println!(
+        "(round trips closed loop, window 1; per-model signals and plots under {}/compare/)",
+        out.display()
+    );
     Ok(())
+}
+
+/// Where a training report's test period starts: `train N events, validation M`.
+fn test_period_start(report: &std::path::Path) -> Result<usize, String> {
+    let text = std::fs::read_to_string(report).map_err(|e| format!("{}: {e}", report.display()))?;
+    let after = |key: &str| -> Option<usize> {
+        text.split(key).nth(1)?.split_whitespace().next()?.trim_end_matches(',').parse().ok()
+    };
+    match (after("train "), after("validation ")) {
+        (Some(t), Some(v)) => Ok(t + v),
+        _ => Err(format!("{}: no `train N events, validation M` line", report.display())),
+    }
 }

@@ -272,6 +272,17 @@ fn demo_runs_end_to_end() {
     for needle in ["latency µs", "p99.9", "throughput", "status       0 ok: 20000", "always-", "macro-F1"] {
         assert!(text.contains(needle), "`{needle}` not in:\n{text}");
     }
+    // The second part: the stateless default beside the stateful models, each a table row of
+    // real numbers (accuracy and macro-F1 in [0, 1], latencies > 0).
+    assert!(text.contains("signal quality, stateless beside stateful"), "{text}");
+    for model in ["lobster_direction", "lobster_stateful", "lobster_lstm_step"] {
+        let row =
+            text.lines().find(|l| l.starts_with(&format!("| {model} |"))).unwrap_or_else(|| panic!("{text}"));
+        let cells: Vec<f64> = row.split('|').filter_map(|c| c.trim().parse().ok()).collect();
+        assert_eq!(cells.len(), 5, "{row}");
+        assert!(cells[..3].iter().all(|v| (0.0..=1.0).contains(v)) && cells[3] > 0.0, "{row}");
+        assert!(out.join("compare").join(model).join("signals.csv").exists());
+    }
     for f in ["signals.csv", "summary.json", "latency.svg", "latency.png"] {
         assert!(out.join(f).metadata().map(|m| m.len() > 0).unwrap_or(false), "{f} missing");
     }
@@ -390,4 +401,75 @@ fn lying_inputs_are_refused_with_the_place_and_the_field() {
         assert!(e.contains(&format!("price_scale = {scale}: must be positive")), "{e}");
         assert!(e.contains(&format!("scale{scale}.tkcap")), "{e}");
     }
+}
+
+/// The stateful default through the real server over the whole real day (its state needs
+/// the history before the test period), scored on the report's test period from the
+/// server's own answers: the report's out-of-sample numbers come back exactly (the
+/// server's stateful features are the twin's bits, and ONNX Runtime runs the same trees).
+#[test]
+fn the_stateful_model_served_reproduces_its_report_when_present() {
+    let Some(zip) = shared_lobster() else { return };
+    let report = std::fs::read_to_string(repo_root().join("models/lobster_stateful.report.md")).unwrap();
+    let number_after = |key: &str| -> usize {
+        let rest =
+            &report[report.find(key).unwrap_or_else(|| panic!("`{key}` not in the report")) + key.len()..];
+        rest.split_whitespace().next().unwrap().trim_end_matches(',').parse().unwrap()
+    };
+    let test_from = number_after("train ") + number_after("validation ");
+    let row = report.lines().find(|l| l.contains("(shipped) |")).expect("the shipped model's row");
+    let cells: Vec<f64> = row.split('|').filter_map(|c| c.trim().parse().ok()).collect();
+    let (want_acc, want_f1) = (cells[1], cells[2]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let model = repo_root().join("models/lobster_stateful.toml");
+    #[rustfmt::skip]
+    let text = tickinfer(&[
+        "replay", "--input", zip.to_str().unwrap(), "--format", "lobster", "--model", model.to_str().unwrap(),
+        "--server-poll", "block", "--window", "32", "--out", dir.path().to_str().unwrap(), "--json",
+    ]);
+    let s: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(s["lost"], 0);
+    // Direction and mid (a classifier's target price) of every answer, in stream order.
+    let signals = std::fs::read_to_string(dir.path().join("signals.csv")).unwrap();
+    let rows: Vec<(i64, i64)> = signals
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let c: Vec<&str> = l.split(',').collect();
+            assert_eq!(c[6], "0", "every answer OK: {l}");
+            (c[2].parse().unwrap(), c[4].parse().unwrap())
+        })
+        .collect();
+    let k = 10;
+    let n = rows.len() - k;
+    assert!(test_from < n, "the report's split ({test_from}) is inside the day ({n})");
+    let mut confusion = [[0u64; 3]; 3]; // [realised][predicted], classes sell/flat/buy
+    for i in test_from..n {
+        let realised = (rows[i + k].1 - rows[i].1).signum() + 1;
+        confusion[realised as usize][(rows[i].0 + 1) as usize] += 1;
+    }
+    let total: u64 = confusion.iter().flatten().sum();
+    let acc = (0..3).map(|c| confusion[c][c]).sum::<u64>() as f64 / total as f64;
+    let f1 = (0..3)
+        .map(|c| {
+            let tp = confusion[c][c] as f64;
+            let (real, pred) = (
+                confusion[c].iter().sum::<u64>() as f64,
+                (0..3).map(|r| confusion[r][c]).sum::<u64>() as f64,
+            );
+            if tp == 0.0 {
+                0.0
+            } else {
+                2.0 * tp / (real + pred)
+            }
+        })
+        .sum::<f64>()
+        / 3.0;
+    eprintln!("served test period: accuracy {acc:.4}, macro-F1 {f1:.4} (report: {want_acc}, {want_f1})");
+    // The report prints three decimals.
+    assert!(
+        (acc - want_acc).abs() <= 0.0005 && (f1 - want_f1).abs() <= 0.0005,
+        "served {acc:.4}/{f1:.4} vs report {want_acc}/{want_f1}"
+    );
 }

@@ -68,6 +68,9 @@ pub struct ReplayOptions {
     pub horizon: usize,
     /// Leave out the first N events (e.g. a model's training period).
     pub skip: usize,
+    /// Score signal quality only from this event on (the earlier ones are sent: they warm
+    /// a stateful model's state).
+    pub score_from: usize,
     /// Replay at most this many events (all when `None`).
     pub limit: Option<usize>,
     pub progress: bool,

@@ -102,7 +102,7 @@ pub fn summarize(run: &ReplayRun, opts: &super::ReplayOptions) -> Summary {
         by_status,
         mismatched_ids: run.mismatched,
         lost: run.lost,
-        quality: quality(run, opts.horizon),
+        quality: quality(run, opts.horizon, opts.score_from),
         signals_file: None,
         plot_svg: None,
         plot_png: None,
@@ -147,10 +147,10 @@ pub fn scores(truth: &[i8], pred: &[i8]) -> (f64, f64) {
     (acc, f1s.iter().sum::<f64>() / f1s.len().max(1) as f64)
 }
 
-fn quality(run: &ReplayRun, horizon: usize) -> Quality {
+fn quality(run: &ReplayRun, horizon: usize, score_from: usize) -> Quality {
     let real = realised(run, horizon);
     let (mut truth, mut pred) = (Vec::new(), Vec::new());
-    for (o, r) in run.outcomes.iter().zip(&real) {
+    for (o, r) in run.outcomes.iter().zip(&real).skip(score_from) {
         if let (Some(r), true) = (r, o.status == Status::Ok.code()) {
             truth.push(*r);
             pred.push(o.direction);
