@@ -37,7 +37,20 @@ fn every_row_runs_in_short_mode() {
         // Only the Python row may be skipped (when onnxruntime is not importable), and it says why.
         assert!(ran || (skipped && want.starts_with("python")), "{want} did not run: {row}");
     }
-    assert!(report["rows"][6]["throughput_per_s"].as_f64().unwrap() > 0.0);
+    let throughput = rows.iter().find(|r| r["name"] == "tickinfer throughput (pipelined)").unwrap();
+    assert!(throughput["throughput_per_s"].as_f64().unwrap() > 0.0);
+    // The stateful and sequence models, engine beside bare ORT, every one run.
+    for model in tickinfer::bench::MORE_MODELS {
+        let stem = std::path::Path::new(model).file_stem().unwrap().to_str().unwrap();
+        for side in ["bare ORT", "engine"] {
+            let want = format!("{side}: {stem}");
+            let row = rows
+                .iter()
+                .find(|r| r["name"] == want.as_str())
+                .unwrap_or_else(|| panic!("{want}: {names:?}"));
+            assert!(row["count"].as_u64().unwrap() > 0 && row["p50"].as_u64().unwrap() > 0, "{row}");
+        }
+    }
     assert!(report["ratios"]["p50"].as_f64().unwrap() > 0.0);
     assert!(report["host"]["cpu"].as_str().is_some());
     for f in ["bench.md", "bench.svg", "bench.png"] {
