@@ -357,26 +357,7 @@ fn demo(out: &std::path::Path) -> Result<(), String> {
         model.display(),
         input.display()
     );
-    let mut cfg = tickinfer::server::ServerConfig::new(&model, "unused");
-    cfg.stats_interval = std::time::Duration::ZERO;
-    let local = tickinfer::replay::LocalServer::start(cfg)?;
-    let opts = tickinfer::replay::ReplayOptions {
-        input,
-        format: tickinfer::replay::source::Format::Lobster,
-        speed: tickinfer::replay::Speed::Max,
-        rate: None,
-        connections: 1,
-        window: 1,
-        symbols: vec![],
-        horizon: horizon_of(&model).unwrap_or(10),
-        skip: 0,
-        score_from: 0,
-        limit: None,
-        progress: true,
-    };
-    let summary = tickinfer::replay::run_and_report(&local.socket, &opts, out);
-    let server_stats = local.stop()?;
-    let summary = summary?;
+    let (summary, server_stats) = demo_replay(&model, input, 0, true, out)?;
     print!("{}", tickinfer::replay::report::print(&summary));
     println!("server side (read -> answer queued), ns:\n{server_stats}");
     compare_signals(out)
@@ -408,27 +389,7 @@ fn compare_signals(out: &std::path::Path) -> Result<(), String> {
         ("lobster_lstm_step", "LSTM step, 18 features"),
     ] {
         let model = bundled(&format!("models/{name}.toml"));
-        let mut cfg = tickinfer::server::ServerConfig::new(&model, "unused");
-        cfg.stats_interval = std::time::Duration::ZERO;
-        let local = tickinfer::replay::LocalServer::start(cfg)?;
-        let opts = tickinfer::replay::ReplayOptions {
-            input: input.clone(),
-            format: tickinfer::replay::source::Format::Lobster,
-            speed: tickinfer::replay::Speed::Max,
-            rate: None,
-            connections: 1,
-            window: 1,
-            symbols: vec![],
-            horizon: horizon_of(&model).unwrap_or(10),
-            skip: 0,
-            score_from,
-            limit: None,
-            progress: false,
-        };
-        let summary =
-            tickinfer::replay::run_and_report(&local.socket, &opts, &out.join("compare").join(name));
-        local.stop()?;
-        let s = summary?;
+        let (s, _) = demo_replay(&model, input.clone(), score_from, false, &out.join("compare").join(name))?;
         let q = &s.quality;
         println!(
             "| {name} | {kind} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} |",
@@ -444,6 +405,37 @@ fn compare_signals(out: &std::path::Path) -> Result<(), String> {
         out.display()
     );
     Ok(())
+}
+
+/// Serve `model` in process and replay the LOBSTER `input` through it closed loop, window 1:
+/// the replay's summary and the server's own stats.
+fn demo_replay(
+    model: &std::path::Path,
+    input: PathBuf,
+    score_from: usize,
+    progress: bool,
+    out: &std::path::Path,
+) -> Result<(tickinfer::replay::report::Summary, tickinfer::stats::StatsReport), String> {
+    let mut cfg = tickinfer::server::ServerConfig::new(model, "unused");
+    cfg.stats_interval = std::time::Duration::ZERO;
+    let local = tickinfer::replay::LocalServer::start(cfg)?;
+    let opts = tickinfer::replay::ReplayOptions {
+        input,
+        format: tickinfer::replay::source::Format::Lobster,
+        speed: tickinfer::replay::Speed::Max,
+        rate: None,
+        connections: 1,
+        window: 1,
+        symbols: vec![],
+        horizon: horizon_of(model).unwrap_or(10),
+        skip: 0,
+        score_from,
+        limit: None,
+        progress,
+    };
+    let summary = tickinfer::replay::run_and_report(&local.socket, &opts, out);
+    let server_stats = local.stop()?;
+    Ok((summary?, server_stats))
 }
 
 /// Where a training report's test period starts: `train N events, validation M`.

@@ -193,25 +193,10 @@ fn mismatched_sequence_manifests_are_named() {
 /// and up to 32 per run (pipeline mode: the state lives on the worker), for both models.
 #[test]
 fn the_server_answers_the_same_at_batch_1_and_32() {
-    use util::server::{Client, Server};
     for manifest in [STEP, WINDOW] {
-        let answers = |max_batch: &str, mode: &str| -> Vec<(i8, u8, i64, u16, u16)> {
-            let m = repo_root().join(manifest);
-            let server =
-                Server::start(&["--model", m.to_str().unwrap(), "--max-batch", max_batch, "--mode", mode]);
-            let mut c = Client::connect(&server.socket).unwrap();
-            let reqs: Vec<MlRequest> = stream(2000);
-            let mut out = Vec::with_capacity(reqs.len());
-            for window in reqs.chunks(64) {
-                c.send(window).unwrap();
-                for r in window {
-                    let resp = c.recv().unwrap();
-                    assert_eq!({ resp.request_id }, { r.request_id });
-                    out.push((resp.direction, resp.confidence, resp.target_price, resp.status, resp.flags));
-                }
-            }
-            out
-        };
+        let (m, reqs) = (repo_root().join(manifest), stream(2000));
+        let answers =
+            |max_batch: &str, mode: &str| util::server::pipelined_answers(&m, max_batch, mode, &reqs);
         let (one, batched) = (answers("1", "inline"), answers("32", "pipeline"));
         assert!(one.iter().all(|a| a.3 == 0), "{manifest}: every request answered OK");
         assert_eq!(

@@ -72,23 +72,9 @@ fn warming_flag_and_the_symbol_bound() {
 /// worker): the same answers, flags included.
 #[test]
 fn batching_never_changes_an_answer_through_the_server() {
-    let answers = |max_batch: &str, mode: &str| -> Vec<(i8, u8, i64, u16, u16)> {
-        let m = model();
-        let server =
-            Server::start(&["--model", m.to_str().unwrap(), "--max-batch", max_batch, "--mode", mode]);
-        let mut c = Client::connect(&server.socket).unwrap();
-        let reqs: Vec<MlRequest> = (0..3000u64).map(|i| tick(i, (i % 6) as u16)).collect();
-        let mut out = Vec::with_capacity(reqs.len());
-        for window in reqs.chunks(64) {
-            c.send(window).unwrap();
-            for r in window {
-                let resp = c.recv().unwrap();
-                assert_eq!({ resp.request_id }, { r.request_id });
-                out.push((resp.direction, resp.confidence, resp.target_price, resp.status, resp.flags));
-            }
-        }
-        out
-    };
+    let reqs: Vec<MlRequest> = (0..3000u64).map(|i| tick(i, (i % 6) as u16)).collect();
+    let answers =
+        |max_batch: &str, mode: &str| util::server::pipelined_answers(&model(), max_batch, mode, &reqs);
     let (one, batched) = (answers("1", "inline"), answers("32", "pipeline"));
     assert_eq!(one.len(), 3000);
     assert!(one.iter().all(|a| a.3 == 0));

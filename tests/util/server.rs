@@ -202,3 +202,27 @@ pub fn request(id: u64) -> MlRequest {
         ..MlRequest::new()
     }
 }
+
+/// Answers `(direction, confidence, target, status, flags)` to `reqs` from a server on `model`
+/// with `--max-batch max_batch --mode mode`, sent 64 at a time on one connection (ids checked).
+#[allow(dead_code)]
+pub fn pipelined_answers(
+    model: &Path,
+    max_batch: &str,
+    mode: &str,
+    reqs: &[MlRequest],
+) -> Vec<(i8, u8, i64, u16, u16)> {
+    let server =
+        Server::start(&["--model", model.to_str().unwrap(), "--max-batch", max_batch, "--mode", mode]);
+    let mut c = Client::connect(&server.socket).unwrap();
+    let mut out = Vec::with_capacity(reqs.len());
+    for window in reqs.chunks(64) {
+        c.send(window).unwrap();
+        for r in window {
+            let resp = c.recv().unwrap();
+            assert_eq!({ resp.request_id }, { r.request_id });
+            out.push((resp.direction, resp.confidence, resp.target_price, resp.status, resp.flags));
+        }
+    }
+    out
+}
