@@ -370,7 +370,10 @@ fn demo(out: &std::path::Path) -> Result<(), String> {
 fn compare_signals(out: &std::path::Path) -> Result<(), String> {
     let real = bundled("../shared/data/lobster/LOBSTER_SampleFile_AMZN_2012-06-21_1.zip");
     let (input, score_from, what) = if real.exists() {
-        let from = test_period_start(&bundled("models/lobster_stateful.report.md"))?;
+        let report = bundled("models/lobster_stateful.report.md");
+        let text = std::fs::read_to_string(&report).map_err(|e| format!("{}: {e}", report.display()))?;
+        let from = tickinfer::replay::report::test_period_start(&text)
+            .ok_or_else(|| format!("{}: no `train N events, validation M` line", report.display()))?;
         (
             real,
             from,
@@ -436,16 +439,4 @@ fn demo_replay(
     let summary = tickinfer::replay::run_and_report(&local.socket, &opts, out);
     let server_stats = local.stop()?;
     Ok((summary?, server_stats))
-}
-
-/// Where a training report's test period starts: `train N events, validation M`.
-fn test_period_start(report: &std::path::Path) -> Result<usize, String> {
-    let text = std::fs::read_to_string(report).map_err(|e| format!("{}: {e}", report.display()))?;
-    let after = |key: &str| -> Option<usize> {
-        text.split(key).nth(1)?.split_whitespace().next()?.trim_end_matches(',').parse().ok()
-    };
-    match (after("train "), after("validation ")) {
-        (Some(t), Some(v)) => Ok(t + v),
-        _ => Err(format!("{}: no `train N events, validation M` line", report.display())),
-    }
 }

@@ -6,6 +6,7 @@ mod util;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use tickinfer::replay::report::test_period_start;
 use tickinfer::replay::source::{self, Format, SymbolTable};
 use tickinfer::replay::{schedule, Speed};
 use util::repo_root;
@@ -297,12 +298,7 @@ fn demo_runs_end_to_end() {
 fn replay_lobster_sample_reproduces_the_model_report_when_present() {
     let Some(zip) = shared_lobster() else { return };
     let report = std::fs::read_to_string(repo_root().join("models/lobster_direction.report.md")).unwrap();
-    let number_after = |key: &str| -> usize {
-        let rest =
-            &report[report.find(key).unwrap_or_else(|| panic!("`{key}` not in the report")) + key.len()..];
-        rest.split_whitespace().next().unwrap().trim_end_matches(',').parse().unwrap()
-    };
-    let skip = number_after("train ") + number_after("validation ");
+    let skip = test_period_start(&report).expect("a `train N events, validation M` line in the report");
     let row = report.lines().find(|l| l.starts_with("| logistic |") || l.starts_with("| mlp16 |")).unwrap();
     let cells: Vec<f64> = row.split('|').filter_map(|c| c.trim().parse().ok()).collect();
     let (want_acc, want_f1) = (cells[0], cells[1]);
@@ -404,19 +400,14 @@ fn lying_inputs_are_refused_with_the_place_and_the_field() {
 }
 
 /// The stateful default through the real server over the whole real day (its state needs
-/// the history before the test period), scored on the report's test period from the
-/// server's own answers: the report's out-of-sample numbers come back exactly (the
+/// the history before the test period), scored on the report's test period only
+/// (`--score-from`): the report's out-of-sample numbers come back exactly (the
 /// server's stateful features are the twin's bits, and ONNX Runtime runs the same trees).
 #[test]
 fn the_stateful_model_served_reproduces_its_report_when_present() {
     let Some(zip) = shared_lobster() else { return };
     let report = std::fs::read_to_string(repo_root().join("models/lobster_stateful.report.md")).unwrap();
-    let number_after = |key: &str| -> usize {
-        let rest =
-            &report[report.find(key).unwrap_or_else(|| panic!("`{key}` not in the report")) + key.len()..];
-        rest.split_whitespace().next().unwrap().trim_end_matches(',').parse().unwrap()
-    };
-    let test_from = number_after("train ") + number_after("validation ");
+    let test_from = test_period_start(&report).expect("a `train N events, validation M` line in the report");
     let row = report.lines().find(|l| l.contains("(shipped) |")).expect("the shipped model's row");
     let cells: Vec<f64> = row.split('|').filter_map(|c| c.trim().parse().ok()).collect();
     let (want_acc, want_f1) = (cells[1], cells[2]);
@@ -426,46 +417,21 @@ fn the_stateful_model_served_reproduces_its_report_when_present() {
     #[rustfmt::skip]
     let text = tickinfer(&[
         "replay", "--input", zip.to_str().unwrap(), "--format", "lobster", "--model", model.to_str().unwrap(),
-        "--server-poll", "block", "--window", "32", "--out", dir.path().to_str().unwrap(), "--json",
+        "--server-poll", "block", "--window", "32", "--score-from", &test_from.to_string(),
+        "--out", dir.path().to_str().unwrap(), "--json",
     ]);
     let s: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(s["lost"], 0);
-    // Direction and mid (a classifier's target price) of every answer, in stream order.
-    let signals = std::fs::read_to_string(dir.path().join("signals.csv")).unwrap();
-    let rows: Vec<(i64, i64)> = signals
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let c: Vec<&str> = l.split(',').collect();
-            assert_eq!(c[6], "0", "every answer OK: {l}");
-            (c[2].parse().unwrap(), c[4].parse().unwrap())
-        })
-        .collect();
-    let k = 10;
-    let n = rows.len() - k;
-    assert!(test_from < n, "the report's split ({test_from}) is inside the day ({n})");
-    let mut confusion = [[0u64; 3]; 3]; // [realised][predicted], classes sell/flat/buy
-    for i in test_from..n {
-        let realised = (rows[i + k].1 - rows[i].1).signum() + 1;
-        confusion[realised as usize][(rows[i].0 + 1) as usize] += 1;
-    }
-    let total: u64 = confusion.iter().flatten().sum();
-    let acc = (0..3).map(|c| confusion[c][c]).sum::<u64>() as f64 / total as f64;
-    let f1 = (0..3)
-        .map(|c| {
-            let tp = confusion[c][c] as f64;
-            let (real, pred) = (
-                confusion[c].iter().sum::<u64>() as f64,
-                (0..3).map(|r| confusion[r][c]).sum::<u64>() as f64,
-            );
-            if tp == 0.0 {
-                0.0
-            } else {
-                2.0 * tp / (real + pred)
-            }
-        })
-        .sum::<f64>()
-        / 3.0;
+    assert_eq!(s["by_status"][0][1], s["events"], "every answer OK: {}", s["by_status"]);
+    let q = &s["quality"];
+    assert_eq!(q["horizon_events"], 10);
+    assert!(test_from < s["events"].as_u64().unwrap() as usize, "the report's split is inside the day");
+    // Every event was sent (the state warms on the training period); only the test period is scored.
+    assert_eq!(
+        q["evaluated"].as_u64().unwrap() as usize,
+        s["events"].as_u64().unwrap() as usize - test_from - 10
+    );
+    let (acc, f1) = (q["accuracy"].as_f64().unwrap(), q["macro_f1"].as_f64().unwrap());
     eprintln!("served test period: accuracy {acc:.4}, macro-F1 {f1:.4} (report: {want_acc}, {want_f1})");
     // The report prints three decimals.
     assert!(

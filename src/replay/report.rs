@@ -128,6 +128,15 @@ fn realised(run: &ReplayRun, horizon: usize) -> Vec<Option<i8>> {
     out
 }
 
+/// Where a training report's test period starts (the event after train + validation),
+/// read from its `train N events, validation M` line, as `scripts/train_*.py` write it.
+pub fn test_period_start(report: &str) -> Option<usize> {
+    let after = |key: &str| -> Option<usize> {
+        report.split(key).nth(1)?.split_whitespace().next()?.trim_end_matches(',').parse().ok()
+    };
+    Some(after("train ")? + after("validation ")?)
+}
+
 /// Accuracy and macro-F1 (over the classes present in truth or prediction, as scikit-learn does).
 pub fn scores(truth: &[i8], pred: &[i8]) -> (f64, f64) {
     if truth.is_empty() {
