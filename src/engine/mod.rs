@@ -498,14 +498,17 @@ fn run_batch<'p>(
     if b == 0 || b > parts.slots.len() {
         return Err(EngineError::Run(format!("batch of {b} outside 1..={}", parts.slots.len())));
     }
-    if !matches!(manifest.sequence, Sequence::Recurrent { .. }) || distinct_prefix(reqs, state)? == b {
+    let first = match manifest.sequence {
+        Sequence::Recurrent { .. } => distinct_prefix(reqs, state)?,
+        _ => b,
+    };
+    if first == b {
         run_slot(parts, session, manifest, reqs, state, warming, row_ok)?;
         return Ok(parts.slots[b - 1].output.extract_tensor().1);
     }
     let width = manifest.output.width();
-    let mut start = 0;
-    while start < b {
-        let end = start + distinct_prefix(&reqs[start..], state)?;
+    let (mut start, mut end) = (0, first);
+    loop {
         run_slot(
             parts,
             session,
@@ -518,6 +521,10 @@ fn run_batch<'p>(
         let rows = parts.slots[end - start - 1].output.extract_tensor().1;
         parts.scratch[start * width..end * width].copy_from_slice(rows);
         start = end;
+        if start == b {
+            break;
+        }
+        end = start + distinct_prefix(&reqs[start..], state)?;
     }
     Ok(&parts.scratch[..b * width])
 }
