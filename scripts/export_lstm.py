@@ -30,7 +30,7 @@ from torch import nn
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "..")
 sys.path.insert(0, HERE)
-from tickfeatures import toml_list  # noqa: E402
+from tickfeatures import classifier_manifest  # noqa: E402
 
 OPSET = 17
 
@@ -111,33 +111,8 @@ def check_step_equals_window(step_path, window_path, rows, window, tol=1e-5):
     return worst
 
 
-def manifest(name, onnx, description, features, mean, std, sequence, price_scale=10_000, horizon=None):
-    norm = f"mean = {toml_list(mean)}\nstd = {toml_list(std)}\n" if mean is not None else ""
-    hz = f"horizon_events = {horizon}\n" if horizon else ""
-    return f"""# Written by scripts/{os.path.basename(sys.argv[0])}.
-[model]
-name = "{name}"
-version = 1
-onnx = "{onnx}"
-price_scale = {price_scale}
-{hz}description = "{description}"
-
-[input]
-name = "x"
-features = {toml_list(features)}
-{norm}
-[output]
-kind = "classes"
-name = "probabilities"
-classes = ["sell", "flat", "buy"]
-
-[sequence]
-{sequence}
-"""
-
-
 def write_pair(model, features, window, out_dir, name, description, mean=None, std=None, warmup=None,
-               horizon=None, check_rows=None):
+               horizon=None, check_rows=None, writer="export_lstm.py"):
     step_path, window_path = export(model, len(features), window, out_dir, name)
     if check_rows is not None:
         worst = check_step_equals_window(step_path, window_path, check_rows, window)
@@ -146,11 +121,12 @@ def write_pair(model, features, window, out_dir, name, description, mean=None, s
     rec = ('kind = "recurrent"\nstate = [{ input = "h_in", output = "h_out" }, { input = "c_in", output = "c_out" }]\n'
            f"warmup_events = {warm}")
     with open(os.path.join(out_dir, f"{name}_step.toml"), "w") as f:
-        f.write(manifest(f"{name}_step", f"{name}_step.onnx", f"{description}, one recurrent step", features,
-                         mean, std, rec, horizon=horizon))
+        f.write(classifier_manifest(writer, f"{name}_step", f"{name}_step.onnx", f"{description}, one recurrent step",
+                                    features, mean, std, sequence=rec, horizon=horizon))
     with open(os.path.join(out_dir, f"{name}_window.toml"), "w") as f:
-        f.write(manifest(f"{name}_window", f"{name}_window.onnx", f"{description}, window of {window}", features,
-                         mean, std, f'kind = "window"\nwindow = {window}', horizon=horizon))
+        f.write(classifier_manifest(writer, f"{name}_window", f"{name}_window.onnx",
+                                    f"{description}, window of {window}", features, mean, std,
+                                    sequence=f'kind = "window"\nwindow = {window}', horizon=horizon))
     return step_path, window_path
 
 

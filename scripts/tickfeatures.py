@@ -53,6 +53,32 @@ def toml_list(xs):
     return "[" + ", ".join(repr(float(x)) if not isinstance(x, str) else f'"{x}"' for x in xs) + "]"
 
 
+def classifier_manifest(writer, name, onnx, description, features, mean=None, std=None, output="probabilities",
+                        sequence=None, horizon=None, price_scale=10_000):
+    """A tickinfer manifest (TOML text) for a sell/flat/buy classifier with input `x`;
+    `sequence`: the body of a `[sequence]` section, if any; `writer`: the script's name."""
+    norm = f"mean = {toml_list(mean)}\nstd = {toml_list(std)}\n" if mean is not None else ""
+    hz = f"horizon_events = {horizon}\n" if horizon else ""
+    seq = f"\n[sequence]\n{sequence}\n" if sequence else ""
+    return f"""# Written by scripts/{writer}.
+[model]
+name = "{name}"
+version = 1
+onnx = "{onnx}"
+price_scale = {price_scale}
+{hz}description = "{description}"
+
+[input]
+name = "x"
+features = {toml_list(features)}
+{norm}
+[output]
+kind = "classes"
+name = "{output}"
+classes = ["sell", "flat", "buy"]
+{seq}"""
+
+
 # ---------------------------------------------------------------- stateful features
 #
 # Pure Python floats (IEEE float64, like Rust's f64), one event at a time, in the

@@ -29,7 +29,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from tickfeatures import read_lobster, stateful_rows, toml_list  # noqa: E402
+from tickfeatures import classifier_manifest, read_lobster, stateful_rows  # noqa: E402
 
 PRICE_SCALE = 10_000
 CLASSES = ["sell", "flat", "buy"]
@@ -152,33 +152,16 @@ def main():
     sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
     agree = float((sess.run([out_name], {"x": x1[i_va:]})[0].argmax(axis=1) == clf.predict(x1[i_va:])).mean())
     with open(os.path.join(args.out, f"{name}.toml"), "w") as fh:
-        fh.write(f"""# Written by scripts/train_stateful_model.py; report in {name}.report.md.
-[model]
-name = "{name}"
-version = 1
-onnx = "{name}.onnx"
-price_scale = {PRICE_SCALE}
-horizon_events = {args.k}
-description = "{best} direction classifier on stateful LOBSTER features, label = mid direction {args.k} events ahead"
+        fh.write(classifier_manifest(
+            "train_stateful_model.py", name, f"{name}.onnx",
+            f"{best} direction classifier on stateful LOBSTER features, label = mid direction {args.k} events ahead",
+            STATEFUL, mean1, std1, output=out_name, horizon=args.k))
 
-[input]
-name = "x"
-features = {toml_list(STATEFUL)}
-mean = {toml_list(mean1)}
-std = {toml_list(std1)}
-
-[output]
-kind = "classes"
-name = "{out_name}"
-classes = {toml_list(CLASSES)}
-""")
-
-    sys.argv[0] = "train_stateful_model.py"
     from export_lstm import write_pair
     write_pair(lstm, STATEFUL, LSTM_WINDOW, args.out, "lobster_lstm",
                f"LSTM {LSTM_HIDDEN} on stateful LOBSTER features, label = mid direction {args.k} events ahead",
                mean=list(mean1), std=list(std1), warmup=LSTM_WINDOW, horizon=args.k,
-               check_rows=x1[i_va:i_va + 4 * LSTM_WINDOW])
+               check_rows=x1[i_va:i_va + 4 * LSTM_WINDOW], writer="train_stateful_model.py")
 
     table = "\n".join(f"| {k}{' (shipped)' if k == best else ''} | {val[k]:.3f} | {test[k][0]:.3f} | {test[k][1]:.3f} |"
                       for k in val)
