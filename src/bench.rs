@@ -385,19 +385,13 @@ fn bare_ort(
             Sequence::Window { window } => window,
             _ => 1,
         };
+        // Loaded first (untimed) for its view of the model: the state widths it declares.
+        let mut engine = Engine::load(&model, &opts).map_err(|e| e.to_string())?;
         let states: Vec<(String, String, usize)> = match &manifest.sequence {
             Sequence::Recurrent { state, .. } => state
                 .iter()
-                .map(|p| {
-                    let w = session
-                        .inputs()
-                        .iter()
-                        .find(|i| i.name() == p.input)
-                        .and_then(|i| i.dtype().tensor_shape().and_then(|s| s.get(1).copied()))
-                        .unwrap_or(0)
-                        .max(0) as usize;
-                    (p.input.clone(), p.output.clone(), w)
-                })
+                .zip(manifest.state_widths(&engine.info().inputs))
+                .map(|(p, w)| (p.input.clone(), p.output.clone(), w))
                 .collect(),
             _ => vec![],
         };
@@ -407,7 +401,7 @@ fn bare_ort(
                 ..sample_request(manifest.price_scale, manifest.features.extras(), i)
             })
             .collect();
-        // The bare side's ready input: the engine's own rows for the first requests.
+        // The bare side's ready input: the first requests' rows, computed as the engine computes them.
         let mut rows = vec![0f32; steps * width];
         {
             let mut st = crate::state::State::new(manifest.features.state_spec().clone(), 1);
@@ -453,7 +447,6 @@ fn bare_ort(
                 h.saturating_record(now_ns() - t0);
             }
         }
-        let mut engine = Engine::load(&model, &opts).map_err(|e| e.to_string())?;
         let mut p = [None::<Prediction>];
         let mut state = engine.new_state(1);
         let mut he = hist();
