@@ -218,6 +218,26 @@ typedef struct ml_request_t {
     uint32_t frame_end;      /* ML_REQUEST_END                                */
 } ml_request_t;
 
+/*
+ * Book depth (levels 2..ML_DEPTH_LEVELS per side), carried in features[] at fixed
+ * offsets so a model can read 5 levels per side. Level 1 is the request's own
+ * bid/ask fields. Level k (2 <= k <= ML_DEPTH_LEVELS) takes four floats starting at
+ * ML_DEPTH_INDEX(k):
+ *   [+0] bid distance: bid_price(1) - bid_price(k), in price units (>= 0)
+ *   [+1] bid size at level k
+ *   [+2] ask distance: ask_price(k) - ask_price(1), in price units (>= 0)
+ *   [+3] ask size at level k
+ * Distances, not prices, because a float32 distance keeps a cent exact where a
+ * float32 price would not. An empty level has size 0 and repeats the distance of
+ * the level above. A model whose manifest reads level k (bid_px(k), ask_sz(k),
+ * depth_imbalance(k), ...) expects n_features = ML_DEPTH_FEATURES_FOR(k): the
+ * hello ack's model_features says how many to send. Extra features of a depth
+ * model's own start after the depth block.
+ */
+#define ML_DEPTH_LEVELS 5u
+#define ML_DEPTH_INDEX(k) (4u * ((unsigned)(k) - 2u))
+#define ML_DEPTH_FEATURES_FOR(k) (4u * ((unsigned)(k) - 1u))
+
 /** The server's answer to one request (58 bytes). */
 /*
  * ml_response_t.flags bits. Protocol-compatible: the field was `reserved` (always 0)
@@ -322,6 +342,24 @@ static inline void ml_hello_init(ml_hello_t *hello) {
     hello->response_size = (uint16_t)sizeof(ml_response_t);
     hello->max_features = (uint16_t)ML_MAX_FEATURES;
     hello->reserved = 0;
+}
+
+/**
+ * Write book level k (2..ML_DEPTH_LEVELS) from fixed-point prices at the server's
+ * price_scale, and raise n_features to cover it. Returns 0, or -1 when k is out of
+ * range (nothing written). Call after ml_request_init() and the level-1 fields.
+ */
+static inline int ml_request_set_level(ml_request_t *req, unsigned k, int64_t bid_price, int64_t bid_size,
+                                       int64_t ask_price, int64_t ask_size, int64_t price_scale) {
+    unsigned i;
+    if (k < 2u || k > ML_DEPTH_LEVELS || price_scale <= 0) return -1;
+    i = ML_DEPTH_INDEX(k);
+    req->features[i + 0] = (float)((double)(req->bid_price - bid_price) / (double)price_scale);
+    req->features[i + 1] = (float)bid_size;
+    req->features[i + 2] = (float)((double)(ask_price - req->ask_price) / (double)price_scale);
+    req->features[i + 3] = (float)ask_size;
+    if (req->n_features < ML_DEPTH_FEATURES_FOR(k)) req->n_features = (uint16_t)ML_DEPTH_FEATURES_FOR(k);
+    return 0;
 }
 
 #ifdef __cplusplus

@@ -4,8 +4,10 @@ one, and parity files (requests + Python onnxruntime outputs) for all three.
 
     python3 scripts/make_fixtures.py
 
-Writes tests/fixtures/models/{lgbm_direction,ridge_return}.{onnx,toml} and
-tests/fixtures/parity/{lobster_direction,lgbm_direction,ridge_return}.json.
+Writes tests/fixtures/models/{lgbm_direction,ridge_return,failing_gather,nonfinite_log,
+stateful_linear,depth_linear}.{onnx,toml} and tests/fixtures/parity/{lobster_direction,
+lgbm_direction,ridge_return}.json, plus the twin's feature rows over the bundled samples
+(stateful_features.json over the level-1 sample, depth_features.json over the 5-level one).
 Training data for the fixture models is synthetic (seeded): they exist to pin
 shapes and numerics, not to predict anything.
 """
@@ -268,6 +270,58 @@ classes = ["sell", "flat", "buy"]
     print("nonfinite_log: NaN, -inf and 0 as intended")
 
 
+def linear_classifier(name, w, features, mean, std, what):
+    """tests/fixtures/models/<name>.{onnx,toml}: softmax(x·w + b) over `features`."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    n = len(features)
+    b = np.array([0.1, -0.2, 0.1], dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["z"]), helper.make_node("Add", ["z", "b"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, n])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3])],
+        initializer=[helper.make_tensor("w", TensorProto.FLOAT, [n, 3], w.flatten().tolist()),
+                     helper.make_tensor("b", TensorProto.FLOAT, [3], b.tolist())],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, os.path.join(FIX, "models", f"{name}.onnx"))
+    with open(os.path.join(FIX, "models", f"{name}.toml"), "w") as f:
+        f.write(f"""# Fixture: {what} (made by scripts/make_fixtures.py).
+[model]
+name = "{name}"
+version = 1
+onnx = "{name}.onnx"
+price_scale = {PRICE_SCALE}
+
+[input]
+name = "x"
+features = {toml_list(features)}
+mean = {toml_list(mean)}
+std = {toml_list(std)}
+
+[output]
+kind = "classes"
+name = "probabilities"
+classes = ["sell", "flat", "buy"]
+""")
+
+
+def write_feature_parity(name, features, mean, std, reqs, rows, warming):
+    """tests/fixtures/parity/<name>.json: the requests, and the twin's rows as float32 bits."""
+    bits = [[int(np.float32(v).view(np.uint32)) for v in row] for row in rows]
+    with open(os.path.join(FIX, "parity", f"{name}.json"), "w") as f:
+        json.dump({"features": features, "mean": mean, "std": std, "price_scale": PRICE_SCALE,
+                   "requests": [[r["timestamp_ns"], r["bid_price"], r["ask_price"], r["bid_size"], r["ask_size"],
+                                 r["book_imbalance"]] for r in reqs],
+                   "rows": bits, "warming": warming}, f, separators=(",", ":"))
+    print(f"{name}: {len(rows)} rows of {len(features)} features, {sum(warming)} warming")
+
+
 STATEFUL_FEATURES = ["spread_bps", "size_imbalance", "mid_return_bps(5)", "ofi(10)", "realized_vol_bps(20)",
                      "spread_bps_mean(8)", "ewma_mid_return_bps(4)", "time_since_last_ms", "event_rate(100)",
                      "mid_return_bps(1)"]
@@ -277,56 +331,36 @@ def stateful_fixture(rng):
     """A linear softmax classifier over stateless and stateful features, and the twin's
     rows (as float32 bits) over the first 3000 events of the bundled synthetic LOBSTER
     sample: the Rust state and features must give the same bits."""
-    import onnx
-    from onnx import TensorProto, helper
     from tickfeatures import read_lobster, stateful_rows
 
     n = len(STATEFUL_FEATURES)
     w = rng.normal(0, 0.3, size=(n, 3)).astype(np.float32)
-    b = np.array([0.1, -0.2, 0.1], dtype=np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["z"]), helper.make_node("Add", ["z", "b"], ["logits"]),
-         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
-        "stateful_linear",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, n])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3])],
-        initializer=[helper.make_tensor("w", TensorProto.FLOAT, [n, 3], w.flatten().tolist()),
-                     helper.make_tensor("b", TensorProto.FLOAT, [3], b.tolist())],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, os.path.join(FIX, "models", "stateful_linear.onnx"))
     mean = [2.0, 0.0, 0.0, 0.0, 1.0, 2.0, 0.0, 5.0, 50.0, 0.0]
     std = [1.0, 0.5, 2.0, 500.0, 2.0, 1.0, 1.0, 10.0, 50.0, 1.0]
-    with open(os.path.join(FIX, "models", "stateful_linear.toml"), "w") as f:
-        f.write(f"""# Fixture: a linear softmax over stateless and stateful features (made by scripts/make_fixtures.py).
-[model]
-name = "stateful_linear"
-version = 1
-onnx = "stateful_linear.onnx"
-price_scale = {PRICE_SCALE}
-
-[input]
-name = "x"
-features = {toml_list(STATEFUL_FEATURES)}
-mean = {toml_list(mean)}
-std = {toml_list(std)}
-
-[output]
-kind = "classes"
-name = "probabilities"
-classes = ["sell", "flat", "buy"]
-""")
+    linear_classifier("stateful_linear", w, STATEFUL_FEATURES, mean, std,
+                      "a linear softmax over stateless and stateful features")
     reqs = read_lobster(os.path.join(ROOT, "data", "sample", "SYNTH_2026-01-05_sample.zip"), 3000)
     rows, warming = stateful_rows(STATEFUL_FEATURES, reqs, PRICE_SCALE, mean, std)
-    bits = [[int(np.float32(v).view(np.uint32)) for v in row] for row in rows]
-    with open(os.path.join(FIX, "parity", "stateful_features.json"), "w") as f:
-        json.dump({"features": STATEFUL_FEATURES, "mean": mean, "std": std, "price_scale": PRICE_SCALE,
-                   "requests": [[r["timestamp_ns"], r["bid_price"], r["ask_price"], r["bid_size"], r["ask_size"],
-                                 r["book_imbalance"]] for r in reqs],
-                   "rows": bits, "warming": warming}, f, separators=(",", ":"))
-    print(f"stateful_linear: {len(rows)} rows of {n} features, {sum(warming)} warming")
+    write_feature_parity("stateful_features", STATEFUL_FEATURES, mean, std, reqs, rows, warming)
+
+
+DEPTH_FEATURES = ["size_imbalance", "depth_imbalance(2)", "depth_imbalance(5)", "bid_px(2)", "ask_px(3)",
+                  "bid_sz(4)", "ask_sz(5)", "bid_sz(1)", "ofi(10)", "mid_return_bps(5)"]
+
+
+def depth_fixture(rng):
+    """A linear softmax over 5-level depth and stateful features, and the twin's rows
+    over the first 3000 events of the bundled 5-level synthetic LOBSTER sample."""
+    from tickfeatures import read_lobster, stateful_rows
+
+    n = len(DEPTH_FEATURES)
+    mean = [0.0, 0.0, 0.0, 99.98, 100.03, 250.0, 250.0, 250.0, 0.0, 0.0]
+    std = [0.5, 0.5, 0.5, 0.3, 0.3, 150.0, 150.0, 150.0, 500.0, 2.0]
+    linear_classifier("depth_linear", rng.normal(0, 0.3, size=(n, 3)).astype(np.float32), DEPTH_FEATURES, mean,
+                      std, "a linear softmax over book-depth and stateful features")
+    reqs = read_lobster(os.path.join(ROOT, "data", "sample", "SYNTH_2026-01-05_sample_5.zip"), 3000)
+    rows, warming = stateful_rows(DEPTH_FEATURES, reqs, PRICE_SCALE, mean, std)
+    write_feature_parity("depth_features", DEPTH_FEATURES, mean, std, reqs, rows, warming)
 
 
 def default_model_parity(rng):
@@ -350,3 +384,4 @@ if __name__ == "__main__":
     failing_fixture()
     nonfinite_fixture()
     stateful_fixture(rng)
+    depth_fixture(np.random.default_rng(20261123))

@@ -21,6 +21,20 @@ def feature_column(name, r, price_scale):
     micro = np.where(tot > 0, (bid * asz + ask * bsz) / safe_tot, mid)
     if name.startswith("extra:"):
         return r["features"][:, int(name.split(":")[1])].astype(np.float32).astype(np.float64)
+    if "(" in name:
+        kind, k = parse_feature(name)
+        assert kind in DEPTH, f"{name}: stateful features need stateful_rows()"
+        f = r["features"].astype(np.float32).astype(np.float64)
+
+        def lv(level, field, top):
+            return top if level < 2 else f[:, depth_index(level) + field]
+        if kind == "depth_imbalance":
+            b, a = bsz, asz
+            for level in range(2, k + 1):
+                b, a = b + lv(level, 1, None), a + lv(level, 3, None)
+            return np.where(b + a > 0, (b - a) / np.where(b + a > 0, b + a, 1.0), 0.0)
+        return {"bid_px": lambda: bid - lv(k, 0, 0.0), "ask_px": lambda: ask + lv(k, 2, 0.0),
+                "bid_sz": lambda: lv(k, 1, bsz), "ask_sz": lambda: lv(k, 3, asz)}[kind]()
     table = {
         "bid_price": lambda: bid,
         "ask_price": lambda: ask,
@@ -91,13 +105,21 @@ import struct
 
 STATEFUL = ("mid_return_bps", "ofi", "realized_vol_bps", "spread_bps_mean",
             "ewma_mid_return_bps", "event_rate")
+# Book depth, levels 1..DEPTH_LEVELS (stateless; levels 2.. read from features[], see ml_wire.h).
+DEPTH = ("bid_px", "ask_px", "bid_sz", "ask_sz", "depth_imbalance")
+DEPTH_LEVELS = 5
+
+
+def depth_index(level):
+    """ML_DEPTH_INDEX(k): level k's (bid distance, bid size, ask distance, ask size) in features[]."""
+    return 4 * (level - 2)
 
 
 def parse_feature(name):
     """('kind', n) for a feature name: ('mid_return_bps', 5), ('time_since_last_ms', 0), ('spread_bps', 0)."""
     if "(" in name:
         func, arg = name[:-1].split("(")
-        assert func in STATEFUL and name.endswith(")"), name
+        assert func in STATEFUL + DEPTH and name.endswith(")"), name
         return (func, int(arg))
     return (name, 0)
 
@@ -179,7 +201,22 @@ def update(st, r, inv, alphas, taus):
     st.dt_ms = dt_ms
 
 
-def stateless_value(kind, r, inv):
+def depth_value(kind, k, r, bid, ask, bsz, asz):
+    """A depth feature at level k, as features.rs computes it (sizes summed level 1 first)."""
+    f = r["features"]
+    if kind == "depth_imbalance":
+        b, a = bsz, asz
+        for level in range(2, k + 1):
+            b, a = b + float(f[depth_index(level) + 1]), a + float(f[depth_index(level) + 3])
+        return (b - a) / (b + a) if b + a > 0.0 else 0.0
+    if k < 2:
+        return {"bid_px": bid, "ask_px": ask, "bid_sz": bsz, "ask_sz": asz}[kind]
+    i = depth_index(k)
+    return {"bid_px": lambda: bid - float(f[i]), "ask_px": lambda: ask + float(f[i + 2]),
+            "bid_sz": lambda: float(f[i + 1]), "ask_sz": lambda: float(f[i + 3])}[kind]()
+
+
+def stateless_value(kind, r, inv, level=0):
     bid = float(r["bid_price"]) * inv
     ask = float(r["ask_price"]) * inv
     bsz, asz = float(r["bid_size"]), float(r["ask_size"])
@@ -188,6 +225,8 @@ def stateless_value(kind, r, inv):
     micro = (bid * asz + ask * bsz) / tot if tot > 0 else mid
     if kind.startswith("extra:"):
         return float(r["features"][int(kind.split(":")[1])])
+    if kind in DEPTH:
+        return depth_value(kind, level, r, bid, ask, bsz, asz)
     return {
         "bid_price": lambda: bid, "ask_price": lambda: ask, "bid_size": lambda: bsz, "ask_size": lambda: asz,
         "book_imbalance": lambda: r["book_imbalance"] / IMBALANCE_SCALE, "mid": lambda: mid,
@@ -250,7 +289,7 @@ def stateful_rows(names, requests, price_scale, mean=None, std=None):
             elif kind == "time_since_last_ms":
                 x = st.dt_ms
             else:
-                x = stateless_value(kind, r, inv)
+                x = stateless_value(kind, r, inv, n)
             if mean is not None:
                 x = (x - mean[k]) / std[k]
             row.append(f32(x))
@@ -265,7 +304,9 @@ LOBSTER_DUMMY = 9999999999
 def read_lobster(path, limit=None):
     """Requests from a LOBSTER pair (zip or *_message_N.csv), as `tickinfer replay` reads them:
     type-7 halts and dummy best levels skipped; ts = midnight of the file's date + round(secs·1e9);
-    the ticker gets symbol 0; prices at scale 10 000."""
+    the ticker gets symbol 0; prices at scale 10 000; levels 2..5 of a level-N file in
+    features[] (distances from level 1 in price units, float32; an empty level: size 0 and
+    the price of the level above), n_features covering them."""
     import datetime
     import os
     import zipfile
@@ -298,8 +339,25 @@ def read_lobster(path, limit=None):
         tot = bsz + asz
         num = (bsz - asz) * int(IMBALANCE_SCALE)
         imb = (abs(num) // tot) * (1 if num >= 0 else -1) if tot > 0 else 0  # truncation, as i128 division
+        feats = [0.0] * 32
+        pb, pa, deepest = bid, ask, 1
+        for level in range(2, min(len(b) // 4, DEPTH_LEVELS) + 1):
+            ap, az, bp, bz = (int(v) for v in b[4 * (level - 1):4 * level])
+            if abs(bp) == LOBSTER_DUMMY:
+                bz = 0
+            else:
+                pb = bp
+            if abs(ap) == LOBSTER_DUMMY:
+                az = 0
+            else:
+                pa = ap
+            i = depth_index(level)
+            # As MlRequest::set_level: integer distance / scale in float64, then float32.
+            feats[i:i + 4] = [f32((bid - pb) / 10_000.0), f32(float(bz)), f32((pa - ask) / 10_000.0), f32(float(az))]
+            deepest = level
         out.append({"timestamp_ns": day_ns + int(ns), "symbol_id": 0, "bid_price": bid, "ask_price": ask,
-                    "bid_size": bsz, "ask_size": asz, "book_imbalance": imb, "features": [0.0] * 32})
+                    "bid_size": bsz, "ask_size": asz, "book_imbalance": imb, "features": feats,
+                    "n_features": 4 * (deepest - 1)})
         if limit is not None and len(out) == limit:
             break
     return out

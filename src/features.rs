@@ -7,7 +7,7 @@
 //! Arithmetic is f64, normalised as `(x - mean) / std` in f64, then cast to f32.
 
 use crate::state::{StateSpec, SymbolView};
-use crate::wire::{MlRequest, IMBALANCE_SCALE, MAX_FEATURES};
+use crate::wire::{depth_features_for, depth_index, MlRequest, DEPTH_LEVELS, IMBALANCE_SCALE, MAX_FEATURES};
 
 /// Largest window (events) a stateful feature may ask for: bounds the memory per symbol.
 pub const MAX_WINDOW: u32 = 1024;
@@ -45,6 +45,17 @@ pub enum Feature {
     LogSizeRatio,
     /// `extra:<i>`: the request's extra feature `i`.
     Extra(u8),
+    /// `bid_px(k)`: level-k bid in price units; level 1 is `bid_price`, levels 2..5
+    /// are `bid_price - distance` from `features[]` (`ML_DEPTH_INDEX(k)`).
+    BidPx(u8),
+    /// `ask_px(k)`: level-k ask in price units (`ask_price + distance` beyond level 1).
+    AskPx(u8),
+    /// `bid_sz(k)`: level-k bid size (level 1: `bid_size`).
+    BidSz(u8),
+    /// `ask_sz(k)`: level-k ask size (level 1: `ask_size`).
+    AskSz(u8),
+    /// `depth_imbalance(k)`: (Σ bid_sz(1..=k) - Σ ask_sz(1..=k)) / (Σ both); 0 if all are 0.
+    DepthImbalance(u8),
     /// `mid_return_bps(n)`: (mid_t - mid_{t-n}) / mid_{t-n} × 10⁴ over this symbol's events; 0 until n earlier events.
     MidReturnBps(u32),
     /// `ofi(n)`: order-flow imbalance (Cont–Kukanov–Stoikov) summed over the last n events, in size units.
@@ -92,6 +103,19 @@ impl Feature {
         "event_rate(tau_ms)",
     ];
 
+    /// Depth feature names, with their level (1..=5; levels 2.. come from `features[]`).
+    pub const DEPTH: [&'static str; 5] =
+        ["bid_px(k)", "ask_px(k)", "bid_sz(k)", "ask_sz(k)", "depth_imbalance(k)"];
+
+    /// The deepest book level this feature reads (1 for top of book and non-depth features).
+    pub fn depth_level(&self) -> usize {
+        match *self {
+            Feature::BidPx(k) | Feature::AskPx(k) | Feature::BidSz(k) | Feature::AskSz(k) => k as usize,
+            Feature::DepthImbalance(k) => k as usize,
+            _ => 1,
+        }
+    }
+
     /// Parse a manifest feature name.
     pub fn parse(name: &str) -> Result<Feature, String> {
         if let Some((func, rest)) = name.split_once('(') {
@@ -108,7 +132,19 @@ impl Feature {
                     Err(format!("feature `{name}`: the window must be 1..={MAX_WINDOW} events"))
                 }
             };
+            let level = |n: u32| {
+                if (1..=DEPTH_LEVELS as u32).contains(&n) {
+                    Ok(n as u8)
+                } else {
+                    Err(format!("feature `{name}`: the book level must be 1..={DEPTH_LEVELS}"))
+                }
+            };
             return match func {
+                "bid_px" => Ok(Feature::BidPx(level(n)?)),
+                "ask_px" => Ok(Feature::AskPx(level(n)?)),
+                "bid_sz" => Ok(Feature::BidSz(level(n)?)),
+                "ask_sz" => Ok(Feature::AskSz(level(n)?)),
+                "depth_imbalance" => Ok(Feature::DepthImbalance(level(n)?)),
                 "mid_return_bps" => Ok(Feature::MidReturnBps(window(n)?)),
                 "ofi" => Ok(Feature::Ofi(window(n)?)),
                 "realized_vol_bps" => Ok(Feature::RealizedVolBps(window(n)?)),
@@ -118,7 +154,11 @@ impl Feature {
                 "ewma_mid_return_bps" | "event_rate" => {
                     Err(format!("feature `{name}`: the parameter must be >= 1"))
                 }
-                _ => Err(format!("unknown feature `{name}` (stateful: {})", Feature::STATEFUL.join(", "))),
+                _ => Err(format!(
+                    "unknown feature `{name}` (stateful: {}; depth: {})",
+                    Feature::STATEFUL.join(", "),
+                    Feature::DEPTH.join(", ")
+                )),
             };
         }
         if name == "time_since_last_ms" {
@@ -148,9 +188,10 @@ impl Feature {
             "log_size_ratio" => LogSizeRatio,
             _ => {
                 return Err(format!(
-                    "unknown feature `{name}` (known: {}, extra:<i>; stateful: {})",
+                    "unknown feature `{name}` (known: {}, extra:<i>; stateful: {}; depth: {})",
                     Feature::NAMES.join(", "),
-                    Feature::STATEFUL.join(", ")
+                    Feature::STATEFUL.join(", "),
+                    Feature::DEPTH.join(", ")
                 ))
             }
         })
@@ -208,11 +249,25 @@ impl FeatureMap {
             }
             _ => return Err("give both mean and std, or neither".into()),
         };
+        // Depth levels 2..=k occupy features[..ML_DEPTH_FEATURES_FOR(k)]; a model's own
+        // extras must lie after them.
+        let depth = features.iter().map(Feature::depth_level).max().unwrap_or(1);
+        let depth_block = if depth >= 2 { depth_features_for(depth) } else { 0 };
+        if let Some(i) = features.iter().find_map(|f| match f {
+            Feature::Extra(i) if (*i as usize) < depth_block => Some(*i),
+            _ => None,
+        }) {
+            return Err(format!(
+                "feature `extra:{i}` lies inside the book-depth block: levels 2..={depth} take \
+                 features[0..{depth_block}] (ML_DEPTH_INDEX); number the model's own extras from {depth_block}"
+            ));
+        }
         let extras = features
             .iter()
             .filter_map(|f| if let Feature::Extra(i) = f { Some(*i as u16 + 1) } else { None })
             .max()
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .max(depth_block as u16);
         Ok(FeatureMap { features, norm, inv_price_scale: 1.0 / price_scale as f64, extras, spec })
     }
 
@@ -288,6 +343,23 @@ impl FeatureMap {
                 Feature::LogAskSize => asz.ln_1p(),
                 Feature::LogSizeRatio => bsz.ln_1p() - asz.ln_1p(),
                 Feature::Extra(i) => extras[i as usize] as f64,
+                Feature::BidPx(k) => bid - depth(&extras, k, 0),
+                Feature::AskPx(k) => ask + depth(&extras, k, 2),
+                Feature::BidSz(k) => level_size(&extras, k, 1, bsz),
+                Feature::AskSz(k) => level_size(&extras, k, 3, asz),
+                Feature::DepthImbalance(k) => {
+                    // Level 1 first, then 2..=k, as the twin sums.
+                    let (mut b, mut a) = (bsz, asz);
+                    for level in 2..=k {
+                        b += depth(&extras, level, 1);
+                        a += depth(&extras, level, 3);
+                    }
+                    if b + a > 0.0 {
+                        (b - a) / (b + a)
+                    } else {
+                        0.0
+                    }
+                }
                 stateful => state.map_or(0.0, |v| stateful_value(stateful, v)),
             };
             // Division, not multiplication by a reciprocal, to match numpy bit for bit.
@@ -362,6 +434,26 @@ fn state_spec(features: &mut [Feature]) -> StateSpec {
     spec
 }
 
+/// Field `field` (0 bid distance, 1 bid size, 2 ask distance, 3 ask size) of depth
+/// level `k` from `features[]`; 0 for level 1's distances.
+#[inline]
+fn depth(extras: &[f32; MAX_FEATURES], k: u8, field: usize) -> f64 {
+    if k < 2 {
+        return 0.0;
+    }
+    extras[depth_index(k as usize) + field] as f64
+}
+
+/// A level's size: level 1 from the request's own field, deeper ones from `features[]`.
+#[inline]
+fn level_size(extras: &[f32; MAX_FEATURES], k: u8, field: usize, top: f64) -> f64 {
+    if k < 2 {
+        top
+    } else {
+        depth(extras, k, field)
+    }
+}
+
 #[inline]
 fn microprice(bid: f64, ask: f64, bsz: f64, asz: f64, mid: f64) -> f64 {
     let tot = bsz + asz;
@@ -407,6 +499,42 @@ mod tests {
         for (got, want) in row.iter().zip(want) {
             assert!((*got as f64 - want).abs() < 1e-4, "{row:?} vs {want:?}");
         }
+    }
+
+    #[test]
+    fn depth_levels_by_hand() {
+        let mut r = req();
+        // Level 2: bid 99.99 × 40, ask 100.04 × 10 (at scale 10 000).
+        r.set_level(2, 999_900, 40, 1_000_400, 10, 10_000);
+        assert_eq!({ r.n_features }, 4);
+        assert_eq!(r.feature(0), 0.01f32);
+        let names: Vec<String> = [
+            "bid_px(1)",
+            "bid_px(2)",
+            "ask_px(2)",
+            "bid_sz(2)",
+            "ask_sz(1)",
+            "depth_imbalance(2)",
+            "extra:5",
+        ]
+        .map(String::from)
+        .to_vec();
+        let m = FeatureMap::new(&names, None, None, 10_000).unwrap();
+        assert_eq!(m.extras(), 6, "the model's own extra:5 after the 4-float level-2 block");
+        let mut row = [0f32; 7];
+        m.fill(&r, &mut row);
+        let imb = ((300.0 + 40.0) - (100.0 + 10.0)) / (300.0 + 40.0 + 100.0 + 10.0);
+        let want = [100.0, 99.99, 100.04, 40.0, 100.0, imb, 0.0];
+        for (got, want) in row.iter().zip(want) {
+            assert!((*got as f64 - want).abs() < 1e-4, "{row:?} vs {want:?}");
+        }
+        // Level 5 takes features[0..16]; a model extra inside it is refused with the fix.
+        let m = FeatureMap::new(&["ask_sz(5)".into()], None, None, 1).unwrap();
+        assert_eq!(m.extras(), 16);
+        let e = FeatureMap::new(&["bid_px(3)".into(), "extra:7".into()], None, None, 1).unwrap_err();
+        assert!(e.contains("features[0..8]") && e.contains("from 8"), "{e}");
+        assert!(FeatureMap::new(&["bid_px(6)".into()], None, None, 1).unwrap_err().contains("1..=5"));
+        assert!(FeatureMap::new(&["ask_px(0)".into()], None, None, 1).is_err());
     }
 
     #[test]

@@ -30,6 +30,24 @@ pub const REQUEST_END: u32 = 0x5152_4B54;
 pub const RESPONSE_END: u32 = 0x5352_4B54;
 /// `ML_RESPONSE_WARMING`: the symbol had fewer earlier events than the stateful features need.
 pub const RESPONSE_WARMING: u16 = 0x0001;
+/// `ML_DEPTH_LEVELS`: book levels per side a request can carry (level 1 in its
+/// fields, levels 2.. in `features[]`).
+pub const DEPTH_LEVELS: usize = 5;
+
+/// `ML_DEPTH_INDEX(k)`: first of level `k`'s four floats in `features[]`
+/// (bid distance, bid size, ask distance, ask size; distances in price units).
+pub const fn depth_index(level: usize) -> usize {
+    assert!(level >= 2 && level <= DEPTH_LEVELS, "depth levels in features[] are 2..=DEPTH_LEVELS");
+    4 * (level - 2)
+}
+
+/// `ML_DEPTH_FEATURES_FOR(k)`: `n_features` a request carrying levels 2..=k sends.
+pub const fn depth_features_for(level: usize) -> usize {
+    4 * (level - 1)
+}
+
+const _: () = assert!(depth_features_for(DEPTH_LEVELS) <= MAX_FEATURES);
+
 /// `ML_MODEL_NAME_LEN`.
 pub const MODEL_NAME_LEN: usize = 28;
 
@@ -426,6 +444,31 @@ impl MlRequest {
     pub fn feature(&self, i: usize) -> f32 {
         let features = self.features; // copy out of the packed struct
         features[i]
+    }
+
+    /// `ml_request_set_level`: write book level `k` (2..=[`DEPTH_LEVELS`]) from
+    /// fixed-point prices at `price_scale` as distances from this request's level 1,
+    /// and raise `n_features` to cover it. Set level 1 (the price fields) first.
+    pub fn set_level(
+        &mut self,
+        k: usize,
+        bid_price: i64,
+        bid_size: i64,
+        ask_price: i64,
+        ask_size: i64,
+        price_scale: i64,
+    ) {
+        assert!((2..=DEPTH_LEVELS).contains(&k) && price_scale > 0, "level 2..=5, positive scale");
+        let i = depth_index(k);
+        let scale = price_scale as f64;
+        let mut features = self.features; // copy out of the packed struct
+                                          // As the C helper: the distance in f64 (exact for any realistic tick count), then f32.
+        features[i] = ((self.bid_price as i128 - bid_price as i128) as f64 / scale) as f32;
+        features[i + 1] = bid_size as f32;
+        features[i + 2] = ((ask_price as i128 - self.ask_price as i128) as f64 / scale) as f32;
+        features[i + 3] = ask_size as f32;
+        self.features = features;
+        self.n_features = self.n_features.max(depth_features_for(k) as u16);
     }
 }
 

@@ -199,18 +199,30 @@ mod hostile_values {
 /// synthetic LOBSTER sample, read by each side's own LOBSTER reader.
 #[test]
 fn stateful_features_match_the_python_twin_bit_for_bit() {
+    twin_fixture_parity("stateful_features.json", "stateful_linear.toml", "SYNTH_2026-01-05_sample.zip");
+}
+
+/// Book depth (levels 1..5 through `bid_px(k)`, `ask_sz(k)`, `depth_imbalance(k)`), mixed
+/// with stateful features: the same parity over the bundled 5-level synthetic sample, so
+/// each side's level-N LOBSTER reader and depth arithmetic are held to the same bits.
+#[test]
+fn depth_features_match_the_python_twin_bit_for_bit() {
+    twin_fixture_parity("depth_features.json", "depth_linear.toml", "SYNTH_2026-01-05_sample_5.zip");
+}
+
+/// Replays `sample` (under data/sample) through the state and feature map of the fixture
+/// model `manifest` and compares every row with the twin's bits in the parity `fixture`.
+fn twin_fixture_parity(fixture: &str, manifest: &str, sample: &str) {
     use tickinfer::replay::source::{self, Format, SymbolTable};
-    let text =
-        std::fs::read_to_string(util::repo_root().join("tests/fixtures/parity/stateful_features.json"))
-            .unwrap();
+    let root = util::repo_root();
+    let text = std::fs::read_to_string(root.join("tests/fixtures/parity").join(fixture)).unwrap();
     let fx: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let manifest =
-        Manifest::load(&util::repo_root().join("tests/fixtures/models/stateful_linear.toml")).unwrap();
+    let manifest = Manifest::load(&root.join("tests/fixtures/models").join(manifest)).unwrap();
     let names: Vec<String> =
         fx["features"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
     assert_eq!(manifest.feature_names, names, "fixture and manifest list the same features");
     let stream = source::load(
-        &util::repo_root().join("data/sample/SYNTH_2026-01-05_sample.zip"),
+        &root.join("data/sample").join(sample),
         Format::Lobster,
         &mut SymbolTable::new(&[]).unwrap(),
     )
@@ -276,25 +288,39 @@ fn stateful_answers_are_the_same_at_batch_1_and_32() {
 /// `../shared/data` or `python3`.
 #[test]
 fn stateful_features_match_the_twin_over_the_real_lobster_day_when_present() {
+    let manifest = Manifest::load(&repo_root().join("tests/fixtures/models/stateful_linear.toml")).unwrap();
+    live_twin_parity("LOBSTER_SampleFile_AMZN_2012-06-21_1.zip", &manifest.feature_names);
+}
+
+/// Depth parity over the real 5-level AMZN day (155 935 events: LOBSTER's level-5 file),
+/// the twin run live. Skips, saying so, without `../shared/data` or `python3`.
+#[test]
+fn depth_features_match_the_twin_over_the_real_5_level_lobster_day_when_present() {
+    let manifest = Manifest::load(&repo_root().join("tests/fixtures/models/depth_linear.toml")).unwrap();
+    live_twin_parity("LOBSTER_SampleFile_AMZN_2012-06-21_5.zip", &manifest.feature_names);
+}
+
+/// Every event of `../shared/data/lobster/<file>`: the Rust reader + state + features
+/// (unnormalised) against the live twin's rows, bit for bit.
+fn live_twin_parity(file: &str, names: &[String]) {
     use tickinfer::replay::source::{self, Format, SymbolTable};
-    let data = repo_root().join("../shared/data/lobster/LOBSTER_SampleFile_AMZN_2012-06-21_1.zip");
+    let what = format!("feature parity over the real LOBSTER file {file}");
+    let data = repo_root().join("../shared/data/lobster").join(file);
     if !data.exists() {
-        util::skip("stateful parity over the real LOBSTER day", "../shared/data/lobster is not present");
+        util::skip(&what, "../shared/data/lobster is not present");
         return;
     }
-    let manifest = Manifest::load(&repo_root().join("tests/fixtures/models/stateful_linear.toml")).unwrap();
-    let names = manifest.feature_names.clone();
     let out = match std::process::Command::new("python3")
         .arg(repo_root().join("scripts/tickfeatures.py"))
         .arg(&data)
         .args(["10000", "1000000000"])
-        .args(&names)
+        .args(names)
         .output()
     {
         Ok(o) if o.status.success() => o,
         Ok(o) => panic!("the twin failed: {}", String::from_utf8_lossy(&o.stderr)),
         Err(e) => {
-            util::skip("stateful parity over the real LOBSTER day", &format!("cannot run python3: {e}"));
+            util::skip(&what, &format!("cannot run python3: {e}"));
             return;
         }
     };
@@ -303,7 +329,7 @@ fn stateful_features_match_the_twin_over_the_real_lobster_day_when_present() {
     let rows = twin["rows"].as_array().unwrap();
     assert_eq!(rows.len(), stream.events.len(), "both readers see the same events");
     // Unnormalised rows (the twin was run without mean/std): a map without them.
-    let raw = FeatureMap::new(&names, None, None, 10_000).unwrap();
+    let raw = FeatureMap::new(names, None, None, 10_000).unwrap();
     let mut state = tickinfer::state::State::new(raw.state_spec().clone(), 1);
     let mut row = vec![0f32; names.len()];
     for (i, (ev, want)) in stream.events.iter().zip(rows).enumerate() {
@@ -314,5 +340,5 @@ fn stateful_features_match_the_twin_over_the_real_lobster_day_when_present() {
         let got: Vec<u32> = row.iter().map(|v| v.to_bits()).collect();
         assert_eq!(got, want, "event {i}: rows differ ({names:?})");
     }
-    eprintln!("stateful parity: {} real LOBSTER events x {} features, bit for bit", rows.len(), names.len());
+    eprintln!("{what}: {} events x {} features, bit for bit", rows.len(), names.len());
 }

@@ -44,6 +44,14 @@ fn lobster_pair_with_halt_and_dummy_rows() {
     assert_eq!({ e.req.book_imbalance }, 500_000);
     assert_eq!(e.ts_ns, 1_340_236_800_000_000_000 + 34_200_000_000_001);
     assert_eq!(s.symbols, vec![("TEST".to_string(), 0)]);
+    // Level 2 fills the depth block (ml_wire.h: distances from level 1 in price units);
+    // the last row's level 2 is empty (dummy prices): size 0, the level above's price.
+    assert_eq!(s.depth_levels, 2);
+    let depth = |i: usize| {
+        (s.events[i].req.n_features, (0..4).map(|f| s.events[i].req.feature(f)).collect::<Vec<_>>())
+    };
+    assert_eq!(depth(0), (4, vec![0.01, 10.0, 0.01, 50.0]));
+    assert_eq!(depth(1), (4, vec![0.0, 0.0, 0.0, 0.0]));
     // Explicit mapping; an unmapped ticker is an error naming it.
     let mut mapped = SymbolTable::new(&["TEST=9".into()]).unwrap();
     assert_eq!({ source::load(&msg, Format::Lobster, &mut mapped).unwrap().events[1].req.symbol_id }, 9);
@@ -53,6 +61,107 @@ fn lobster_pair_with_halt_and_dummy_rows() {
     std::fs::remove_file(&book).unwrap();
     let e = source::load(&msg, Format::Lobster, &mut table()).unwrap_err().to_string();
     assert!(e.contains("orderbook"), "{e}");
+}
+
+/// Any level count reads the same way: a 3-level pair fills levels 2 and 3, and the
+/// served depth model gets exactly the block its manifest reads.
+#[test]
+fn lobster_level_n_fills_the_depth_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let msg = dir.path().join("TEST_2012-06-21_34200000_57600000_message_3.csv");
+    std::fs::write(&msg, "34200.1,1,1,100,1000100,-1\n").unwrap();
+    std::fs::write(
+        dir.path().join("TEST_2012-06-21_34200000_57600000_orderbook_3.csv"),
+        "1000100,100,1000000,300,1000300,70,999800,20,9999999999,0,999700,40\n",
+    )
+    .unwrap();
+    let s = source::load(&msg, Format::Lobster, &mut table()).unwrap();
+    assert_eq!(s.depth_levels, 3);
+    let r = s.events[0].req;
+    assert_eq!({ r.n_features }, 8);
+    let f: Vec<f32> = (0..8).map(|i| r.feature(i)).collect();
+    // Level 3's ask is empty: size 0 at level 2's distance.
+    assert_eq!(f, vec![0.02, 20.0, 0.02, 70.0, 0.03, 40.0, 0.02, 0.0]);
+    let m = tickinfer::features::FeatureMap::new(
+        &["bid_px(3)".into(), "ask_px(2)".into(), "ask_sz(3)".into(), "depth_imbalance(3)".into()],
+        None,
+        None,
+        10_000,
+    )
+    .unwrap();
+    let mut row = [0f32; 4];
+    m.fill(&r, &mut row);
+    let imb = (360.0 - 170.0) / 530.0;
+    assert_eq!(row, [99.97, 100.03, 0.0, imb as f32]);
+}
+
+/// Databento MBP-10: levels 2..5 fill the depth block (an undefined deeper price is an
+/// empty level), levels 6..10 are not carried.
+#[test]
+fn dbn_mbp10_fills_the_depth_block() {
+    use dbn::encode::{dbn::Encoder, EncodeRecord};
+    use dbn::{BidAskPair, Mbp10Msg, MetadataBuilder, RecordHeader, SType, Schema};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mbp10.dbn.zst");
+    let meta = MetadataBuilder::new()
+        .dataset("XNAS.ITCH".to_string())
+        .schema(Some(Schema::Mbp10))
+        .start(0)
+        .stype_in(Some(SType::InstrumentId))
+        .stype_out(SType::InstrumentId)
+        .build();
+    let mut enc = Encoder::with_zstd(std::fs::File::create(&path).unwrap(), &meta).unwrap();
+    let mut levels: [BidAskPair; 10] = std::array::from_fn(|k| {
+        let k = k as i64;
+        BidAskPair {
+            bid_px: 100_000_000_000 - k * 10_000_000, // $100.00, 99.99, ...
+            ask_px: 100_010_000_000 + k * 10_000_000,
+            bid_sz: 100 + k as u32,
+            ask_sz: 200 + k as u32,
+            bid_ct: 1,
+            ask_ct: 1,
+        }
+    });
+    levels[3].bid_px = dbn::UNDEF_PRICE; // level 4's bid side is empty
+    let hd = RecordHeader::new::<Mbp10Msg>(dbn::rtype::MBP_10, 1, 7, 1_000);
+    enc.encode_record(&Mbp10Msg { hd, levels, ..Default::default() }).unwrap();
+    drop(enc);
+    let s = source::load(&path, Format::Dbn, &mut table()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((s.events.len(), s.depth_levels), (1, 5));
+    let r = s.events[0].req;
+    assert_eq!(({ r.bid_price }, { r.ask_size }, { r.n_features }), (100_000_000_000, 200, 16));
+    let f: Vec<f32> = (0..16).map(|i| r.feature(i)).collect();
+    #[rustfmt::skip]
+    assert_eq!(f, vec![
+        0.01, 101.0, 0.01, 201.0,
+        0.02, 102.0, 0.02, 202.0,
+        0.02, 0.0, 0.03, 203.0, // level 4: empty bid, level 3's distance
+        0.04, 104.0, 0.04, 204.0,
+    ]);
+}
+
+/// The served depth model over the bundled 5-level sample answers every request (the
+/// replay sends the depth block the model reads), and so does the stateless default
+/// over the same file (it reads no extras: the replay sends none).
+#[test]
+fn depth_models_replay_a_level_5_file() {
+    let sample = repo_root().join("data/sample/SYNTH_2026-01-05_sample_5.zip");
+    for (model, extras) in
+        [("tests/fixtures/models/depth_linear.toml", 16), ("models/lobster_direction.toml", 0)]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        #[rustfmt::skip]
+        let text = tickinfer(&[
+            "replay", "--input", sample.to_str().unwrap(), "--format", "lobster",
+            "--model", repo_root().join(model).to_str().unwrap(), "--server-poll", "block",
+            "--window", "16", "--limit", "2000", "--out", dir.path().to_str().unwrap(), "--json",
+        ]);
+        let s: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!((s["events"].as_u64(), s["lost"].as_u64()), (Some(2000), Some(0)), "{model}");
+        assert_eq!(s["by_status"][0][1], 2000, "{model}: every answer OK: {}", s["by_status"]);
+        let m = tickinfer::manifest::Manifest::load(&repo_root().join(model)).unwrap();
+        assert_eq!(m.features.extras(), extras, "{model}");
+    }
 }
 
 fn shared_lobster() -> Option<PathBuf> {

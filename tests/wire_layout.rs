@@ -23,10 +23,20 @@ fn c_program() -> String {
         statuses +=
             &format!("    printf(\"status %d %s\\n\", {code}, ml_status_str({code}));\n", code = s.code());
     }
+    // Book depth: the offsets, and ml_request_set_level's floats for one level.
+    let depth = "    printf(\"depth_levels %u\\n\", ML_DEPTH_LEVELS);\n    \
+        for (unsigned k = 2; k <= ML_DEPTH_LEVELS; k++) \
+        printf(\"depth_index %u %u %u\\n\", k, ML_DEPTH_INDEX(k), ML_DEPTH_FEATURES_FOR(k));\n    \
+        ml_request_t r; ml_request_init(&r); r.bid_price = 1000000; r.ask_price = 1000100;\n    \
+        if (ml_request_set_level(&r, 6, 0, 0, 0, 0, 10000) != -1) return 1;\n    \
+        ml_request_set_level(&r, 3, 999700, 40, 1000400, 70, 10000);\n    \
+        printf(\"set_level %u\", r.n_features);\n    \
+        for (unsigned i = 0; i < 8; i++) { uint32_t b; memcpy(&b, &r.features[i], 4); printf(\" %u\", b); }\n    \
+        printf(\"\\n\");\n";
     format!(
-        "#include <stdio.h>\n#include \"ml_wire.h\"\nint main(void) {{\n{rows}{statuses}    \
+        "#include <stdio.h>\n#include <string.h>\n#include \"ml_wire.h\"\nint main(void) {{\n{rows}{statuses}    \
          printf(\"status_count %u\\n\", ML_STATUS_COUNT);\n    \
-         printf(\"response_warming %u\\n\", ML_RESPONSE_WARMING);\n    return 0;\n}}\n"
+         printf(\"response_warming %u\\n\", ML_RESPONSE_WARMING);\n{depth}    return 0;\n}}\n"
     )
 }
 
@@ -62,6 +72,7 @@ fn c_and_rust_agree_on_every_size_and_offset() {
 
     let mut c_layout = BTreeMap::new();
     let mut c_status = BTreeMap::new();
+    let mut depth_lines = 0;
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("status ") {
             let (code, msg) = rest.split_once(' ').unwrap();
@@ -70,11 +81,34 @@ fn c_and_rust_agree_on_every_size_and_offset() {
             assert_eq!(n.parse::<usize>().unwrap(), Status::COUNT, "ML_STATUS_COUNT");
         } else if let Some(n) = line.strip_prefix("response_warming ") {
             assert_eq!(n.parse::<u16>().unwrap(), tickinfer::wire::RESPONSE_WARMING, "ML_RESPONSE_WARMING");
+        } else if let Some(n) = line.strip_prefix("depth_levels ") {
+            assert_eq!(n.parse::<usize>().unwrap(), tickinfer::wire::DEPTH_LEVELS, "ML_DEPTH_LEVELS");
+            depth_lines += 1;
+        } else if let Some(rest) = line.strip_prefix("depth_index ") {
+            let v: Vec<usize> = rest.split(' ').map(|x| x.parse().unwrap()).collect();
+            assert_eq!(v[1], tickinfer::wire::depth_index(v[0]), "ML_DEPTH_INDEX({})", v[0]);
+            assert_eq!(v[2], tickinfer::wire::depth_features_for(v[0]), "ML_DEPTH_FEATURES_FOR({})", v[0]);
+            depth_lines += 1;
+        } else if let Some(rest) = line.strip_prefix("set_level ") {
+            // The C helper and MlRequest::set_level write the same bits.
+            let mut want = tickinfer::wire::MlRequest {
+                bid_price: 1_000_000,
+                ask_price: 1_000_100,
+                ..Default::default()
+            };
+            want.set_level(3, 999_700, 40, 1_000_400, 70, 10_000);
+            let mut v = rest.split(' ').map(|x| x.parse::<u32>().unwrap());
+            assert_eq!(v.next().unwrap(), { want.n_features } as u32, "set_level n_features");
+            let got: Vec<u32> = v.collect();
+            let want: Vec<u32> = (0..8).map(|i| want.feature(i).to_bits()).collect();
+            assert_eq!(got, want, "ml_request_set_level vs MlRequest::set_level");
+            depth_lines += 1;
         } else {
             let (name, v) = line.rsplit_once(' ').unwrap();
             c_layout.insert(name.to_string(), v.parse::<usize>().unwrap());
         }
     }
+    assert_eq!(depth_lines, 1 + (tickinfer::wire::DEPTH_LEVELS - 1) + 1, "every depth line printed");
     let rust: BTreeMap<String, usize> = layout_table().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     assert_eq!(c_layout, rust, "C (left) and Rust (right) layouts differ");
     // The header's own _Static_assert pins name the same fields with the same numbers,

@@ -133,7 +133,22 @@ pub fn run(socket: &Path, opts: &ReplayOptions) -> Result<ReplayRun, String> {
     source::rescale(&mut stream.events, stream.price_scale, price_scale)
         .map_err(|e| format!("{}: {e}", opts.input.display()))?;
     let extras = { ack.model_features };
-    if extras > 0 && stream.events.iter().all(|e| { e.req.n_features } == 0) {
+    if stream.depth_levels > 1 {
+        // The file carries book depth (levels 2..=depth in features[]): send as much of
+        // it as the model reads, since the server wants n_features equal to the model's.
+        let carried = crate::wire::depth_features_for(stream.depth_levels) as u16;
+        if extras > carried {
+            log::warn!(
+                "the model reads {extras} extra features; {} carries book depth to level {} ({carried} features): \
+                 requests will be answered ML_ERR_FEATURE_COUNT",
+                opts.input.display(),
+                stream.depth_levels
+            );
+        }
+        for e in &mut stream.events {
+            e.req.n_features = extras.min(carried);
+        }
+    } else if extras > 0 && stream.events.iter().all(|e| { e.req.n_features } == 0) {
         log::warn!(
             "the model reads {extras} extra features but {} has none: requests will be answered ML_ERR_FEATURE_COUNT",
             opts.input.display()

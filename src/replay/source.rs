@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::wire::{MlRequest, IMBALANCE_SCALE, MAX_FEATURES};
+use crate::wire::{MlRequest, DEPTH_LEVELS, IMBALANCE_SCALE, MAX_FEATURES};
 
 /// Input formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -38,6 +38,9 @@ pub struct Stream {
     pub symbols: Vec<(String, u16)>,
     /// Input rows skipped, with why (count per reason).
     pub skipped: Vec<(String, u64)>,
+    /// Book levels per side the events carry: 1 = top of book only; k > 1 = levels
+    /// 2..=k in `features[]` (`ML_DEPTH_INDEX`), `n_features` covering them.
+    pub depth_levels: usize,
 }
 
 /// Why a source could not be read.
@@ -133,6 +136,31 @@ fn request(ts_ns: u64, symbol_id: u16, bid: i64, ask: i64, bsz: i64, asz: i64) -
     Event { ts_ns, req }
 }
 
+/// One deeper book level as a source holds it: prices at the source's scale, `None`
+/// for an empty side (LOBSTER's dummy price, DBN's undefined price).
+struct Level {
+    bid: Option<i64>,
+    bid_size: i64,
+    ask: Option<i64>,
+    ask_size: i64,
+}
+
+/// Write levels 2.. (at most [`DEPTH_LEVELS`]) into the request's depth block. An
+/// empty side has size 0 and repeats the price of the level above (`ml_wire.h`).
+fn fill_depth(req: &mut MlRequest, levels: impl Iterator<Item = Level>, scale: i64) -> usize {
+    let (mut bid, mut ask) = (req.bid_price, req.ask_price);
+    let mut deepest = 1;
+    for (k, l) in (2..=DEPTH_LEVELS).zip(levels) {
+        let bid_size = if l.bid.is_some() { l.bid_size } else { 0 };
+        let ask_size = if l.ask.is_some() { l.ask_size } else { 0 };
+        bid = l.bid.unwrap_or(bid);
+        ask = l.ask.unwrap_or(ask);
+        req.set_level(k, bid, bid_size, ask, ask_size, scale);
+        deepest = k;
+    }
+    deepest
+}
+
 struct Skips(Vec<(String, u64)>);
 impl Skips {
     fn add(&mut self, why: &str) {
@@ -161,7 +189,9 @@ const LOBSTER_DUMMY: i64 = 9_999_999_999;
 /// LOBSTER: `TICKER_DATE_START_END_message_LEVELS.csv` with its `..._orderbook_LEVELS.csv`
 /// beside it, or a zip holding both. Prices are USD × 10000; times seconds after midnight.
 /// Rows of trading halts (type 7) and rows whose best level is empty (dummy price)
-/// are skipped and counted. Only level 1 is used; any number of levels is read.
+/// are skipped and counted. Any number of levels is read (the orderbook's columns / 4):
+/// levels 2..=5 fill the request's depth block (`ML_DEPTH_INDEX`), deeper ones are
+/// not carried; an empty level (dummy price) has size 0.
 pub fn load_lobster(path: &Path, symbols: &mut SymbolTable) -> Result<Stream, SourceError> {
     let (msg_name, messages, book) = if path.extension().is_some_and(|e| e == "zip") {
         let file = std::fs::File::open(path).map_err(|e| err(path, e.to_string()))?;
@@ -208,6 +238,7 @@ pub fn load_lobster(path: &Path, symbols: &mut SymbolTable) -> Result<Stream, So
     let mut events = Vec::new();
     let mut skips = Skips(vec![]);
     let mut book_lines = book.lines();
+    let mut depth_levels = 1;
     for (i, line) in messages.lines().enumerate() {
         let Some(book_line) = book_lines.next() else {
             return Err(err(path, format!("orderbook has fewer rows than messages (row {})", i + 1)));
@@ -245,9 +276,28 @@ pub fn load_lobster(path: &Path, symbols: &mut SymbolTable) -> Result<Stream, So
                 "time {secs} (negative, or past the nanosecond clock's range from the file's date)"
             ))
         })?;
-        events.push(request(ts, symbol_id, bid, ask, bsz, asz));
+        let mut ev = request(ts, symbol_id, bid, ask, bsz, asz);
+        if b.len() > 4 {
+            let mut levels = Vec::with_capacity(DEPTH_LEVELS - 1);
+            for (k, c) in b.chunks_exact(4).enumerate().skip(1).take(DEPTH_LEVELS - 1) {
+                let level = format!("level {}", k + 1);
+                let (ap, az, bp, bz) = (
+                    num(c[0], &format!("{level} ask price"))?,
+                    num(c[1], &format!("{level} ask size"))?,
+                    num(c[2], &format!("{level} bid price"))?,
+                    num(c[3], &format!("{level} bid size"))?,
+                );
+                if az < 0 || bz < 0 {
+                    return Err(bad_num(&format!("{level} size (negative)")));
+                }
+                let price = |p: i64| (p.abs() != LOBSTER_DUMMY).then_some(p);
+                levels.push(Level { bid: price(bp), bid_size: bz, ask: price(ap), ask_size: az });
+            }
+            depth_levels = fill_depth(&mut ev.req, levels.into_iter(), 10_000);
+        }
+        events.push(ev);
     }
-    Ok(Stream { events, price_scale: 10_000, symbols: symbols.listing(), skipped: skips.0 })
+    Ok(Stream { events, price_scale: 10_000, symbols: symbols.listing(), skipped: skips.0, depth_levels })
 }
 
 /// `YYYY-MM-DD` → ns since the Unix epoch at midnight UTC.
@@ -270,20 +320,26 @@ fn date_to_unix_ns(s: &str) -> Option<u64> {
 
 // ---------------------------------------------------------------- DBN
 
-/// Databento DBN (zstd-compressed or not), schemas mbp-1 and bbo-1s/1m (and
-/// cbbo): top of book per record; prices are 1e-9 fixed point; undefined
-/// prices (one-sided books) are skipped. Instrument ids map to symbol ids
+/// Databento DBN (zstd-compressed or not), schemas mbp-1, mbp-10 and bbo-1s/1m (and
+/// cbbo): top of book per record, and for mbp-10 levels 2..=5 in the depth block
+/// (an undefined deeper price is an empty level); prices are 1e-9 fixed point; an
+/// undefined best price (one-sided book) skips the record. Instrument ids map to symbol ids
 /// through `--symbols ID=SYMBOL_ID` (else in order of appearance).
 pub fn load_dbn(path: &Path, symbols: &mut SymbolTable) -> Result<Stream, SourceError> {
     use dbn::decode::{DecodeRecordRef, DynDecoder};
-    use dbn::{BboMsg, Mbp1Msg, VersionUpgradePolicy};
+    use dbn::{BboMsg, Mbp10Msg, Mbp1Msg, VersionUpgradePolicy};
 
     let mut decoder =
         DynDecoder::from_file(path, VersionUpgradePolicy::default()).map_err(|e| err(path, e.to_string()))?;
     let mut events = Vec::new();
     let mut skips = Skips(vec![]);
+    let mut depth_levels = 1;
     while let Some(rec) = decoder.decode_record_ref().map_err(|e| err(path, e.to_string()))? {
+        let mut deeper = None;
         let (instrument, ts, l) = if let Some(m) = rec.get::<Mbp1Msg>() {
+            (m.hd.instrument_id, m.hd.ts_event, m.levels[0].clone())
+        } else if let Some(m) = rec.get::<Mbp10Msg>() {
+            deeper = Some(m.levels.clone());
             (m.hd.instrument_id, m.hd.ts_event, m.levels[0].clone())
         } else if let Some(b) = rec.get::<BboMsg>() {
             (b.hd.instrument_id, b.ts_recv, b.levels[0].clone())
@@ -299,9 +355,26 @@ pub fn load_dbn(path: &Path, symbols: &mut SymbolTable) -> Result<Stream, Source
             skips.add("instrument not in --symbols");
             continue;
         };
-        events.push(request(ts, symbol_id, l.bid_px, l.ask_px, l.bid_sz as i64, l.ask_sz as i64));
+        let mut ev = request(ts, symbol_id, l.bid_px, l.ask_px, l.bid_sz as i64, l.ask_sz as i64);
+        if let Some(levels) = deeper {
+            let price = |p: i64| (p != dbn::UNDEF_PRICE).then_some(p);
+            let levels = levels[1..].iter().map(|l| Level {
+                bid: price(l.bid_px),
+                bid_size: l.bid_sz as i64,
+                ask: price(l.ask_px),
+                ask_size: l.ask_sz as i64,
+            });
+            depth_levels = depth_levels.max(fill_depth(&mut ev.req, levels, 1_000_000_000));
+        }
+        events.push(ev);
     }
-    Ok(Stream { events, price_scale: 1_000_000_000, symbols: symbols.listing(), skipped: skips.0 })
+    Ok(Stream {
+        events,
+        price_scale: 1_000_000_000,
+        symbols: symbols.listing(),
+        skipped: skips.0,
+        depth_levels,
+    })
 }
 
 // ---------------------------------------------------------------- CSV
@@ -406,7 +479,13 @@ pub fn load_csv(path: &Path, symbols: &mut SymbolTable) -> Result<Stream, Source
         }
         events.push(ev);
     }
-    Ok(Stream { events, price_scale: SCALE as i64, symbols: symbols.listing(), skipped: skips.0 })
+    Ok(Stream {
+        events,
+        price_scale: SCALE as i64,
+        symbols: symbols.listing(),
+        skipped: skips.0,
+        depth_levels: 1,
+    })
 }
 
 // ---------------------------------------------------------------- capture
@@ -424,7 +503,7 @@ pub fn load_capture(path: &Path) -> Result<Stream, SourceError> {
     }
     let events =
         cap.records.iter().map(|r| Event { ts_ns: r.request.timestamp_ns, req: r.request }).collect();
-    Ok(Stream { events, price_scale: cap.header.price_scale, symbols: vec![], skipped })
+    Ok(Stream { events, price_scale: cap.header.price_scale, symbols: vec![], skipped, depth_levels: 1 })
 }
 
 /// Rescale every price from `from` to `to` (exact when one divides the other; rounded
