@@ -216,7 +216,8 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
         format!("{place}; 194 B out, 58 B back"),
     ));
     eprintln!("bench: (b) bare ORT");
-    let (bare, engine) = bare_ort(&opts.model, &manifest, n, server_core)?;
+    let (bare, engines) = bare_ort(&opts.model, &manifest, n, server_core)?;
+    let engine = engines.into_iter().next().expect("the chosen backend's engine").2;
     rows.push(Row::of(
         "bare ORT session.run",
         bare,
@@ -232,7 +233,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
         let name = m.file_stem().map_or("?".into(), |s| s.to_string_lossy().into_owned());
         let loaded = Manifest::load(m).map_err(|e| e.to_string());
         match loaded.and_then(|mm| bare_ort(m, &mm, n, server_core).map(|r| (mm, r))) {
-            Ok((mm, (bare, engine))) => {
+            Ok((mm, (bare, engines))) => {
                 let what = match mm.sequence {
                     Sequence::None => format!("{} features", mm.features.len()),
                     Sequence::Window { window } => {
@@ -245,11 +246,14 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
                     bare,
                     format!("core {server_core}; {what}, input ready"),
                 ));
-                rows.push(Row::of(
-                    &format!("engine: {name}"),
-                    engine,
-                    format!("core {server_core}; {what}, state + features + run"),
-                ));
+                // The backend `auto` chose, then ONNX Runtime's engine when that was not it.
+                for (label, backend, engine) in engines {
+                    rows.push(Row::of(
+                        &format!("{label}: {name}"),
+                        engine,
+                        format!("core {server_core}; {what}, state + features + run; backend {backend}"),
+                    ));
+                }
             }
             Err(why) => rows.push(Row::skipped(&format!("engine: {name}"), format!("skipped: {why}"))),
         }
@@ -355,14 +359,19 @@ fn pingpong(n: usize, echo_core: usize, client_core: usize) -> Result<Histogram<
 /// settings. The engine side runs everything per request: the symbol's state update,
 /// feature rows, the window or state copies, the pre-bound run and decoding. Both see
 /// one symbol's stream of moving quotes.
+/// Per-call latency of bare `session.run`, and of the engine per backend: first the
+/// one `auto` (or the manifest) chooses, labelled "engine", then "engine (ort)" when
+/// the chosen one was native. Each engine entry: (label, backend, histogram).
+type EngineRuns = Vec<(String, String, Histogram<u64>)>;
+
 fn bare_ort(
     model: &Path,
     manifest: &Manifest,
     n: usize,
     core: usize,
-) -> Result<(Histogram<u64>, Histogram<u64>), String> {
+) -> Result<(Histogram<u64>, EngineRuns), String> {
     let (model, manifest) = (model.to_path_buf(), manifest.clone());
-    std::thread::spawn(move || -> Result<(Histogram<u64>, Histogram<u64>), String> {
+    std::thread::spawn(move || -> Result<(Histogram<u64>, EngineRuns), String> {
         pin(core);
         use ort::session::builder::GraphOptimizationLevel;
         use ort::session::Session;
@@ -386,7 +395,7 @@ fn bare_ort(
             _ => 1,
         };
         // Loaded first (untimed) for its view of the model: the state widths it declares.
-        let mut engine = Engine::load(&model, &opts).map_err(|e| e.to_string())?;
+        let engine = Engine::load(&model, &opts).map_err(|e| e.to_string())?;
         let states: Vec<(String, String, usize)> = match &manifest.sequence {
             Sequence::Recurrent { state, .. } => state
                 .iter()
@@ -447,19 +456,29 @@ fn bare_ort(
                 h.saturating_record(now_ns() - t0);
             }
         }
-        let mut p = [None::<Prediction>];
-        let mut state = engine.new_state(1);
-        let mut he = hist();
-        for i in 0..n + n / 10 {
-            let mut req = reqs[i % reqs.len()];
-            req.timestamp_ns = 1_000_000_000 + i as u64 * 250_000;
-            let t0 = now_ns();
-            engine.predict(std::slice::from_ref(&req), &mut state, &mut p).map_err(|e| e.to_string())?;
-            if i >= n / 10 {
-                he.saturating_record(now_ns() - t0);
-            }
+        let mut engines = vec![("engine".to_string(), engine)];
+        if engines[0].1.info().backend != "ort" {
+            let ort_opts = EngineOptions { backend: Some(crate::engine::Backend::Ort), ..opts };
+            engines
+                .push(("engine (ort)".into(), Engine::load(&model, &ort_opts).map_err(|e| e.to_string())?));
         }
-        Ok((h, he))
+        let mut runs = Vec::new();
+        for (label, mut engine) in engines {
+            let mut p = [None::<Prediction>];
+            let mut state = engine.new_state(1);
+            let mut he = hist();
+            for i in 0..n + n / 10 {
+                let mut req = reqs[i % reqs.len()];
+                req.timestamp_ns = 1_000_000_000 + i as u64 * 250_000;
+                let t0 = now_ns();
+                engine.predict(std::slice::from_ref(&req), &mut state, &mut p).map_err(|e| e.to_string())?;
+                if i >= n / 10 {
+                    he.saturating_record(now_ns() - t0);
+                }
+            }
+            runs.push((label, engine.info().backend.clone(), he));
+        }
+        Ok((h, runs))
     })
     .join()
     .map_err(|_| "bare ORT thread panicked".to_string())?

@@ -246,7 +246,18 @@ impl Control {
     async fn command(&self, line: &str) -> String {
         if line == "stats" {
             let report = self.shared.stats.lock().map(|s| s.report()).unwrap_or_default();
-            serde_json::to_string(&report).unwrap_or_else(|e| json_error(&e.to_string()))
+            let mut v = serde_json::to_value(&report).unwrap_or_default();
+            // The serving model, its backend and why (parity with ONNX Runtime, timings at load).
+            if let (Some((info, _)), Some(obj)) = (self.shared.reload.current(), v.as_object_mut()) {
+                obj.insert(
+                    "model".into(),
+                    serde_json::json!({
+                        "name": info.name, "version": info.version, "provider": info.provider,
+                        "backend": info.backend, "backend_report": info.backend_report,
+                    }),
+                );
+            }
+            v.to_string()
         } else if let Some(path) = line.strip_prefix("reload ") {
             let path = PathBuf::from(path.trim());
             let s = self.shared.clone();
@@ -420,9 +431,10 @@ pub fn prometheus_text(shared: &Shared) -> String {
         gauge(&mut out, "model_version", "Version of the serving model.", info.version as u64);
         let _ = writeln!(
             out,
-            "# HELP tickinfer_model_info The serving model.\n# TYPE tickinfer_model_info gauge\ntickinfer_model_info{{name=\"{}\",provider=\"{}\"}} 1",
+            "# HELP tickinfer_model_info The serving model.\n# TYPE tickinfer_model_info gauge\ntickinfer_model_info{{name=\"{}\",provider=\"{}\",backend=\"{}\"}} 1",
             info.name.replace('"', "'"),
-            info.provider
+            info.provider,
+            info.backend.split(' ').next().unwrap_or("ort")
         );
     }
     let _ = writeln!(

@@ -357,7 +357,7 @@ fn demo(out: &std::path::Path) -> Result<(), String> {
         model.display(),
         input.display()
     );
-    let (summary, server_stats) = demo_replay(&model, input, 0, true, out)?;
+    let (summary, server_stats, _) = demo_replay(&model, input, 0, true, out)?;
     print!("{}", tickinfer::replay::report::print(&summary));
     println!("server side (read -> answer queued), ns:\n{server_stats}");
     compare_signals(out)
@@ -386,13 +386,16 @@ fn compare_signals(out: &std::path::Path) -> Result<(), String> {
     println!("\nsignal quality, stateless beside stateful: {} — {what}", input.display());
     println!("| model | kind | accuracy | macro-F1 | always-majority macro-F1 | p50 µs | p99 µs |");
     println!("|---|---|---:|---:|---:|---:|---:|");
+    let mut backends = Vec::new();
     for (name, kind) in [
         ("lobster_direction", "stateless logistic, 6 features"),
         ("lobster_stateful", "stateful LightGBM, 18 features"),
         ("lobster_lstm_step", "LSTM step, 18 features"),
     ] {
         let model = bundled(&format!("models/{name}.toml"));
-        let (s, _) = demo_replay(&model, input.clone(), score_from, false, &out.join("compare").join(name))?;
+        let (s, _, info) =
+            demo_replay(&model, input.clone(), score_from, false, &out.join("compare").join(name))?;
+        backends.push(format!("{name}: {}", info.backend_report));
         let q = &s.quality;
         println!(
             "| {name} | {kind} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} |",
@@ -407,6 +410,11 @@ fn compare_signals(out: &std::path::Path) -> Result<(), String> {
         "(round trips closed loop, window 1; per-model signals and plots under {}/compare/)",
         out.display()
     );
+    // Which backend served each model, and why (README "Backends").
+    println!("backends:");
+    for b in backends {
+        println!("  {b}");
+    }
     Ok(())
 }
 
@@ -418,7 +426,10 @@ fn demo_replay(
     score_from: usize,
     progress: bool,
     out: &std::path::Path,
-) -> Result<(tickinfer::replay::report::Summary, tickinfer::stats::StatsReport), String> {
+) -> Result<
+    (tickinfer::replay::report::Summary, tickinfer::stats::StatsReport, tickinfer::engine::ModelInfo),
+    String,
+> {
     let mut cfg = tickinfer::server::ServerConfig::new(model, "unused");
     cfg.stats_interval = std::time::Duration::ZERO;
     let local = tickinfer::replay::LocalServer::start(cfg)?;
@@ -437,6 +448,7 @@ fn demo_replay(
         progress,
     };
     let summary = tickinfer::replay::run_and_report(&local.socket, &opts, out);
+    let info = local.model.clone();
     let server_stats = local.stop()?;
-    Ok((summary?, server_stats))
+    Ok((summary?, server_stats, info))
 }

@@ -9,6 +9,7 @@
 //! onnx = "lobster_direction.onnx"      # relative to this file
 //! price_scale = 10000                   # fixed point of every price on the wire
 //! horizon_events = 10                   # optional: the label's horizon (replay's signal quality)
+//! backend = "auto"                      # optional: "ort" | "native" | "auto" (README "Backends")
 //!
 //! [input]
 //! name = "input"                        # the model's input tensor, float32 [batch, n]
@@ -102,6 +103,23 @@ struct ModelSection {
     description: String,
     /// Label horizon in events, if the model predicts a direction over one (replay's signal quality).
     horizon_events: Option<usize>,
+    #[serde(default)]
+    backend: Backend,
+}
+
+/// Which runtime evaluates the model (`[model] backend`, `serve --backend`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// ONNX Runtime only.
+    Ort,
+    /// The evaluator generated from the ONNX graph at load; the load fails, naming why,
+    /// when the graph is not one it runs or it disagrees with ONNX Runtime.
+    Native,
+    /// Native where it runs the graph, agrees with ONNX Runtime and is faster at
+    /// warm-up; ONNX Runtime otherwise.
+    #[default]
+    Auto,
 }
 
 #[derive(Deserialize)]
@@ -213,6 +231,8 @@ pub struct Manifest {
     pub output: OutputSpec,
     /// Window or recurrent model, or neither.
     pub sequence: Sequence,
+    /// The manifest's backend choice (`serve --backend` overrides it).
+    pub backend: Backend,
 }
 
 /// Largest manifest file read (a real one is under a few KiB).
@@ -360,6 +380,7 @@ impl Manifest {
             features,
             output,
             sequence,
+            backend: file.model.backend,
         })
     }
 

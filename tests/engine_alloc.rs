@@ -57,15 +57,20 @@ fn allocations_during(f: impl FnOnce()) -> u64 {
 
 #[test]
 fn steady_state_requests_allocate_nothing() {
-    for manifest in [
-        "models/lobster_direction.toml",
-        "tests/fixtures/models/lgbm_direction.toml",
-        "tests/fixtures/models/stateful_linear.toml",
-        "tests/fixtures/models/lstm_step.toml",
-        "tests/fixtures/models/lstm_window.toml",
+    use tickinfer::engine::{Backend, EngineOptions};
+    // The recurrent step runs on each backend: ONNX Runtime and the native evaluator.
+    for (manifest, backend) in [
+        ("models/lobster_direction.toml", Backend::Auto),
+        ("tests/fixtures/models/lgbm_direction.toml", Backend::Auto),
+        ("tests/fixtures/models/stateful_linear.toml", Backend::Auto),
+        ("tests/fixtures/models/depth_linear.toml", Backend::Auto),
+        ("tests/fixtures/models/lstm_step.toml", Backend::Ort),
+        ("tests/fixtures/models/lstm_step.toml", Backend::Native),
+        ("tests/fixtures/models/lstm_window.toml", Backend::Auto),
     ] {
-        let mut engine =
-            Engine::load(&util::repo_root().join(manifest), &util::test_engine_options()).unwrap();
+        let opts = EngineOptions { backend: Some(backend), ..util::test_engine_options() };
+        let mut engine = Engine::load(&util::repo_root().join(manifest), &opts).unwrap();
+        let manifest = format!("{manifest} ({})", engine.info().backend);
         let cases = util::parity_cases(if manifest.contains("lgbm") {
             "lgbm_direction"
         } else {

@@ -17,6 +17,8 @@
 //! the path allocation-free), and the output rows are read in
 //! place and decoded by the manifest.
 
+mod backend;
+pub mod native;
 pub mod runtime;
 
 use std::ffi::{CStr, CString};
@@ -30,9 +32,11 @@ use ort::session::{IoBinding, Session};
 use ort::value::{Tensor, ValueType};
 use ort::AsPointer;
 
+pub use crate::manifest::Backend;
 use crate::manifest::{BatchDim, IoDesc, Manifest, ManifestError, Prediction, Sequence};
 use crate::state::{State, StateSpec};
 use crate::wire::MlRequest;
+use native::NativeModel;
 
 /// Where the model runs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -70,6 +74,8 @@ pub struct EngineOptions {
     pub warmup_runs: usize,
     /// Execution provider to try; falls back to CPU with a loud log line.
     pub provider: ExecutionProvider,
+    /// Overrides the manifest's `[model] backend` when set.
+    pub backend: Option<Backend>,
 }
 
 impl Default for EngineOptions {
@@ -80,6 +86,7 @@ impl Default for EngineOptions {
             max_batch: 32,
             warmup_runs: 20,
             provider: ExecutionProvider::Cpu,
+            backend: None,
         }
     }
 }
@@ -121,6 +128,11 @@ pub struct ModelInfo {
     pub max_batch: usize,
     /// The provider actually in use (after any fallback).
     pub provider: &'static str,
+    /// The backend serving: `ort`, or `native` (with what it evaluates).
+    pub backend: String,
+    /// Why: the native evaluator's parity with ONNX Runtime and both timings at load,
+    /// or why there is none.
+    pub backend_report: String,
     pub runtime_library: PathBuf,
 }
 
@@ -153,6 +165,8 @@ struct Parts {
     row_slots: Vec<usize>,
     /// Output rows of a recurrent batch that had to run in parts (a symbol twice in it).
     scratch: Vec<f32>,
+    /// The native evaluator, when it serves instead of ONNX Runtime (`backend`).
+    native: Option<NativeModel>,
 }
 
 /// A loaded model, ready to score requests. Not `Sync`: one inference thread owns it.
@@ -273,6 +287,8 @@ impl Engine {
             batch,
             max_batch,
             provider,
+            backend: "ort".into(),
+            backend_report: String::new(),
             runtime_library: lib.clone(),
         };
         log::info!(
@@ -364,9 +380,11 @@ impl Engine {
             state_widths,
             row_slots: vec![0; max_batch],
             scratch: vec![0.0; max_batch * width_out],
+            native: None,
         };
         let (warming, row_ok) = (vec![false; max_batch], vec![true; max_batch]);
         let mut engine = Engine { manifest, info, spec, parts, warming, row_ok, session };
+        backend::choose(&mut engine, opts.backend)?;
         engine.warm_up(opts.warmup_runs)?;
         Ok(engine)
     }
@@ -569,7 +587,7 @@ fn run_slot(
     row_ok: &mut [bool],
 ) -> Result<(), EngineError> {
     let b = reqs.len();
-    let Parts { slots, input_names, rebind_input, state_widths, row_slots, .. } = parts;
+    let Parts { slots, input_names, rebind_input, state_widths, row_slots, native, .. } = parts;
     let slot = &mut slots[b - 1];
     debug_assert_eq!(slot.rows, b);
     let features = &manifest.features;
@@ -619,6 +637,25 @@ fn run_slot(
                     }
                 }
             }
+            Sequence::Recurrent { .. } if native.is_some() => {
+                // The native evaluator: one step per row, in order, the state updated in place.
+                let native = native.as_mut().expect("guarded");
+                let (_, out) = slot.output.extract_tensor_mut();
+                let out_width = manifest.output.width();
+                for (i, ((req, row), out)) in reqs
+                    .iter()
+                    .zip(data.chunks_exact_mut(width))
+                    .zip(out.chunks_exact_mut(out_width))
+                    .enumerate()
+                {
+                    admitted(state, req)?;
+                    let (view, memory) = state.update_with_sequence(req, inv);
+                    warming[i] = view.warming;
+                    features.fill_with(req, Some(&view), row);
+                    row_ok[i] = native.step(row, memory, out);
+                }
+                return Ok(());
+            }
             Sequence::Recurrent { .. } => {
                 for (i, (req, row)) in reqs.iter().zip(data.chunks_exact_mut(width)).enumerate() {
                     admitted(state, req)?;
@@ -635,21 +672,7 @@ fn run_slot(
             }
         }
     }
-    let api = ort::api();
-    if *rebind_input {
-        let inputs = std::iter::once(&slot.input).chain(&slot.states_in);
-        for (name, tensor) in input_names.iter().zip(inputs) {
-            // SAFETY: binding, name and tensor are live and owned by the engine; device providers copy
-            // the input at bind time, so it is re-bound after being written.
-            let status = unsafe { (api.BindInput)(slot.binding.ptr_mut(), name.as_ptr(), tensor.ptr()) };
-            check_status(status)?;
-        }
-    }
-    // SAFETY: the session and binding pointers are valid for the life of the engine; the engine's
-    // `&mut self` gives the exclusive access RunWithBinding requires; null run options are allowed.
-    let status =
-        unsafe { (api.RunWithBinding)(session.ptr().cast_mut(), std::ptr::null(), slot.binding.ptr()) };
-    check_status(status)?;
+    run_bound(slot, session, input_names, *rebind_input)?;
     if slot.states_out.is_empty() {
         row_ok[..b].fill(true);
         return Ok(());
@@ -674,6 +697,31 @@ fn run_slot(
         }
     }
     Ok(())
+}
+
+/// Run a slot's binding on its (already written) inputs.
+#[inline]
+fn run_bound(
+    slot: &mut Slot,
+    session: &Session,
+    input_names: &[CString],
+    rebind_input: bool,
+) -> Result<(), EngineError> {
+    let api = ort::api();
+    if rebind_input {
+        let inputs = std::iter::once(&slot.input).chain(&slot.states_in);
+        for (name, tensor) in input_names.iter().zip(inputs) {
+            // SAFETY: binding, name and tensor are live and owned by the engine; device providers copy
+            // the input at bind time, so it is re-bound after being written.
+            let status = unsafe { (api.BindInput)(slot.binding.ptr_mut(), name.as_ptr(), tensor.ptr()) };
+            check_status(status)?;
+        }
+    }
+    // SAFETY: the session and binding pointers are valid for the life of the engine; the engine's
+    // `&mut self` gives the exclusive access RunWithBinding requires; null run options are allowed.
+    let status =
+        unsafe { (api.RunWithBinding)(session.ptr().cast_mut(), std::ptr::null(), slot.binding.ptr()) };
+    check_status(status)
 }
 
 fn output_shape(outputs: &[IoDesc], manifest: &Manifest, rows: usize) -> Vec<usize> {

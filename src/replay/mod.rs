@@ -417,6 +417,8 @@ fn drive(
 /// the demo; stopped (drained) when dropped.
 pub struct LocalServer {
     pub socket: PathBuf,
+    /// The model it serves (backend and why included).
+    pub model: crate::engine::ModelInfo,
     shared: Arc<crate::server::Shared>,
     thread: Option<std::thread::JoinHandle<Result<crate::stats::StatsReport, String>>>,
     dir: PathBuf,
@@ -447,7 +449,9 @@ impl LocalServer {
             })
             .map_err(|e| e.to_string())?;
         match rx.recv() {
-            Ok(Ok(_)) => Ok(LocalServer { socket, shared, thread: Some(thread), dir }),
+            Ok(Ok(ready)) => {
+                Ok(LocalServer { socket, model: ready.model, shared, thread: Some(thread), dir })
+            }
             Ok(Err(e)) => Err(e),
             Err(_) => Err("the server thread ended before it was ready".into()),
         }

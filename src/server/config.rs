@@ -134,6 +134,11 @@ pub struct ServeOptions {
     /// Execution provider; GPU providers need the `cuda`/`tensorrt` cargo features [default: cpu].
     #[arg(long, value_enum)]
     pub provider: Option<ProviderName>,
+    /// Model backend, overriding the manifest's `[model] backend`: ort, native (the
+    /// evaluator generated from the graph, checked against ONNX Runtime at load) or auto
+    /// [default: the manifest's, else auto].
+    #[arg(long, value_enum)]
+    pub backend: Option<crate::manifest::Backend>,
     /// GPU device id [default: 0].
     #[arg(long)]
     pub device_id: Option<i32>,
@@ -253,6 +258,7 @@ impl ServeOptions {
                 max_batch: self.max_batch.unwrap_or(32),
                 warmup_runs: 20,
                 provider,
+                backend: self.backend,
             },
         })
     }
@@ -371,6 +377,7 @@ mod tests {
         ("ort_lib", "\"/opt/ort/libonnxruntime.so.1.31.1\""),
         ("intra_threads", "2"),
         ("provider", "\"cpu\""),
+        ("backend", "\"native\""),
         ("device_id", "1"),
         ("trt_cache", "\"/var/cache/trt\""),
         ("trt_fp16", "true"),

@@ -1,0 +1,136 @@
+//! The native backend: evaluators generated from the ONNX graph at load (today the
+//! recurrent LSTM step), checked against ONNX Runtime. Outputs and carried state
+//! agree with ORT's over long streams at batch 1 and max_batch; `auto` reports its
+//! choice with the parity and timings; a graph the native backend does not run is
+//! named (an error for `native`, ONNX Runtime for `auto`).
+mod util;
+
+use tickinfer::engine::{Backend, Engine, EngineOptions};
+use tickinfer::manifest::Prediction;
+use tickinfer::wire::MlRequest;
+use util::{repo_root, stream_request, test_engine_options};
+
+const LSTMS: [&str; 3] = [
+    "tests/fixtures/models/lstm_step.toml",
+    "models/lobster_lstm_step.toml",
+    "benches/models/lstm_2x128_step.toml",
+];
+
+fn load(manifest: &str, backend: Backend) -> Result<Engine, String> {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let opts = EngineOptions { backend: Some(backend), ..test_engine_options() };
+    Engine::load(&repo_root().join(manifest), &opts).map_err(|e| e.to_string())
+}
+
+/// Four symbols, unevenly interleaved (batches hold some symbols several times), with
+/// the features the stateful models read changing from event to event.
+fn stream(n: u64) -> Vec<MlRequest> {
+    (0..n).map(|i| stream_request(i, [5, 5, 1, 5, 8, 1, 2][(i % 7) as usize])).collect()
+}
+
+/// Raw output rows of `reqs`, `chunk` requests per run, from a fresh state.
+fn outputs(engine: &mut Engine, reqs: &[MlRequest], chunk: usize) -> Vec<f32> {
+    let mut state = engine.new_state(8);
+    let mut rows = Vec::new();
+    for c in reqs.chunks(chunk) {
+        rows.extend_from_slice(engine.run_rows(c, &mut state).unwrap());
+    }
+    rows
+}
+
+#[test]
+fn native_and_ort_agree_over_long_streams_at_every_batch_size() {
+    let reqs = stream(700);
+    for manifest in LSTMS {
+        let mut ort = load(manifest, Backend::Ort).unwrap();
+        let mut native = load(manifest, Backend::Native).unwrap();
+        assert_eq!(ort.info().backend, "ort");
+        assert!(native.info().backend.starts_with("native (LSTM"), "{}", native.info().backend);
+        let want = outputs(&mut ort, &reqs, 1);
+        for chunk in [1, 7, native.max_batch()] {
+            let got = outputs(&mut native, &reqs, chunk);
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            // 700 steps carry any difference forward through the state: it stays at float rounding.
+            assert!(worst <= 1e-4, "{manifest} chunk {chunk}: max |native - ort| {worst:e}");
+        }
+        // The signals: the same direction for every request (confidence is a rounded probability).
+        let mut p_ort = vec![None::<Prediction>; reqs.len()];
+        let mut p_native = p_ort.clone();
+        ort.predict(&reqs, &mut ort.new_state(8), &mut p_ort).unwrap();
+        native.predict(&reqs, &mut native.new_state(8), &mut p_native).unwrap();
+        let same =
+            p_ort.iter().zip(&p_native).filter(|(a, b)| a.unwrap().direction == b.unwrap().direction).count();
+        assert!(same >= reqs.len() - 1, "{manifest}: {same} of {} directions agree", reqs.len());
+        assert!(p_native.iter().zip(&p_ort).all(|(a, b)| a.unwrap().warming == b.unwrap().warming));
+    }
+}
+
+#[test]
+fn auto_reports_its_choice_with_parity_and_timings() {
+    let engine = load(LSTMS[2], Backend::Auto).unwrap();
+    let report = &engine.info().backend_report;
+    for needle in ["agrees with ONNX Runtime on 64 random rows", "max |Δ|", "one row: native", "µs, ort"] {
+        assert!(report.contains(needle), "`{needle}` not in: {report}");
+    }
+    // What it serves is what the report says it chose.
+    let chose_native = report.starts_with("native:");
+    assert_eq!(engine.info().backend.starts_with("native"), chose_native, "{report}");
+    assert!(chose_native || report.starts_with("ort:"), "{report}");
+}
+
+#[test]
+fn a_graph_the_native_backend_does_not_run_is_named() {
+    // A stateless linear model and a window LSTM: no native evaluator.
+    for (manifest, why) in [
+        ("tests/fixtures/models/stateful_linear.toml", "not a recurrent step model"),
+        ("tests/fixtures/models/lstm_window.toml", "not a recurrent step model"),
+    ] {
+        let e = load(manifest, Backend::Native).err().expect("native must refuse it");
+        assert!(e.contains("backend native") && e.contains(why), "{manifest}: {e}");
+        let auto = load(manifest, Backend::Auto).unwrap();
+        assert_eq!(auto.info().backend, "ort");
+        assert!(auto.info().backend_report.contains(why), "{}", auto.info().backend_report);
+    }
+    let forced = load(LSTMS[0], Backend::Ort).unwrap();
+    assert!(forced.info().backend_report.starts_with("ort: chosen"), "{}", forced.info().backend_report);
+}
+
+/// Inputs far outside the training range (an absurd ask) saturate the gates on both
+/// backends: the state stays finite and the request still gets a signal.
+#[test]
+fn saturating_inputs_still_give_a_signal_on_both_backends() {
+    for backend in [Backend::Ort, Backend::Native] {
+        let mut engine = load(LSTMS[0], backend).unwrap();
+        let mut state = engine.new_state(4);
+        let reqs: Vec<MlRequest> = (0..5).map(|i| stream_request(i, 3)).collect();
+        let mut p = vec![None::<Prediction>; reqs.len()];
+        engine.predict(&reqs, &mut state, &mut p).unwrap();
+        assert!(p.iter().all(|p| p.is_some()), "{backend:?}");
+        // An absurd price makes the features huge but finite; the LSTM saturates, stays finite.
+        let mut wild = stream_request(6, 3);
+        wild.ask_price = i64::MAX / 2;
+        let mut one = [None::<Prediction>];
+        engine.predict(std::slice::from_ref(&wild), &mut state, &mut one).unwrap();
+        assert!(one[0].is_some(), "{backend:?}: saturating inputs still give a signal");
+    }
+}
+
+/// The evaluator alone: a non-finite state (here fed in directly; in service it would
+/// come from a non-finite step) is never kept: the step reports it and zeroes the memory.
+#[test]
+fn a_non_finite_state_is_not_kept() {
+    use tickinfer::engine::native::NativeModel;
+    let manifest = tickinfer::manifest::Manifest::load(&repo_root().join(LSTMS[0])).unwrap();
+    let mut model = NativeModel::from_manifest(&manifest, &[8, 8]).unwrap();
+    assert_eq!(model.describe(), "LSTM 1x8 step -> Gemm 3 -> Softmax");
+    let x = vec![0.5f32; manifest.features.len()];
+    let (mut memory, mut out) = (vec![0.1f32; 16], [0f32; 3]);
+    assert!(model.step(&x, &mut memory, &mut out));
+    assert!((out.iter().sum::<f32>() - 1.0).abs() < 1e-5 && memory.iter().any(|v| *v != 0.1));
+    memory[3] = f32::NAN;
+    assert!(!model.step(&x, &mut memory, &mut out));
+    assert!(memory.iter().all(|v| *v == 0.0), "{memory:?}");
+    // Widths that are not layers x hidden are refused, named.
+    let e = NativeModel::from_manifest(&manifest, &[8, 9]).unwrap_err();
+    assert!(e.contains("state widths"), "{e}");
+}
