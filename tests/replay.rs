@@ -393,6 +393,12 @@ fn demo_runs_end_to_end() {
         assert!(cells[..3].iter().all(|v| (0.0..=1.0).contains(v)) && cells[3] > 0.0, "{row}");
         assert!(out.join("compare").join(model).join("signals.csv").exists());
     }
+    // Which backend served each model, and why: the LSTM step's evaluator was checked against ORT.
+    let lstm = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("lobster_lstm_step: "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(text.contains("backends:") && lstm.contains("agrees with ONNX Runtime"), "{lstm}");
     for f in ["signals.csv", "summary.json", "latency.svg", "latency.png"] {
         assert!(out.join(f).metadata().map(|m| m.len() > 0).unwrap_or(false), "{f} missing");
     }
