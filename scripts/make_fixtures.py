@@ -5,7 +5,7 @@ one, and parity files (requests + Python onnxruntime outputs) for all three.
     python3 scripts/make_fixtures.py
 
 Writes tests/fixtures/models/{lgbm_direction,ridge_return,failing_gather,nonfinite_log,
-stateful_linear,depth_linear}.{onnx,toml} and tests/fixtures/parity/{lobster_direction,
+stateful_linear,depth_linear,mlp_direction}.{onnx,toml} and tests/fixtures/parity/{lobster_direction,
 lgbm_direction,ridge_return}.json, plus the twin's feature rows over the bundled samples
 (stateful_features.json over the level-1 sample, depth_features.json over the 5-level one).
 Training data for the fixture models is synthetic (seeded): they exist to pin
@@ -363,6 +363,62 @@ def depth_fixture(rng):
     write_feature_parity("depth_features", DEPTH_FEATURES, mean, std, reqs, rows, warming)
 
 
+MLP_FEATURES = ["bid_price", "ask_price", "bid_size", "ask_size", "book_imbalance", "mid", "spread", "spread_bps",
+                "microprice", "microprice_offset_bps", "size_imbalance", "log_bid_size", "log_ask_size",
+                "log_size_ratio", "extra:0", "extra:1"]
+
+
+def mlp_fixture(rng):
+    """An MLP 16 -> 64 -> 64 -> 3 (Gemm, Relu, Gemm, Relu, Gemm, Softmax; random weights):
+    the dense chain the native backend runs, checked against ONNX Runtime at load."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    sizes = [16, 64, 64, 3]
+    nodes, inits, x = [], [], "x"
+    for k, (i, o) in enumerate(zip(sizes, sizes[1:])):
+        w = rng.normal(0, 1.0 / math.sqrt(i), size=(o, i)).astype(np.float32)
+        b = rng.normal(0, 0.1, size=o).astype(np.float32)
+        inits += [helper.make_tensor(f"w{k}", TensorProto.FLOAT, [o, i], w.flatten().tolist()),
+                  helper.make_tensor(f"b{k}", TensorProto.FLOAT, [o], b.tolist())]
+        nodes.append(helper.make_node("Gemm", [x, f"w{k}", f"b{k}"], [f"z{k}"], transB=1))
+        x = f"z{k}"
+        if k < 2:
+            nodes.append(helper.make_node("Relu", [x], [f"r{k}"]))
+            x = f"r{k}"
+    nodes.append(helper.make_node("Softmax", [x], ["probabilities"], axis=-1))
+    graph = helper.make_graph(nodes, "mlp_direction",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 16])],
+                              [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3])],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, os.path.join(FIX, "models", "mlp_direction.onnx"))
+    mean = [100.0, 100.0, 300.0, 300.0, 0.0, 100.0, 0.05, 5.0, 100.0, 0.0, 0.0, 5.0, 5.0, 0.0, 0.0, 0.0]
+    std = [50.0, 50.0, 300.0, 300.0, 0.5, 50.0, 0.05, 5.0, 50.0, 1.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0]
+    with open(os.path.join(FIX, "models", "mlp_direction.toml"), "w") as f:
+        f.write(f"""# Fixture: an MLP 16 -> 64 -> 64 -> 3 with random weights (made by scripts/make_fixtures.py).
+[model]
+name = "mlp_direction"
+version = 1
+onnx = "mlp_direction.onnx"
+price_scale = {PRICE_SCALE}
+
+[input]
+name = "x"
+features = {toml_list(MLP_FEATURES)}
+mean = {toml_list(mean)}
+std = {toml_list(std)}
+
+[output]
+kind = "classes"
+name = "probabilities"
+classes = ["sell", "flat", "buy"]
+""")
+    print("mlp_direction: 16 -> 64 -> 64 -> 3")
+
+
 def default_model_parity(rng):
     import tomllib
     with open(os.path.join(ROOT, "models", "lobster_direction.toml"), "rb") as f:
@@ -385,3 +441,4 @@ if __name__ == "__main__":
     nonfinite_fixture()
     stateful_fixture(rng)
     depth_fixture(np.random.default_rng(20261123))
+    mlp_fixture(np.random.default_rng(20261124))

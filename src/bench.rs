@@ -35,9 +35,11 @@ pub struct BenchOptions {
     pub out: PathBuf,
 }
 
-/// The stateful and sequence models `tickinfer bench` times beside the main one: the
-/// trained stateful default and LSTM, and LSTM steps of three sizes (`benches/models/`).
-pub const MORE_MODELS: [&str; 7] = [
+/// The models `tickinfer bench` times beside the main one: an MLP 16→64→64→3 (random
+/// weights), the trained stateful default and LSTM, and LSTM steps of three sizes
+/// (`benches/models/`).
+pub const MORE_MODELS: [&str; 8] = [
+    "tests/fixtures/models/mlp_direction.toml",
     "models/lobster_stateful.toml",
     "models/lobster_lstm_step.toml",
     "models/lobster_lstm_window.toml",
@@ -217,17 +219,20 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
     ));
     eprintln!("bench: (b) bare ORT");
     let (bare, engines) = bare_ort(&opts.model, &manifest, n, server_core)?;
-    let engine = engines.into_iter().next().expect("the chosen backend's engine").2;
     rows.push(Row::of(
         "bare ORT session.run",
         bare,
         format!("core {server_core}; input row ready, 1 intra-op thread"),
     ));
-    rows.push(Row::of(
-        "tickinfer engine (features+run+decode)",
-        engine,
-        format!("core {server_core}; pre-bound IoBinding"),
-    ));
+    // The backend `auto` chose; then ONNX Runtime's pre-bound engine when that was not it.
+    for (label, backend, engine) in engines {
+        let name = if label == "engine" {
+            "tickinfer engine (features+run+decode)"
+        } else {
+            "tickinfer engine on ORT"
+        };
+        rows.push(Row::of(name, engine, format!("core {server_core}; backend {backend}")));
+    }
     eprintln!("bench: (b') stateful and sequence models, engine beside bare ORT");
     for m in &opts.more_models {
         let name = m.file_stem().map_or("?".into(), |s| s.to_string_lossy().into_owned());

@@ -58,15 +58,18 @@ fn allocations_during(f: impl FnOnce()) -> u64 {
 #[test]
 fn steady_state_requests_allocate_nothing() {
     use tickinfer::engine::{Backend, EngineOptions};
-    // The recurrent step runs on each backend: ONNX Runtime and the native evaluator.
+    // The models with a native evaluator run on each backend: ONNX Runtime and native.
     for (manifest, backend) in [
-        ("models/lobster_direction.toml", Backend::Auto),
+        ("models/lobster_direction.toml", Backend::Ort),
+        ("models/lobster_direction.toml", Backend::Native),
         ("tests/fixtures/models/lgbm_direction.toml", Backend::Auto),
         ("tests/fixtures/models/stateful_linear.toml", Backend::Auto),
         ("tests/fixtures/models/depth_linear.toml", Backend::Auto),
         ("tests/fixtures/models/lstm_step.toml", Backend::Ort),
         ("tests/fixtures/models/lstm_step.toml", Backend::Native),
         ("tests/fixtures/models/lstm_window.toml", Backend::Auto),
+        ("tests/fixtures/models/mlp_direction.toml", Backend::Ort),
+        ("tests/fixtures/models/mlp_direction.toml", Backend::Native),
     ] {
         let opts = EngineOptions { backend: Some(backend), ..util::test_engine_options() };
         let mut engine = Engine::load(&util::repo_root().join(manifest), &opts).unwrap();

@@ -1,5 +1,5 @@
-//! The native backend: evaluators generated from the ONNX graph at load (today the
-//! recurrent LSTM step), checked against ONNX Runtime. Outputs and carried state
+//! The native backend: evaluators generated from the ONNX graph at load (the recurrent
+//! LSTM step, linear models, dense chains), checked against ONNX Runtime. Outputs and carried state
 //! agree with ORT's over long streams at batch 1 and max_batch; `auto` reports its
 //! choice with the parity and timings; a graph the native backend does not run is
 //! named (an error for `native`, ONNX Runtime for `auto`).
@@ -65,6 +65,44 @@ fn native_and_ort_agree_over_long_streams_at_every_batch_size() {
     }
 }
 
+/// Linear models (the bundled default: LinearClassifier → Normalizer; a LinearRegressor)
+/// and dense chains (a MatMul/Add/Softmax over stateful features; an MLP 16→64→64→3):
+/// native and ORT give the same outputs on the committed parity requests and on a stream.
+#[test]
+fn native_linear_and_dense_models_agree_with_ort() {
+    for (manifest, family, cases) in [
+        ("models/lobster_direction.toml", "native (LinearClassifier", Some("lobster_direction")),
+        ("tests/fixtures/models/ridge_return.toml", "native (LinearRegressor", Some("ridge_return")),
+        ("tests/fixtures/models/stateful_linear.toml", "native (dense 10x3 -> Add -> Softmax", None),
+        (
+            "tests/fixtures/models/mlp_direction.toml",
+            "native (dense 16x64 -> Relu -> 64x64 -> Relu -> 64x3 -> Softmax",
+            None,
+        ),
+    ] {
+        let mut ort = load(manifest, Backend::Ort).unwrap();
+        let mut native = load(manifest, Backend::Native).unwrap();
+        assert!(native.info().backend.starts_with(family), "{manifest}: {}", native.info().backend);
+        let mut reqs: Vec<MlRequest> =
+            cases.map(|c| util::parity_cases(c).iter().map(|c| c.request).collect()).unwrap_or_default();
+        let extras = ort.info().extra_features;
+        reqs.extend(stream(300).into_iter().enumerate().map(|(i, r)| {
+            let mut features = [0f32; tickinfer::wire::MAX_FEATURES];
+            features
+                .iter_mut()
+                .take(extras as usize)
+                .enumerate()
+                .for_each(|(k, f)| *f = ((i + k) % 5) as f32 - 2.0);
+            MlRequest { n_features: extras, features, ..r }
+        }));
+        for chunk in [1, native.max_batch()] {
+            let (a, b) = (outputs(&mut ort, &reqs, chunk), outputs(&mut native, &reqs, chunk));
+            let worst = a.iter().zip(&b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst <= 1e-5, "{manifest} chunk {chunk}: max |native - ort| {worst:e}");
+        }
+    }
+}
+
 #[test]
 fn auto_reports_its_choice_with_parity_and_timings() {
     let engine = load(LSTMS[2], Backend::Auto).unwrap();
@@ -80,10 +118,14 @@ fn auto_reports_its_choice_with_parity_and_timings() {
 
 #[test]
 fn a_graph_the_native_backend_does_not_run_is_named() {
-    // A stateless linear model and a window LSTM: no native evaluator.
+    // A tree ensemble, a graph with Gather/Cast and a window LSTM: no native evaluator.
     for (manifest, why) in [
-        ("tests/fixtures/models/stateful_linear.toml", "not a recurrent step model"),
-        ("tests/fixtures/models/lstm_window.toml", "not a recurrent step model"),
+        (
+            "tests/fixtures/models/lgbm_direction.toml",
+            "made by `TreeEnsembleClassifier` (domain ai.onnx.ml), not a dense chain",
+        ),
+        ("tests/fixtures/models/failing_gather.toml", "not a dense chain"),
+        ("tests/fixtures/models/lstm_window.toml", "a window model"),
     ] {
         let e = load(manifest, Backend::Native).err().expect("native must refuse it");
         assert!(e.contains("backend native") && e.contains(why), "{manifest}: {e}");
@@ -125,10 +167,10 @@ fn a_non_finite_state_is_not_kept() {
     assert_eq!(model.describe(), "LSTM 1x8 step -> Gemm 3 -> Softmax");
     let x = vec![0.5f32; manifest.features.len()];
     let (mut memory, mut out) = (vec![0.1f32; 16], [0f32; 3]);
-    assert!(model.step(&x, &mut memory, &mut out));
+    assert!(model.run(&x, &mut memory, &mut out));
     assert!((out.iter().sum::<f32>() - 1.0).abs() < 1e-5 && memory.iter().any(|v| *v != 0.1));
     memory[3] = f32::NAN;
-    assert!(!model.step(&x, &mut memory, &mut out));
+    assert!(!model.run(&x, &mut memory, &mut out));
     assert!(memory.iter().all(|v| *v == 0.0), "{memory:?}");
     // Widths that are not layers x hidden are refused, named.
     let e = NativeModel::from_manifest(&manifest, &[8, 9]).unwrap_err();

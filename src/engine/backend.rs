@@ -109,7 +109,7 @@ fn parity(engine: &mut Engine, native: &mut NativeModel) -> Result<Result<f32, S
         }
         run_bound(slot, session, &parts.input_names, parts.rebind_input)?;
         let x: Vec<f32> = slot.input.extract_tensor().1[..width].to_vec();
-        native.step(&x, &mut memory, &mut out);
+        native.run(&x, &mut memory, &mut out);
         let want = slot.output.extract_tensor().1;
         let mut diff = out.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, worse);
         let mut at = 0;
@@ -154,7 +154,7 @@ fn timings(engine: &mut Engine, native: &mut NativeModel) -> Result<(u64, u64), 
         run_bound(slot, session, &parts.input_names, parts.rebind_input)?;
         let a = t.elapsed().as_nanos() as u64;
         let t = Instant::now();
-        native.step(&x, &mut memory, &mut out);
+        native.run(&x, &mut memory, &mut out);
         let b = t.elapsed().as_nanos() as u64;
         if i >= TIMED_RUNS / 10 {
             ort.push(a);

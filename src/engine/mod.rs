@@ -652,7 +652,7 @@ fn run_slot(
                     let (view, memory) = state.update_with_sequence(req, inv);
                     warming[i] = view.warming;
                     features.fill_with(req, Some(&view), row);
-                    row_ok[i] = native.step(row, memory, out);
+                    row_ok[i] = native.run(row, memory, out);
                 }
                 return Ok(());
             }
@@ -671,6 +671,18 @@ fn run_slot(
                 }
             }
         }
+    }
+    if let Some(native) = native.as_mut() {
+        // A stateless or feature-state model on the native backend: its rows, one at a time.
+        // (The recurrent arm above ran its own steps and returned.)
+        let out_width = manifest.output.width();
+        let (_, x) = slot.input.extract_tensor();
+        let (_, out) = slot.output.extract_tensor_mut();
+        for (x, out) in x.chunks_exact(width).zip(out.chunks_exact_mut(out_width)) {
+            native.run(x, &mut [], out);
+        }
+        row_ok[..b].fill(true);
+        return Ok(());
     }
     run_bound(slot, session, input_names, *rebind_input)?;
     if slot.states_out.is_empty() {

@@ -1,19 +1,24 @@
 //! The native backend: evaluators generated at load from the ONNX graph for model
-//! families whose per-call cost in ONNX Runtime is far above their arithmetic. Today
-//! one family: a recurrent LSTM step ([`lstm::LstmStep`]). The weights are read from
+//! families whose per-call cost in ONNX Runtime is far above their arithmetic: the
+//! recurrent LSTM step ([`lstm::LstmStep`]), linear models ([`linear::Linear`]) and
+//! dense chains — linear layers, MLPs ([`dense::Dense`]). The weights are read from
 //! the `.onnx` itself, and an evaluator serves only after it agreed with ONNX Runtime
 //! on random inputs at load (`engine::backend`): ONNX stays the one model format.
 
+pub mod dense;
 pub mod kernels;
+pub mod linear;
 pub mod lstm;
 pub mod onnx_pb;
 
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, Sequence};
 
 /// A generated evaluator.
 #[derive(Clone, Debug)]
 pub enum NativeModel {
     Lstm(lstm::LstmStep),
+    Linear(linear::Linear),
+    Dense(dense::Dense),
 }
 
 impl NativeModel {
@@ -23,21 +28,45 @@ impl NativeModel {
             .map_err(|e| format!("cannot read {}: {e}", manifest.onnx.display()))?;
         let model = onnx_pb::ModelProto::parse(&bytes)?;
         let graph = model.graph.ok_or("the model has no graph")?;
-        lstm::LstmStep::from_graph(&graph, manifest, state_widths).map(NativeModel::Lstm)
+        match manifest.sequence {
+            Sequence::Recurrent { .. } => {
+                lstm::LstmStep::from_graph(&graph, manifest, state_widths).map(NativeModel::Lstm)
+            }
+            Sequence::None => {
+                linear::Linear::from_graph(&graph, manifest).map(NativeModel::Linear).or_else(|linear| {
+                    dense::Dense::from_graph(&graph, manifest).map(NativeModel::Dense).map_err(|dense| {
+                        format!("not a linear model ({linear}); not a dense chain ({dense})")
+                    })
+                })
+            }
+            Sequence::Window { .. } => Err("a window model (no native evaluator for windows)".into()),
+        }
     }
 
     /// What the evaluator computes, for logs and stats.
     pub fn describe(&self) -> String {
         match self {
             NativeModel::Lstm(m) => m.describe(),
+            NativeModel::Linear(m) => m.describe(),
+            NativeModel::Dense(m) => m.describe(),
         }
     }
 
-    /// One recurrent step for one row (see [`lstm::LstmStep::step`]).
+    /// One row: `x` its features, `memory` its symbol's sequence memory (a recurrent
+    /// model's state, updated in place; empty otherwise), `out` the model output.
+    /// False when a recurrent state came back non-finite (see [`lstm::LstmStep::step`]).
     #[inline]
-    pub fn step(&mut self, x: &[f32], memory: &mut [f32], out: &mut [f32]) -> bool {
+    pub fn run(&mut self, x: &[f32], memory: &mut [f32], out: &mut [f32]) -> bool {
         match self {
             NativeModel::Lstm(m) => m.step(x, memory, out),
+            NativeModel::Linear(m) => {
+                m.run(x, out);
+                true
+            }
+            NativeModel::Dense(m) => {
+                m.run(x, out);
+                true
+            }
         }
     }
 }
