@@ -290,6 +290,11 @@ def linear_classifier(name, w, features, mean, std, what):
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, os.path.join(FIX, "models", f"{name}.onnx"))
+    write_manifest(name, what, features, mean, std)
+
+
+def write_manifest(name, what, features, mean, std):
+    """tests/fixtures/models/<name>.toml: a sell/flat/buy classifier reading input `x`."""
     with open(os.path.join(FIX, "models", f"{name}.toml"), "w") as f:
         f.write(f"""# Fixture: {what} (made by scripts/make_fixtures.py).
 [model]
@@ -397,25 +402,7 @@ def mlp_fixture(rng):
     onnx.save(model, os.path.join(FIX, "models", "mlp_direction.onnx"))
     mean = [100.0, 100.0, 300.0, 300.0, 0.0, 100.0, 0.05, 5.0, 100.0, 0.0, 0.0, 5.0, 5.0, 0.0, 0.0, 0.0]
     std = [50.0, 50.0, 300.0, 300.0, 0.5, 50.0, 0.05, 5.0, 50.0, 1.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0]
-    with open(os.path.join(FIX, "models", "mlp_direction.toml"), "w") as f:
-        f.write(f"""# Fixture: an MLP 16 -> 64 -> 64 -> 3 with random weights (made by scripts/make_fixtures.py).
-[model]
-name = "mlp_direction"
-version = 1
-onnx = "mlp_direction.onnx"
-price_scale = {PRICE_SCALE}
-
-[input]
-name = "x"
-features = {toml_list(MLP_FEATURES)}
-mean = {toml_list(mean)}
-std = {toml_list(std)}
-
-[output]
-kind = "classes"
-name = "probabilities"
-classes = ["sell", "flat", "buy"]
-""")
+    write_manifest("mlp_direction", "an MLP 16 -> 64 -> 64 -> 3 with random weights", MLP_FEATURES, mean, std)
     print("mlp_direction: 16 -> 64 -> 64 -> 3")
 
 
