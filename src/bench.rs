@@ -356,19 +356,19 @@ fn pingpong(n: usize, echo_core: usize, client_core: usize) -> Result<Histogram<
     Ok(h)
 }
 
+/// The engine's per-call latency per backend: first the one `auto` (or the manifest)
+/// chooses, labelled "engine", then "engine (ort)" when the chosen one was native.
+/// Each entry: (label, backend, histogram).
+type EngineRuns = Vec<(String, String, Histogram<u64>)>;
+
 /// (b) Bare `session.run` on a ready input, and our engine on the same requests.
 ///
 /// The bare side is what a quant would write: `session.run` with named inputs on rows
 /// already computed (a window model: the K rows ready; a recurrent model: the state
 /// tensors fed and the returned ones copied back for the next call), same session
-/// settings. The engine side runs everything per request: the symbol's state update,
-/// feature rows, the window or state copies, the pre-bound run and decoding. Both see
-/// one symbol's stream of moving quotes.
-/// Per-call latency of bare `session.run`, and of the engine per backend: first the
-/// one `auto` (or the manifest) chooses, labelled "engine", then "engine (ort)" when
-/// the chosen one was native. Each engine entry: (label, backend, histogram).
-type EngineRuns = Vec<(String, String, Histogram<u64>)>;
-
+/// settings. The engine side runs everything per request, on each backend
+/// ([`EngineRuns`]): the symbol's state update, feature rows, the window or state
+/// copies, the run and decoding. Both see one symbol's stream of moving quotes.
 fn bare_ort(
     model: &Path,
     manifest: &Manifest,

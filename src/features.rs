@@ -110,8 +110,11 @@ impl Feature {
     /// The deepest book level this feature reads (1 for top of book and non-depth features).
     pub fn depth_level(&self) -> usize {
         match *self {
-            Feature::BidPx(k) | Feature::AskPx(k) | Feature::BidSz(k) | Feature::AskSz(k) => k as usize,
-            Feature::DepthImbalance(k) => k as usize,
+            Feature::BidPx(k)
+            | Feature::AskPx(k)
+            | Feature::BidSz(k)
+            | Feature::AskSz(k)
+            | Feature::DepthImbalance(k) => k as usize,
             _ => 1,
         }
     }

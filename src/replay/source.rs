@@ -183,6 +183,9 @@ pub fn load(path: &Path, format: Format, symbols: &mut SymbolTable) -> Result<St
 
 // ---------------------------------------------------------------- LOBSTER
 
+/// A LOBSTER orderbook level's four columns, in file order.
+const LEVEL_FIELDS: [&str; 4] = ["ask price", "ask size", "bid price", "bid size"];
+
 /// LOBSTER's dummy price for an empty level (±9999999999).
 const LOBSTER_DUMMY: i64 = 9_999_999_999;
 
@@ -239,6 +242,8 @@ pub fn load_lobster(path: &Path, symbols: &mut SymbolTable) -> Result<Stream, So
     let mut skips = Skips(vec![]);
     let mut book_lines = book.lines();
     let mut depth_levels = 1;
+    // Levels 2.. of the row being read (reused: no allocation per row).
+    let mut levels = Vec::with_capacity(DEPTH_LEVELS - 1);
     for (i, line) in messages.lines().enumerate() {
         let Some(book_line) = book_lines.next() else {
             return Err(err(path, format!("orderbook has fewer rows than messages (row {})", i + 1)));
@@ -278,22 +283,22 @@ pub fn load_lobster(path: &Path, symbols: &mut SymbolTable) -> Result<Stream, So
         })?;
         let mut ev = request(ts, symbol_id, bid, ask, bsz, asz);
         if b.len() > 4 {
-            let mut levels = Vec::with_capacity(DEPTH_LEVELS - 1);
+            levels.clear();
             for (k, c) in b.chunks_exact(4).enumerate().skip(1).take(DEPTH_LEVELS - 1) {
-                let level = format!("level {}", k + 1);
-                let (ap, az, bp, bz) = (
-                    num(c[0], &format!("{level} ask price"))?,
-                    num(c[1], &format!("{level} ask size"))?,
-                    num(c[2], &format!("{level} bid price"))?,
-                    num(c[3], &format!("{level} bid size"))?,
-                );
+                // The message is built only for a bad field, not for every row.
+                let field = |j: usize| {
+                    c[j].trim()
+                        .parse::<i64>()
+                        .map_err(|_| bad_num(&format!("level {} {}", k + 1, LEVEL_FIELDS[j])))
+                };
+                let (ap, az, bp, bz) = (field(0)?, field(1)?, field(2)?, field(3)?);
                 if az < 0 || bz < 0 {
-                    return Err(bad_num(&format!("{level} size (negative)")));
+                    return Err(bad_num(&format!("level {} size (negative)", k + 1)));
                 }
                 let price = |p: i64| (p.abs() != LOBSTER_DUMMY).then_some(p);
                 levels.push(Level { bid: price(bp), bid_size: bz, ask: price(ap), ask_size: az });
             }
-            depth_levels = fill_depth(&mut ev.req, levels.into_iter(), 10_000);
+            depth_levels = fill_depth(&mut ev.req, levels.drain(..), 10_000);
         }
         events.push(ev);
     }

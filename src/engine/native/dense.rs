@@ -4,10 +4,9 @@
 //! axis) and `Identity` — linear layers and MLPs as `torch.onnx` and hand-built graphs
 //! write them. Matrix products use the blocked GEMV of [`super::kernels`].
 
-use std::collections::HashMap;
-
+use super::graph::{check_softmax, Graph};
 use super::kernels::{sigmoid_in_place, softmax_in_place, tanh_in_place, Packed};
-use super::onnx_pb::{GraphProto, NodeProto, TensorProto};
+use super::onnx_pb::{GraphProto, NodeProto};
 use crate::manifest::Manifest;
 
 #[derive(Clone, Debug)]
@@ -41,15 +40,14 @@ const MAX_OPS: usize = 256;
 impl Dense {
     /// Recognise the graph; `Err` says why it is not a chain this evaluator runs.
     pub fn from_graph(g: &GraphProto, manifest: &Manifest) -> Result<Dense, String> {
-        let producer: HashMap<&str, &NodeProto> =
-            g.node.iter().flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n))).collect();
-        let inits: HashMap<&str, &TensorProto> = g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+        let graph = Graph::new(g);
         // Walk back from the output to the input, then reverse.
         let mut chain: Vec<&NodeProto> = Vec::new();
         let mut at = manifest.output.name();
         while at != manifest.input_name {
-            let n =
-                producer.get(at).ok_or_else(|| format!("`{at}` is neither made by a node nor the input"))?;
+            let n = graph
+                .producer(at)
+                .ok_or_else(|| format!("`{at}` is neither made by a node nor the input"))?;
             if chain.len() == MAX_OPS {
                 return Err(format!("a chain of more than {MAX_OPS} nodes"));
             }
@@ -60,8 +58,7 @@ impl Dense {
                 ));
             }
             // The data input: the one that is not an initializer.
-            let data: Vec<&String> =
-                n.input.iter().filter(|i| !i.is_empty() && !inits.contains_key(i.as_str())).collect();
+            let data = graph.data_inputs(n);
             if data.len() != 1 {
                 return Err(format!(
                     "`{}` node `{}` has {} data inputs; a dense chain has one",
@@ -74,9 +71,6 @@ impl Dense {
             at = data[0];
         }
         chain.reverse();
-        let init = |name: &str| -> Result<&TensorProto, String> {
-            inits.get(name).copied().ok_or_else(|| format!("`{name}` is not an initializer"))
-        };
         let (mut ops, mut width, mut widest) = (Vec::new(), manifest.features.len(), manifest.features.len());
         let mut names = Vec::new();
         for n in chain {
@@ -86,15 +80,15 @@ impl Dense {
                 "Sigmoid" => Op::Sigmoid,
                 "Tanh" => Op::Tanh,
                 "Softmax" => {
-                    let axis = n.attr("axis").map_or(-1, |a| a.i);
-                    if axis != -1 && axis != 1 {
-                        return Err(format!("Softmax over axis {axis}"));
-                    }
+                    check_softmax(n)?;
                     Op::Softmax
                 }
                 "Add" => {
-                    let b =
-                        n.input.iter().find_map(|i| inits.get(i.as_str())).ok_or("Add of two data inputs")?;
+                    let b = n
+                        .input
+                        .iter()
+                        .find_map(|i| graph.init(i, "Add's operand").ok())
+                        .ok_or("Add of two data inputs")?;
                     let v = b.floats()?;
                     let v = match v.len() {
                         1 => vec![v[0]; width],
@@ -103,58 +97,10 @@ impl Dense {
                     };
                     Op::Add(v)
                 }
-                "MatMul" => {
-                    if n.input[0] != *at_data(n, &inits) {
-                        return Err("MatMul by an initializer on the left".into());
-                    }
-                    let w = init(&n.input[1])?;
-                    let (k, m) = match w.dims.as_slice() {
-                        &[k, m] if k as usize == width && m > 0 => (k as usize, m as usize),
-                        d => return Err(format!("MatMul weights {d:?} for a row of {width}")),
-                    };
-                    let wf = w.floats()?;
-                    // [k, m] → rows of W·x: row j is column j.
-                    let t: Vec<f32> = (0..m)
-                        .flat_map(|j| (0..k).map(move |i| (i, j)))
-                        .map(|(i, j)| wf[i * m + j])
-                        .collect();
-                    width = m;
-                    Op::Linear { weights: Packed::new(&t, m, k), bias: vec![0.0; m] }
-                }
-                "Gemm" => {
-                    let geti = |a: &str, d: i64| n.attr(a).map_or(d, |a| a.i);
-                    let getf = |a: &str| n.attr(a).map_or(1.0, |a| a.f);
-                    if geti("transA", 0) != 0 || n.input[0] != *at_data(n, &inits) {
-                        return Err("Gemm with transA, or by an initializer on the left".into());
-                    }
-                    let w = init(&n.input[1])?;
-                    let wf = w.floats()?;
-                    let trans = geti("transB", 0) == 1;
-                    let (out, inp) = match (trans, w.dims.as_slice()) {
-                        (true, &[o, i]) | (false, &[i, o]) if i as usize == width && o > 0 => {
-                            (o as usize, i as usize)
-                        }
-                        (_, d) => {
-                            return Err(format!("Gemm weights {d:?} (transB {trans}) for a row of {width}"))
-                        }
-                    };
-                    let alpha = getf("alpha");
-                    let t: Vec<f32> = (0..out)
-                        .flat_map(|o| (0..inp).map(move |i| (o, i)))
-                        .map(|(o, i)| alpha * if trans { wf[o * inp + i] } else { wf[i * out + o] })
-                        .collect();
-                    let mut bias = vec![0.0; out];
-                    if let Some(c) = n.input.get(2).filter(|s| !s.is_empty()) {
-                        let c = init(c)?.floats()?;
-                        let beta = getf("beta");
-                        match c.len() {
-                            1 => bias.fill(beta * c[0]),
-                            k if k == out => bias.iter_mut().zip(&c).for_each(|(b, c)| *b = beta * c),
-                            k => return Err(format!("Gemm bias of {k} values for {out} outputs")),
-                        }
-                    }
-                    width = out;
-                    Op::Linear { weights: Packed::new(&t, out, inp), bias }
+                "MatMul" | "Gemm" => {
+                    let (weights, bias) = graph.linear_layer(n, width)?;
+                    width = weights.rows();
+                    Op::Linear { weights, bias }
                 }
                 other => {
                     return Err(format!(
@@ -214,12 +160,4 @@ impl Dense {
         }
         out.copy_from_slice(&self.a[..width]);
     }
-}
-
-/// The one input of `n` that is not an initializer.
-fn at_data<'a>(n: &'a NodeProto, inits: &HashMap<&str, &TensorProto>) -> &'a String {
-    n.input
-        .iter()
-        .find(|i| !i.is_empty() && !inits.contains_key(i.as_str()))
-        .expect("one data input, checked")
 }

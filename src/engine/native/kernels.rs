@@ -9,7 +9,7 @@
 /// to hide the FMA latency.
 pub const BLOCK: usize = 64;
 
-/// Weights of `y = W·v` packed for [`gemv`]: `rows` (padded to a multiple of
+/// Weights of `y = W·v` packed for [`Packed::gemv_add`]: `rows` (padded to a multiple of
 /// [`BLOCK`]) × `cols`, stored block by block, each block column-major
 /// (`packed[b][j][k] = W[b·BLOCK + k][j]`), so one block streams contiguously.
 #[derive(Clone, Debug)]

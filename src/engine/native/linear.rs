@@ -5,6 +5,8 @@
 //! for scikit-learn's logistic and linear regressions, the bundled default included.
 //! A few dozen multiply-adds: ONNX Runtime's per-call cost is ≈ 100× the arithmetic.
 
+use super::graph::Graph;
+use super::kernels::softmax_in_place;
 use super::onnx_pb::{GraphProto, NodeProto};
 use crate::manifest::Manifest;
 
@@ -44,7 +46,8 @@ fn text(n: &NodeProto, name: &str) -> Option<String> {
 impl Linear {
     /// Recognise the graph; `Err` says why it is not a linear model this evaluator runs.
     pub fn from_graph(g: &GraphProto, manifest: &Manifest) -> Result<Linear, String> {
-        let producer = |name: &str| g.node.iter().find(|n| n.output.iter().any(|o| o == name));
+        let graph = Graph::new(g);
+        let producer = |name: &str| graph.producer(name);
         let out = manifest.output.name();
         let mut top = producer(out).ok_or_else(|| format!("no node makes `{out}`"))?;
         let mut norm = None;
@@ -130,12 +133,13 @@ impl Linear {
         }
         match self.post {
             Post::None => {}
-            Post::Softmax | Post::SoftmaxZero => {
-                let zero = self.post == Post::SoftmaxZero;
+            Post::Softmax => softmax_in_place(out),
+            Post::SoftmaxZero => {
+                // As SOFTMAX, but a zero score stays zero.
                 let max = out.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0.0;
                 for o in out.iter_mut() {
-                    *o = if zero && *o == 0.0 { 0.0 } else { (*o - max).exp() };
+                    *o = if *o == 0.0 { 0.0 } else { (*o - max).exp() };
                     sum += *o;
                 }
                 if sum > 0.0 {

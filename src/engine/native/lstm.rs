@@ -6,10 +6,9 @@
 //! model — and the result is checked against ONNX Runtime at load before it serves
 //! (see `engine::native`).
 
-use std::collections::HashMap;
-
+use super::graph::{check_softmax, Graph};
 use super::kernels::{sigmoid_in_place, softmax_in_place, tanh_in_place, Packed};
-use super::onnx_pb::{GraphProto, NodeProto, TensorProto};
+use super::onnx_pb::{GraphProto, NodeProto};
 use crate::manifest::{Manifest, Sequence};
 
 /// One layer: `gates = b + [W R]·[x; h]` in ONNX gate order (i, o, f, c).
@@ -40,46 +39,6 @@ pub struct LstmStep {
     gates: Vec<f32>,
     /// The new state, checked finite before it replaces the symbol's.
     next: Vec<f32>,
-}
-
-/// Ops a value passes through unchanged in meaning for a one-step, batch-leading graph
-/// (layout moves, the time/direction axes added or dropped, a layer sliced out).
-const PASS_THROUGH: [&str; 8] =
-    ["Squeeze", "Unsqueeze", "Transpose", "Reshape", "Identity", "Slice", "Gather", "Flatten"];
-
-struct Graph<'a> {
-    producer: HashMap<&'a str, &'a NodeProto>,
-    inits: HashMap<&'a str, &'a TensorProto>,
-}
-
-impl<'a> Graph<'a> {
-    fn new(g: &'a GraphProto) -> Graph<'a> {
-        let mut producer = HashMap::new();
-        for n in &g.node {
-            for o in &n.output {
-                producer.insert(o.as_str(), n);
-            }
-        }
-        Graph { producer, inits: g.initializer.iter().map(|t| (t.name.as_str(), t)).collect() }
-    }
-
-    /// Where a value comes from, following pass-through ops: a graph input's name or
-    /// the output of the first other node.
-    fn source(&self, mut name: &'a str) -> &'a str {
-        for _ in 0..64 {
-            match self.producer.get(name) {
-                Some(n) if PASS_THROUGH.contains(&n.op_type.as_str()) && !n.input.is_empty() => {
-                    name = &n.input[0]
-                }
-                _ => break,
-            }
-        }
-        name
-    }
-
-    fn init(&self, name: &str, what: &str) -> Result<&'a TensorProto, String> {
-        self.inits.get(name).copied().ok_or_else(|| format!("{what} `{name}` is not an initializer"))
-    }
 }
 
 impl LstmStep {
@@ -205,62 +164,31 @@ impl LstmStep {
         }
         // The head: [Softmax ∘] Gemm on the last layer's Y.
         let out_name = manifest.output.name();
-        let mut top =
-            graph.producer.get(out_name).copied().ok_or_else(|| format!("no node makes `{out_name}`"))?;
+        let mut top = graph.producer(out_name).ok_or_else(|| format!("no node makes `{out_name}`"))?;
         let softmax = top.op_type == "Softmax";
         if softmax {
-            let axis = top.attr("axis").map_or(-1, |a| a.i);
-            if axis != -1 && axis != 1 {
-                return Err(format!("Softmax over axis {axis}"));
-            }
-            top = graph.producer.get(top.input[0].as_str()).copied().ok_or("Softmax of a graph input")?;
+            check_softmax(top)?;
+            top = top.input.first().and_then(|i| graph.producer(i)).ok_or("Softmax of a graph input")?;
         }
         if top.op_type != "Gemm" {
             return Err(format!("the output is made by `{}`, not Gemm (or Softmax of Gemm)", top.op_type));
         }
         let last = order.last().and_then(|n| n.output.first()).map(String::as_str).unwrap_or("");
-        if graph.source(&top.input[0]) != last {
+        if top.input.first().map(|a| graph.source(a)) != Some(last) {
             return Err("the Gemm head does not read the last LSTM layer's output".into());
         }
-        let geti = |a: &str, d: i64| top.attr(a).map_or(d, |a| a.i);
-        let getf = |a: &str| top.attr(a).map_or(1.0, |a| a.f);
-        if geti("transA", 0) != 0 {
-            return Err("Gemm with transA".into());
-        }
-        let b = graph.init(&top.input[1], "the head's B")?;
-        let bw = b.floats()?;
-        let (outputs, bt) = match (geti("transB", 0), b.dims.as_slice()) {
-            (1, &[o, h]) if h as usize == hidden => (o as usize, false),
-            (0, &[h, o]) if h as usize == hidden => (o as usize, true),
-            _ => return Err(format!("head weights {:?} for hidden {hidden}", b.dims)),
-        };
-        if outputs != manifest.output.width() {
+        let (head, head_bias) = graph.linear_layer(top, hidden)?;
+        if head.rows() != manifest.output.width() {
             return Err(format!(
-                "the head gives {outputs} values; the manifest reads {}",
+                "the head gives {} values; the manifest reads {}",
+                head.rows(),
                 manifest.output.width()
             ));
-        }
-        let alpha = getf("alpha");
-        let mut head = vec![0f32; outputs * hidden];
-        for o in 0..outputs {
-            for h in 0..hidden {
-                head[o * hidden + h] = alpha * if bt { bw[h * outputs + o] } else { bw[o * hidden + h] };
-            }
-        }
-        let mut head_bias = vec![0f32; outputs];
-        if let Some(c) = top.input.get(2).filter(|s| !s.is_empty()) {
-            let c = graph.init(c, "the head's C")?.floats()?;
-            let beta = getf("beta");
-            match c.len() {
-                1 => head_bias.fill(beta * c[0]),
-                n if n == outputs => head_bias.iter_mut().zip(&c).for_each(|(o, c)| *o = beta * c),
-                n => return Err(format!("head bias of {n} values for {outputs} outputs")),
-            }
         }
         let widest = layers.iter().map(|l| l.input + hidden).max().unwrap_or(0);
         Ok(LstmStep {
             hidden,
-            head: Packed::new(&head, outputs, hidden),
+            head,
             head_bias,
             softmax,
             h_at,

@@ -6,6 +6,7 @@
 //! on random inputs at load (`engine::backend`): ONNX stays the one model format.
 
 pub mod dense;
+pub mod graph;
 pub mod kernels;
 pub mod linear;
 pub mod lstm;
