@@ -461,8 +461,9 @@ impl MlRequest {
         assert!((2..=DEPTH_LEVELS).contains(&k) && price_scale > 0, "level 2..=5, positive scale");
         let i = depth_index(k);
         let scale = price_scale as f64;
-        let mut features = self.features; // copy out of the packed struct
-                                          // As the C helper: the distance in f64 (exact for any realistic tick count), then f32.
+        // A copy out of the packed struct. As the C helper: the distance in f64 (exact for
+        // any realistic tick count), then f32.
+        let mut features = self.features;
         features[i] = ((self.bid_price as i128 - bid_price as i128) as f64 / scale) as f32;
         features[i + 1] = bid_size as f32;
         features[i + 2] = ((ask_price as i128 - self.ask_price as i128) as f64 / scale) as f32;
