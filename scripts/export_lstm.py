@@ -30,7 +30,7 @@ from torch import nn
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "..")
 sys.path.insert(0, HERE)
-from tickfeatures import classifier_manifest  # noqa: E402
+from tickfeatures import BENCH_FEATURES, classifier_manifest  # noqa: E402
 
 OPSET = 17
 
@@ -134,11 +134,6 @@ def write_pair(model, features, window, out_dir, name, description, mean=None, s
 FIXTURE_FEATURES = ["spread_bps", "size_imbalance", "microprice_offset_bps", "log_bid_size", "log_ask_size"]
 FIXTURE_MEAN = [2.0, 0.0, 0.0, 4.0, 4.0]
 FIXTURE_STD = [1.0, 0.5, 1.0, 1.5, 1.5]
-# Stateful features for the benchmark models (the per-symbol state is part of what is timed).
-BENCH_FEATURES = ["spread_bps", "size_imbalance", "microprice_offset_bps", "log_size_ratio", "mid_return_bps(1)",
-                  "mid_return_bps(10)", "ofi(1)", "ofi(10)", "realized_vol_bps(20)", "spread_bps_mean(20)",
-                  "ewma_mid_return_bps(8)", "time_since_last_ms", "event_rate(1000)", "book_imbalance",
-                  "log_bid_size", "log_ask_size"]
 
 
 def main():

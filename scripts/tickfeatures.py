@@ -67,6 +67,13 @@ def toml_list(xs):
     return "[" + ", ".join(repr(float(x)) if not isinstance(x, str) else f'"{x}"' for x in xs) + "]"
 
 
+# Stateful features for the benchmark models (the per-symbol state is part of what is timed).
+BENCH_FEATURES = ["spread_bps", "size_imbalance", "microprice_offset_bps", "log_size_ratio", "mid_return_bps(1)",
+                  "mid_return_bps(10)", "ofi(1)", "ofi(10)", "realized_vol_bps(20)", "spread_bps_mean(20)",
+                  "ewma_mid_return_bps(8)", "time_since_last_ms", "event_rate(1000)", "book_imbalance",
+                  "log_bid_size", "log_ask_size"]
+
+
 def classifier_manifest(writer, name, onnx, description, features, mean=None, std=None, output="probabilities",
                         sequence=None, horizon=None, price_scale=10_000):
     """A tickinfer manifest (TOML text) for a sell/flat/buy classifier with input `x`;

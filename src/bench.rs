@@ -36,10 +36,11 @@ pub struct BenchOptions {
 }
 
 /// The models `tickinfer bench` times beside the main one: an MLP 16→64→64→3 (random
-/// weights), the trained stateful default and LSTM, and LSTM steps of three sizes
-/// (`benches/models/`).
-pub const MORE_MODELS: [&str; 8] = [
+/// weights), a LightGBM of 100 rounds × 31 leaves × 3 classes (synthetic labels), the
+/// trained stateful default and LSTM, and LSTM steps of three sizes (`benches/models/`).
+pub const MORE_MODELS: [&str; 9] = [
     "tests/fixtures/models/mlp_direction.toml",
+    "benches/models/lgbm_100x31.toml",
     "models/lobster_stateful.toml",
     "models/lobster_lstm_step.toml",
     "models/lobster_lstm_window.toml",
@@ -186,6 +187,34 @@ fn host_profile(server_core: usize, client_core: usize) -> HostProfile {
 }
 
 /// A typical valid request at the model's price scale.
+/// `n` requests of one symbol 250 µs apart, with moving quotes: what the engine rows time.
+pub fn bench_requests(manifest: &Manifest, n: u64) -> Vec<MlRequest> {
+    (0..n)
+        .map(|i| MlRequest {
+            timestamp_ns: 1_000_000_000 + i * 250_000,
+            ..sample_request(manifest.price_scale, manifest.features.extras(), i)
+        })
+        .collect()
+}
+
+/// The feature rows of `reqs` (in order, any symbols), computed as the engine computes
+/// them from a fresh state: a bare runtime's ready input.
+pub fn ready_rows(manifest: &Manifest, reqs: &[MlRequest]) -> Vec<f32> {
+    let width = manifest.features.len();
+    let mut rows = vec![0f32; reqs.len() * width];
+    let mut st = crate::state::State::new(manifest.features.state_spec().clone(), reqs.len());
+    for (req, row) in reqs.iter().zip(rows.chunks_exact_mut(width)) {
+        if st.is_stateless() {
+            manifest.features.fill_with(req, None, row);
+        } else {
+            st.admit(req.symbol_id);
+            let view = st.update(req, manifest.features.inv_price_scale());
+            manifest.features.fill_with(req, Some(&view), row);
+        }
+    }
+    rows
+}
+
 fn sample_request(price_scale: i64, extras: u16, id: u64) -> MlRequest {
     let tick = price_scale / 100;
     MlRequest {
@@ -409,26 +438,9 @@ fn bare_ort(
                 .collect(),
             _ => vec![],
         };
-        let reqs: Vec<MlRequest> = (0..64u64)
-            .map(|i| MlRequest {
-                timestamp_ns: 1_000_000_000 + i * 250_000,
-                ..sample_request(manifest.price_scale, manifest.features.extras(), i)
-            })
-            .collect();
+        let reqs = bench_requests(&manifest, 64);
         // The bare side's ready input: the first requests' rows, computed as the engine computes them.
-        let mut rows = vec![0f32; steps * width];
-        {
-            let mut st = crate::state::State::new(manifest.features.state_spec().clone(), 1);
-            st.admit(0);
-            for (k, row) in rows.chunks_exact_mut(width).enumerate() {
-                if st.is_stateless() {
-                    manifest.features.fill_with(&reqs[k], None, row);
-                } else {
-                    let view = st.update(&reqs[k], manifest.features.inv_price_scale());
-                    manifest.features.fill_with(&reqs[k], Some(&view), row);
-                }
-            }
-        }
+        let rows = ready_rows(&manifest, &reqs[..steps]);
         let mut carried: Vec<Vec<f32>> = states.iter().map(|s| vec![0f32; s.2]).collect();
         let out_name = manifest.output.name().to_string();
         let input_name = manifest.input_name.clone();

@@ -10,8 +10,12 @@
 //!    within [`TOLERANCE`] and every row's argmax must be the same, or the evaluator
 //!    is refused with the worst row named (a load error for `native`).
 //! 4. Timing: both run [`TIMED_RUNS`] single-row calls; `auto` serves with the one
-//!    of lower median. The choice, the parity and both medians are logged and kept in
-//!    [`ModelInfo::backend_report`](super::ModelInfo) for `tickinfer stats` and metrics.
+//!    of lower median. Then runs of 2, 4, 8 … up to the largest batch: the native
+//!    evaluator (one row after another) serves every run size up to the first at which
+//!    ONNX Runtime's batched kernels are faster, ORT the larger ones — under load a
+//!    batch goes to whichever is faster for its size. The choice, the parity and the
+//!    medians are logged and kept in [`ModelInfo::backend_report`](super::ModelInfo)
+//!    for `tickinfer stats` and metrics.
 
 use std::time::Instant;
 
@@ -54,12 +58,37 @@ pub(super) fn choose(engine: &mut Engine, forced: Option<Backend>) -> Result<(),
             return Ok(());
         }
     };
-    let (ort_ns, native_ns) = timings(engine, &mut native)?;
+    let (ort_ns, native_ns) = timings(engine, &mut native, 1, TIMED_RUNS)?;
     let serve_native = backend == Backend::Native || native_ns < ort_ns;
+    // The crossover: the first run size at which ORT's batched run beats rows one by one.
+    let max_batch = engine.parts.slots.len();
+    let mut up_to = max_batch;
+    let mut crossover = String::new();
+    if backend != Backend::Native && serve_native {
+        let (mut b, mut won) = (2, 1);
+        while b / 2 < max_batch {
+            let rows = b.min(max_batch);
+            let (o, n) = timings(engine, &mut native, rows, (TIMED_RUNS / rows).max(40))?;
+            if o < n {
+                up_to = won;
+                crossover = format!(
+                    "; runs of up to {up_to} rows native, larger on ort ({rows} rows: native {:.2} µs, ort {:.2} µs)",
+                    n as f64 / 1e3,
+                    o as f64 / 1e3
+                );
+                break;
+            }
+            won = rows;
+            b *= 2;
+        }
+        if crossover.is_empty() && max_batch > 1 {
+            crossover = format!("; native for every run size up to {max_batch} rows");
+        }
+    }
     let what = native.describe();
     engine.info.backend_report = format!(
         "{}: native {what} agrees with ONNX Runtime on {PARITY_ROWS} random rows (max |Δ| {worst:.1e}); \
-         one row: native {:.2} µs, ort {:.2} µs (medians of {TIMED_RUNS}){}",
+         one row: native {:.2} µs, ort {:.2} µs (medians of {TIMED_RUNS}){crossover}{}",
         if serve_native { "native" } else { "ort" },
         native_ns as f64 / 1e3,
         ort_ns as f64 / 1e3,
@@ -69,6 +98,7 @@ pub(super) fn choose(engine: &mut Engine, forced: Option<Backend>) -> Result<(),
     if serve_native {
         engine.info.backend = format!("native ({what})");
         engine.parts.native = Some(native);
+        engine.parts.native_up_to = up_to;
     }
     Ok(())
 }
@@ -140,23 +170,36 @@ fn worse(m: f32, d: f32) -> f32 {
     }
 }
 
-/// Median single-row run, ns: (ONNX Runtime, native).
-fn timings(engine: &mut Engine, native: &mut NativeModel) -> Result<(u64, u64), EngineError> {
+/// Median run of `rows` rows, ns, over `runs` runs: (ONNX Runtime's batched run,
+/// native rows one after another).
+fn timings(
+    engine: &mut Engine,
+    native: &mut NativeModel,
+    rows: usize,
+    runs: usize,
+) -> Result<(u64, u64), EngineError> {
     let Engine { manifest, parts, session, .. } = engine;
     let memory_len: usize = parts.state_widths.iter().sum();
     let (mut memory, mut out) = (vec![0f32; memory_len], vec![0f32; manifest.output.width()]);
-    let slot = &mut parts.slots[0];
-    let x: Vec<f32> = slot.input.extract_tensor().1.to_vec();
-    let mut ort = Vec::with_capacity(TIMED_RUNS);
-    let mut own = Vec::with_capacity(TIMED_RUNS);
-    for i in 0..TIMED_RUNS + TIMED_RUNS / 10 {
+    let width = manifest.features.len();
+    // The parity rows left in the single-row slot: copied to every row of this one.
+    let x: Vec<f32> = parts.slots[0].input.extract_tensor().1.to_vec();
+    let slot = &mut parts.slots[rows - 1];
+    for row in slot.input.extract_tensor_mut().1.chunks_exact_mut(x.len()) {
+        row.copy_from_slice(&x);
+    }
+    let mut ort = Vec::with_capacity(runs);
+    let mut own = Vec::with_capacity(runs);
+    for i in 0..runs + runs / 10 {
         let t = Instant::now();
         run_bound(slot, session, &parts.input_names, parts.rebind_input)?;
         let a = t.elapsed().as_nanos() as u64;
         let t = Instant::now();
-        native.run(&x, &mut memory, &mut out);
+        for _ in 0..rows {
+            native.run(&x[..width], &mut memory, &mut out);
+        }
         let b = t.elapsed().as_nanos() as u64;
-        if i >= TIMED_RUNS / 10 {
+        if i >= runs / 10 {
             ort.push(a);
             own.push(b);
         }

@@ -167,6 +167,9 @@ struct Parts {
     scratch: Vec<f32>,
     /// The native evaluator, when it serves instead of ONNX Runtime (`backend`).
     native: Option<NativeModel>,
+    /// Largest run (rows) the native evaluator serves; larger ones run on ONNX Runtime,
+    /// whose batched kernels win there (measured at load, `backend::choose`).
+    native_up_to: usize,
 }
 
 /// A loaded model, ready to score requests. Not `Sync`: one inference thread owns it.
@@ -381,6 +384,7 @@ impl Engine {
             row_slots: vec![0; max_batch],
             scratch: vec![0.0; max_batch * width_out],
             native: None,
+            native_up_to: 0,
         };
         let (warming, row_ok) = (vec![false; max_batch], vec![true; max_batch]);
         let mut engine = Engine { manifest, info, spec, parts, warming, row_ok, session };
@@ -587,7 +591,8 @@ fn run_slot(
     row_ok: &mut [bool],
 ) -> Result<(), EngineError> {
     let b = reqs.len();
-    let Parts { slots, input_names, rebind_input, state_widths, row_slots, native, .. } = parts;
+    let Parts { slots, input_names, rebind_input, state_widths, row_slots, native, native_up_to, .. } = parts;
+    let mut native = native.as_mut().filter(|_| b <= *native_up_to);
     let slot = &mut slots[b - 1];
     debug_assert_eq!(slot.rows, b);
     let features = &manifest.features;
@@ -639,7 +644,7 @@ fn run_slot(
             }
             Sequence::Recurrent { .. } if native.is_some() => {
                 // The native evaluator: one step per row, in order, the state updated in place.
-                let native = native.as_mut().expect("guarded");
+                let native = native.as_deref_mut().expect("guarded");
                 let (_, out) = slot.output.extract_tensor_mut();
                 let out_width = manifest.output.width();
                 for (i, ((req, row), out)) in reqs

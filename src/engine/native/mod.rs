@@ -1,7 +1,8 @@
 //! The native backend: evaluators generated at load from the ONNX graph for model
 //! families whose per-call cost in ONNX Runtime is far above their arithmetic: the
-//! recurrent LSTM step ([`lstm::LstmStep`]), linear models ([`linear::Linear`]) and
-//! dense chains — linear layers, MLPs ([`dense::Dense`]). The weights are read from
+//! recurrent LSTM step ([`lstm::LstmStep`]), linear models ([`linear::Linear`]),
+//! dense chains — linear layers, MLPs ([`dense::Dense`]) — and tree ensembles
+//! ([`trees::Trees`]: LightGBM, XGBoost, scikit-learn forests). The weights are read from
 //! the `.onnx` itself, and an evaluator serves only after it agreed with ONNX Runtime
 //! on random inputs at load (`engine::backend`): ONNX stays the one model format.
 
@@ -11,6 +12,7 @@ pub mod kernels;
 pub mod linear;
 pub mod lstm;
 pub mod onnx_pb;
+pub mod trees;
 
 use crate::manifest::{Manifest, Sequence};
 
@@ -20,6 +22,7 @@ pub enum NativeModel {
     Lstm(lstm::LstmStep),
     Linear(linear::Linear),
     Dense(dense::Dense),
+    Trees(trees::Trees),
 }
 
 impl NativeModel {
@@ -34,10 +37,16 @@ impl NativeModel {
                 lstm::LstmStep::from_graph(&graph, manifest, state_widths).map(NativeModel::Lstm)
             }
             Sequence::None => {
-                linear::Linear::from_graph(&graph, manifest).map(NativeModel::Linear).or_else(|linear| {
-                    dense::Dense::from_graph(&graph, manifest).map(NativeModel::Dense).map_err(|dense| {
-                        format!("not a linear model ({linear}); not a dense chain ({dense})")
-                    })
+                let linear = match linear::Linear::from_graph(&graph, manifest) {
+                    Ok(m) => return Ok(NativeModel::Linear(m)),
+                    Err(e) => e,
+                };
+                let dense = match dense::Dense::from_graph(&graph, manifest) {
+                    Ok(m) => return Ok(NativeModel::Dense(m)),
+                    Err(e) => e,
+                };
+                trees::Trees::from_graph(&graph, manifest).map(NativeModel::Trees).map_err(|trees| {
+                    format!("not a linear model ({linear}); not a dense chain ({dense}); not a tree ensemble ({trees})")
                 })
             }
             Sequence::Window { .. } => Err("a window model (no native evaluator for windows)".into()),
@@ -50,6 +59,7 @@ impl NativeModel {
             NativeModel::Lstm(m) => m.describe(),
             NativeModel::Linear(m) => m.describe(),
             NativeModel::Dense(m) => m.describe(),
+            NativeModel::Trees(m) => m.describe(),
         }
     }
 
@@ -65,6 +75,10 @@ impl NativeModel {
                 true
             }
             NativeModel::Dense(m) => {
+                m.run(x, out);
+                true
+            }
+            NativeModel::Trees(m) => {
                 m.run(x, out);
                 true
             }
