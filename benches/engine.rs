@@ -149,12 +149,7 @@ impl BareOrt {
     fn go(&mut self, collect: bool) -> Vec<f32> {
         if let Some((binding, _, kept)) = &mut self.bound {
             let out = self.session.run_binding(binding).expect("run_binding");
-            let probs = if collect {
-                out[self.output.as_str()].try_extract_tensor::<f32>().unwrap().1.to_vec()
-            } else {
-                black_box(out[self.output.as_str()].try_extract_tensor::<f32>().unwrap().1[0]);
-                vec![]
-            };
+            let probs = output(&out, &self.output, collect);
             // Carry the state: the bound outputs back into the bound inputs.
             for ((_, o, _, _), t_in) in self.states.iter().zip(kept.iter_mut()) {
                 let v = out[o.as_str()].try_extract_tensor::<f32>().unwrap().1.to_vec();
@@ -168,16 +163,22 @@ impl BareOrt {
             inputs.push((name.clone(), TensorRef::from_array_view(([self.batch, *w], &c[..])).unwrap()));
         }
         let out = self.session.run(inputs).expect("session.run");
-        let probs = if collect {
-            out[self.output.as_str()].try_extract_tensor::<f32>().unwrap().1.to_vec()
-        } else {
-            black_box(out[self.output.as_str()].try_extract_tensor::<f32>().unwrap().1[0]);
-            vec![]
-        };
+        let probs = output(&out, &self.output, collect);
         for (_, back, _, c) in self.states.iter_mut() {
             c.copy_from_slice(out[back.as_str()].try_extract_tensor::<f32>().unwrap().1);
         }
         probs
+    }
+}
+
+/// The model output's values when `collect`, else only touched (kept from being optimised away).
+fn output(out: &ort::session::SessionOutputs<'_>, name: &str, collect: bool) -> Vec<f32> {
+    let values = out[name].try_extract_tensor::<f32>().unwrap().1;
+    if collect {
+        values.to_vec()
+    } else {
+        black_box(values[0]);
+        vec![]
     }
 }
 

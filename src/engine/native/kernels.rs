@@ -157,6 +157,19 @@ pub fn softmax_in_place(xs: &mut [f32]) {
     }
 }
 
+/// ONNX-ML's SOFTMAX_ZERO: softmax, but a zero score stays zero.
+pub fn softmax_zero_in_place(xs: &mut [f32]) {
+    let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for x in xs.iter_mut() {
+        *x = if *x == 0.0 { 0.0 } else { (*x - max).exp() };
+        sum += *x;
+    }
+    if sum > 0.0 {
+        xs.iter_mut().for_each(|x| *x /= sum);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@
 //! A few dozen multiply-adds: ONNX Runtime's per-call cost is ≈ 100× the arithmetic.
 
 use super::graph::Graph;
-use super::kernels::softmax_in_place;
+use super::kernels::{softmax_in_place, softmax_zero_in_place};
 use super::onnx_pb::{GraphProto, NodeProto};
 use crate::manifest::Manifest;
 
@@ -134,18 +134,7 @@ impl Linear {
         match self.post {
             Post::None => {}
             Post::Softmax => softmax_in_place(out),
-            Post::SoftmaxZero => {
-                // As SOFTMAX, but a zero score stays zero.
-                let max = out.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for o in out.iter_mut() {
-                    *o = if *o == 0.0 { 0.0 } else { (*o - max).exp() };
-                    sum += *o;
-                }
-                if sum > 0.0 {
-                    out.iter_mut().for_each(|o| *o /= sum);
-                }
-            }
+            Post::SoftmaxZero => softmax_zero_in_place(out),
             Post::Logistic => out.iter_mut().for_each(|o| *o = 1.0 / (1.0 + (-*o).exp())),
         }
         let scale = match self.norm {

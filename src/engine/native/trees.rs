@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 
 use super::graph::Graph;
-use super::kernels::softmax_in_place;
+use super::kernels::{softmax_in_place, softmax_zero_in_place};
 use super::onnx_pb::{GraphProto, NodeProto};
 use crate::manifest::Manifest;
 
@@ -465,17 +465,7 @@ impl Trees {
             Post::None => {}
             Post::Logistic => out.iter_mut().for_each(|o| *o = 1.0 / (1.0 + (-*o).exp())),
             Post::Softmax => softmax_in_place(out),
-            Post::SoftmaxZero => {
-                let max = out.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for o in out.iter_mut() {
-                    *o = if *o == 0.0 { 0.0 } else { (*o - max).exp() };
-                    sum += *o;
-                }
-                if sum > 0.0 {
-                    out.iter_mut().for_each(|o| *o /= sum);
-                }
-            }
+            Post::SoftmaxZero => softmax_zero_in_place(out),
         }
         if self.scale != 1.0 {
             out.iter_mut().for_each(|o| *o *= self.scale);
