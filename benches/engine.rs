@@ -34,7 +34,7 @@ use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{IoBinding, Session};
 use ort::value::{Tensor, TensorRef};
 use tickinfer::bench::{bench_requests, ready_rows};
-use tickinfer::engine::{ort_environment, Backend, Engine, EngineOptions};
+use tickinfer::engine::{ort_environment, session_builder, Backend, Engine, EngineOptions};
 use tickinfer::manifest::{Manifest, Prediction, Sequence};
 use tickinfer::wire::MlRequest;
 
@@ -78,29 +78,17 @@ impl BareOrt {
     ) -> Result<BareOrt, String> {
         let env = ort_environment(&EngineOptions::default()).map_err(|e| e.to_string())?;
         let e = |e: ort::Error<SessionBuilder>| e.to_string();
-        let b = Session::builder(env).map_err(|e| e.to_string())?;
+        // ORT's defaults, or the engine's own settings with at most one of them changed.
         let mut b = match setting {
-            "defaults" => b,
+            "defaults" => Session::builder(env).map_err(|e| e.to_string())?,
             _ => {
-                let b = b
-                    .with_optimization_level(if setting == "graph opt off" {
-                        GraphOptimizationLevel::Disable
-                    } else {
-                        GraphOptimizationLevel::All
-                    })
-                    .map_err(e)?
-                    .with_intra_threads(1)
-                    .map_err(e)?
-                    .with_inter_threads(1)
-                    .map_err(e)?
-                    .with_intra_op_spinning(false)
-                    .map_err(e)?
-                    .with_config_entry("session.set_denormal_as_zero", "1")
-                    .map_err(e)?;
-                if setting == "mem pattern off" {
-                    b.with_memory_pattern(false).map_err(e)?
-                } else {
-                    b
+                let b = session_builder(env, 1).map_err(|e| e.to_string())?;
+                match setting {
+                    "graph opt off" => {
+                        b.with_optimization_level(GraphOptimizationLevel::Disable).map_err(e)?
+                    }
+                    "mem pattern off" => b.with_memory_pattern(false).map_err(e)?,
+                    _ => b,
                 }
             }
         };

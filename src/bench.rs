@@ -36,7 +36,7 @@ pub struct BenchOptions {
 }
 
 /// The models `tickinfer bench` times beside the main one: an MLP 16→64→64→3 (random
-/// weights), a LightGBM of 100 rounds × 31 leaves × 3 classes (synthetic labels), the
+/// weights), a LightGBM of 100 rounds × 31 leaves × 3 classes (trained on the synthetic sample), the
 /// trained stateful default and LSTM, and LSTM steps of three sizes (`benches/models/`).
 pub const MORE_MODELS: [&str; 9] = [
     "tests/fixtures/models/mlp_direction.toml",
@@ -186,7 +186,6 @@ fn host_profile(server_core: usize, client_core: usize) -> HostProfile {
     }
 }
 
-/// A typical valid request at the model's price scale.
 /// `n` requests of one symbol 250 µs apart, with moving quotes: what the engine rows time.
 pub fn bench_requests(manifest: &Manifest, n: u64) -> Vec<MlRequest> {
     (0..n)
@@ -215,6 +214,7 @@ pub fn ready_rows(manifest: &Manifest, reqs: &[MlRequest]) -> Vec<f32> {
     rows
 }
 
+/// A typical valid request at the model's price scale.
 fn sample_request(price_scale: i64, extras: u16, id: u64) -> MlRequest {
     let tick = price_scale / 100;
     MlRequest {

@@ -764,22 +764,28 @@ fn check_status(status: ort::sys::OrtStatusPtr) -> Result<(), EngineError> {
     Err(EngineError::Run(message))
 }
 
+/// tickinfer's ONNX Runtime session settings: graph optimisation all, `intra_threads`
+/// intra-op threads (spinning only when more than one), one inter-op thread, denormals
+/// as zero. Every engine session starts from it; `benches/engine.rs` times it bare as
+/// "ort tickinfer settings".
+pub fn session_builder(
+    env: &Environment,
+    intra_threads: usize,
+) -> Result<ort::session::builder::SessionBuilder, EngineError> {
+    Ok(Session::builder(env)?
+        .with_optimization_level(GraphOptimizationLevel::All)?
+        .with_intra_threads(intra_threads.max(1))?
+        .with_inter_threads(1)?
+        .with_config_entry("session.set_denormal_as_zero", "1")?
+        .with_config_entry("session.intra_op.allow_spinning", if intra_threads > 1 { "1" } else { "0" })?)
+}
+
 fn build_session(
     env: &Environment,
     onnx: &Path,
     opts: &EngineOptions,
 ) -> Result<(Session, &'static str), EngineError> {
-    let base = || -> Result<ort::session::builder::SessionBuilder, EngineError> {
-        Ok(Session::builder(env)?
-            .with_optimization_level(GraphOptimizationLevel::All)?
-            .with_intra_threads(opts.intra_threads.max(1))?
-            .with_inter_threads(1)?
-            .with_config_entry("session.set_denormal_as_zero", "1")?
-            .with_config_entry(
-                "session.intra_op.allow_spinning",
-                if opts.intra_threads > 1 { "1" } else { "0" },
-            )?)
-    };
+    let base = || session_builder(env, opts.intra_threads);
     match &opts.provider {
         ExecutionProvider::Cpu => Ok((base()?.commit_from_file(onnx)?, "cpu")),
         other => match device_session(base()?, onnx, other) {

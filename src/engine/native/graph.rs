@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::kernels::Packed;
+use super::kernels::{softmax_in_place, softmax_zero_in_place, Packed};
 use super::onnx_pb::{GraphProto, NodeProto, TensorProto};
 
 /// Ops a value passes through unchanged in meaning for a one-step, batch-leading graph
@@ -99,5 +99,53 @@ pub fn check_softmax(n: &NodeProto) -> Result<(), String> {
     match n.attr("axis").map_or(-1, |a| a.i) {
         -1 | 1 => Ok(()),
         axis => Err(format!("Softmax over axis {axis}")),
+    }
+}
+
+/// A string attribute of `n`, if set.
+pub fn text(n: &NodeProto, name: &str) -> Option<String> {
+    n.attr(name).map(|a| String::from_utf8_lossy(&a.s).to_string())
+}
+
+/// ONNX-ML's `post_transform` of the linear and tree-ensemble ops (PROBIT not run natively).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PostTransform {
+    None,
+    Logistic,
+    Softmax,
+    SoftmaxZero,
+}
+
+impl PostTransform {
+    /// `n`'s `post_transform` (default NONE), or the unsupported name.
+    pub fn of(n: &NodeProto) -> Result<PostTransform, String> {
+        match text(n, "post_transform").as_deref().unwrap_or("NONE") {
+            "NONE" => Ok(PostTransform::None),
+            "LOGISTIC" => Ok(PostTransform::Logistic),
+            "SOFTMAX" => Ok(PostTransform::Softmax),
+            "SOFTMAX_ZERO" => Ok(PostTransform::SoftmaxZero),
+            other => Err(format!("{} post_transform {other}", n.op_type)),
+        }
+    }
+
+    /// Applied to one row of scores, in place.
+    #[inline]
+    pub fn apply(self, out: &mut [f32]) {
+        match self {
+            PostTransform::None => {}
+            PostTransform::Logistic => out.iter_mut().for_each(|o| *o = 1.0 / (1.0 + (-*o).exp())),
+            PostTransform::Softmax => softmax_in_place(out),
+            PostTransform::SoftmaxZero => softmax_zero_in_place(out),
+        }
+    }
+
+    /// " -> SOFTMAX" for `describe` ("" for NONE).
+    pub fn suffix(self) -> &'static str {
+        match self {
+            PostTransform::None => "",
+            PostTransform::Logistic => " -> LOGISTIC",
+            PostTransform::Softmax => " -> SOFTMAX",
+            PostTransform::SoftmaxZero => " -> SOFTMAX_ZERO",
+        }
     }
 }

@@ -5,18 +5,9 @@
 //! for scikit-learn's logistic and linear regressions, the bundled default included.
 //! A few dozen multiply-adds: ONNX Runtime's per-call cost is ≈ 100× the arithmetic.
 
-use super::graph::Graph;
-use super::kernels::{softmax_in_place, softmax_zero_in_place};
-use super::onnx_pb::{GraphProto, NodeProto};
+use super::graph::{text, Graph, PostTransform};
+use super::onnx_pb::GraphProto;
 use crate::manifest::Manifest;
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Post {
-    None,
-    Softmax,
-    SoftmaxZero,
-    Logistic,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Norm {
@@ -32,16 +23,12 @@ pub struct Linear {
     weights: Vec<f32>,
     bias: Vec<f32>,
     features: usize,
-    post: Post,
+    post: PostTransform,
     norm: Option<Norm>,
     what: &'static str,
 }
 
 const ML: &str = "ai.onnx.ml";
-
-fn text(n: &NodeProto, name: &str) -> Option<String> {
-    n.attr(name).map(|a| String::from_utf8_lossy(&a.s).to_string())
-}
 
 impl Linear {
     /// Recognise the graph; `Err` says why it is not a linear model this evaluator runs.
@@ -91,13 +78,14 @@ impl Linear {
         if bias.len() != outputs {
             return Err(format!("{} intercepts for {outputs} outputs", bias.len()));
         }
-        let post = match text(top, "post_transform").as_deref().unwrap_or("NONE") {
-            "NONE" => Post::None,
-            "SOFTMAX" if classifier => Post::Softmax,
-            "SOFTMAX_ZERO" if classifier => Post::SoftmaxZero,
-            "LOGISTIC" if classifier => Post::Logistic,
-            other => return Err(format!("{} post_transform {other}", top.op_type)),
-        };
+        let post = PostTransform::of(top)?;
+        if !classifier && post != PostTransform::None {
+            return Err(format!(
+                "{} post_transform {}",
+                top.op_type,
+                post.suffix().trim_start_matches(" -> ")
+            ));
+        }
         let what = if classifier { "LinearClassifier" } else { "LinearRegressor" };
         Ok(Linear { weights, bias, features, post, norm, what })
     }
@@ -109,12 +97,7 @@ impl Linear {
             self.what,
             self.features,
             self.bias.len(),
-            match self.post {
-                Post::None => "",
-                Post::Softmax => " -> SOFTMAX",
-                Post::SoftmaxZero => " -> SOFTMAX_ZERO",
-                Post::Logistic => " -> LOGISTIC",
-            },
+            self.post.suffix(),
             match self.norm {
                 None => "",
                 Some(Norm::L1) => " -> L1",
@@ -131,12 +114,7 @@ impl Linear {
         for ((o, w), b) in out.iter_mut().zip(self.weights.chunks_exact(self.features)).zip(&self.bias) {
             *o = w.iter().zip(x).fold(*b, |acc, (w, x)| acc + w * x);
         }
-        match self.post {
-            Post::None => {}
-            Post::Softmax => softmax_in_place(out),
-            Post::SoftmaxZero => softmax_zero_in_place(out),
-            Post::Logistic => out.iter_mut().for_each(|o| *o = 1.0 / (1.0 + (-*o).exp())),
-        }
+        self.post.apply(out);
         let scale = match self.norm {
             None => return,
             Some(Norm::L1) => out.iter().map(|o| o.abs()).sum::<f32>(),

@@ -10,9 +10,10 @@
 //! (≤ 64 leaves); every node whose test fails clears the leaves of the subtree it
 //! rejects, and the tree's exit leaf is the lowest bit left. The failing nodes are
 //! found per feature, not per tree: each feature's nodes are sorted by threshold, so
-//! those that fail for `x` are a prefix of the list — a sequential scan with one
-//! unpredictable branch per feature, and independent mask updates the CPU overlaps.
-//! Trees of more than 64 leaves, and comparisons by `==`/`!=`, are walked node by node.
+//! those that fail for `x` are a prefix of the list — found by one binary search per
+//! feature, then cleared in a loop with no data-dependent branch (independent mask
+//! updates the CPU overlaps). Trees of more than 64 leaves, and comparisons by
+//! `==`/`!=`, are walked node by node.
 //!
 //! Semantics are ONNX Runtime's, including missing values: a row holding a NaN takes
 //! the exact walk (each node's own comparison and `missing_value_tracks_true`), so the
@@ -21,8 +22,7 @@
 
 use std::collections::HashMap;
 
-use super::graph::Graph;
-use super::kernels::{softmax_in_place, softmax_zero_in_place};
+use super::graph::{text, Graph, PostTransform};
 use super::onnx_pb::{GraphProto, NodeProto};
 use crate::manifest::Manifest;
 
@@ -53,17 +53,9 @@ struct Exact {
     no: u32,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Post {
-    None,
-    Logistic,
-    Softmax,
-    SoftmaxZero,
-}
-
 /// A tree's leaf bits: `u32` when every tree has ≤ 32 leaves (LightGBM's default 31),
 /// else `u64`.
-pub trait Mask: Copy + std::fmt::Debug + std::ops::BitAndAssign + Eq {
+trait Mask: Copy + std::fmt::Debug + std::ops::BitAndAssign + Eq {
     const BITS: usize;
     const ALL: Self;
     /// Bits `a..b` set.
@@ -101,7 +93,7 @@ mask!(u64);
 /// (normalised to `x <= thr`), each with its tree and the mask that clears the leaves
 /// of its `x <= thr` side.
 #[derive(Clone, Debug)]
-pub struct BitVectors<M> {
+struct BitVectors<M> {
     /// `thr[starts[f]..starts[f + 1]]`: feature f's thresholds, ascending.
     starts: Vec<usize>,
     thr: Vec<f32>,
@@ -137,7 +129,7 @@ pub struct Trees {
     base: Vec<f32>,
     /// 1 / tree count for AVERAGE, else 1.
     average: f32,
-    post: Post,
+    post: PostTransform,
     /// A trailing `Mul` by a scalar (onnxmltools multiplies by 1).
     scale: f32,
     features: usize,
@@ -146,10 +138,6 @@ pub struct Trees {
     what: &'static str,
     max_depth: usize,
     nodes: usize,
-}
-
-fn text(n: &NodeProto, name: &str) -> Option<String> {
-    n.attr(name).map(|a| String::from_utf8_lossy(&a.s).to_string())
 }
 
 fn ints<'a>(n: &'a NodeProto, name: &str) -> &'a [i64] {
@@ -248,13 +236,7 @@ impl Trees {
         if let Some(&bad) = w_ids.iter().find(|&&c| c < 0 || c as usize >= outputs) {
             return Err(format!("a leaf weight for output {bad} of {outputs}"));
         }
-        let post = match text(top, "post_transform").as_deref().unwrap_or("NONE") {
-            "NONE" => Post::None,
-            "LOGISTIC" => Post::Logistic,
-            "SOFTMAX" => Post::Softmax,
-            "SOFTMAX_ZERO" => Post::SoftmaxZero,
-            other => return Err(format!("post_transform {other}")),
-        };
+        let post = PostTransform::of(top)?;
         let aggregate = text(top, "aggregate_function").unwrap_or_else(|| "SUM".into());
         if !matches!(aggregate.as_str(), "SUM" | "AVERAGE") || (classifier && aggregate != "SUM") {
             return Err(format!("aggregate_function {aggregate}"));
@@ -289,12 +271,12 @@ impl Trees {
         let features = manifest.features.len();
         let mut index: HashMap<(i64, i64), u32> = HashMap::with_capacity(n);
         let mut roots: Vec<u32> = Vec::new();
-        let mut tree_of_root: HashMap<i64, usize> = HashMap::new();
+        let mut tree_index: HashMap<i64, usize> = HashMap::new();
         for i in 0..n {
             if index.insert((treeids[i], nodeids[i]), i as u32).is_some() {
                 return Err(format!("node {} of tree {} appears twice", nodeids[i], treeids[i]));
             }
-            tree_of_root.entry(treeids[i]).or_insert_with(|| {
+            tree_index.entry(treeids[i]).or_insert_with(|| {
                 roots.push(u32::MAX);
                 roots.len() - 1
             });
@@ -339,7 +321,7 @@ impl Trees {
         }
         for i in 0..n {
             if !pointed[i] {
-                let t = tree_of_root[&treeids[i]];
+                let t = tree_index[&treeids[i]];
                 if roots[t] != u32::MAX {
                     return Err(format!("tree {} has more than one root", treeids[i]));
                 }
@@ -429,12 +411,7 @@ impl Trees {
             },
             self.features,
             self.base.len(),
-            match self.post {
-                Post::None => "",
-                Post::Logistic => " -> LOGISTIC",
-                Post::Softmax => " -> SOFTMAX",
-                Post::SoftmaxZero => " -> SOFTMAX_ZERO",
-            },
+            self.post.suffix(),
             if self.average != 1.0 { " (average)" } else { "" },
         )
     }
@@ -461,12 +438,7 @@ impl Trees {
         for (o, b) in out.iter_mut().zip(&self.base) {
             *o = *o * self.average + b;
         }
-        match self.post {
-            Post::None => {}
-            Post::Logistic => out.iter_mut().for_each(|o| *o = 1.0 / (1.0 + (-*o).exp())),
-            Post::Softmax => softmax_in_place(out),
-            Post::SoftmaxZero => softmax_zero_in_place(out),
-        }
+        self.post.apply(out);
         if self.scale != 1.0 {
             out.iter_mut().for_each(|o| *o *= self.scale);
         }
