@@ -1,0 +1,166 @@
+//! Who gets a serving slot: accepting, the pending pool, refusals, the hello
+//! timeout, closing.
+
+use std::io;
+
+use mio::{Interest, Token};
+
+use super::{IoLoop, ACCEPT_RETRY, HELLO_TIMEOUT};
+use crate::clock::now_ns;
+use crate::transport::Conn;
+use crate::wire::{MlHelloAck, Status};
+
+impl IoLoop {
+    pub(super) fn accept(&mut self) {
+        loop {
+            let Some(listener) = &self.listener else { return };
+            let stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Queue drained with descriptors to spare (at the limit, accept says EMFILE
+                    // even with nothing queued): the episode is over.
+                    if self.accept_retry_at.take().is_some() {
+                        log::info!("accept recovered: descriptors are available again");
+                    }
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let out_of_fds = matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    );
+                    if out_of_fds {
+                        // Edge-triggered: the clients already queued raise no new event. Retry on a timer.
+                        if self.accept_retry_at.is_none() {
+                            // Logged once per episode: the timer stays set until accept says WouldBlock.
+                            log::warn!(
+                                "accept failed: {e}; retrying every {ACCEPT_RETRY:?} until descriptors free up \
+                                 (logged once until it recovers; raise `ulimit -n` / LimitNOFILE=)"
+                            );
+                        }
+                        self.accept_retry_at = Some(now_ns() + ACCEPT_RETRY.as_nanos() as u64);
+                    } else {
+                        log::warn!("accept failed: {e}");
+                    }
+                    return;
+                }
+            };
+            let generation = self.next_generation;
+            self.next_generation = self.next_generation.wrapping_add(1).max(1);
+            let mut conn = match Conn::new(stream, generation) {
+                Ok(c) => c,
+                Err(e) => {
+                    log::warn!("new connection: cannot read peer credentials: {e}");
+                    continue;
+                }
+            };
+            if !self.cfg.policy.admits(&conn.peer) {
+                self.refuse(&mut conn, Status::PermissionDenied);
+                continue;
+            }
+            if self.pending >= self.cfg.max_pending {
+                self.drop_oldest_pending();
+            }
+            let entry = self.conns.vacant_entry();
+            let slot = entry.key();
+            if let Err(e) =
+                self.poll.registry().register(&mut conn.stream, Token(slot + 1), Interest::READABLE)
+            {
+                log::warn!("cannot register connection: {e}");
+                continue;
+            }
+            log::debug!("connection {slot} from pid {} uid {}", conn.peer.pid, conn.peer.uid);
+            entry.insert(conn);
+            self.pending += 1;
+            self.stats.connections_accepted += 1;
+            // Data may already be waiting (edge-triggered): read now.
+            self.read_conn(slot);
+        }
+    }
+
+    /// Accept was retried on a timer after running out of descriptors: is it time?
+    pub(super) fn retry_accept(&mut self) {
+        if let Some(at) = self.accept_retry_at {
+            if now_ns() >= at {
+                self.accept();
+            }
+        }
+    }
+
+    /// Answer a connection's hello (or its first bytes) with a refusal, without registering it.
+    pub(super) fn refuse(&mut self, conn: &mut Conn, status: Status) {
+        if let Some(left_out) = self.refused_log.event(now_ns()) {
+            log::warn!(
+                "refusing connection from pid {} uid {} gid {}: {status} ({left_out} more refused since the last such line)",
+                conn.peer.pid,
+                conn.peer.uid,
+                conn.peer.gid,
+            );
+        }
+        self.stats.connections_refused += 1;
+        // A fresh socket's buffer always takes one 64-byte ack; the client reads it after its hello.
+        conn.queue(bytemuck::bytes_of(&MlHelloAck::new(status, &self.info)));
+        let _ = conn.flush();
+    }
+
+    /// The pending pool is full: close its oldest connection (a scan, only under a flood).
+    pub(super) fn drop_oldest_pending(&mut self) {
+        let oldest = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.established)
+            .min_by_key(|(_, c)| c.accepted_ns)
+            .map(|(k, c)| (k, c.peer));
+        if let Some((slot, peer)) = oldest {
+            if let Some(left_out) = self.flood_log.event(now_ns()) {
+                log::warn!(
+                    "{} connections without a hello (--max-pending): dropping the oldest, from pid {} uid {} \
+                     ({left_out} more dropped since the last such line)",
+                    self.pending,
+                    peer.pid,
+                    peer.uid
+                );
+            }
+            self.close(slot);
+        }
+    }
+
+    /// A connection that sent no hello within `HELLO_TIMEOUT` is closed, so idle
+    /// sockets cannot hold the connection slots other clients need.
+    pub(super) fn close_silent_connections(&mut self, now: u64) {
+        let limit = HELLO_TIMEOUT.as_nanos() as u64;
+        let silent: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.decoder.is_open() && !c.close_after_flush && now - c.accepted_ns > limit)
+            .map(|(k, _)| k)
+            .collect();
+        if let (Some(&first), n) = (silent.first(), silent.len()) {
+            if let Some(c) = self.conns.get(first) {
+                log::warn!(
+                    "{n} connection(s) sent no hello within {HELLO_TIMEOUT:?}; closing them (first: pid {} uid {})",
+                    c.peer.pid,
+                    c.peer.uid,
+                );
+            }
+        }
+        for slot in silent {
+            self.close(slot);
+        }
+    }
+
+    pub(super) fn close(&mut self, slot: usize) {
+        if let Some(mut conn) = self.conns.try_remove(slot) {
+            if conn.established {
+                self.established -= 1;
+            } else {
+                self.pending -= 1;
+            }
+            debug_assert_eq!(self.established + self.pending, self.conns.len());
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            log::debug!("connection {slot} closed ({} in flight dropped)", conn.inflight);
+        }
+    }
+}
+

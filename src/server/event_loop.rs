@@ -1,0 +1,193 @@
+//! The loop itself: poll, hand events to their handlers, advance the stage,
+//! flush, tick the stats, check for shutdown.
+//!
+//! Rules, as mio requires and as this loop keeps them:
+//! - Readiness is edge-triggered: a readable connection is read until the
+//!   kernel has nothing more — `WouldBlock`, or a short read, which on a stream
+//!   socket returns all that was queued (one syscall less per request) — or EOF,
+//!   or until it must pause (it is then put on the resume list and read again
+//!   without waiting for an event), or until its turn of 4 reads ends: then it
+//!   is read again first thing next iteration, after the answers so far are
+//!   flushed — one busy client can neither starve the others nor grow its write
+//!   buffer past the bound between two flushes.
+//! - Shared-memory sessions raise no socket event for a request: every
+//!   iteration looks at each session's request ring (one acquire load of its
+//!   head per session when idle), and before the loop blocks it arms their
+//!   doorbells (see `shm_sessions`).
+//! - `EINTR` is retried everywhere (`poll`, `read`, `write`).
+//! - Spurious events are harmless: every handler tolerates finding nothing to do.
+//! - Each iteration: poll → accept/read/write per event → read the shm rings →
+//!   score (inline) or exchange with the worker (pipeline) → route responses to
+//!   their connections → flush → close what is finished → stats tick →
+//!   shutdown check.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use mio::Token;
+
+use super::worker::publish;
+use super::{IoLoop, PollMode, Stage, ACCEPT_RETRY, LISTENER, PUBLISH_EVERY_NS, WAKER};
+use crate::clock::now_ns;
+
+impl IoLoop {
+    pub(super) fn run(&mut self) -> io::Result<()> {
+        loop {
+            let timeout = if self.deferred.is_empty() { self.poll_timeout() } else { Some(Duration::ZERO) };
+            self.spinning = timeout == Some(Duration::ZERO);
+            self.poll_once(timeout)?;
+            self.read_deferred();
+            self.advance();
+            if self.shared.shutdown.is_triggered() {
+                return self.drain();
+            }
+        }
+    }
+
+    /// Everything after the poll: stage work, routing, flushing, stats.
+    pub(super) fn advance(&mut self) {
+        loop {
+            let moved = self.exchange();
+            self.resume_paused();
+            if moved == 0 {
+                break;
+            }
+        }
+        self.flush_dirty();
+        self.tick();
+        self.refresh_model_info();
+        self.retry_accept();
+    }
+
+    /// After a reload swap (by this thread or the worker), new connections are told the
+    /// model now serving. Called before events are handled too: a hello acked right after
+    /// a reload reports the new version. One atomic load when nothing changed.
+    pub(super) fn refresh_model_info(&mut self) {
+        let swaps = self.shared.reload.swaps();
+        if swaps != self.seen_swaps {
+            self.seen_swaps = swaps;
+            if let Some((model, _)) = self.shared.reload.current() {
+                self.info.model_version = model.version;
+                self.info.model_name = model.name;
+            }
+        }
+    }
+
+    pub(super) fn poll_timeout(&mut self) -> Option<Duration> {
+        let spin = match self.cfg.poll {
+            PollMode::Spin => true,
+            PollMode::Adaptive => now_ns() - self.last_work < self.cfg.spin.as_nanos() as u64,
+            PollMode::Block => false,
+        };
+        if spin {
+            return Some(Duration::ZERO);
+        }
+        // About to block: in pipeline mode, make sure no answer is waiting first.
+        if let Stage::Pipeline(w) = &self.stage {
+            w.io_bell.announce_sleep();
+            if !w.done_rx.is_empty() {
+                w.io_bell.wake_pending();
+                return Some(Duration::ZERO);
+            }
+        }
+        // Blocking: wake in time for an accept retry, if one is due.
+        Some(if self.accept_retry_at.is_some() { ACCEPT_RETRY } else { Duration::from_millis(200) })
+    }
+
+    pub(super) fn poll_once(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        loop {
+            match self.poll.poll(&mut self.events, timeout) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if let Stage::Pipeline(w) = &self.stage {
+            w.io_bell.wake_pending();
+        }
+        self.refresh_model_info();
+        // Collect first: handlers need `&mut self`. (A reused buffer: zeroing a 6 KB
+        // array on every spin iteration showed up at the top of `perf`.)
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
+        for ev in self.events.iter() {
+            ready.push((
+                ev.token(),
+                ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                ev.is_writable(),
+            ));
+        }
+        let n = ready.len();
+        for &(token, readable, writable) in &ready {
+            match token {
+                LISTENER => self.accept(),
+                WAKER => {}
+                Token(t) => {
+                    let slot = t - 1;
+                    if writable {
+                        self.mark_dirty(slot);
+                    }
+                    if readable {
+                        self.read_conn(slot);
+                    }
+                }
+            }
+        }
+        self.ready = ready;
+        if n > 0 && self.cfg.poll == PollMode::Adaptive {
+            self.last_work = now_ns();
+        }
+        Ok(())
+    }
+
+    pub(super) fn mark_dirty(&mut self, slot: usize) {
+        if let Some(conn) = self.conns.get_mut(slot) {
+            conn.mark_dirty(slot, &mut self.dirty);
+        }
+    }
+
+    pub(super) fn publish(&mut self, force: bool) {
+        publish(&mut self.stats, &self.shared.stats, force);
+        // Relaxed: gauges, read by the metrics endpoint with no ordering needs.
+        self.shared.connections.store(self.established as u64, Ordering::Relaxed);
+        let depth = match &self.stage {
+            Stage::Pipeline(w) => (w.jobs_tx.buffer().capacity() - w.jobs_tx.slots()) as u64,
+            Stage::Inline { .. } => 0,
+        };
+        self.shared.queue_depth.store(depth, Ordering::Relaxed);
+    }
+
+    pub(super) fn tick(&mut self) {
+        // While spinning, a clock read every 64 iterations is plenty for 200 ms periods.
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.spinning && self.ticks % 64 != 0 {
+            return;
+        }
+        let now = now_ns();
+        if now - self.last_publish > PUBLISH_EVERY_NS {
+            self.publish(false);
+            self.last_publish = now;
+            self.close_silent_connections(now);
+        }
+        let every = self.cfg.stats_interval.as_nanos() as u64;
+        if every > 0 && now - self.last_log > every {
+            self.last_log = now;
+            if let Ok(s) = self.shared.stats.lock() {
+                let r = s.report();
+                log::info!(
+                    "stats: {} answered; total p50 {} ns p99 {} p99.9 {}; inference p50 {} ns; queue p50 {} ns; \
+                     {} connections",
+                    r.responses,
+                    r.total_ns.p50,
+                    r.total_ns.p99,
+                    r.total_ns.p999,
+                    r.inference_ns.p50,
+                    r.queue_ns.p50,
+                    self.conns.len()
+                );
+            }
+        }
+    }
+}
+
