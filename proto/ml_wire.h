@@ -7,7 +7,8 @@
  * ---------------------------------------------------------------------------
  * Transport and framing
  * ---------------------------------------------------------------------------
- * A Unix-domain SOCK_STREAM socket carrying fixed-size packed frames:
+ * A Unix-domain SOCK_STREAM socket carrying fixed-size packed frames (or, on
+ * the same host, shared-memory rings negotiated in the hello: proto/ml_shm.h):
  *
  *   client -> server : ml_hello_t, then ml_request_t * N   (pipelining allowed)
  *   server -> client : ml_hello_ack_t, then ml_response_t * N (one per request,
@@ -174,6 +175,19 @@ static inline const char *ml_status_str(int code) {
 /* ---- frames ------------------------------------------------------------- */
 #pragma pack(push, 1)
 
+/*
+ * ml_hello_t.flags bits. Protocol-compatible: the field was `reserved` (always 0)
+ * in earlier builds of protocol 1, and servers of those builds ignore it, so a
+ * client asking for a feature an older server lacks gets a plain ML_OK ack.
+ *
+ * ML_HELLO_FLAG_SHM: ask for the shared-memory transport (proto/ml_shm.h). The
+ * request is this bit; the answer is the ack itself: an ML_OK ack that arrives
+ * with two SCM_RIGHTS descriptors (the region memfd, the request doorbell
+ * eventfd) grants it, and requests then travel through the region's rings; an
+ * ML_OK ack without descriptors leaves the connection an ordinary socket one.
+ */
+#define ML_HELLO_FLAG_SHM 0x0001u
+
 /** First frame a client sends (16 bytes). */
 typedef struct ml_hello_t {
     uint16_t version;       /* ML_PROTOCOL_VERSION the client was built with */
@@ -182,7 +196,7 @@ typedef struct ml_hello_t {
     uint16_t request_size;  /* sizeof(ml_request_t)                          */
     uint16_t response_size; /* sizeof(ml_response_t)                         */
     uint16_t max_features;  /* ML_MAX_FEATURES                               */
-    uint16_t reserved;      /* 0                                             */
+    uint16_t flags;         /* ML_HELLO_FLAG_* bits (was reserved, 0)        */
 } ml_hello_t;
 
 /** The server's answer to ml_hello_t (64 bytes). Bytes 0..11 never change. */
@@ -277,7 +291,7 @@ ML_STATIC_ASSERT(offsetof(ml_hello_t, magic) == 4, "hello.magic");
 ML_STATIC_ASSERT(offsetof(ml_hello_t, request_size) == 8, "hello.request_size");
 ML_STATIC_ASSERT(offsetof(ml_hello_t, response_size) == 10, "hello.response_size");
 ML_STATIC_ASSERT(offsetof(ml_hello_t, max_features) == 12, "hello.max_features");
-ML_STATIC_ASSERT(offsetof(ml_hello_t, reserved) == 14, "hello.reserved");
+ML_STATIC_ASSERT(offsetof(ml_hello_t, flags) == 14, "hello.flags");
 
 ML_STATIC_ASSERT(sizeof(ml_hello_ack_t) == 64, "ml_hello_ack_t size");
 ML_STATIC_ASSERT(offsetof(ml_hello_ack_t, version) == 0, "ack.version");
@@ -341,7 +355,7 @@ static inline void ml_hello_init(ml_hello_t *hello) {
     hello->request_size = (uint16_t)sizeof(ml_request_t);
     hello->response_size = (uint16_t)sizeof(ml_response_t);
     hello->max_features = (uint16_t)ML_MAX_FEATURES;
-    hello->reserved = 0;
+    hello->flags = 0;
 }
 
 /**

@@ -402,6 +402,12 @@ pub fn prometheus_text(shared: &Shared) -> String {
             "Connections cut off for not reading their answers.",
             stats.slow_reader_disconnects,
         ),
+        ("shm_sessions_total", "Shared-memory sessions granted.", stats.shm_sessions),
+        (
+            "shm_faults_total",
+            "Shared-memory sessions cut off for breaking the ring protocol (bad indices).",
+            stats.shm_faults,
+        ),
         (
             "nonfinite_outputs_total",
             "Requests answered model failure because the model's output was NaN or infinite.",
@@ -421,6 +427,12 @@ pub fn prometheus_text(shared: &Shared) -> String {
     };
     // Relaxed: gauges.
     gauge(&mut out, "connections", "Open client connections.", shared.connections.load(Ordering::Relaxed));
+    gauge(
+        &mut out,
+        "shm_sessions",
+        "Open connections whose requests travel through shared memory.",
+        shared.shm_sessions.load(Ordering::Relaxed),
+    );
     gauge(
         &mut out,
         "queue_depth",

@@ -20,6 +20,7 @@ pub mod record;
 pub mod replay;
 pub mod ring;
 pub mod server;
+pub mod shm;
 pub mod state;
 pub mod stats;
 mod sys;

@@ -28,6 +28,10 @@ pub struct Stats {
     pub connections_accepted: u64,
     pub connections_refused: u64,
     pub slow_reader_disconnects: u64,
+    /// Shared-memory sessions granted.
+    pub shm_sessions: u64,
+    /// Shared-memory sessions cut off because their rings broke the protocol.
+    pub shm_faults: u64,
     /// Requests whose model output was NaN or infinite (answered `ML_ERR_MODEL_FAILURE`).
     pub nonfinite_outputs: u64,
 }
@@ -47,6 +51,8 @@ impl Default for Stats {
             connections_accepted: 0,
             connections_refused: 0,
             slow_reader_disconnects: 0,
+            shm_sessions: 0,
+            shm_faults: 0,
             nonfinite_outputs: 0,
         }
     }
@@ -66,6 +72,8 @@ impl Stats {
         self.connections_accepted += other.connections_accepted;
         self.connections_refused += other.connections_refused;
         self.slow_reader_disconnects += other.slow_reader_disconnects;
+        self.shm_sessions += other.shm_sessions;
+        self.shm_faults += other.shm_faults;
         self.nonfinite_outputs += other.nonfinite_outputs;
     }
 
@@ -79,6 +87,8 @@ impl Stats {
         self.connections_accepted = 0;
         self.connections_refused = 0;
         self.slow_reader_disconnects = 0;
+        self.shm_sessions = 0;
+        self.shm_faults = 0;
         self.nonfinite_outputs = 0;
     }
 
@@ -93,6 +103,8 @@ impl Stats {
             && self.connections_accepted == 0
             && self.connections_refused == 0
             && self.slow_reader_disconnects == 0
+            && self.shm_sessions == 0
+            && self.shm_faults == 0
             && self.nonfinite_outputs == 0
     }
 
@@ -114,6 +126,8 @@ impl Stats {
             connections_accepted: self.connections_accepted,
             connections_refused: self.connections_refused,
             slow_reader_disconnects: self.slow_reader_disconnects,
+            shm_sessions: self.shm_sessions,
+            shm_faults: self.shm_faults,
             nonfinite_outputs: self.nonfinite_outputs,
         }
     }
@@ -162,6 +176,12 @@ pub struct StatsReport {
     pub connections_accepted: u64,
     pub connections_refused: u64,
     pub slow_reader_disconnects: u64,
+    /// Shared-memory sessions granted.
+    #[serde(default)]
+    pub shm_sessions: u64,
+    /// Shared-memory sessions cut off for breaking the ring protocol.
+    #[serde(default)]
+    pub shm_faults: u64,
     /// Requests answered `ML_ERR_MODEL_FAILURE` because the model's output was NaN or infinite.
     #[serde(default)]
     pub nonfinite_outputs: u64,
@@ -171,11 +191,14 @@ impl std::fmt::Display for StatsReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "responses {} (connections accepted {}, refused {}, slow-reader disconnects {}, non-finite model outputs {})",
+            "responses {} (connections accepted {}, refused {}, slow-reader disconnects {}, shared-memory sessions {} \
+             (faults {}), non-finite model outputs {})",
             self.responses,
             self.connections_accepted,
             self.connections_refused,
             self.slow_reader_disconnects,
+            self.shm_sessions,
+            self.shm_faults,
             self.nonfinite_outputs
         )?;
         for (status, n) in &self.by_status {

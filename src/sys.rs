@@ -4,7 +4,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -93,6 +93,130 @@ pub fn group_id(name: &str) -> io::Result<u32> {
 pub fn ignore_sigpipe() {
     // SAFETY: installing SIG_IGN for SIGPIPE is async-signal-safe and process-wide by design.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+/// `sendmsg` of `bytes` with `fds` attached as one `SCM_RIGHTS` message (on the
+/// first byte sent). Returns the bytes sent; the descriptors go with any byte.
+pub fn send_with_fds(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<usize> {
+    let fd_bytes = std::mem::size_of_val(fds) as u32;
+    // SAFETY: CMSG_SPACE is pure arithmetic.
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8)]; // u64: cmsghdr alignment
+    let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() };
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: msg_control points at `space` bytes, enough for one header and `fds`.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes) as _;
+        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast::<RawFd>(), fds.len());
+    }
+    loop {
+        match syscall!(sendmsg(sock, &msg, libc::MSG_NOSIGNAL)) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r.map(|n| n as usize),
+        }
+    }
+}
+
+/// `recvmsg` into `buf`, taking ownership of any `SCM_RIGHTS` descriptors that
+/// came with the bytes (appended to `fds`, close-on-exec). `Ok(0)`: EOF.
+pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    const MAX_FDS: usize = 4;
+    // SAFETY: CMSG_SPACE is pure arithmetic.
+    let space = unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) } as usize;
+    let mut control = [0u64; 16];
+    debug_assert!(space <= std::mem::size_of_val(&control));
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    let n = loop {
+        match syscall!(recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC)) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => break r? as usize,
+        }
+    };
+    // SAFETY: the kernel filled msg_control with well-formed headers up to msg_controllen.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                let count = ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
+                for i in 0..count {
+                    // Each descriptor is new to this process and owned by nobody else.
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "more descriptors than expected (MSG_CTRUNC)"));
+    }
+    Ok(n)
+}
+
+/// A non-blocking, close-on-exec eventfd (counter 0).
+pub fn eventfd() -> io::Result<OwnedFd> {
+    let fd = syscall!(eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))?;
+    // SAFETY: a descriptor eventfd just returned, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Add one to an eventfd's counter (wakes its poller). A full counter (EAGAIN)
+/// already means "ring pending", so it is not an error.
+pub fn eventfd_ring(fd: RawFd) -> io::Result<()> {
+    let one = 1u64;
+    match syscall!(write(fd, (&one as *const u64).cast(), 8)) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        r => r.map(drop),
+    }
+}
+
+/// Reset a non-blocking eventfd's counter to 0.
+pub fn eventfd_drain(fd: RawFd) {
+    let mut v = 0u64;
+    let _ = syscall!(read(fd, (&mut v as *mut u64).cast(), 8));
+}
+
+/// `FUTEX_WAKE` every waiter on the shared (not process-private) futex word at `word`.
+pub fn futex_wake(word: *const u32) {
+    // SAFETY: FUTEX_WAKE only uses the address as a key; it never dereferences into our memory
+    // beyond the kernel's own checked access. A bad address is EFAULT, not UB.
+    unsafe { libc::syscall(libc::SYS_futex, word, libc::FUTEX_WAKE, i32::MAX, 0usize, 0usize, 0u32) };
+}
+
+/// `FUTEX_WAIT` on the shared futex word at `word` while it holds `expected`, at most `timeout`.
+pub fn futex_wait(word: *const u32, expected: u32, timeout: std::time::Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: the kernel reads the word with its own checked access (EFAULT if unmapped) and the
+    // timespec lives for the call. Spurious returns (EINTR, EAGAIN, timeout) are fine: callers re-check.
+    unsafe { libc::syscall(libc::SYS_futex, word, libc::FUTEX_WAIT, expected, &ts as *const libc::timespec, 0usize, 0u32) };
+}
+
+/// Whether the peer of a connected socket hung up (or the socket failed), without blocking.
+/// Readable bytes alone are not a hang-up.
+pub fn hung_up(fd: RawFd) -> bool {
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN | libc::POLLRDHUP, revents: 0 };
+    match syscall!(poll(&mut pfd, 1, 0)) {
+        Ok(0) => false,
+        Ok(_) => pfd.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR | libc::POLLNVAL) != 0,
+        Err(_) => false,
+    }
 }
 
 /// Parse a kernel CPU list ("0-3,8,10-11") as in `/sys/devices/system/cpu/isolated`.

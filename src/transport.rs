@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use mio::net::UnixStream;
 
 use crate::sys::{self, PeerCred};
-use crate::wire::{Frame, MlHelloAck, MlRequest, MlResponse, ServerInfo, Status, WireError, RESPONSE_SIZE};
+use crate::wire::{Frame, MlHello, MlHelloAck, MlRequest, MlResponse, ServerInfo, Status, WireError, RESPONSE_SIZE};
 
 /// Who may connect and how the socket file is published.
 #[derive(Clone, Debug)]
@@ -158,13 +158,18 @@ pub struct Conn {
     /// Its hello was accepted: it holds one of the server's `max_connections` slots.
     /// Until then it is pending (handshaking) and counts against `max_pending` instead.
     pub established: bool,
+    /// A shared-memory session (granted in the hello): requests and answers go
+    /// through its rings; the socket only carries the hello and liveness.
+    pub shm: Option<Box<crate::shm::ServerEnd>>,
+    /// The session's rings broke their invariants: close it (with this as the log line).
+    pub shm_fault: Option<crate::shm::ShmError>,
 }
 
 /// The next frame of a connection's received bytes (copied out).
 #[derive(Debug)]
 pub enum Decoded {
-    /// A valid hello (answer it with an ack).
-    Hello,
+    /// A valid hello (answer it with an ack); its flags may ask for shared memory.
+    Hello(MlHello),
     /// A whole request frame (not yet validated).
     Request(MlRequest),
     /// The stream cannot be trusted: answer `e.status()` and close.
@@ -210,6 +215,8 @@ impl Conn {
             read_deferred: false,
             accepted_ns: crate::clock::now_ns(),
             established: false,
+            shm: None,
+            shm_fault: None,
         })
     }
 
@@ -249,7 +256,7 @@ impl Conn {
                 }
                 return Decoded::NeedMore;
             }
-            Ok(Some((Frame::Hello(_), n))) => (Decoded::Hello, n),
+            Ok(Some((Frame::Hello(h), n))) => (Decoded::Hello(*h), n),
             Ok(Some((Frame::Request(r), n))) => (Decoded::Request(*r), n),
             Err(e) => return Decoded::Error(e),
         };

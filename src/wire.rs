@@ -28,6 +28,8 @@ pub const HELLO_ACK_MAGIC: u32 = 0x4148_4B54;
 pub const REQUEST_END: u32 = 0x5152_4B54;
 /// `ML_RESPONSE_END` ("TKRS").
 pub const RESPONSE_END: u32 = 0x5352_4B54;
+/// `ML_HELLO_FLAG_SHM`: the hello asks for the shared-memory transport (`proto/ml_shm.h`).
+pub const HELLO_FLAG_SHM: u16 = 0x0001;
 /// `ML_RESPONSE_WARMING`: the symbol had fewer earlier events than the stateful features need.
 pub const RESPONSE_WARMING: u16 = 0x0001;
 /// `ML_DEPTH_LEVELS`: book levels per side a request can carry (level 1 in its
@@ -166,7 +168,8 @@ pub struct MlHello {
     pub request_size: u16,
     pub response_size: u16,
     pub max_features: u16,
-    pub reserved: u16,
+    /// `ML_HELLO_FLAG_*` bits ([`HELLO_FLAG_SHM`]); was `reserved` (0).
+    pub flags: u16,
 }
 
 /// `ml_hello_ack_t`: the server's answer to the hello. Bytes 0..12 never change.
@@ -244,7 +247,7 @@ const _: () = {
     assert!(offset_of!(MlHello, request_size) == 8);
     assert!(offset_of!(MlHello, response_size) == 10);
     assert!(offset_of!(MlHello, max_features) == 12);
-    assert!(offset_of!(MlHello, reserved) == 14);
+    assert!(offset_of!(MlHello, flags) == 14);
 
     assert!(HELLO_ACK_SIZE == 64);
     assert!(offset_of!(MlHelloAck, version) == 0);
@@ -310,7 +313,7 @@ pub fn layout_table() -> Vec<(&'static str, usize)> {
         "ml_hello_t.request_size" => offset_of!(MlHello, request_size),
         "ml_hello_t.response_size" => offset_of!(MlHello, response_size),
         "ml_hello_t.max_features" => offset_of!(MlHello, max_features),
-        "ml_hello_t.reserved" => offset_of!(MlHello, reserved),
+        "ml_hello_t.flags" => offset_of!(MlHello, flags),
         "sizeof ml_hello_ack_t" => HELLO_ACK_SIZE,
         "ml_hello_ack_t.version" => offset_of!(MlHelloAck, version),
         "ml_hello_ack_t.ack_size" => offset_of!(MlHelloAck, ack_size),
@@ -365,8 +368,13 @@ impl MlHello {
             request_size: REQUEST_SIZE as u16,
             response_size: RESPONSE_SIZE as u16,
             max_features: MAX_FEATURES as u16,
-            reserved: 0,
+            flags: 0,
         }
+    }
+
+    /// Whether this hello asks for the shared-memory transport.
+    pub fn wants_shm(&self) -> bool {
+        self.flags & HELLO_FLAG_SHM != 0
     }
 
     /// Check a received hello against this build: `Ok` or the refusal status.

@@ -159,6 +159,9 @@ impl IoLoop {
             }
             debug_assert_eq!(self.established + self.pending, self.conns.len());
             let _ = self.poll.registry().deregister(&mut conn.stream);
+            if let Some(end) = conn.shm.take() {
+                self.end_shm(slot, &end);
+            }
             log::debug!("connection {slot} closed ({} in flight dropped)", conn.inflight);
         }
     }

@@ -75,6 +75,10 @@ pub struct ServeOptions {
     /// Do not pin threads to cores.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub no_pin: Option<bool>,
+    /// Refuse shared-memory sessions: a hello asking for one gets a plain ack (no
+    /// region) and the client stays on the socket.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub no_shm: Option<bool>,
     /// Most concurrent client connections; more are refused in the hello ack [default: 64].
     #[arg(long)]
     pub max_connections: Option<usize>,
@@ -238,6 +242,7 @@ impl ServeOptions {
             io_core: self.io_core,
             worker_core: self.worker_core,
             pin: !self.no_pin.unwrap_or(false),
+            shm: !self.no_shm.unwrap_or(false),
             max_connections,
             max_pending,
             max_inflight,
@@ -291,6 +296,8 @@ pub struct ServerConfig {
     pub io_core: Option<usize>,
     pub worker_core: Option<usize>,
     pub pin: bool,
+    /// Grant shared-memory sessions to hellos that ask (`--no-shm` turns it off).
+    pub shm: bool,
     pub max_connections: usize,
     /// Handshaking connections held apart from the established ones (oldest dropped when full).
     pub max_pending: usize,
@@ -358,6 +365,7 @@ mod tests {
         ("io_core", "1"),
         ("worker_core", "0"),
         ("no_pin", "true"),
+        ("no_shm", "true"),
         ("max_connections", "9"),
         ("max_inflight", "17"),
         ("max_pending", "33"),

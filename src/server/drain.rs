@@ -22,8 +22,15 @@ impl IoLoop {
             for &slot in &slots {
                 self.read_conn(slot);
             }
+            self.read_rings();
             self.advance();
-            let pending: usize = self.conns.iter().map(|(_, c)| c.inflight as usize + c.queued()).sum();
+            // A shared-memory session's requests still in its ring count too (a faulty ring counts none).
+            let in_ring = |c: &crate::transport::Conn| match (&c.shm, c.shm_fault, c.peer_closed) {
+                (Some(end), None, false) => end.requests_ready().unwrap_or(0) as usize,
+                _ => 0,
+            };
+            let pending: usize =
+                self.conns.iter().map(|(_, c)| c.inflight as usize + c.queued() + in_ring(c)).sum();
             if pending == 0 && self.deferred.is_empty() {
                 break;
             }

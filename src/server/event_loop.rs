@@ -28,7 +28,7 @@ use std::time::Duration;
 use mio::Token;
 
 use super::worker::publish;
-use super::{IoLoop, PollMode, Stage, ACCEPT_RETRY, LISTENER, PUBLISH_EVERY_NS, WAKER};
+use super::{IoLoop, PollMode, Stage, ACCEPT_RETRY, LISTENER, PUBLISH_EVERY_NS, SHM_DOORBELL, SHM_STALLED_POLL, WAKER};
 use crate::clock::now_ns;
 
 impl IoLoop {
@@ -37,7 +37,9 @@ impl IoLoop {
             let timeout = if self.deferred.is_empty() { self.poll_timeout() } else { Some(Duration::ZERO) };
             self.spinning = timeout == Some(Duration::ZERO);
             self.poll_once(timeout)?;
+            self.disarm_doorbells();
             self.read_deferred();
+            self.read_rings();
             self.advance();
             if self.shared.shutdown.is_triggered() {
                 return self.drain();
@@ -91,6 +93,12 @@ impl IoLoop {
                 return Some(Duration::ZERO);
             }
         }
+        // Shared-memory clients ring a doorbell only once asked to (and only while we sleep).
+        match self.arm_doorbells() {
+            Some(true) => return Some(Duration::ZERO),
+            Some(false) => return Some(SHM_STALLED_POLL),
+            None => {}
+        }
         // Blocking: wake in time for an accept retry, if one is due.
         Some(if self.accept_retry_at.is_some() { ACCEPT_RETRY } else { Duration::from_millis(200) })
     }
@@ -123,6 +131,8 @@ impl IoLoop {
             match token {
                 LISTENER => self.accept(),
                 WAKER => {}
+                // A shm client rang: its ring is read after the poll (disarming drains the eventfd).
+                Token(t) if t >= SHM_DOORBELL => {}
                 Token(t) => {
                     let slot = t - 1;
                     if writable {
@@ -151,6 +161,7 @@ impl IoLoop {
         publish(&mut self.stats, &self.shared.stats, force);
         // Relaxed: gauges, read by the metrics endpoint with no ordering needs.
         self.shared.connections.store(self.established as u64, Ordering::Relaxed);
+        self.shared.shm_sessions.store(self.shm_slots.len() as u64, Ordering::Relaxed);
         let depth = match &self.stage {
             Stage::Pipeline(w) => (w.jobs_tx.buffer().capacity() - w.jobs_tx.slots()) as u64,
             Stage::Inline { .. } => 0,

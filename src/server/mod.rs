@@ -40,6 +40,7 @@ mod event_loop;
 mod reading;
 pub mod reload;
 mod routing;
+mod shm_sessions;
 pub mod stage;
 mod worker;
 
@@ -75,6 +76,11 @@ const READS_PER_TURN: usize = 4;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often `accept` is retried after it failed for want of descriptors.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+/// Doorbell tokens of shared-memory sessions: `SHM_DOORBELL + slot` (sockets are `slot + 1`).
+const SHM_DOORBELL: usize = 1 << 40;
+/// How long the loop blocks while a session has requests it cannot take yet
+/// (its client is not reading answers): no doorbell will say when it can.
+const SHM_STALLED_POLL: Duration = Duration::from_millis(1);
 /// How long a drain may take before unsent answers are given up.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -122,6 +128,8 @@ pub struct Shared {
     pub reload: reload::ReloadSlot,
     /// Open client connections (gauge).
     pub connections: AtomicU64,
+    /// Of them, shared-memory sessions (gauge).
+    pub shm_sessions: AtomicU64,
     /// Jobs waiting in the request ring (pipeline mode; gauge, sampled every 200 ms).
     pub queue_depth: AtomicU64,
 }
@@ -269,6 +277,8 @@ pub fn run(
         dirty: Vec::with_capacity(cfg.max_connections),
         resume: Vec::with_capacity(cfg.max_connections),
         deferred: Vec::with_capacity(cfg.max_connections),
+        shm_slots: Vec::with_capacity(cfg.max_connections),
+        doorbells_armed: false,
         stats: Stats::default(),
         shared,
         last_publish: now_ns(),
@@ -359,6 +369,10 @@ struct IoLoop {
     resume: Vec<usize>,
     /// Connections with bytes left after their turn; read first thing next iteration.
     deferred: Vec<usize>,
+    /// Connections with a shared-memory session (their rings are read every iteration).
+    shm_slots: Vec<usize>,
+    /// The last poll may have blocked with the sessions' doorbells armed.
+    doorbells_armed: bool,
     stats: Stats,
     shared: Arc<Shared>,
     last_publish: u64,

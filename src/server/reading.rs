@@ -2,17 +2,18 @@
 //! requests into the stage in order, pause at the in-flight bound.
 
 use super::stage::Job;
-use super::{IoLoop, READS_PER_TURN};
+use super::{IoLoop, Stage, READS_PER_TURN};
 use crate::clock::now_ns;
-use crate::transport::{Decoded, ReadOutcome};
-use crate::wire::Status;
+use crate::record::Recorder;
+use crate::transport::{Conn, Decoded, ReadOutcome};
+use crate::wire::{Limits, MlRequest, Status};
 
 impl IoLoop {
     /// Read and decode one connection until `WouldBlock`, EOF, the hard
     /// in-flight limit (→ resume list) or a full stage (→ score, continue).
     pub(super) fn read_conn(&mut self, slot: usize) {
         let mut reads = 0;
-        loop {
+        'read: loop {
             let Some(conn) = self.conns.get_mut(slot) else { return };
             if reads == READS_PER_TURN {
                 // Fairness and the write-buffer bound: answers are flushed and other
@@ -42,7 +43,7 @@ impl IoLoop {
                 }
                 match conn.decode_next() {
                     Decoded::NeedMore => break,
-                    Decoded::Hello => {
+                    Decoded::Hello(hello) => {
                         if self.established >= self.cfg.max_connections {
                             conn.queue_ack(Status::TooManyConnections, &self.info);
                             conn.close_after_flush = true;
@@ -62,27 +63,35 @@ impl IoLoop {
                         conn.established = true;
                         self.pending -= 1;
                         self.established += 1;
+                        if hello.wants_shm() && self.cfg.shm {
+                            self.grant_shm(slot);
+                            // Read on: anything after this hello on the socket is an error.
+                            continue 'read;
+                        }
                         conn.queue_ack(Status::Ok, &self.info);
                         conn.mark_dirty(slot, &mut self.dirty);
                     }
-                    Decoded::Request(req) => {
-                        if let Some(r) = &mut self.recorder {
-                            r.record(recv_ns, &req);
-                        }
-                        let status = if conn.inflight >= self.cfg.max_inflight {
-                            Status::Overloaded
-                        } else {
-                            crate::wire::validate(&req, &self.limits)
-                        };
-                        conn.inflight += 1;
-                        self.stage.admit(Job {
-                            slot: slot as u32,
-                            generation: conn.generation,
-                            recv_ns,
-                            status,
-                            req,
-                        });
+                    Decoded::Request(_) if conn.shm.is_some() => {
+                        log::warn!(
+                            "connection {slot} (pid {} uid {}): request bytes on the socket of a shared-memory \
+                             session (requests go through the ring); answering {} and closing",
+                            conn.peer.pid,
+                            conn.peer.uid,
+                            Status::BadFrame
+                        );
+                        admit_bad_frame(&mut self.stage, conn, slot, recv_ns);
+                        return;
                     }
+                    Decoded::Request(req) => admit_request(
+                        &mut self.stage,
+                        &mut self.recorder,
+                        &self.limits,
+                        self.cfg.max_inflight,
+                        conn,
+                        slot,
+                        recv_ns,
+                        req,
+                    ),
                     Decoded::Error(e) => {
                         log::warn!(
                             "connection {slot} (pid {} uid {}): {e}; answering {} and closing",
@@ -91,17 +100,7 @@ impl IoLoop {
                             e.status()
                         );
                         if conn.decoder.is_open() {
-                            // Behind the requests already in flight, so it arrives last.
-                            conn.inflight += 1;
-                            let req = crate::wire::MlRequest::new();
-                            self.stage.admit(Job {
-                                slot: slot as u32,
-                                generation: conn.generation,
-                                recv_ns,
-                                status: Status::BadFrame,
-                                req,
-                            });
-                            conn.close_after_flush = true;
+                            admit_bad_frame(&mut self.stage, conn, slot, recv_ns);
                         } else {
                             conn.queue_ack(e.status(), &self.info);
                             conn.close_after_flush = true;
@@ -155,3 +154,34 @@ impl IoLoop {
     }
 }
 
+
+/// One request read (from the socket or a shared-memory ring) into the stage, in
+/// order: recorded, answered `ML_ERR_OVERLOADED` past `max_inflight`, validated.
+#[allow(clippy::too_many_arguments)] // the loop's disjoint parts, borrowed apart
+#[inline]
+pub(super) fn admit_request(
+    stage: &mut Stage,
+    recorder: &mut Option<Recorder>,
+    limits: &Limits,
+    max_inflight: u32,
+    conn: &mut Conn,
+    slot: usize,
+    recv_ns: u64,
+    req: MlRequest,
+) {
+    if let Some(r) = recorder {
+        r.record(recv_ns, &req);
+    }
+    let status = if conn.inflight >= max_inflight { Status::Overloaded } else { crate::wire::validate(&req, limits) };
+    conn.inflight += 1;
+    stage.admit(Job { slot: slot as u32, generation: conn.generation, recv_ns, status, req });
+}
+
+/// The stream (or ring) can no longer be trusted: one `ML_ERR_BAD_FRAME` answer
+/// behind the requests already in flight (so it arrives last), then close.
+pub(super) fn admit_bad_frame(stage: &mut Stage, conn: &mut Conn, slot: usize, recv_ns: u64) {
+    conn.inflight += 1;
+    let req = MlRequest::new();
+    stage.admit(Job { slot: slot as u32, generation: conn.generation, recv_ns, status: Status::BadFrame, req });
+    conn.close_after_flush = true;
+}

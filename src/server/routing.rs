@@ -62,6 +62,19 @@ impl IoLoop {
         while let Some(slot) = self.dirty.pop() {
             let Some(conn) = self.conns.get_mut(slot) else { continue };
             conn.dirty = false;
+            if let Some(fault) = conn.shm_fault {
+                log::warn!(
+                    "connection {slot} (pid {} uid {}): shared-memory session broken: {fault}; disconnecting",
+                    conn.peer.pid,
+                    conn.peer.uid
+                );
+                self.stats.shm_faults += 1;
+                self.close(slot);
+                continue;
+            }
+            if let Some(end) = conn.shm.as_deref_mut() {
+                end.publish(); // the answers routed this iteration, one release store (+ wake if asleep)
+            }
             let close = match conn.flush() {
                 Ok(true) => {
                     if conn.want_write {
@@ -127,7 +140,14 @@ fn route(
     }
     let mut resp = done.resp;
     resp.server_send_ns = send_ns;
-    conn.queue_response(&resp);
+    match conn.shm.as_deref_mut() {
+        None => conn.queue_response(&resp),
+        Some(end) => {
+            if let Err(fault) = end.write_response(&resp) {
+                conn.shm_fault = Some(fault); // closed at the flush, with a log line
+            }
+        }
+    }
     debug_assert!(conn.inflight > 0);
     conn.inflight -= 1;
     stats.total.saturating_record(send_ns.saturating_sub(resp.server_recv_ns));
