@@ -1,11 +1,15 @@
 /*
  * ml_client.h — header-only C client for tickinfer (C11 / C++11 and later).
  *
- * Drop proto/ml_wire.h and proto/ml_client.h into your tree; link nothing.
- * Linux (AF_UNIX SOCK_STREAM, poll, MSG_NOSIGNAL).
+ * Drop proto/ml_wire.h, proto/ml_shm.h and proto/ml_client.h into your tree;
+ * link nothing. Linux (AF_UNIX SOCK_STREAM, poll, MSG_NOSIGNAL; memfd + futex
+ * for shared memory).
  *
  *   ml_client_t c;
  *   if (ml_client_connect(&c, "/tmp/tickinfer.sock", 1000) != 0) { puts(c.error); }
+ *   // or, on the server's host: requests and answers through shared memory
+ *   // (proto/ml_shm.h), the same calls below; ML_CLIENT_ERR_NO_SHM if not granted.
+ *   if (ml_client_connect_shm(&c, "/tmp/tickinfer.sock", 1000) != 0) { ... }
  *   ml_request_t req; ml_request_init(&req); req.request_id = 1; ...
  *   ml_client_send(&c, &req);                         // one frame, one syscall
  *   ml_client_send_batch(&c, reqs, n);                // n frames, one syscall
@@ -24,6 +28,13 @@
  * A response whose status is not ML_OK is still a valid frame: check
  * resp.status. No call allocates; the client is one struct you own.
  * Not thread-safe: one thread per ml_client_t (it is an SPSC endpoint).
+ *
+ * Shared memory: send publishes into the request ring (and rings the server's
+ * doorbell only if the server sleeps); recv_spin polls the response ring with
+ * no syscall; recv (blocking) sleeps on a futex the server wakes. While the
+ * response ring is idle the client checks the socket for a hang-up every 1024
+ * empty polls (and every 10 ms while blocked), so a server that drained or died
+ * is reported as ML_CLIENT_ERR_CLOSED after every answer it published is read.
  */
 #ifndef TICKINFER_ML_CLIENT_H
 #define TICKINFER_ML_CLIENT_H
@@ -33,16 +44,22 @@
  * -D_POSIX_C_SOURCE=200809L (or _GNU_SOURCE). */
 #if !defined(_POSIX_C_SOURCE) && !defined(_GNU_SOURCE) && !defined(_DEFAULT_SOURCE)
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE 1 /* CMSG_* (SCM_RIGHTS), syscall() for futex */
 #endif
 
 #include "ml_wire.h"
+#include "ml_shm.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
+#include <linux/futex.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -61,6 +78,16 @@ typedef struct ml_client_t {
     size_t rbuf_pos;         /* next unread byte, <= rbuf_len                */
     unsigned char rbuf[ML_CLIENT_RBUF_FRAMES * sizeof(ml_response_t)];
     char error[160];         /* last error message                           */
+    /* Shared-memory session (ml_client_connect_shm); shm == NULL on the socket. */
+    unsigned char *shm;      /* the mapped region (proto/ml_shm.h)           */
+    size_t shm_size;         /* its bytes                                    */
+    int shm_doorbell;        /* request doorbell eventfd, -1 when none       */
+    uint32_t req_mask, resp_mask;   /* capacity - 1 of each ring             */
+    uint32_t req_head;       /* requests published (our counter)             */
+    uint32_t req_limit;      /* server tail + capacity as last read          */
+    uint32_t resp_tail;      /* responses consumed (our counter)             */
+    uint32_t resp_seen;      /* response head as last read                   */
+    uint32_t idle_polls;     /* empty polls since the last hang-up check     */
 } ml_client_t;
 
 /** CLOCK_MONOTONIC in ns: the clock of the server's response stamps. */
@@ -151,19 +178,202 @@ static inline int ml__pop(ml_client_t *c, ml_response_t *out) {
     return 0;
 }
 
-/**
- * Connect to the server at `path`, exchange hellos. Retries while the socket
- * does not exist yet or refuses (server starting) until timeout_ms passes.
- */
-static inline int ml_client_connect(ml_client_t *c, const char *path, int timeout_ms) {
+
+/* ---- shared memory (proto/ml_shm.h) ------------------------------------- */
+
+static inline uint32_t *ml__ring_word(ml_client_t *c, uint32_t ring_offset, size_t field) {
+    return (uint32_t *)(void *)(c->shm + ring_offset + field);
+}
+
+/* The socket says the server hung up (drained or died). Readable bytes alone are not that. */
+static inline int ml__hung_up(ml_client_t *c) {
+    struct pollfd pfd;
+    pfd.fd = c->fd;
+    pfd.events = POLLIN;
+    pfd.revents = 0;
+    return poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLHUP | POLLERR | POLLNVAL)) != 0;
+}
+
+/* Copy the next published response out of its slot; WOULD_BLOCK if none. */
+static inline int ml__shm_pop(ml_client_t *c, ml_response_t *out) {
+    if (c->resp_tail == c->resp_seen) {
+        /* Acquire: pairs with the server's release store of head; the slots below it are written. */
+        c->resp_seen = __atomic_load_n(ml__ring_word(c, ML_SHM_RESPONSE_RING_OFFSET, offsetof(ml_shm_ring_t, head)),
+                                       __ATOMIC_ACQUIRE);
+        if (c->resp_tail == c->resp_seen) return ML_CLIENT_ERR_WOULD_BLOCK;
+        if (c->resp_seen - c->resp_tail > c->resp_mask + 1u) {
+            return ml__fail(c, ML_CLIENT_ERR_PROTOCOL, "recv: response ring head out of range", 0);
+        }
+    }
+    memcpy(out, c->shm + ML_SHM_SLOTS_OFFSET + (size_t)(c->req_mask + 1u) * ML_SHM_REQUEST_SLOT +
+                    (size_t)(c->resp_tail & c->resp_mask) * ML_SHM_RESPONSE_SLOT,
+           sizeof(*out));
+    c->resp_tail++;
+    /* Release: our copy is done before the server may reuse the slot. */
+    __atomic_store_n(ml__ring_word(c, ML_SHM_RESPONSE_RING_OFFSET, offsetof(ml_shm_ring_t, tail)), c->resp_tail,
+                     __ATOMIC_RELEASE);
+    c->idle_polls = 0;
+    if (out->frame_end != ML_RESPONSE_END) {
+        return ml__fail(c, ML_CLIENT_ERR_PROTOCOL, "recv: response trailer mismatch", 0);
+    }
+    return 0;
+}
+
+/* Publish one request; WOULD_BLOCK when the request ring is full. */
+static inline int ml__shm_push(ml_client_t *c, const ml_request_t *req) {
+    if (c->req_head == c->req_limit) {
+        /* Acquire: pairs with the server's release store of tail (its copies are done). */
+        uint32_t tail = __atomic_load_n(ml__ring_word(c, ML_SHM_REQUEST_RING_OFFSET, offsetof(ml_shm_ring_t, tail)),
+                                        __ATOMIC_ACQUIRE);
+        c->req_limit = tail + c->req_mask + 1u;
+        if (c->req_head == c->req_limit) return ML_CLIENT_ERR_WOULD_BLOCK;
+    }
+    memcpy(c->shm + ML_SHM_SLOTS_OFFSET + (size_t)(c->req_head & c->req_mask) * ML_SHM_REQUEST_SLOT, req,
+           sizeof(*req));
+    c->req_head++;
+    /* Release: the frame's bytes are visible before the new head. */
+    __atomic_store_n(ml__ring_word(c, ML_SHM_REQUEST_RING_OFFSET, offsetof(ml_shm_ring_t, head)), c->req_head,
+                     __ATOMIC_RELEASE);
+    /* seq_cst fence: our head store before our load of `waiting` (the server fences the other way). */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (__atomic_load_n(ml__ring_word(c, ML_SHM_REQUEST_RING_OFFSET, offsetof(ml_shm_ring_t, waiting)),
+                        __ATOMIC_RELAXED) != 0) {
+        uint64_t one = 1;
+        ssize_t w = write(c->shm_doorbell, &one, sizeof(one)); /* EAGAIN: a ring is already pending */
+        (void)w;
+    }
+    return 0;
+}
+
+/* Publish, spinning while the ring is full, until the deadline or a hang-up. */
+static inline int ml__shm_send(ml_client_t *c, const ml_request_t *req, uint64_t deadline_ns) {
+    unsigned spins = 0;
+    for (;;) {
+        int rc = ml__shm_push(c, req);
+        if (rc != ML_CLIENT_ERR_WOULD_BLOCK) return rc;
+        if ((++spins & 1023u) == 0) {
+            if (ml__hung_up(c)) return ml__fail(c, ML_CLIENT_ERR_CLOSED, "send", 0);
+            if (ml_now_ns() >= deadline_ns) return ml__fail(c, ML_CLIENT_ERR_TIMEOUT, "send: request ring full", 0);
+        }
+    }
+}
+
+/* Non-blocking receive: checks for a hang-up every 1024 empty polls. */
+static inline int ml__shm_try_recv(ml_client_t *c, ml_response_t *out) {
+    int rc = ml__shm_pop(c, out);
+    if (rc != ML_CLIENT_ERR_WOULD_BLOCK) return rc;
+    if ((++c->idle_polls & 1023u) == 0 && ml__hung_up(c)) {
+        rc = ml__shm_pop(c, out); /* answers published before the hang-up come first */
+        if (rc != ML_CLIENT_ERR_WOULD_BLOCK) return rc;
+        return ml__fail(c, ML_CLIENT_ERR_CLOSED, "recv", 0);
+    }
+    return ML_CLIENT_ERR_WOULD_BLOCK;
+}
+
+/* Blocking receive: sleep on the response head (a shared futex) the server wakes. */
+static inline int ml__shm_recv_block(ml_client_t *c, ml_response_t *out, uint64_t deadline_ns) {
+    uint32_t *head = ml__ring_word(c, ML_SHM_RESPONSE_RING_OFFSET, offsetof(ml_shm_ring_t, head));
+    uint32_t *waiting = ml__ring_word(c, ML_SHM_RESPONSE_RING_OFFSET, offsetof(ml_shm_ring_t, waiting));
+    for (;;) {
+        int rc = ml__shm_pop(c, out);
+        uint32_t seen;
+        if (rc != ML_CLIENT_ERR_WOULD_BLOCK) return rc;
+        if (ml__hung_up(c)) {
+            rc = ml__shm_pop(c, out);
+            return rc != ML_CLIENT_ERR_WOULD_BLOCK ? rc : ml__fail(c, ML_CLIENT_ERR_CLOSED, "recv", 0);
+        }
+        if (ml_now_ns() >= deadline_ns) return ml__fail(c, ML_CLIENT_ERR_TIMEOUT, "recv", 0);
+        /* Relaxed store + seq_cst fence + load: the handshake with the server's publish. */
+        __atomic_store_n(waiting, 1u, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        seen = __atomic_load_n(head, __ATOMIC_ACQUIRE);
+        if (seen == c->resp_tail) {
+            struct timespec slice = {0, 10000000}; /* 10 ms: then check the socket */
+            syscall(SYS_futex, head, FUTEX_WAIT, seen, &slice, NULL, 0);
+        }
+        __atomic_store_n(waiting, 0u, __ATOMIC_RELAXED);
+    }
+}
+
+/* Map the region passed with the ack and check its header. */
+static inline int ml__shm_map(ml_client_t *c, int memfd) {
+    struct stat st;
+    ml_shm_header_t h;
+    void *p;
+    if (fstat(memfd, &st) != 0) return ml__fail(c, ML_CLIENT_ERR_IO, "shm: fstat", errno);
+    if ((size_t)st.st_size < ML_SHM_SLOTS_OFFSET) return ml__fail(c, ML_CLIENT_ERR_PROTOCOL, "shm: region too small", 0);
+    p = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+    if (p == MAP_FAILED) return ml__fail(c, ML_CLIENT_ERR_IO, "shm: mmap", errno);
+    memcpy(&h, p, sizeof(h));
+    if (h.magic != ML_SHM_MAGIC || h.version != ML_SHM_VERSION || h.header_size != sizeof(h) ||
+        h.request_slot_size != ML_SHM_REQUEST_SLOT || h.response_slot_size != ML_SHM_RESPONSE_SLOT ||
+        h.request_capacity == 0 || (h.request_capacity & (h.request_capacity - 1u)) != 0 ||
+        h.response_capacity == 0 || (h.response_capacity & (h.response_capacity - 1u)) != 0 ||
+        h.request_capacity > ML_SHM_MAX_CAPACITY || h.response_capacity > ML_SHM_MAX_CAPACITY ||
+        h.region_size != (uint64_t)st.st_size ||
+        ml_shm_region_size(h.request_capacity, h.response_capacity) != (uint64_t)st.st_size) {
+        munmap(p, (size_t)st.st_size);
+        return ml__fail(c, ML_CLIENT_ERR_PROTOCOL, "shm: region header does not match ml_shm.h", 0);
+    }
+    c->shm = (unsigned char *)p;
+    c->shm_size = (size_t)st.st_size;
+    c->req_mask = h.request_capacity - 1u;
+    c->resp_mask = h.response_capacity - 1u;
+    c->req_head = 0;
+    c->req_limit = h.request_capacity;
+    c->resp_tail = 0;
+    c->resp_seen = 0;
+    return 0;
+}
+
+/* Receive into buf, collecting SCM_RIGHTS descriptors (up to ML_SHM_FDS) into fds/nfds. */
+static inline ssize_t ml__recv_fds(int sock, void *buf, size_t len, int *fds, unsigned *nfds) {
+    union {
+        struct cmsghdr align;
+        unsigned char bytes[CMSG_SPACE(4 * sizeof(int))];
+    } control;
+    struct iovec iov;
+    struct msghdr msg;
+    struct cmsghdr *cm;
+    ssize_t n;
+    iov.iov_base = buf;
+    iov.iov_len = len;
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.bytes;
+    msg.msg_controllen = sizeof(control.bytes);
+    n = recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n <= 0) return n;
+    for (cm = CMSG_FIRSTHDR(&msg); cm != NULL; cm = CMSG_NXTHDR(&msg, cm)) {
+        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+            size_t k, count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            for (k = 0; k < count; k++) {
+                int fd;
+                memcpy(&fd, CMSG_DATA(cm) + k * sizeof(int), sizeof(int));
+                if (*nfds < ML_SHM_FDS) {
+                    fds[(*nfds)++] = fd;
+                } else {
+                    close(fd); /* more than the protocol passes: not ours to keep */
+                }
+            }
+        }
+    }
+    return n;
+}
+
+static inline int ml__connect(ml_client_t *c, const char *path, int timeout_ms, uint16_t flags) {
     struct sockaddr_un addr;
     uint64_t deadline = ml_now_ns() + (uint64_t)(timeout_ms < 0 ? 0 : timeout_ms) * 1000000ull;
     ml_hello_t hello;
     size_t got = 0;
+    int fds[ML_SHM_FDS] = {-1, -1};
+    unsigned nfds = 0, k;
     int rc;
 
     memset(c, 0, sizeof(*c));
     c->fd = -1;
+    c->shm_doorbell = -1;
     if (strlen(path) >= sizeof(addr.sun_path)) {
         return ml__fail(c, ML_CLIENT_ERR_INVALID_ARG, "connect: socket path too long", 0);
     }
@@ -189,12 +399,14 @@ static inline int ml_client_connect(ml_client_t *c, const char *path, int timeou
     }
 
     ml_hello_init(&hello);
+    hello.flags = flags;
     rc = ml__write_all(c, &hello, sizeof(hello), deadline);
     if (rc != 0) goto fail;
 
-    /* The ack is read straight into c->ack; nothing else arrives before it. */
+    /* The ack is read straight into c->ack; nothing else arrives before it. A granted
+     * shared-memory session's descriptors ride on its bytes (recvmsg). */
     while (got < sizeof(c->ack)) {
-        ssize_t n = recv(c->fd, (unsigned char *)&c->ack + got, sizeof(c->ack) - got, MSG_DONTWAIT);
+        ssize_t n = ml__recv_fds(c->fd, (unsigned char *)&c->ack + got, sizeof(c->ack) - got, fds, &nfds);
         if (n > 0) {
             got += (size_t)n;
             /* The first 12 bytes are frozen across versions: a refusal is readable early. */
@@ -222,15 +434,56 @@ static inline int ml_client_connect(ml_client_t *c, const char *path, int timeou
         rc = ML_CLIENT_ERR_REFUSED;
         goto fail_msg;
     }
+    if (flags & ML_HELLO_FLAG_SHM) {
+        if (nfds != ML_SHM_FDS) {
+            rc = ml__fail(c, ML_CLIENT_ERR_NO_SHM, "hello", 0);
+            goto fail;
+        }
+        rc = ml__shm_map(c, fds[0]);
+        if (rc != 0) goto fail;
+        close(fds[0]); /* the mapping keeps the region */
+        fds[0] = -1;
+        c->shm_doorbell = fds[1];
+        fds[1] = -1;
+    }
+    for (k = 0; k < nfds; k++) {
+        if (fds[k] >= 0) close(fds[k]);
+    }
     return 0;
 
 fail_msg:
     snprintf(c->error, sizeof(c->error), "hello: %s (server status %u: %s)", ml_status_str(rc),
              (unsigned)c->ack.status, ml_status_str((int)c->ack.status));
 fail:
+    for (k = 0; k < nfds; k++) {
+        if (fds[k] >= 0) close(fds[k]);
+    }
     close(c->fd);
     c->fd = -1;
     return rc;
+}
+
+/**
+ * Connect to the server at `path`, exchange hellos. Retries while the socket
+ * does not exist yet or refuses (server starting) until timeout_ms passes.
+ */
+static inline int ml_client_connect(ml_client_t *c, const char *path, int timeout_ms) {
+    return ml__connect(c, path, timeout_ms, 0);
+}
+
+/**
+ * As ml_client_connect, then requests and answers travel through shared memory
+ * (proto/ml_shm.h) with the same send/recv calls: same host only, lowest
+ * latency when both sides spin. ML_CLIENT_ERR_NO_SHM when the server does not
+ * grant it (an older server, or --no-shm): use ml_client_connect then.
+ */
+static inline int ml_client_connect_shm(ml_client_t *c, const char *path, int timeout_ms) {
+    return ml__connect(c, path, timeout_ms, (uint16_t)ML_HELLO_FLAG_SHM);
+}
+
+/** Whether this client's requests travel through shared memory. */
+static inline int ml_client_is_shm(const ml_client_t *c) {
+    return c->shm != NULL;
 }
 
 /** Send one request (its trailer must be set: use ml_request_init). */
@@ -239,6 +492,7 @@ static inline int ml_client_send(ml_client_t *c, const ml_request_t *req) {
     if (req->frame_end != ML_REQUEST_END) {
         return ml__fail(c, ML_CLIENT_ERR_INVALID_ARG, "send: request not initialised with ml_request_init", 0);
     }
+    if (c->shm) return ml__shm_send(c, req, ml_now_ns() + 5000000000ull);
     return ml__write_all(c, req, sizeof(*req), ml_now_ns() + 5000000000ull);
 }
 
@@ -251,12 +505,22 @@ static inline int ml_client_send_batch(ml_client_t *c, const ml_request_t *reqs,
             return ml__fail(c, ML_CLIENT_ERR_INVALID_ARG, "send_batch: request not initialised", 0);
         }
     }
+    if (c->shm) {
+        uint64_t deadline = ml_now_ns() + 5000000000ull;
+        for (i = 0; i < n; i++) {
+            int rc = ml__shm_send(c, &reqs[i], deadline);
+            if (rc != 0) return rc;
+        }
+        return 0;
+    }
     return ml__write_all(c, reqs, n * sizeof(*reqs), ml_now_ns() + 5000000000ull);
 }
 
 /** Non-blocking: one response if one is ready, else ML_CLIENT_ERR_WOULD_BLOCK. */
 static inline int ml_client_try_recv(ml_client_t *c, ml_response_t *out) {
-    int rc = ml__pop(c, out);
+    int rc;
+    if (c->shm) return ml__shm_try_recv(c, out);
+    rc = ml__pop(c, out);
     if (rc != ML_CLIENT_ERR_WOULD_BLOCK) return rc;
     if (c->fd < 0) return ml__fail(c, ML_CLIENT_ERR_CLOSED, "recv", 0);
     rc = ml__fill(c);
@@ -278,9 +542,11 @@ static inline int ml_client_recv_spin(ml_client_t *c, ml_response_t *out, uint64
     }
 }
 
-/** Block in poll() for one response for at most timeout_ms. */
+/** Block for one response for at most timeout_ms: poll() on the socket, or a
+ *  futex the server wakes on shared memory. */
 static inline int ml_client_recv(ml_client_t *c, ml_response_t *out, int timeout_ms) {
     uint64_t deadline = ml_now_ns() + (uint64_t)(timeout_ms < 0 ? 0 : timeout_ms) * 1000000ull;
+    if (c->shm) return ml__shm_recv_block(c, out, deadline);
     for (;;) {
         int rc = ml_client_try_recv(c, out);
         if (rc != ML_CLIENT_ERR_WOULD_BLOCK) return rc;
@@ -290,6 +556,10 @@ static inline int ml_client_recv(ml_client_t *c, ml_response_t *out, int timeout
 }
 
 static inline void ml_client_close(ml_client_t *c) {
+    if (c->shm) munmap(c->shm, c->shm_size);
+    c->shm = NULL;
+    if (c->shm_doorbell >= 0) close(c->shm_doorbell);
+    c->shm_doorbell = -1;
     if (c->fd >= 0) close(c->fd);
     c->fd = -1;
 }

@@ -137,6 +137,7 @@ typedef enum ml_status {
 #define ML_CLIENT_ERR_PROTOCOL (-6)    /* server sent bytes that are no frame    */
 #define ML_CLIENT_ERR_REFUSED (-7)     /* hello refused: see ml_client_t.ack     */
 #define ML_CLIENT_ERR_INVALID_ARG (-8) /* bad argument (e.g. uninitialised req)  */
+#define ML_CLIENT_ERR_NO_SHM (-9)      /* server did not grant shared memory     */
 
 /** Human-readable name of a wire status (>= 0) or client result (< 0). */
 static inline const char *ml_status_str(int code) {
@@ -168,6 +169,7 @@ static inline const char *ml_status_str(int code) {
     case ML_CLIENT_ERR_PROTOCOL: return "protocol error (unexpected bytes from server)";
     case ML_CLIENT_ERR_REFUSED: return "handshake refused by server";
     case ML_CLIENT_ERR_INVALID_ARG: return "invalid argument";
+    case ML_CLIENT_ERR_NO_SHM: return "server did not grant shared memory (older server or --no-shm)";
     default: return "unknown status";
     }
 }

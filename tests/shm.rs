@@ -67,3 +67,301 @@ fn answers_match_the_socket_in_order_with_stamps() {
     let stats = server.stats_when(|s| s["responses"].as_u64() >= Some(6000));
     assert_eq!(stats["shm_sessions"], 1, "{stats}");
 }
+
+fn run_c(exe: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(exe).args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{} {args:?} failed ({}):\n{stdout}", exe.display(), out.status);
+    stdout
+}
+
+fn c_program(name: &str, source: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join(name);
+    util::compile("c", &[&util::repo_root().join(source)], &exe);
+    (dir, exe)
+}
+
+#[test]
+fn c_client_over_shm_spin_and_block() {
+    let (_dir, exe) = c_program("shm_client", "tests/c/shm_client.c");
+    for poll in ["block", "adaptive", "spin"] {
+        let server = Server::start(&["--poll", poll]);
+        let out = run_c(&exe, &[server.socket.to_str().unwrap(), "check", "2000"]);
+        assert!(out.contains("all checks passed"), "--poll {poll}: {out}");
+        assert!(out.contains("ok pipelined 2000") && out.contains("ok 200 blocking"), "{out}");
+    }
+    let server = Server::start(&["--no-shm"]);
+    let out = run_c(&exe, &[server.socket.to_str().unwrap(), "noshm"]);
+    assert!(out.contains("all checks passed"), "{out}");
+}
+
+#[test]
+fn c_example_prints_its_table_over_shm() {
+    let (_dir, exe) = c_program("client_example", "proto/examples/client_example.c");
+    let server = Server::start(&[]);
+    let out = run_c(&exe, &[server.socket.to_str().unwrap(), "3000", "spin", "8", "0", "shm"]);
+    assert!(out.contains("transport=shm") && out.contains("received=3000") && out.contains("mismatched=0"), "{out}");
+    assert!(out.contains("status 0 (ok): 3000") && out.contains("rtt_ns p50="), "{out}");
+}
+
+#[test]
+fn the_in_flight_bound_holds_in_order() {
+    let server = Server::start(&["--max-inflight", "8"]);
+    let mut c = connect(&server);
+    // 300 sent before any answer is read: past 8 in flight the server answers OVERLOADED,
+    // in order, up to its hard limit, and takes the rest as answers are read.
+    let reqs: Vec<MlRequest> = (0..300).map(request).collect();
+    for r in &reqs {
+        c.send(r, T).unwrap();
+    }
+    let mut statuses = Vec::new();
+    for r in &reqs {
+        let resp = c.recv_spin(T).unwrap();
+        assert_eq!({ resp.request_id }, { r.request_id });
+        statuses.push(Status::from_code(resp.status).unwrap());
+    }
+    assert!(statuses.iter().all(|s| matches!(s, Status::Ok | Status::Overloaded)), "{statuses:?}");
+    assert!(statuses.contains(&Status::Overloaded), "the bound was hit");
+    assert_eq!(statuses[0], Status::Ok);
+}
+
+/// Random windows over shm and socket clients at once, with disconnects mid-window.
+#[test]
+fn many_shm_and_socket_clients_with_random_disconnects() {
+    let server = Server::start(&["--max-connections", "256", "--max-inflight", "512"]);
+    let socket = server.socket.clone();
+    let threads: Vec<_> = (0..64u64)
+        .map(|t| {
+            let socket = socket.clone();
+            std::thread::spawn(move || -> (u64, u64) {
+                let mut rng = util::Rng(0x9e37_79b9 ^ (t * 7919 + 1));
+                let (mut answered, mut dropped) = (0u64, 0u64);
+                for conn in 0..3u64 {
+                    let shm = t % 2 == 0;
+                    let mut shm_client = None;
+                    let mut sock_client = None;
+                    if shm {
+                        shm_client = Some(ShmClient::connect(&socket, T).unwrap().0);
+                    } else {
+                        sock_client = Some(Client::connect(&socket).unwrap());
+                    }
+                    for w in 0..6u64 {
+                        let n = rng.range(1, 64);
+                        let base = (t << 40) | (conn << 32) | (w << 16);
+                        let reqs: Vec<MlRequest> = (0..n).map(|i| request(base | i)).collect();
+                        let cut = rng.range(0, 6) == 0; // disconnect with this window in flight
+                        match (&mut shm_client, &mut sock_client) {
+                            (Some(c), _) => reqs.iter().for_each(|r| c.send(r, T).unwrap()),
+                            (_, Some(c)) => c.send(&reqs).unwrap(),
+                            _ => unreachable!(),
+                        }
+                        if cut {
+                            dropped += n;
+                            break;
+                        }
+                        for r in &reqs {
+                            let resp = match (&mut shm_client, &mut sock_client) {
+                                (Some(c), _) => c.recv_block(T).unwrap(),
+                                (_, Some(c)) => c.recv().unwrap(),
+                                _ => unreachable!(),
+                            };
+                            assert_eq!({ resp.request_id }, { r.request_id }, "client {t}: answer out of order");
+                            assert_eq!({ resp.status }, 0, "client {t}: request {}", { r.request_id });
+                            answered += 1;
+                        }
+                    }
+                }
+                (answered, dropped)
+            })
+        })
+        .collect();
+    let (mut answered, mut dropped) = (0, 0);
+    for t in threads {
+        let (a, d) = t.join().expect("a client thread failed");
+        answered += a;
+        dropped += d;
+    }
+    assert!(answered > 1000, "{answered} answered");
+    // Still serving, both ways, after every disconnect.
+    let mut c = connect(&server);
+    assert_eq!({ exchange(&mut c, &[request(1)], 1)[0].status }, 0);
+    let mut s = Client::connect(&server.socket).unwrap();
+    s.send(&[request(2)]).unwrap();
+    assert_eq!({ s.recv().unwrap().status }, 0);
+    let stats = server.stats_when(|s| s["responses"].as_u64() >= Some(answered + 2));
+    assert!(stats["shm_sessions"].as_u64().unwrap() >= 96, "{stats}");
+    assert_eq!(stats["shm_faults"], 0, "{stats}");
+    eprintln!("{answered} answered, {dropped} dropped with their connection");
+}
+
+/// The 32-bit word at `offset` of a client's region, as the server would see it.
+fn word(c: &ShmClient, offset: usize) -> &std::sync::atomic::AtomicU32 {
+    let (base, len) = c.raw_region();
+    assert!(offset % 4 == 0 && offset + 4 <= len);
+    // SAFETY: in bounds of the live mapping, 4-aligned; accessed only atomically while `c` lives.
+    unsafe { std::sync::atomic::AtomicU32::from_ptr(base.add(offset).cast()) }
+}
+
+/// Fill request slot `index` with `byte`s (every byte, trailer included) through atomic stores.
+fn scribble_slot(c: &ShmClient, index: u32, byte: u8) {
+    use tickinfer::shm::{REQUEST_SLOT, SLOTS_OFFSET};
+    let slot = (index & (c.capacities().0 - 1)) as usize;
+    let v = u32::from_ne_bytes([byte; 4]);
+    for k in (0..REQUEST_SLOT).step_by(4) {
+        word(c, SLOTS_OFFSET + slot * REQUEST_SLOT + k).store(v, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Wait (bounded) until the server hangs up on `c`; panics if it never does.
+fn hung_up_on(c: &mut ShmClient, server: &Server) {
+    let t0 = std::time::Instant::now();
+    while !c.server_gone() {
+        assert!(t0.elapsed() < T, "server did not disconnect the misbehaving client:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_client_scribbling_over_its_region_harms_nobody_else() {
+    use std::sync::atomic::Ordering::{Relaxed, Release};
+    use tickinfer::shm::{ring, REQUEST_RING_OFFSET, RESPONSE_RING_OFFSET};
+    let server = Server::start(&["--poll", "adaptive"]);
+    // A well-behaved client streams the whole time.
+    let socket = server.socket.clone();
+    let good = std::thread::spawn(move || {
+        let mut c = ShmClient::connect(&socket, T).unwrap().0;
+        let reqs: Vec<MlRequest> = (0..4000).map(request).collect();
+        exchange(&mut c, &reqs, 32).iter().filter(|r| r.status == 0).count()
+    });
+
+    // 1. A frame whose trailer is garbage: one BAD_FRAME answer, then the server hangs up.
+    let mut c = connect(&server);
+    c.send(&request(1), T).unwrap();
+    scribble_slot(&c, 1, 0xA5);
+    word(&c, REQUEST_RING_OFFSET + ring::HEAD).store(2, Release);
+    assert_eq!({ c.recv_spin(T).unwrap().status }, 0);
+    assert_eq!(Status::from_code(c.recv_spin(T).unwrap().status), Some(Status::BadFrame));
+    hung_up_on(&mut c, &server);
+
+    // 2. Garbage fields with a valid trailer: answered with validation statuses, in order.
+    let mut c = connect(&server);
+    for i in 0..50u32 {
+        let mut r = request(i as u64);
+        let bytes = bytemuck::bytes_of_mut(&mut r);
+        for (k, b) in bytes[..tickinfer::wire::REQUEST_SIZE - 4].iter_mut().enumerate() {
+            *b = (i as usize * 31 + k * 7) as u8;
+        }
+        r.request_id = i as u64;
+        c.send(&r, T).unwrap();
+        let resp = c.recv_spin(T).unwrap();
+        assert_eq!({ resp.request_id }, i as u64);
+        assert_ne!(Status::from_code(resp.status), Some(Status::Ok), "garbage must not score");
+    }
+
+    // 3. The server's own counters and the header scribbled over: it never reads them back.
+    word(&c, REQUEST_RING_OFFSET + ring::TAIL).store(0xDEAD, Relaxed);
+    word(&c, RESPONSE_RING_OFFSET + ring::HEAD).store(0xBEEF, Relaxed);
+    word(&c, 0).store(0, Relaxed);
+    word(&c, 8).store(3, Relaxed);
+    // (this client's own view of the response ring is now garbage; the server's is not)
+    c.send(&request(99), T).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!c.server_gone(), "scribbling over server-owned words is no protocol fault");
+
+    // 4. A request head far beyond the ring: disconnected with a log line.
+    let mut c = connect(&server);
+    word(&c, REQUEST_RING_OFFSET + ring::HEAD).store(c.capacities().0 * 3 + 5, Release);
+    hung_up_on(&mut c, &server);
+
+    // 5. A response tail ahead of the server's head: disconnected.
+    let mut c = connect(&server);
+    word(&c, RESPONSE_RING_OFFSET + ring::TAIL).store(1_000_000, Release);
+    c.send(&request(5), T).unwrap();
+    hung_up_on(&mut c, &server);
+
+    // 6. A full ring of garbage published at once (bounded work per turn), then gone.
+    let mut c = connect(&server);
+    let cap = c.capacities().0;
+    for i in 0..cap {
+        scribble_slot(&c, i, (i % 251) as u8);
+    }
+    word(&c, REQUEST_RING_OFFSET + ring::HEAD).store(cap, Release);
+    hung_up_on(&mut c, &server);
+    drop(c);
+
+    assert_eq!(good.join().expect("the good client failed"), 4000, "the good client got every answer");
+    let log = server.log();
+    assert!(log.contains("shared-memory session broken"), "{log}");
+    assert!(log.contains("in the shared-memory ring; answering"), "{log}");
+    let stats = server.stats_when(|s| s["shm_faults"].as_u64() >= Some(2));
+    assert!(stats["shm_faults"].as_u64().unwrap() >= 2, "{stats}");
+    // Still serving.
+    let mut c = connect(&server);
+    assert_eq!({ exchange(&mut c, &[request(7)], 1)[0].status }, 0);
+}
+
+#[test]
+fn a_client_killed_mid_stream_frees_its_slot() {
+    let (_dir, exe) = c_program("shm_client", "tests/c/shm_client.c");
+    let server = Server::start(&["--max-connections", "1"]);
+    let mut child = std::process::Command::new(&exe)
+        .args([server.socket.to_str().unwrap(), "forever"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "connected");
+    // The one slot is taken: a second client is refused.
+    assert!(matches!(
+        ShmClient::connect(&server.socket, T),
+        Err(tickinfer::shm::ConnectError::Refused(Status::TooManyConnections))
+    ));
+    std::thread::sleep(Duration::from_millis(100)); // mid-stream
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // Its slot (and region) are freed: the next client gets in.
+    let t0 = std::time::Instant::now();
+    let mut c = loop {
+        match ShmClient::connect(&server.socket, T) {
+            Ok((c, _)) => break c,
+            Err(tickinfer::shm::ConnectError::Refused(Status::TooManyConnections)) if t0.elapsed() < T => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("{e}\n{}", server.log()),
+        }
+    };
+    assert_eq!({ exchange(&mut c, &[request(3)], 1)[0].status }, 0);
+}
+
+#[test]
+fn sigterm_answers_every_request_already_in_the_rings() {
+    for mode in ["inline", "pipeline"] {
+        sigterm_drains(mode);
+    }
+}
+
+fn sigterm_drains(mode: &str) {
+    let mut server = Server::start(&["--max-inflight", "1000", "--mode", mode]);
+    let mut clients: Vec<ShmClient> = (0..4).map(|_| connect(&server)).collect();
+    for (c, client) in clients.iter_mut().enumerate() {
+        for i in 0..600u64 {
+            client.send(&request(((c as u64) << 32) | i), T).unwrap();
+        }
+    }
+    // SAFETY: kill(2) on our child's pid.
+    unsafe { libc::kill(server.pid(), libc::SIGTERM) };
+    for (c, client) in clients.iter_mut().enumerate() {
+        for i in 0..600u64 {
+            let r = client.recv_spin(T).unwrap_or_else(|e| panic!("client {c} lost answer {i}: {e}\n{}", server.log()));
+            assert_eq!(({ r.request_id }, { r.status }), (((c as u64) << 32) | i, 0));
+        }
+        let end = client.recv_spin(T).unwrap_err();
+        assert_eq!(end.kind(), std::io::ErrorKind::BrokenPipe, "then the server hangs up: {end}");
+    }
+    let status = server.wait(T);
+    assert!(status.success(), "exit status {status}:\n{}", server.log());
+    assert!(server.log().contains("drained"), "{}", server.log());
+}

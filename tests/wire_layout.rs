@@ -1,6 +1,6 @@
-//! The header is the source of truth: compile a C program against
-//! `proto/ml_wire.h`, print every size and offset, and compare with the Rust
-//! mirror's table. Also checks the header builds as C11 and C++20 with warnings
+//! The headers are the source of truth: compile a C program against
+//! `proto/ml_wire.h` and `proto/ml_shm.h`, print every size and offset, and
+//! compare with the Rust mirrors' tables. Also checks the header builds as C11 and C++20 with warnings
 //! as errors, and that both sides name the same status codes.
 mod util;
 
@@ -8,9 +8,16 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use tickinfer::wire::{layout_table, Status};
 
+/// Both mirrors' tables: the wire frames and the shared-memory region.
+fn rust_table() -> Vec<(&'static str, usize)> {
+    let mut t = layout_table();
+    t.extend(tickinfer::shm::layout_table());
+    t
+}
+
 fn c_program() -> String {
     let mut rows = String::new();
-    for (name, _) in layout_table() {
+    for (name, _) in rust_table() {
         if let Some(ty) = name.strip_prefix("sizeof ") {
             rows += &format!("    printf(\"{name} %zu\\n\", sizeof({ty}));\n");
         } else {
@@ -34,17 +41,26 @@ fn c_program() -> String {
         for (unsigned i = 0; i < 8; i++) { uint32_t b; memcpy(&b, &r.features[i], 4); printf(\" %u\", b); }\n    \
         printf(\"\\n\");\n";
     format!(
-        "#include <stdio.h>\n#include <string.h>\n#include \"ml_wire.h\"\nint main(void) {{\n{rows}{statuses}    \
+        "#include <stdio.h>\n#include <string.h>\n#include \"ml_wire.h\"\n#include \"ml_shm.h\"\nint main(void) {{\n{rows}{statuses}    \
          printf(\"status_count %u\\n\", ML_STATUS_COUNT);\n    \
-         printf(\"response_warming %u\\n\", ML_RESPONSE_WARMING);\n{depth}    return 0;\n}}\n"
+         printf(\"response_warming %u\\n\", ML_RESPONSE_WARMING);\n    \
+         printf(\"shm_constants %u %u %u %u %u %u %u %u %u %u %u\\n\", ML_SHM_MAGIC, ML_SHM_VERSION, ML_SHM_LINE, \
+         ML_SHM_REQUEST_SLOT, ML_SHM_RESPONSE_SLOT, ML_SHM_REQUEST_RING_OFFSET, ML_SHM_RESPONSE_RING_OFFSET, \
+         ML_SHM_SLOTS_OFFSET, ML_SHM_MAX_CAPACITY, ML_SHM_FDS, ML_HELLO_FLAG_SHM);\n    \
+         printf(\"shm_region_size %llu\\n\", (unsigned long long)ml_shm_region_size(1024, 512));\n{depth}    return 0;\n}}\n"
     )
 }
 
-/// `ML_STATIC_ASSERT(sizeof(T) == N` and `ML_STATIC_ASSERT(offsetof(T, f) == N` lines of the header.
+/// `ML_STATIC_ASSERT(sizeof(T) == N` and `ML_STATIC_ASSERT(offsetof(T, f) == N` lines of the headers.
 fn header_pins() -> BTreeMap<String, usize> {
-    let header = std::fs::read_to_string(util::repo_root().join("proto/ml_wire.h")).unwrap();
+    let mut header = std::fs::read_to_string(util::repo_root().join("proto/ml_wire.h")).unwrap();
+    header += &std::fs::read_to_string(util::repo_root().join("proto/ml_shm.h")).unwrap();
     let mut pins = BTreeMap::new();
-    for line in header.lines().filter_map(|l| l.strip_prefix("ML_STATIC_ASSERT(")) {
+    let pin_lines = header
+        .lines()
+        .filter_map(|l| l.strip_prefix("ML_STATIC_ASSERT("))
+        .filter(|l| (l.starts_with("sizeof(") || l.starts_with("offsetof(")) && l.contains(" == "));
+    for line in pin_lines {
         let (lhs, n) = line.split_once(" == ").unwrap();
         let n: usize = n.split(',').next().unwrap().trim().parse().unwrap();
         let key = if let Some(ty) = lhs.strip_prefix("sizeof(").and_then(|r| r.strip_suffix(')')) {
@@ -81,6 +97,27 @@ fn c_and_rust_agree_on_every_size_and_offset() {
             assert_eq!(n.parse::<usize>().unwrap(), Status::COUNT, "ML_STATUS_COUNT");
         } else if let Some(n) = line.strip_prefix("response_warming ") {
             assert_eq!(n.parse::<u16>().unwrap(), tickinfer::wire::RESPONSE_WARMING, "ML_RESPONSE_WARMING");
+        } else if let Some(rest) = line.strip_prefix("shm_constants ") {
+            use tickinfer::shm::*;
+            let v: Vec<u64> = rest.split(' ').map(|x| x.parse().unwrap()).collect();
+            let rust = [
+                SHM_MAGIC as u64,
+                SHM_VERSION as u64,
+                LINE as u64,
+                REQUEST_SLOT as u64,
+                RESPONSE_SLOT as u64,
+                REQUEST_RING_OFFSET as u64,
+                RESPONSE_RING_OFFSET as u64,
+                SLOTS_OFFSET as u64,
+                MAX_CAPACITY as u64,
+                FDS as u64,
+                tickinfer::wire::HELLO_FLAG_SHM as u64,
+            ];
+            assert_eq!(v, rust, "ml_shm.h constants (left) vs src/shm.rs (right)");
+            depth_lines += 1;
+        } else if let Some(n) = line.strip_prefix("shm_region_size ") {
+            assert_eq!(n.parse::<usize>().unwrap(), tickinfer::shm::region_size(1024, 512), "ml_shm_region_size");
+            depth_lines += 1;
         } else if let Some(n) = line.strip_prefix("depth_levels ") {
             assert_eq!(n.parse::<usize>().unwrap(), tickinfer::wire::DEPTH_LEVELS, "ML_DEPTH_LEVELS");
             depth_lines += 1;
@@ -108,8 +145,8 @@ fn c_and_rust_agree_on_every_size_and_offset() {
             c_layout.insert(name.to_string(), v.parse::<usize>().unwrap());
         }
     }
-    assert_eq!(depth_lines, 1 + (tickinfer::wire::DEPTH_LEVELS - 1) + 1, "every depth line printed");
-    let rust: BTreeMap<String, usize> = layout_table().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    assert_eq!(depth_lines, 1 + (tickinfer::wire::DEPTH_LEVELS - 1) + 1 + 2, "every depth and shm line printed");
+    let rust: BTreeMap<String, usize> = rust_table().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     assert_eq!(c_layout, rust, "C (left) and Rust (right) layouts differ");
     // The header's own _Static_assert pins name the same fields with the same numbers,
     // so a field added to the header without a pin, or to Rust only, is caught.

@@ -3,7 +3,10 @@
  * window of W pipelined), and print p50/p99/p99.9 round trip and status counts.
  *
  *   cc -std=c11 -O2 -I proto proto/examples/client_example.c -o client_example
- *   ./client_example /tmp/tickinfer.sock [N=10000] [spin|block] [W=1] [features=0]
+ *   ./client_example /tmp/tickinfer.sock [N=10000] [spin|block] [W=1] [features=0] [socket|shm]
+ *
+ * `shm` (anywhere after the path) sends through shared memory (ml_client_connect_shm,
+ * proto/ml_shm.h) instead of the socket; the other arguments keep their places.
  *
  * Round trip = CLOCK_MONOTONIC after the response is read minus before the
  * request's send(). Every response is checked against its request id.
@@ -40,7 +43,16 @@ static void fill(ml_request_t *r, uint64_t id, uint16_t n_features) {
     for (f = 0; f < n_features; f++) r->features[f] = (float)f * 0.25f;
 }
 
-int main(int argc, char **argv) {
+int main(int argc_in, char **argv_in) {
+    /* `shm` / `socket` may appear anywhere: take it out, keep the positions of the rest. */
+    char *args[8] = {0};
+    int argc = 0, use_shm = 0, k;
+    for (k = 0; k < argc_in; k++) {
+        if (k > 0 && strcmp(argv_in[k], "shm") == 0) use_shm = 1;
+        else if (k > 0 && strcmp(argv_in[k], "socket") == 0) use_shm = 0;
+        else if (argc < 8) args[argc++] = argv_in[k];
+    }
+    char **argv = args;
     const char *path = argc > 1 ? argv[1] : "/tmp/tickinfer.sock";
     size_t n = argc > 2 ? (size_t)strtoull(argv[2], NULL, 10) : 10000;
     int spin = !(argc > 3 && strcmp(argv[3], "block") == 0);
@@ -54,7 +66,7 @@ int main(int argc, char **argv) {
     int rc;
 
     if (!rtt || !sent_at || window == 0) return 2;
-    rc = ml_client_connect(&c, path, 5000);
+    rc = use_shm ? ml_client_connect_shm(&c, path, 5000) : ml_client_connect(&c, path, 5000);
     if (rc != 0) {
         fprintf(stderr, "connect failed: %s\n", c.error);
         return 1;
@@ -91,7 +103,7 @@ int main(int argc, char **argv) {
     ml_client_close(&c);
 
     qsort(rtt, n, sizeof(uint64_t), cmp_u64);
-    printf("mode=%s window=%zu sent=%zu received=%zu mismatched=%zu\n", spin ? "spin" : "block", window, sent,
+    printf("transport=%s mode=%s window=%zu sent=%zu received=%zu mismatched=%zu\n", use_shm ? "shm" : "socket", spin ? "spin" : "block", window, sent,
            received, mismatched);
     printf("rtt_ns p50=%llu p99=%llu p999=%llu max=%llu\n", (unsigned long long)pct(rtt, n, 50.0),
            (unsigned long long)pct(rtt, n, 99.0), (unsigned long long)pct(rtt, n, 99.9),
