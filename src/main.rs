@@ -110,6 +110,10 @@ struct ReplayArgs {
     /// Requests in flight per connection.
     #[arg(long, default_value_t = 1)]
     window: usize,
+    /// How requests reach the server: its Unix socket, or shared memory negotiated on it
+    /// (same host; one busy-polling thread per connection).
+    #[arg(long, value_enum, default_value = "socket")]
+    transport: tickinfer::replay::Transport,
     /// A running server's socket ...
     #[arg(long, conflicts_with = "model", required_unless_present = "model")]
     socket: Option<PathBuf>,
@@ -321,6 +325,7 @@ fn replay(args: ReplayArgs) -> Result<(), String> {
         rate: args.rate,
         connections: args.connections,
         window: args.window,
+        transport: args.transport,
         symbols: args.symbols,
         horizon: args.horizon.or_else(|| args.model.as_deref().and_then(horizon_of)).unwrap_or(10),
         skip: args.skip,
@@ -440,6 +445,7 @@ fn demo_replay(
         rate: None,
         connections: 1,
         window: 1,
+        transport: tickinfer::replay::Transport::Socket,
         symbols: vec![],
         horizon: horizon_of(model).unwrap_or(10),
         skip: 0,

@@ -554,3 +554,28 @@ fn the_stateful_model_served_reproduces_its_report_when_present() {
         "served {acc:.4}/{f1:.4} vs report {want_acc}/{want_f1}"
     );
 }
+
+/// `--transport shm` gets the same answers as the socket, closed loop and open loop.
+#[test]
+fn replay_over_shared_memory_matches_the_socket() {
+    let sample = repo_root().join("data/sample/SYNTH_2026-01-05_sample.zip");
+    let server = util::server::Server::start(&[]);
+    let run = |transport: &str, extra: &[&str]| -> serde_json::Value {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec![
+            "replay", "--input", sample.to_str().unwrap(), "--format", "lobster", "--limit", "3000",
+            "--socket", server.socket.to_str().unwrap(), "--connections", "2", "--transport", transport,
+            "--out", dir.path().to_str().unwrap(), "--json",
+        ];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&tickinfer(&args)).unwrap()
+    };
+    let socket = run("socket", &["--window", "16"]);
+    for shm in [run("shm", &["--window", "16"]), run("shm", &["--rate", "20000", "--window", "64"])] {
+        assert_eq!(shm["transport"], "shm");
+        assert_eq!((shm["events"].as_u64(), shm["lost"].as_u64()), (Some(3000), Some(0)), "{shm}");
+        assert_eq!(shm["mismatched_ids"], 0);
+        assert_eq!(shm["by_status"], socket["by_status"]);
+        assert_eq!(shm["quality"], socket["quality"], "same answers, same signal quality");
+    }
+}

@@ -12,6 +12,10 @@
 //!
 //! Events go to connection `symbol_id % connections`, so one symbol's events
 //! stay in order on one connection.
+//!
+//! `--transport shm` sends through shared memory (`proto/ml_shm.h`): one thread
+//! per connection sends what is due (and fits the window) and drains answers
+//! without blocking, busy-polling; latency is counted the same way.
 
 pub mod report;
 pub mod source;
@@ -52,6 +56,17 @@ impl std::str::FromStr for Speed {
     }
 }
 
+/// How replay's requests reach the server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// The server's Unix socket.
+    #[default]
+    Socket,
+    /// Shared-memory rings negotiated on the socket (same host).
+    Shm,
+}
+
 /// Options of a replay run.
 #[derive(Clone, Debug)]
 pub struct ReplayOptions {
@@ -62,6 +77,7 @@ pub struct ReplayOptions {
     pub rate: Option<f64>,
     pub connections: usize,
     pub window: usize,
+    pub transport: Transport,
     /// `NAME=ID` symbol mappings.
     pub symbols: Vec<String>,
     /// Events ahead for the realised direction (signal quality).
@@ -126,7 +142,12 @@ pub fn run(socket: &Path, opts: &ReplayOptions) -> Result<ReplayRun, String> {
     let connections = opts.connections.max(1);
     let mut conns = Vec::with_capacity(connections);
     for _ in 0..connections {
-        conns.push(connect(socket)?);
+        conns.push(match opts.transport {
+            Transport::Socket => connect(socket).map(|(s, ack)| (Link::Socket(s), ack))?,
+            Transport::Shm => crate::shm::ShmClient::connect(socket, Duration::from_secs(30))
+                .map(|(c, ack)| (Link::Shm(Box::new(c)), ack))
+                .map_err(|e| format!("shared memory on {}: {e}", socket.display()))?,
+        });
     }
     let ack = conns[0].1;
     let price_scale = ack.price_scale;
@@ -174,12 +195,12 @@ pub fn run(socket: &Path, opts: &ReplayOptions) -> Result<ReplayRun, String> {
     let mut handles = Vec::new();
     for ((s, _), list) in conns.into_iter().zip(lists) {
         let (events, due, progress) = (events.clone(), due.clone(), progress.clone());
-        handles.push(std::thread::spawn(move || {
-            if window == 1 && due.iter().all(Option::is_none) {
+        handles.push(std::thread::spawn(move || match s {
+            Link::Shm(c) => drive_shm(*c, &events, &list, &due, start, window, &progress),
+            Link::Socket(s) if window == 1 && due.iter().all(Option::is_none) => {
                 drive_sync(s, &events, &list, start, &progress)
-            } else {
-                drive(s, &events, &list, &due, start, window, &progress)
             }
+            Link::Socket(s) => drive(s, &events, &list, &due, start, window, &progress),
         }));
     }
     let mut outcomes = vec![Outcome::default(); n];
@@ -239,6 +260,76 @@ pub(crate) fn connect(socket: &Path) -> Result<(UnixStream, MlHelloAck), String>
         return Err(format!("server refused the connection: {st}"));
     }
     Ok((s, ack))
+}
+
+/// One replay connection.
+enum Link {
+    Socket(UnixStream),
+    Shm(Box<crate::shm::ShmClient>),
+}
+
+/// One shared-memory connection on one thread: publish what is due and fits
+/// the window, drain the answers, never block (busy-polling). Latency runs from
+/// the intended send time (open loop) or the actual one (closed loop).
+fn drive_shm(
+    mut c: crate::shm::ShmClient,
+    events: &[Event],
+    list: &[usize],
+    due: &[Option<u64>],
+    start: u64,
+    window: usize,
+    progress: &indicatif::ProgressBar,
+) -> Result<ConnResult, String> {
+    while now_ns() < start {
+        std::hint::spin_loop();
+    }
+    let mut intended = vec![0u64; list.len()];
+    let mut outcomes = Vec::with_capacity(list.len());
+    let (mut sent, mut k, mut mismatched, mut lost) = (0usize, 0usize, 0u64, 0u64);
+    let (mut idle, mut gone) = (0u32, false);
+    while k < list.len() {
+        let mut moved = false;
+        while sent < list.len() && sent - k < window {
+            let now = now_ns();
+            let when = match due[list[sent]] {
+                Some(d) if start + d > now => break,
+                Some(d) => start + d,
+                None => now,
+            };
+            if !c.try_send(&events[list[sent]].req).map_err(|e| format!("send: {e}"))? {
+                break; // request ring full: answers first
+            }
+            intended[sent] = when;
+            sent += 1;
+            moved = true;
+        }
+        while let Some(resp) = c.try_recv() {
+            let t = now_ns();
+            let i = list[k];
+            mismatched += ({ resp.request_id } != i as u64) as u64;
+            outcomes.push((i, Outcome::of(&resp, t.saturating_sub(intended[k]))));
+            k += 1;
+            moved = true;
+            if k % 1024 == 0 {
+                progress.inc(1024);
+            }
+        }
+        if moved {
+            idle = 0;
+        } else if gone {
+            // Hung up, and the pass after it found no answer left in the ring.
+            lost = (list.len() - k) as u64;
+            break;
+        } else {
+            idle = idle.wrapping_add(1);
+            // The ring idle for a while: is the server still there? (one more pass drains
+            // what it published before it hung up)
+            gone = idle % 4096 == 0 && c.server_gone();
+            std::hint::spin_loop();
+        }
+    }
+    progress.inc((k % 1024) as u64);
+    Ok(ConnResult { outcomes, mismatched, lost, finished_ns: now_ns() })
 }
 
 struct ConnResult {

@@ -53,6 +53,8 @@ pub struct Summary {
     pub rate: Option<f64>,
     pub connections: usize,
     pub window: usize,
+    /// `socket` or `shm`.
+    pub transport: super::Transport,
     pub events: u64,
     pub skipped_rows: Vec<(String, u64)>,
     pub wall_seconds: f64,
@@ -94,6 +96,7 @@ pub fn summarize(run: &ReplayRun, opts: &super::ReplayOptions) -> Summary {
         rate: opts.rate,
         connections: opts.connections,
         window: opts.window,
+        transport: opts.transport,
         events: n,
         skipped_rows: run.stream.skipped.clone(),
         wall_seconds: wall,
@@ -200,8 +203,17 @@ pub fn print(s: &Summary) -> String {
         (None, Speed::Max) => format!("closed loop, window {} (round trip)", s.window),
     };
     let mut out = format!(
-        "replay of {} ({:?}) through model {} v{}: {} events, {} connection(s), {mode}\n",
-        s.input, s.format, s.model, s.model_version, s.events, s.connections
+        "replay of {} ({:?}) through model {} v{}: {} events, {} connection(s) over {}, {mode}\n",
+        s.input,
+        s.format,
+        s.model,
+        s.model_version,
+        s.events,
+        s.connections,
+        match s.transport {
+            super::Transport::Socket => "the socket",
+            super::Transport::Shm => "shared memory",
+        }
     );
     for (why, n) in &s.skipped_rows {
         out += &format!("  skipped {n} input rows: {why}\n");
