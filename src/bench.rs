@@ -1,5 +1,6 @@
 //! `tickinfer bench`: in one run, pinned and sized to the cores it finds —
-//! the transport floor, a bare ORT run, tickinfer end to end in each poll mode,
+//! the transport floor (socket and shared memory), a bare ORT run, tickinfer
+//! end to end in each poll mode and over shared memory,
 //! throughput with pipelining connections, and the quick Python alternative —
 //! with the ratio of tickinfer to the floor, a host profile, and JSON, markdown
 //! and plot outputs. Tail latency from HdrHistogram only.
@@ -133,6 +134,10 @@ pub struct Ratios {
     pub p99: f64,
     /// Best pipelined throughput, signals/s; target ≥ 500 000.
     pub throughput_per_s: f64,
+    /// tickinfer e2e over shared memory minus the engine alone, p50 ns; target ≤ 500.
+    pub shm_minus_engine_p50_ns: i64,
+    /// Same at p99; target ≤ 1000.
+    pub shm_minus_engine_p99_ns: i64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -246,6 +251,11 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
         pingpong(n, server_core, client_core)?,
         format!("{place}; 194 B out, 58 B back"),
     ));
+    rows.push(Row::of(
+        "floor: shm ping-pong",
+        shm_pingpong(n, server_core, client_core)?,
+        format!("{place}; two processes, tickinfer's rings (ml_shm.h), spin"),
+    ));
     eprintln!("bench: (b) bare ORT");
     let (bare, engines) = bare_ort(&opts.model, &manifest, n, server_core)?;
     rows.push(Row::of(
@@ -301,6 +311,14 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
             format!("inline, {place}; busy-poll client, 1 in flight"),
         ));
     }
+    eprintln!("bench: (c') tickinfer end to end over shared memory");
+    rows.push(Row::of(
+        "tickinfer e2e shm",
+        e2e_shm(&opts.model, n, server_core, client_core, scale, extras)?,
+        format!(
+            "inline, --poll spin, {place}; Rust client of ml_shm.h (the C client's path), spin, 1 in flight"
+        ),
+    ));
     eprintln!("bench: (d) throughput");
     let (per_s, h) = throughput(&opts.model, opts, server_core, client_core, scale, extras)?;
     let mut row = Row::of(
@@ -333,10 +351,13 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
     let get = |name: &str| rows.iter().find(|r| r.name.starts_with(name)).cloned();
     let (floor, ort, e2e) =
         (get("floor").unwrap(), get("bare ORT").unwrap(), get("tickinfer e2e --poll spin").unwrap());
+    let (shm, engine) = (get("tickinfer e2e shm").unwrap(), get("tickinfer engine (features").unwrap());
     let ratios = Ratios {
         p50: e2e.p50 as f64 / (floor.p50 + ort.p50) as f64,
         p99: e2e.p99 as f64 / (floor.p99 + ort.p99) as f64,
         throughput_per_s: per_s,
+        shm_minus_engine_p50_ns: shm.p50 as i64 - engine.p50 as i64,
+        shm_minus_engine_p99_ns: shm.p99 as i64 - engine.p99 as i64,
     };
     let report = BenchReport { host, rows, ratios };
     write_outputs(&report, &opts.out)?;
@@ -382,6 +403,77 @@ fn pingpong(n: usize, echo_core: usize, client_core: usize) -> Result<Histogram<
     });
     let h = client.join().map_err(|_| "client panicked")??;
     echo.join().map_err(|_| "echo panicked")??;
+    Ok(h)
+}
+
+/// (a') Spin ping-pong between two processes through one shared-memory region,
+/// with tickinfer's ring code and frame sizes (the copies in and out included):
+/// the floor of the shm transport. The echo is a forked child.
+fn shm_pingpong(n: usize, echo_core: usize, client_core: usize) -> Result<Histogram<u64>, String> {
+    let crate::shm::Loopback { mut server, mut client, peer } =
+        crate::shm::loopback(64).map_err(|e| format!("shm region: {e}"))?;
+    let total = n + n / 10;
+    // The child only spins on atomics and copies frames: no allocation, no lock (fork rules).
+    let pid = crate::sys::fork_child(move || {
+        crate::sys::pin_to_core(echo_core);
+        let mut echoed = 0;
+        while echoed < total {
+            match server.requests_ready() {
+                Ok(0) => std::hint::spin_loop(),
+                Ok(k) => {
+                    for _ in 0..k {
+                        let req = server.read_request();
+                        let resp = MlResponse {
+                            request_id: req.request_id,
+                            ..MlResponse::error(0, 0, crate::wire::Status::Ok, 0)
+                        };
+                        if server.write_response(&resp).is_err() {
+                            return 2;
+                        }
+                    }
+                    server.release_requests();
+                    server.publish();
+                    echoed += k as usize;
+                }
+                Err(_) => return 3,
+            }
+        }
+        0
+    })
+    .map_err(|e| format!("fork: {e}"))?;
+    // The client on its own pinned thread (this thread's affinity stays as it was).
+    let client_side = std::thread::spawn(move || -> (Histogram<u64>, Result<(), String>) {
+        pin(client_core);
+        let mut h = hist();
+        let mut req = MlRequest::new();
+        for i in 0..total as u64 {
+            req.request_id = i;
+            let t0 = now_ns();
+            let sent = client.send(&req, Duration::from_secs(5));
+            let resp = sent.and_then(|()| client.recv_spin(Duration::from_secs(5)));
+            let t1 = now_ns();
+            match resp {
+                Ok(r) if { r.request_id } == i => {}
+                Ok(r) => return (h, Err(format!("shm echo answered {} for {i}", { r.request_id }))),
+                Err(e) => return (h, Err(format!("shm echo: {e}"))),
+            }
+            if i as usize >= n / 10 {
+                h.saturating_record(t1 - t0);
+            }
+        }
+        (h, Ok(()))
+    });
+    let (h, result) = client_side.join().unwrap_or_else(|_| (hist(), Err("shm client panicked".into())));
+    drop(peer);
+    if result.is_err() {
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let code = crate::sys::wait_child(pid).map_err(|e| format!("wait for the echo: {e}"))?;
+    result?;
+    if code != 0 {
+        return Err(format!("shm echo child exited {code}"));
+    }
     Ok(h)
 }
 
@@ -564,6 +656,45 @@ fn e2e(
     h
 }
 
+/// (c') tickinfer end to end over shared memory: server spinning, client spinning, 1 in flight.
+fn e2e_shm(
+    model: &Path,
+    n: usize,
+    server_core: usize,
+    client_core: usize,
+    scale: i64,
+    extras: u16,
+) -> Result<Histogram<u64>, String> {
+    let server = local_server(model, PollMode::Spin, server_core)?;
+    let socket = server.socket.clone();
+    let h = std::thread::spawn(move || -> Result<Histogram<u64>, String> {
+        pin(client_core);
+        let t = Duration::from_secs(5);
+        let (mut c, _) = crate::shm::ShmClient::connect(&socket, t).map_err(|e| e.to_string())?;
+        let mut h = hist();
+        for i in 0..(n + n / 10) as u64 {
+            let req = sample_request(scale, extras, i);
+            let t0 = now_ns();
+            c.send(&req, t).map_err(|e| e.to_string())?;
+            let resp = c.recv_spin(t).map_err(|e| e.to_string())?;
+            let t1 = now_ns();
+            if { resp.request_id } != i || resp.status != 0 {
+                return Err(format!("bad answer to {i}: id {} status {}", { resp.request_id }, {
+                    resp.status
+                }));
+            }
+            if i as usize >= n / 10 {
+                h.saturating_record(t1 - t0);
+            }
+        }
+        Ok(h)
+    })
+    .join()
+    .map_err(|_| "shm client panicked".to_string())?;
+    server.stop()?;
+    h
+}
+
 /// (d) Pipelined throughput: each connection keeps two windows in flight.
 fn throughput(
     model: &Path,
@@ -705,6 +836,10 @@ pub fn markdown(r: &BenchReport) -> String {
     s += &format!(
         "\nE2E / (floor + bare ORT): p50 {:.2} (target ≤ 1.2), p99 {:.2} (target ≤ 1.3); pipelined throughput {:.0} signals/s (target ≥ 500 000)\n",
         r.ratios.p50, r.ratios.p99, r.ratios.throughput_per_s
+    );
+    s += &format!(
+        "E2E over shared memory − engine alone: p50 {:+} ns (target ≤ +500), p99 {:+} ns (target ≤ +1000)\n",
+        r.ratios.shm_minus_engine_p50_ns, r.ratios.shm_minus_engine_p99_ns
     );
     s
 }

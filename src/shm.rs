@@ -30,7 +30,9 @@ use core::mem::{offset_of, size_of};
 use memmap2::MmapRaw;
 
 use crate::sys;
-use crate::wire::{MlHello, MlHelloAck, MlRequest, MlResponse, Status, HELLO_ACK_SIZE, REQUEST_SIZE, RESPONSE_SIZE};
+use crate::wire::{
+    MlHello, MlHelloAck, MlRequest, MlResponse, Status, HELLO_ACK_SIZE, REQUEST_SIZE, RESPONSE_SIZE,
+};
 
 /// `ML_SHM_MAGIC` ("TKSM").
 pub const SHM_MAGIC: u32 = 0x4D53_4B54;
@@ -440,6 +442,26 @@ impl ServerEnd {
     }
 }
 
+/// Both ends of one region in this process, with a socket pair as the
+/// liveness channel: the transport floor bench (`tickinfer bench`'s shm
+/// ping-pong forks after this, so the two ends run in two processes).
+pub struct Loopback {
+    pub server: ServerEnd,
+    pub client: ShmClient,
+    /// The server's side of the liveness socket (the client sees a hang-up when it drops).
+    pub peer: UnixStream,
+}
+
+/// A region of `capacity` slots per ring with both its ends.
+pub fn loopback(capacity: u32) -> io::Result<Loopback> {
+    let mut server = ServerEnd::create(capacity, capacity)?;
+    let file = server.memfd.take().ok_or_else(|| io::Error::other("region already passed"))?;
+    let doorbell = server.doorbell.try_clone()?;
+    let (a, peer) = UnixStream::pair()?;
+    let client = ShmClient::map(a, file, doorbell).map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(Loopback { server, client, peer })
+}
+
 /// A Rust client over shared memory: `tickinfer bench`'s and `replay
 /// --transport shm`'s path, and the tests'. Same protocol as `ml_client.h`.
 pub struct ShmClient {
@@ -464,7 +486,9 @@ pub enum ConnectError {
     Io(#[from] io::Error),
     #[error("hello refused: {0}")]
     Refused(Status),
-    #[error("the server did not grant shared memory (an older server, or `--no-shm`); use the socket transport")]
+    #[error(
+        "the server did not grant shared memory (an older server, or `--no-shm`); use the socket transport"
+    )]
     NotGranted,
     #[error("bad region from the server: {0}")]
     BadRegion(String),
@@ -501,7 +525,9 @@ impl ShmClient {
             got += n;
         }
         if got < 12 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed before its hello ack").into());
+            return Err(
+                io::Error::new(io::ErrorKind::UnexpectedEof, "server closed before its hello ack").into()
+            );
         }
         let mut full = [0u8; HELLO_ACK_SIZE];
         full[..got].copy_from_slice(&ack[..got]);
@@ -545,7 +571,11 @@ impl ShmClient {
         stream.set_nonblocking(true)?;
         Ok(ShmClient {
             stream,
-            region: Region { map, request_capacity: h.request_capacity, response_capacity: h.response_capacity },
+            region: Region {
+                map,
+                request_capacity: h.request_capacity,
+                response_capacity: h.response_capacity,
+            },
             doorbell,
             req_head: 0,
             req_limit: h.request_capacity,
@@ -635,9 +665,9 @@ impl ShmClient {
                 let d = *deadline.get_or_insert_with(|| Instant::now() + timeout);
                 if self.server_gone() {
                     // Answers published before the hang-up are still in the ring.
-                    return self
-                        .try_recv()
-                        .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "server closed the session"));
+                    return self.try_recv().ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::BrokenPipe, "server closed the session")
+                    });
                 }
                 if Instant::now() > d {
                     return Err(io::Error::new(io::ErrorKind::TimedOut, "no response"));

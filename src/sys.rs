@@ -152,7 +152,8 @@ pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io:
         while !cmsg.is_null() {
             if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
                 let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                let count = ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
+                let count =
+                    ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
                 for i in 0..count {
                     // Each descriptor is new to this process and owned by nobody else.
                     fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
@@ -162,7 +163,10 @@ pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io:
         }
     }
     if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "more descriptors than expected (MSG_CTRUNC)"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "more descriptors than expected (MSG_CTRUNC)",
+        ));
     }
     Ok(n)
 }
@@ -205,7 +209,17 @@ pub fn futex_wait(word: *const u32, expected: u32, timeout: std::time::Duration)
     };
     // SAFETY: the kernel reads the word with its own checked access (EFAULT if unmapped) and the
     // timespec lives for the call. Spurious returns (EINTR, EAGAIN, timeout) are fine: callers re-check.
-    unsafe { libc::syscall(libc::SYS_futex, word, libc::FUTEX_WAIT, expected, &ts as *const libc::timespec, 0usize, 0u32) };
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word,
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+            0usize,
+            0u32,
+        )
+    };
 }
 
 /// Whether the peer of a connected socket hung up (or the socket failed), without blocking.
@@ -216,6 +230,49 @@ pub fn hung_up(fd: RawFd) -> bool {
         Ok(0) => false,
         Ok(_) => pfd.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR | libc::POLLNVAL) != 0,
         Err(_) => false,
+    }
+}
+
+/// Fork; the child runs `child` and exits with its status without returning.
+///
+/// The child of a threaded process may only do async-signal-safe work: `child` must not
+/// allocate, lock or print (atomics on shared mappings, `sched_setaffinity` and plain
+/// loops are fine). The caller reaps it with [`wait_child`].
+pub fn fork_child(child: impl FnOnce() -> i32) -> io::Result<libc::pid_t> {
+    let pid = syscall!(fork())?;
+    if pid == 0 {
+        let code = child();
+        // SAFETY: _exit ends the child at once, running no atexit handlers or destructors that
+        // belong to the parent's state.
+        unsafe { libc::_exit(code) };
+    }
+    Ok(pid)
+}
+
+/// Wait for a child from [`fork_child`]; its exit code (-1 if it did not exit normally).
+pub fn wait_child(pid: libc::pid_t) -> io::Result<i32> {
+    let mut status = 0;
+    loop {
+        match syscall!(waitpid(pid, &mut status, 0)) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => {
+                r?;
+                return Ok(if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 });
+            }
+        }
+    }
+}
+
+/// Pin the calling thread to `core` with no allocation (usable in a forked child).
+pub fn pin_to_core(core: usize) -> bool {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it for core < CPU_SETSIZE (checked).
+    unsafe {
+        if core >= libc::CPU_SETSIZE as usize {
+            return false;
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
     }
 }
 

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use mio::net::UnixStream;
 
 use crate::sys::{self, PeerCred};
-use crate::wire::{Frame, MlHello, MlHelloAck, MlRequest, MlResponse, ServerInfo, Status, WireError, RESPONSE_SIZE};
+use crate::wire::{
+    Frame, MlHello, MlHelloAck, MlRequest, MlResponse, ServerInfo, Status, WireError, RESPONSE_SIZE,
+};
 
 /// Who may connect and how the socket file is published.
 #[derive(Clone, Debug)]

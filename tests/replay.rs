@@ -563,9 +563,22 @@ fn replay_over_shared_memory_matches_the_socket() {
     let run = |transport: &str, extra: &[&str]| -> serde_json::Value {
         let dir = tempfile::tempdir().unwrap();
         let mut args = vec![
-            "replay", "--input", sample.to_str().unwrap(), "--format", "lobster", "--limit", "3000",
-            "--socket", server.socket.to_str().unwrap(), "--connections", "2", "--transport", transport,
-            "--out", dir.path().to_str().unwrap(), "--json",
+            "replay",
+            "--input",
+            sample.to_str().unwrap(),
+            "--format",
+            "lobster",
+            "--limit",
+            "3000",
+            "--socket",
+            server.socket.to_str().unwrap(),
+            "--connections",
+            "2",
+            "--transport",
+            transport,
+            "--out",
+            dir.path().to_str().unwrap(),
+            "--json",
         ];
         args.extend_from_slice(extra);
         serde_json::from_str(&tickinfer(&args)).unwrap()

@@ -61,7 +61,10 @@ fn answers_match_the_socket_in_order_with_stamps() {
     assert_eq!(Status::from_code(got[18].status), Some(Status::FeatureCount));
     let now = tickinfer::clock::now_ns();
     for g in &got {
-        assert!({ g.server_recv_ns } <= { g.server_send_ns } && { g.server_send_ns } <= now, "stamps in order");
+        assert!(
+            { g.server_recv_ns } <= { g.server_send_ns } && { g.server_send_ns } <= now,
+            "stamps in order"
+        );
         assert_eq!({ g.frame_end }, tickinfer::wire::RESPONSE_END);
     }
     let stats = server.stats_when(|s| s["responses"].as_u64() >= Some(6000));
@@ -101,7 +104,10 @@ fn c_example_prints_its_table_over_shm() {
     let (_dir, exe) = c_program("client_example", "proto/examples/client_example.c");
     let server = Server::start(&[]);
     let out = run_c(&exe, &[server.socket.to_str().unwrap(), "3000", "spin", "8", "0", "shm"]);
-    assert!(out.contains("transport=shm") && out.contains("received=3000") && out.contains("mismatched=0"), "{out}");
+    assert!(
+        out.contains("transport=shm") && out.contains("received=3000") && out.contains("mismatched=0"),
+        "{out}"
+    );
     assert!(out.contains("status 0 (ok): 3000") && out.contains("rtt_ns p50="), "{out}");
 }
 
@@ -166,7 +172,11 @@ fn many_shm_and_socket_clients_with_random_disconnects() {
                                 (_, Some(c)) => c.recv().unwrap(),
                                 _ => unreachable!(),
                             };
-                            assert_eq!({ resp.request_id }, { r.request_id }, "client {t}: answer out of order");
+                            assert_eq!(
+                                { resp.request_id },
+                                { r.request_id },
+                                "client {t}: answer out of order"
+                            );
                             assert_eq!({ resp.status }, 0, "client {t}: request {}", { r.request_id });
                             answered += 1;
                         }
@@ -355,7 +365,9 @@ fn sigterm_drains(mode: &str) {
     unsafe { libc::kill(server.pid(), libc::SIGTERM) };
     for (c, client) in clients.iter_mut().enumerate() {
         for i in 0..600u64 {
-            let r = client.recv_spin(T).unwrap_or_else(|e| panic!("client {c} lost answer {i}: {e}\n{}", server.log()));
+            let r = client
+                .recv_spin(T)
+                .unwrap_or_else(|e| panic!("client {c} lost answer {i}: {e}\n{}", server.log()));
             assert_eq!(({ r.request_id }, { r.status }), (((c as u64) << 32) | i, 0));
         }
         let end = client.recv_spin(T).unwrap_err();

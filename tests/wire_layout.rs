@@ -116,7 +116,11 @@ fn c_and_rust_agree_on_every_size_and_offset() {
             assert_eq!(v, rust, "ml_shm.h constants (left) vs src/shm.rs (right)");
             depth_lines += 1;
         } else if let Some(n) = line.strip_prefix("shm_region_size ") {
-            assert_eq!(n.parse::<usize>().unwrap(), tickinfer::shm::region_size(1024, 512), "ml_shm_region_size");
+            assert_eq!(
+                n.parse::<usize>().unwrap(),
+                tickinfer::shm::region_size(1024, 512),
+                "ml_shm_region_size"
+            );
             depth_lines += 1;
         } else if let Some(n) = line.strip_prefix("depth_levels ") {
             assert_eq!(n.parse::<usize>().unwrap(), tickinfer::wire::DEPTH_LEVELS, "ML_DEPTH_LEVELS");
@@ -145,7 +149,11 @@ fn c_and_rust_agree_on_every_size_and_offset() {
             c_layout.insert(name.to_string(), v.parse::<usize>().unwrap());
         }
     }
-    assert_eq!(depth_lines, 1 + (tickinfer::wire::DEPTH_LEVELS - 1) + 1 + 2, "every depth and shm line printed");
+    assert_eq!(
+        depth_lines,
+        1 + (tickinfer::wire::DEPTH_LEVELS - 1) + 1 + 2,
+        "every depth and shm line printed"
+    );
     let rust: BTreeMap<String, usize> = rust_table().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     assert_eq!(c_layout, rust, "C (left) and Rust (right) layouts differ");
     // The header's own _Static_assert pins name the same fields with the same numbers,

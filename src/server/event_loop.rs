@@ -28,7 +28,9 @@ use std::time::Duration;
 use mio::Token;
 
 use super::worker::publish;
-use super::{IoLoop, PollMode, Stage, ACCEPT_RETRY, LISTENER, PUBLISH_EVERY_NS, SHM_DOORBELL, SHM_STALLED_POLL, WAKER};
+use super::{
+    IoLoop, PollMode, Stage, ACCEPT_RETRY, LISTENER, PUBLISH_EVERY_NS, SHM_DOORBELL, SHM_STALLED_POLL, WAKER,
+};
 use crate::clock::now_ns;
 
 impl IoLoop {
@@ -201,4 +203,3 @@ impl IoLoop {
         }
     }
 }
-

@@ -154,10 +154,8 @@ impl IoLoop {
     }
 }
 
-
 /// One request read (from the socket or a shared-memory ring) into the stage, in
 /// order: recorded, answered `ML_ERR_OVERLOADED` past `max_inflight`, validated.
-#[allow(clippy::too_many_arguments)] // the loop's disjoint parts, borrowed apart
 #[inline]
 pub(super) fn admit_request(
     stage: &mut Stage,
@@ -172,7 +170,8 @@ pub(super) fn admit_request(
     if let Some(r) = recorder {
         r.record(recv_ns, &req);
     }
-    let status = if conn.inflight >= max_inflight { Status::Overloaded } else { crate::wire::validate(&req, limits) };
+    let status =
+        if conn.inflight >= max_inflight { Status::Overloaded } else { crate::wire::validate(&req, limits) };
     conn.inflight += 1;
     stage.admit(Job { slot: slot as u32, generation: conn.generation, recv_ns, status, req });
 }
@@ -182,6 +181,12 @@ pub(super) fn admit_request(
 pub(super) fn admit_bad_frame(stage: &mut Stage, conn: &mut Conn, slot: usize, recv_ns: u64) {
     conn.inflight += 1;
     let req = MlRequest::new();
-    stage.admit(Job { slot: slot as u32, generation: conn.generation, recv_ns, status: Status::BadFrame, req });
+    stage.admit(Job {
+        slot: slot as u32,
+        generation: conn.generation,
+        recv_ns,
+        status: Status::BadFrame,
+        req,
+    });
     conn.close_after_flush = true;
 }

@@ -103,7 +103,8 @@ impl IoLoop {
             // Out of the connection for the turn (a pointer move): admitting needs `conn` too.
             let Some(mut end) = conn.shm.take() else { return taken };
             let ready = end.requests_ready();
-            let unread = if matches!(ready, Ok(n) if n > 0) { end.responses_unread().map(Some) } else { Ok(None) };
+            let unread =
+                if matches!(ready, Ok(n) if n > 0) { end.responses_unread().map(Some) } else { Ok(None) };
             let (ready, unread) = match (ready, unread) {
                 (Ok(r), Ok(Some(u))) => (r, u),
                 (Ok(_), Ok(None)) => {
