@@ -78,6 +78,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// Doorbell tokens of shared-memory sessions: `SHM_DOORBELL + slot` (sockets are `slot + 1`).
 const SHM_DOORBELL: usize = 1 << 40;
+const _: () = assert!(usize::BITS >= 64, "tokens: 64-bit Linux only (x86-64, AArch64)");
 /// How long the loop blocks while a session has requests it cannot take yet
 /// (its client is not reading answers): no doorbell will say when it can.
 const SHM_STALLED_POLL: Duration = Duration::from_millis(1);

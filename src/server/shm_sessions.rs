@@ -61,10 +61,11 @@ impl IoLoop {
                 }
             }
             Err(e) => {
+                // Dropping `end` closes its doorbell, which also takes it out of the poller.
                 log::debug!("connection {slot}: sending the shared-memory ack failed ({e}); closing");
-                conn.close_after_flush = true;
                 conn.peer_closed = true;
                 conn.mark_dirty(slot, &mut self.dirty);
+                return;
             }
         }
         log::info!(
