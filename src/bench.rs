@@ -304,7 +304,16 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
     }
     for poll in [PollMode::Spin, PollMode::Adaptive, PollMode::Block] {
         eprintln!("bench: (c) tickinfer end to end, --poll {poll:?}");
-        let h = e2e(&opts.model, poll, n, server_core, client_core, scale, extras)?;
+        let h = e2e(
+            &opts.model,
+            poll,
+            crate::replay::Transport::Socket,
+            n,
+            server_core,
+            client_core,
+            scale,
+            extras,
+        )?;
         rows.push(Row::of(
             &format!("tickinfer e2e --poll {}", format!("{poll:?}").to_lowercase()),
             h,
@@ -314,7 +323,16 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
     eprintln!("bench: (c') tickinfer end to end over shared memory");
     rows.push(Row::of(
         "tickinfer e2e shm",
-        e2e_shm(&opts.model, n, server_core, client_core, scale, extras)?,
+        e2e(
+            &opts.model,
+            PollMode::Spin,
+            crate::replay::Transport::Shm,
+            n,
+            server_core,
+            client_core,
+            scale,
+            extras,
+        )?,
         format!(
             "inline, --poll spin, {place}; Rust client of ml_shm.h (the C client's path), spin, 1 in flight"
         ),
@@ -593,28 +611,26 @@ fn bare_ort(
     .map_err(|_| "bare ORT thread panicked".to_string())?
 }
 
-/// One request in flight, busy-polling client: round trips.
-fn sync_client(
-    socket: &Path,
+/// One request in flight on a pinned client thread: `open` connects, `round_trip`
+/// sends one request and busy-polls for its answer. Ids and statuses checked; the
+/// first tenth is warm-up.
+fn timed_round_trips<C>(
     n: usize,
     core: usize,
     scale: i64,
     extras: u16,
+    open: impl FnOnce() -> Result<C, String> + Send + 'static,
+    mut round_trip: impl FnMut(&mut C, &MlRequest) -> Result<MlResponse, String> + Send + 'static,
 ) -> Result<Histogram<u64>, String> {
-    let socket = socket.to_path_buf();
     std::thread::spawn(move || -> Result<Histogram<u64>, String> {
         pin(core);
-        let (mut s, _) = crate::replay::connect(&socket)?;
-        s.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let mut c = open()?;
         let mut h = hist();
-        let mut buf = [0u8; RESPONSE_SIZE];
         for i in 0..(n + n / 10) as u64 {
             let req = sample_request(scale, extras, i);
             let t0 = now_ns();
-            write_all_spin(&mut s, bytemuck::bytes_of(&req))?;
-            read_exact_spin(&mut s, &mut buf)?;
+            let resp = round_trip(&mut c, &req)?;
             let t1 = now_ns();
-            let resp: MlResponse = bytemuck::pod_read_unaligned(&buf);
             if { resp.request_id } != i || resp.status != 0 {
                 return Err(format!("bad answer to {i}: id {} status {}", { resp.request_id }, {
                     resp.status
@@ -630,6 +646,28 @@ fn sync_client(
     .map_err(|_| "client panicked".to_string())?
 }
 
+/// One request in flight over the socket, busy-polling client: round trips.
+fn sync_client(
+    socket: &Path,
+    n: usize,
+    core: usize,
+    scale: i64,
+    extras: u16,
+) -> Result<Histogram<u64>, String> {
+    let socket = socket.to_path_buf();
+    let open = move || -> Result<UnixStream, String> {
+        let (s, _) = crate::replay::connect(&socket)?;
+        s.set_nonblocking(true).map_err(|e| e.to_string())?;
+        Ok(s)
+    };
+    timed_round_trips(n, core, scale, extras, open, |s, req| {
+        let mut buf = [0u8; RESPONSE_SIZE];
+        write_all_spin(s, bytemuck::bytes_of(req))?;
+        read_exact_spin(s, &mut buf)?;
+        Ok(bytemuck::pod_read_unaligned(&buf))
+    })
+}
+
 fn local_server(model: &Path, poll: PollMode, core: usize) -> Result<crate::replay::LocalServer, String> {
     let mut cfg = ServerConfig::new(model, "unused");
     cfg.mode = Mode::Inline;
@@ -640,10 +678,13 @@ fn local_server(model: &Path, poll: PollMode, core: usize) -> Result<crate::repl
     crate::replay::LocalServer::start(cfg)
 }
 
-/// (c) tickinfer end to end.
+/// (c) tickinfer end to end, one request in flight, busy-polling client: over the
+/// socket, or (c') over shared memory (`transport`).
+#[allow(clippy::too_many_arguments)]
 fn e2e(
     model: &Path,
     poll: PollMode,
+    transport: crate::replay::Transport,
     n: usize,
     server_core: usize,
     client_core: usize,
@@ -651,46 +692,17 @@ fn e2e(
     extras: u16,
 ) -> Result<Histogram<u64>, String> {
     let server = local_server(model, poll, server_core)?;
-    let h = sync_client(&server.socket, n, client_core, scale, extras);
-    server.stop()?;
-    h
-}
-
-/// (c') tickinfer end to end over shared memory: server spinning, client spinning, 1 in flight.
-fn e2e_shm(
-    model: &Path,
-    n: usize,
-    server_core: usize,
-    client_core: usize,
-    scale: i64,
-    extras: u16,
-) -> Result<Histogram<u64>, String> {
-    let server = local_server(model, PollMode::Spin, server_core)?;
-    let socket = server.socket.clone();
-    let h = std::thread::spawn(move || -> Result<Histogram<u64>, String> {
-        pin(client_core);
-        let t = Duration::from_secs(5);
-        let (mut c, _) = crate::shm::ShmClient::connect(&socket, t).map_err(|e| e.to_string())?;
-        let mut h = hist();
-        for i in 0..(n + n / 10) as u64 {
-            let req = sample_request(scale, extras, i);
-            let t0 = now_ns();
-            c.send(&req, t).map_err(|e| e.to_string())?;
-            let resp = c.recv_spin(t).map_err(|e| e.to_string())?;
-            let t1 = now_ns();
-            if { resp.request_id } != i || resp.status != 0 {
-                return Err(format!("bad answer to {i}: id {} status {}", { resp.request_id }, {
-                    resp.status
-                }));
-            }
-            if i as usize >= n / 10 {
-                h.saturating_record(t1 - t0);
-            }
+    let h = match transport {
+        crate::replay::Transport::Socket => sync_client(&server.socket, n, client_core, scale, extras),
+        crate::replay::Transport::Shm => {
+            let (socket, t) = (server.socket.clone(), Duration::from_secs(5));
+            let open =
+                move || crate::shm::ShmClient::connect(&socket, t).map(|(c, _)| c).map_err(|e| e.to_string());
+            timed_round_trips(n, client_core, scale, extras, open, move |c, req| {
+                c.send(req, t).and_then(|()| c.recv_spin(t)).map_err(|e| e.to_string())
+            })
         }
-        Ok(h)
-    })
-    .join()
-    .map_err(|_| "shm client panicked".to_string())?;
+    };
     server.stop()?;
     h
 }

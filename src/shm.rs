@@ -216,29 +216,25 @@ const REQUEST_WORDS: usize = REQUEST_SIZE.div_ceil(8);
 const RESPONSE_WORDS: usize = RESPONSE_SIZE.div_ceil(8);
 const _: () = assert!(REQUEST_WORDS * 8 <= REQUEST_SLOT && RESPONSE_WORDS * 8 <= RESPONSE_SLOT);
 
-fn read_request_at(src: *const u8) -> MlRequest {
-    // SAFETY: callers pass a request slot of a live mapping (REQUEST_SLOT ≥ REQUEST_WORDS * 8, 64-aligned).
-    let words: [u64; REQUEST_WORDS] = unsafe { load_words(src) };
-    bytemuck::pod_read_unaligned(&bytemuck::bytes_of(&words)[..REQUEST_SIZE])
+/// Copy one frame of type `T` (`WORDS` words hold it) out of a slot.
+///
+/// # Safety
+/// `src` must be an 8-aligned slot of a live mapping with at least `8 * WORDS` bytes.
+unsafe fn read_frame<T: Pod, const WORDS: usize>(src: *const u8) -> T {
+    // SAFETY: the caller's contract is load_words' contract.
+    let words: [u64; WORDS] = unsafe { load_words(src) };
+    bytemuck::pod_read_unaligned(&bytemuck::cast_slice::<u64, u8>(&words)[..size_of::<T>()])
 }
 
-fn write_request_at(dst: *mut u8, req: &MlRequest) {
-    let mut words = [0u64; REQUEST_WORDS];
-    bytemuck::bytes_of_mut(&mut words)[..REQUEST_SIZE].copy_from_slice(bytemuck::bytes_of(req));
-    // SAFETY: callers pass a request slot of a live mapping (REQUEST_SLOT ≥ REQUEST_WORDS * 8, 64-aligned).
-    unsafe { store_words(dst, &words) }
-}
-
-fn read_response_at(src: *const u8) -> MlResponse {
-    // SAFETY: callers pass a response slot of a live mapping (RESPONSE_SLOT ≥ RESPONSE_WORDS * 8, 64-aligned).
-    let words: [u64; RESPONSE_WORDS] = unsafe { load_words(src) };
-    bytemuck::pod_read_unaligned(&bytemuck::bytes_of(&words)[..RESPONSE_SIZE])
-}
-
-fn write_response_at(dst: *mut u8, resp: &MlResponse) {
-    let mut words = [0u64; RESPONSE_WORDS];
-    bytemuck::bytes_of_mut(&mut words)[..RESPONSE_SIZE].copy_from_slice(bytemuck::bytes_of(resp));
-    // SAFETY: callers pass a response slot of a live mapping (RESPONSE_SLOT ≥ RESPONSE_WORDS * 8, 64-aligned).
+/// Copy one frame of type `T` into a slot (zero-padded to `WORDS` words).
+///
+/// # Safety
+/// `dst` must be an 8-aligned slot of a live mapping with at least `8 * WORDS` bytes.
+unsafe fn write_frame<T: Pod, const WORDS: usize>(dst: *mut u8, frame: &T) {
+    let mut words = [0u64; WORDS];
+    bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..size_of::<T>()]
+        .copy_from_slice(bytemuck::bytes_of(frame));
+    // SAFETY: the caller's contract is store_words' contract.
     unsafe { store_words(dst, &words) }
 }
 
@@ -361,7 +357,8 @@ impl ServerEnd {
     /// The slot is not released until [`release_requests`](Self::release_requests).
     #[inline]
     pub fn read_request(&mut self) -> MlRequest {
-        let req = read_request_at(self.region.request_slot(self.req_tail));
+        // SAFETY: a request slot of our live mapping: 64-aligned, REQUEST_SLOT ≥ 8 × REQUEST_WORDS bytes.
+        let req = unsafe { read_frame::<MlRequest, REQUEST_WORDS>(self.region.request_slot(self.req_tail)) };
         self.req_tail = self.req_tail.wrapping_add(1);
         req
     }
@@ -399,7 +396,8 @@ impl ServerEnd {
                 return Err(ShmError::ResponseFull);
             }
         }
-        write_response_at(self.region.response_slot(self.resp_head), resp);
+        // SAFETY: a response slot of our live mapping: 64-aligned, RESPONSE_SLOT ≥ 8 × RESPONSE_WORDS bytes.
+        unsafe { write_frame::<MlResponse, RESPONSE_WORDS>(self.region.response_slot(self.resp_head), resp) };
         self.resp_head = self.resp_head.wrapping_add(1);
         Ok(())
     }
@@ -600,7 +598,8 @@ impl ShmClient {
                 return Ok(false);
             }
         }
-        write_request_at(self.region.request_slot(self.req_head), req);
+        // SAFETY: a request slot of our live mapping: 64-aligned, REQUEST_SLOT ≥ 8 × REQUEST_WORDS bytes.
+        unsafe { write_frame::<MlRequest, REQUEST_WORDS>(self.region.request_slot(self.req_head), req) };
         self.req_head = self.req_head.wrapping_add(1);
         // Release: the frame is visible before the new head.
         self.region.counter(REQUEST_RING_OFFSET + ring::HEAD).store(self.req_head, Ordering::Release);
@@ -643,7 +642,9 @@ impl ShmClient {
                 return None;
             }
         }
-        let resp = read_response_at(self.region.response_slot(self.resp_tail));
+        // SAFETY: a response slot of our live mapping: 64-aligned, RESPONSE_SLOT ≥ 8 × RESPONSE_WORDS bytes.
+        let resp =
+            unsafe { read_frame::<MlResponse, RESPONSE_WORDS>(self.region.response_slot(self.resp_tail)) };
         self.resp_tail = self.resp_tail.wrapping_add(1);
         // Release: our copy happens before the server may reuse the slot.
         self.region.counter(RESPONSE_RING_OFFSET + ring::TAIL).store(self.resp_tail, Ordering::Release);
@@ -739,12 +740,18 @@ mod tests {
         req.request_id = 77;
         req.bid_price = -5;
         let slot = end.region.request_slot(65); // wraps to slot 1
-        write_request_at(slot, &req);
-        assert_eq!(read_request_at(slot), req);
+                                                // SAFETY: slots of `end`'s live mapping, as the ring code uses them.
+        unsafe {
+            write_frame::<MlRequest, REQUEST_WORDS>(slot, &req);
+            assert_eq!(read_frame::<MlRequest, REQUEST_WORDS>(slot), req);
+        }
         let resp = MlResponse::error(9, 3, Status::Overloaded, 42);
         let slot = end.region.response_slot(3);
-        write_response_at(slot, &resp);
-        assert_eq!(read_response_at(slot), resp);
+        // SAFETY: as above.
+        unsafe {
+            write_frame::<MlResponse, RESPONSE_WORDS>(slot, &resp);
+            assert_eq!(read_frame::<MlResponse, RESPONSE_WORDS>(slot), resp);
+        }
     }
 
     #[test]

@@ -272,7 +272,6 @@ pub fn run(
         refused_log: RateLimited::new(1_000_000_000),
         next_generation: 1,
         info,
-        limits,
         hard_limit,
         stage,
         dirty: Vec::with_capacity(cfg.max_connections),
@@ -285,7 +284,7 @@ pub fn run(
         last_publish: now_ns(),
         last_log: now_ns(),
         last_work: now_ns(),
-        recorder,
+        intake: reading::Intake { limits, recorder, max_inflight: cfg.max_inflight },
         seen_swaps: 0,
         ready: Vec::with_capacity(256),
         ticks: 0,
@@ -299,7 +298,7 @@ pub fn run(
     io.shared.reload.close();
     ran?;
     io.publish(true);
-    if let Some(mut r) = io.recorder.take() {
+    if let Some(mut r) = io.intake.recorder.take() {
         // Logs its own counts and error; a recorder failure never costs the exit status or stats.
         r.finish();
     }
@@ -360,7 +359,6 @@ struct IoLoop {
     refused_log: RateLimited,
     next_generation: u32,
     info: ServerInfo,
-    limits: Limits,
     /// In-flight requests past which a connection is not read (backpressure).
     hard_limit: u32,
     stage: Stage,
@@ -387,7 +385,7 @@ struct IoLoop {
     ticks: u64,
     /// This iteration polled without blocking.
     spinning: bool,
-    /// `--record`: requests go to the capture writer thread.
-    recorder: Option<crate::record::Recorder>,
+    /// Where requests read (from a socket or a ring) go: recorder, checks, in-flight bound.
+    intake: reading::Intake,
     cfg: ServerConfig,
 }

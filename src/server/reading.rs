@@ -82,16 +82,7 @@ impl IoLoop {
                         admit_bad_frame(&mut self.stage, conn, slot, recv_ns);
                         return;
                     }
-                    Decoded::Request(req) => admit_request(
-                        &mut self.stage,
-                        &mut self.recorder,
-                        &self.limits,
-                        self.cfg.max_inflight,
-                        conn,
-                        slot,
-                        recv_ns,
-                        req,
-                    ),
+                    Decoded::Request(req) => self.intake.admit(&mut self.stage, conn, slot, recv_ns, req),
                     Decoded::Error(e) => {
                         log::warn!(
                             "connection {slot} (pid {} uid {}): {e}; answering {} and closing",
@@ -154,26 +145,39 @@ impl IoLoop {
     }
 }
 
-/// One request read (from the socket or a shared-memory ring) into the stage, in
-/// order: recorded, answered `ML_ERR_OVERLOADED` past `max_inflight`, validated.
-#[inline]
-pub(super) fn admit_request(
-    stage: &mut Stage,
-    recorder: &mut Option<Recorder>,
-    limits: &Limits,
-    max_inflight: u32,
-    conn: &mut Conn,
-    slot: usize,
-    recv_ns: u64,
-    req: MlRequest,
-) {
-    if let Some(r) = recorder {
-        r.record(recv_ns, &req);
+/// Where a request read from a socket or a shared-memory ring goes before the stage.
+pub(super) struct Intake {
+    /// Request checks (feature count, symbol table).
+    pub(super) limits: Limits,
+    /// `--record`: requests go to the capture writer thread.
+    pub(super) recorder: Option<Recorder>,
+    /// Past this many in flight, requests are answered `ML_ERR_OVERLOADED`.
+    pub(super) max_inflight: u32,
+}
+
+impl Intake {
+    /// One request into the stage, in order: recorded, answered `ML_ERR_OVERLOADED`
+    /// past `max_inflight`, validated.
+    #[inline]
+    pub(super) fn admit(
+        &mut self,
+        stage: &mut Stage,
+        conn: &mut Conn,
+        slot: usize,
+        recv_ns: u64,
+        req: MlRequest,
+    ) {
+        if let Some(r) = &mut self.recorder {
+            r.record(recv_ns, &req);
+        }
+        let status = if conn.inflight >= self.max_inflight {
+            Status::Overloaded
+        } else {
+            crate::wire::validate(&req, &self.limits)
+        };
+        conn.inflight += 1;
+        stage.admit(Job { slot: slot as u32, generation: conn.generation, recv_ns, status, req });
     }
-    let status =
-        if conn.inflight >= max_inflight { Status::Overloaded } else { crate::wire::validate(&req, limits) };
-    conn.inflight += 1;
-    stage.admit(Job { slot: slot as u32, generation: conn.generation, recv_ns, status, req });
 }
 
 /// The stream (or ring) can no longer be trusted: one `ML_ERR_BAD_FRAME` answer

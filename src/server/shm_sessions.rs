@@ -14,7 +14,7 @@ use std::os::fd::RawFd;
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
 
-use super::reading::{admit_bad_frame, admit_request};
+use super::reading::admit_bad_frame;
 use super::{IoLoop, SHM_DOORBELL};
 use crate::clock::now_ns;
 use crate::shm::ServerEnd;
@@ -145,16 +145,7 @@ impl IoLoop {
                     admit_bad_frame(&mut self.stage, conn, slot, recv_ns);
                     break;
                 }
-                admit_request(
-                    &mut self.stage,
-                    &mut self.recorder,
-                    &self.limits,
-                    self.cfg.max_inflight,
-                    conn,
-                    slot,
-                    recv_ns,
-                    req,
-                );
+                self.intake.admit(&mut self.stage, conn, slot, recv_ns, req);
             }
             end.release_requests();
             conn.shm = Some(end);
