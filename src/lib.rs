@@ -9,6 +9,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod bench;
+pub mod client_install;
 pub mod clock;
 pub mod control;
 pub mod doctor;

@@ -90,6 +90,12 @@ enum Command {
     },
     /// Print the wire layout (every frame's size and field offsets) of this build.
     Layout,
+    /// Install the C/C++ client (headers, CMake package `tickinfer::client`, tickinfer-client.pc) under a prefix.
+    InstallClient {
+        /// Install prefix: DIR/include/tickinfer, DIR/lib/cmake/tickinfer, DIR/lib/pkgconfig.
+        #[arg(long)]
+        prefix: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -244,6 +250,24 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
+        Command::InstallClient { prefix } => match tickinfer::client_install::install(&prefix) {
+            Ok(files) => {
+                for f in files {
+                    println!("installed {}", f.display());
+                }
+                println!(
+                    "use: find_package(tickinfer CONFIG REQUIRED) with CMAKE_PREFIX_PATH={p}, then \
+                     target_link_libraries(app PRIVATE tickinfer::client); or \
+                     PKG_CONFIG_PATH={p}/lib/pkgconfig pkg-config --cflags tickinfer-client",
+                    p = prefix.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("install-client: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Layout => {
             println!("tickinfer wire protocol v{}", tickinfer::wire::PROTOCOL_VERSION);
             for (name, value) in tickinfer::wire::layout_table() {
