@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     if data.len() >= HELLO_SIZE {
         let hello: MlHello = bytemuck::pod_read_unaligned(&data[..HELLO_SIZE]);
         let current = MlHello::current();
-        let same_layout = MlHello { reserved: current.reserved, ..hello } == current;
+        let same_layout = MlHello { flags: current.flags, ..hello } == current;
         match hello.check() {
             Ok(()) => assert!(same_layout, "accepted a hello of another layout: {hello:?}"),
             Err(s) => {
