@@ -614,20 +614,13 @@ impl ShmClient {
     /// Publish one request, spinning while the ring is full (checking that the
     /// server is alive); errors after `timeout` or when the server is gone.
     pub fn send(&mut self, req: &MlRequest, timeout: Duration) -> io::Result<()> {
-        let mut spins = 0u32;
-        let mut deadline = None;
+        let mut wait = SpinWait::new(timeout);
         while !self.try_send(req)? {
-            spins = spins.wrapping_add(1);
-            if spins % 1024 == 0 {
-                let d = *deadline.get_or_insert_with(|| Instant::now() + timeout);
-                if self.server_gone() {
-                    return Err(io::Error::new(io::ErrorKind::BrokenPipe, "server closed the session"));
-                }
-                if Instant::now() > d {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "request ring full"));
-                }
+            match wait.empty_poll(self) {
+                None => {}
+                Some(io::ErrorKind::BrokenPipe) => return Err(session_closed()),
+                Some(kind) => return Err(io::Error::new(kind, "request ring full")),
             }
-            std::hint::spin_loop();
         }
         Ok(())
     }
@@ -655,26 +648,17 @@ impl ShmClient {
     /// 1024 empty polls. `Err(BrokenPipe)` once the server is gone and every
     /// response it published was read; `Err(TimedOut)` after `timeout`.
     pub fn recv_spin(&mut self, timeout: Duration) -> io::Result<MlResponse> {
-        let mut spins = 0u32;
-        let mut deadline = None;
+        let mut wait = SpinWait::new(timeout);
         loop {
             if let Some(r) = self.try_recv() {
                 return Ok(r);
             }
-            spins = spins.wrapping_add(1);
-            if spins % 1024 == 0 {
-                let d = *deadline.get_or_insert_with(|| Instant::now() + timeout);
-                if self.server_gone() {
-                    // Answers published before the hang-up are still in the ring.
-                    return self.try_recv().ok_or_else(|| {
-                        io::Error::new(io::ErrorKind::BrokenPipe, "server closed the session")
-                    });
-                }
-                if Instant::now() > d {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "no response"));
-                }
+            match wait.empty_poll(self) {
+                None => {}
+                // Answers published before the hang-up are still in the ring.
+                Some(io::ErrorKind::BrokenPipe) => return self.try_recv().ok_or_else(session_closed),
+                Some(kind) => return Err(io::Error::new(kind, "no response")),
             }
-            std::hint::spin_loop();
         }
     }
 
@@ -700,7 +684,7 @@ impl ShmClient {
                 return Ok(r);
             }
             if self.server_gone() {
-                return Err(io::Error::new(io::ErrorKind::BrokenPipe, "server closed the session"));
+                return Err(session_closed());
             }
             if Instant::now() > deadline {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "no response"));
@@ -718,6 +702,44 @@ impl ShmClient {
     /// Ring capacities (requests, responses).
     pub fn capacities(&self) -> (u32, u32) {
         (self.region.request_capacity, self.region.response_capacity)
+    }
+}
+
+/// The error of a session whose server hung up (drained, or died).
+fn session_closed() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "server closed the session")
+}
+
+/// A client's spin-wait: every 1024 empty polls it looks at the socket and the
+/// deadline (which starts at the first look, so a quick answer reads no clock).
+struct SpinWait {
+    spins: u32,
+    deadline: Option<Instant>,
+    timeout: Duration,
+}
+
+impl SpinWait {
+    fn new(timeout: Duration) -> SpinWait {
+        SpinWait { spins: 0, deadline: None, timeout }
+    }
+
+    /// After an empty poll: `Some(BrokenPipe)` once the server is gone,
+    /// `Some(TimedOut)` past the deadline, else `None` (poll again).
+    #[inline]
+    fn empty_poll(&mut self, client: &ShmClient) -> Option<io::ErrorKind> {
+        std::hint::spin_loop();
+        self.spins = self.spins.wrapping_add(1);
+        if self.spins % 1024 != 0 {
+            return None;
+        }
+        let deadline = *self.deadline.get_or_insert_with(|| Instant::now() + self.timeout);
+        if client.server_gone() {
+            Some(io::ErrorKind::BrokenPipe)
+        } else if Instant::now() > deadline {
+            Some(io::ErrorKind::TimedOut)
+        } else {
+            None
+        }
     }
 }
 

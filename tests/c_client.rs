@@ -11,16 +11,7 @@ use util::server::Server;
 use util::{compile, repo_root};
 
 fn run(exe: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(exe).args(args).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{} {args:?} failed ({}):\n{stdout}\n{}",
-        exe.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    util::run_ok(Command::new(exe).args(args))
 }
 
 fn field(out: &str, key: &str) -> u64 {

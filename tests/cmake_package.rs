@@ -9,18 +9,11 @@ mod util;
 use std::path::Path;
 use std::process::Command;
 
-use util::repo_root;
 use util::server::Server;
+use util::{repo_root, run_ok};
 
 fn have(tool: &str) -> bool {
     Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success())
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{cmd:?} failed ({}):\n{text}", out.status);
-    text
 }
 
 /// Configure and build the consumer project with `defines`, return its build dir.
@@ -29,8 +22,8 @@ fn build_consumer(build: &Path, defines: &[String]) -> String {
     let examples = format!("-DEXAMPLES_DIR={}", repo_root().join("proto/examples").display());
     let mut configure = Command::new("cmake");
     configure.arg("-S").arg(&consumer).arg("-B").arg(build).arg(examples).args(defines);
-    let text = run(&mut configure);
-    run(Command::new("cmake").arg("--build").arg(build));
+    let text = run_ok(&mut configure);
+    run_ok(Command::new("cmake").arg("--build").arg(build));
     text
 }
 
@@ -38,12 +31,13 @@ fn build_consumer(build: &Path, defines: &[String]) -> String {
 fn examples_run(build: &Path, server: &Server) {
     let sock = server.socket.to_str().unwrap();
     for transport in ["socket", "shm"] {
-        let out =
-            run(Command::new(build.join("client_example")).args([sock, "500", "spin", "4", "0", transport]));
+        let out = run_ok(
+            Command::new(build.join("client_example")).args([sock, "500", "spin", "4", "0", transport]),
+        );
         assert!(out.contains("received=500") && out.contains("mismatched=0"), "{out}");
         assert!(out.contains(&format!("transport={transport}")), "{out}");
     }
-    let out = run(Command::new(build.join("client_example_cpp")).args([sock, "500", "16"]));
+    let out = run_ok(Command::new(build.join("client_example_cpp")).args([sock, "500", "16"]));
     assert!(out.contains("received=500") && out.contains("mismatched=0"), "{out}");
 }
 
@@ -59,20 +53,21 @@ fn find_package_pkg_config_and_add_subdirectory() {
     // 1. cmake --install of the repository (configured with its prefix, so the .pc names it).
     let cmake_prefix = dir.path().join("cmake-prefix");
     let repo_build = dir.path().join("repo-build");
-    run(Command::new("cmake")
-        .arg("-S")
-        .arg(repo_root())
-        .arg("-B")
-        .arg(&repo_build)
-        .arg(format!("-DCMAKE_INSTALL_PREFIX={}", cmake_prefix.display())));
-    run(Command::new("cmake").arg("--install").arg(&repo_build));
+    run_ok(
+        Command::new("cmake")
+            .arg("-S")
+            .arg(repo_root())
+            .arg("-B")
+            .arg(&repo_build)
+            .arg(format!("-DCMAKE_INSTALL_PREFIX={}", cmake_prefix.display())),
+    );
+    run_ok(Command::new("cmake").arg("--install").arg(&repo_build));
 
     // 2. tickinfer install-client, no CMake involved.
     let tool_prefix = dir.path().join("tool-prefix");
-    let out = run(Command::new(env!("CARGO_BIN_EXE_tickinfer"))
-        .arg("install-client")
-        .arg("--prefix")
-        .arg(&tool_prefix));
+    let out = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_tickinfer")).arg("install-client").arg("--prefix").arg(&tool_prefix),
+    );
     assert!(out.contains("tickinfer-client.pc"), "{out}");
 
     // Both prefixes hold the same headers (the ones in proto/) and the same kind of files.
@@ -103,19 +98,23 @@ fn find_package_pkg_config_and_add_subdirectory() {
 
         // pkg-config, where present.
         if have("pkg-config") {
-            let cflags = run(Command::new("pkg-config")
-                .args(["--cflags", "tickinfer-client"])
-                .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig")));
+            let cflags = run_ok(
+                Command::new("pkg-config")
+                    .args(["--cflags", "tickinfer-client"])
+                    .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig")),
+            );
             let include = prefix.canonicalize().unwrap().join("include/tickinfer");
             assert_eq!(cflags.trim(), format!("-I{}", include.display()));
             let exe = build.join("client_example_pc");
-            run(Command::new("cc")
-                .args(["-std=c11", "-O2"])
-                .args(cflags.split_whitespace())
-                .arg(repo_root().join("proto/examples/client_example.c"))
-                .arg("-o")
-                .arg(&exe));
-            let out = run(Command::new(&exe).args([server.socket.to_str().unwrap(), "200", "spin", "1"]));
+            run_ok(
+                Command::new("cc")
+                    .args(["-std=c11", "-O2"])
+                    .args(cflags.split_whitespace())
+                    .arg(repo_root().join("proto/examples/client_example.c"))
+                    .arg("-o")
+                    .arg(&exe),
+            );
+            let out = run_ok(Command::new(&exe).args([server.socket.to_str().unwrap(), "200", "spin", "1"]));
             assert!(out.contains("received=200") && out.contains("mismatched=0"), "{out}");
         } else {
             util::skip("pkg-config half", "pkg-config is not installed");

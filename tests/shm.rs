@@ -72,10 +72,7 @@ fn answers_match_the_socket_in_order_with_stamps() {
 }
 
 fn run_c(exe: &std::path::Path, args: &[&str]) -> String {
-    let out = std::process::Command::new(exe).args(args).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{} {args:?} failed ({}):\n{stdout}", exe.display(), out.status);
-    stdout
+    util::run_ok(std::process::Command::new(exe).args(args))
 }
 
 fn c_program(name: &str, source: &str) -> (tempfile::TempDir, std::path::PathBuf) {

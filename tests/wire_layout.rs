@@ -88,7 +88,7 @@ fn c_and_rust_agree_on_every_size_and_offset() {
 
     let mut c_layout = BTreeMap::new();
     let mut c_status = BTreeMap::new();
-    let mut depth_lines = 0;
+    let mut checked_lines = 0;
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("status ") {
             let (code, msg) = rest.split_once(' ').unwrap();
@@ -114,22 +114,22 @@ fn c_and_rust_agree_on_every_size_and_offset() {
                 tickinfer::wire::HELLO_FLAG_SHM as u64,
             ];
             assert_eq!(v, rust, "ml_shm.h constants (left) vs src/shm.rs (right)");
-            depth_lines += 1;
+            checked_lines += 1;
         } else if let Some(n) = line.strip_prefix("shm_region_size ") {
             assert_eq!(
                 n.parse::<usize>().unwrap(),
                 tickinfer::shm::region_size(1024, 512),
                 "ml_shm_region_size"
             );
-            depth_lines += 1;
+            checked_lines += 1;
         } else if let Some(n) = line.strip_prefix("depth_levels ") {
             assert_eq!(n.parse::<usize>().unwrap(), tickinfer::wire::DEPTH_LEVELS, "ML_DEPTH_LEVELS");
-            depth_lines += 1;
+            checked_lines += 1;
         } else if let Some(rest) = line.strip_prefix("depth_index ") {
             let v: Vec<usize> = rest.split(' ').map(|x| x.parse().unwrap()).collect();
             assert_eq!(v[1], tickinfer::wire::depth_index(v[0]), "ML_DEPTH_INDEX({})", v[0]);
             assert_eq!(v[2], tickinfer::wire::depth_features_for(v[0]), "ML_DEPTH_FEATURES_FOR({})", v[0]);
-            depth_lines += 1;
+            checked_lines += 1;
         } else if let Some(rest) = line.strip_prefix("set_level ") {
             // The C helper and MlRequest::set_level write the same bits.
             let mut want = tickinfer::wire::MlRequest {
@@ -143,14 +143,14 @@ fn c_and_rust_agree_on_every_size_and_offset() {
             let got: Vec<u32> = v.collect();
             let want: Vec<u32> = (0..8).map(|i| want.feature(i).to_bits()).collect();
             assert_eq!(got, want, "ml_request_set_level vs MlRequest::set_level");
-            depth_lines += 1;
+            checked_lines += 1;
         } else {
             let (name, v) = line.rsplit_once(' ').unwrap();
             c_layout.insert(name.to_string(), v.parse::<usize>().unwrap());
         }
     }
     assert_eq!(
-        depth_lines,
+        checked_lines,
         1 + (tickinfer::wire::DEPTH_LEVELS - 1) + 1 + 2,
         "every depth and shm line printed"
     );

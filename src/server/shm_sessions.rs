@@ -17,7 +17,7 @@ use mio::{Interest, Token};
 use super::reading::admit_bad_frame;
 use super::{IoLoop, SHM_DOORBELL};
 use crate::clock::now_ns;
-use crate::shm::ServerEnd;
+use crate::shm::{ServerEnd, ShmError};
 use crate::wire::{MlHelloAck, Status, HELLO_ACK_SIZE, REQUEST_END};
 
 /// Frames taken from one session's request ring per loop iteration.
@@ -82,13 +82,12 @@ impl IoLoop {
 
     /// Take what every session's request ring holds (within the bounds) into the stage.
     pub(super) fn read_rings(&mut self) {
-        let mut i = 0;
-        while i < self.shm_slots.len() {
+        // Indexed: reading a ring needs `&mut self`. No session closes here (closing is the flush's).
+        for i in 0..self.shm_slots.len() {
             let slot = self.shm_slots[i];
             if self.read_ring(slot) > 0 && self.cfg.poll == super::PollMode::Adaptive {
                 self.last_work = now_ns();
             }
-            i += 1;
         }
     }
 
@@ -103,26 +102,19 @@ impl IoLoop {
             }
             // Out of the connection for the turn (a pointer move): admitting needs `conn` too.
             let Some(mut end) = conn.shm.take() else { return taken };
-            let ready = end.requests_ready();
-            let unread =
-                if matches!(ready, Ok(n) if n > 0) { end.responses_unread().map(Some) } else { Ok(None) };
-            let (ready, unread) = match (ready, unread) {
-                (Ok(r), Ok(Some(u))) => (r, u),
-                (Ok(_), Ok(None)) => {
-                    conn.shm = Some(end);
-                    return taken;
-                }
-                (Err(fault), _) | (_, Err(fault)) => {
+            let n = match takeable(&mut end, conn.inflight, self.hard_limit) {
+                Ok(n) => n.min(RING_FRAMES_PER_TURN - taken),
+                Err(fault) => {
                     conn.shm = Some(end);
                     conn.shm_fault = Some(fault);
                     conn.mark_dirty(slot, &mut self.dirty);
                     return taken;
                 }
             };
-            // Every admitted request owns a response slot until its answer is read.
-            let room = end.response_capacity().saturating_sub(unread + conn.inflight);
-            let bound = self.hard_limit.saturating_sub(conn.inflight);
-            let n = ready.min(room).min(bound).min(RING_FRAMES_PER_TURN - taken);
+            if n == 0 {
+                conn.shm = Some(end); // the idle case: no clock read, no store
+                return taken;
+            }
             let recv_ns = now_ns();
             let mut stage_full = false;
             for _ in 0..n {
@@ -167,14 +159,10 @@ impl IoLoop {
             let Some(conn) = self.conns.get_mut(slot) else { continue };
             let Some(end) = conn.shm.as_deref_mut() else { continue };
             if end.arm_doorbell() {
-                let room = match end.responses_unread() {
-                    Ok(unread) => end.response_capacity().saturating_sub(unread + conn.inflight),
-                    Err(_) => 1, // read_ring finds the fault at once
-                };
-                if room > 0 && conn.inflight < self.hard_limit {
-                    return Some(true);
+                match takeable(end, conn.inflight, self.hard_limit) {
+                    Ok(0) => stalled = true,
+                    _ => return Some(true), // something to take, or a fault read_ring reports at once
                 }
-                stalled = true;
             }
         }
         stalled.then_some(false)
@@ -201,4 +189,16 @@ impl IoLoop {
             self.shm_slots.swap_remove(i);
         }
     }
+}
+
+/// Requests in a session's ring that may be taken now: each needs a response slot not held
+/// by an unread answer or a request in flight, within the hard in-flight bound. (The
+/// client's response tail is read only when requests are ready.)
+fn takeable(end: &mut ServerEnd, inflight: u32, hard_limit: u32) -> Result<u32, ShmError> {
+    let ready = end.requests_ready()?;
+    if ready == 0 {
+        return Ok(0);
+    }
+    let room = end.response_capacity().saturating_sub(end.responses_unread()? + inflight);
+    Ok(ready.min(room).min(hard_limit.saturating_sub(inflight)))
 }

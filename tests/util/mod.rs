@@ -37,6 +37,19 @@ pub fn compile(lang: &str, sources: &[&Path], out: &Path) {
     );
 }
 
+/// Run a program to completion; its stdout. Panics with stdout and stderr if it failed.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// A parity fixture written by `scripts/make_fixtures.py`.
 pub struct ParityCase {
     pub request: MlRequest,
