@@ -296,15 +296,7 @@ fn pacing_schedules() {
 }
 
 fn tickinfer(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_tickinfer")).args(args).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}\n{text}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
+    util::run_ok(Command::new(env!("CARGO_BIN_EXE_tickinfer")).args(args))
 }
 
 #[test]
