@@ -6,6 +6,7 @@
 //! Control protocol: one line per connection, one JSON line back, then close.
 //! - `stats` → the [`StatsReport`];
 //! - `reload PATH` → `{"ok":true,"name":…,"version":…}` or `{"ok":false,"error":…}`;
+//!   `reload` alone reloads the configured model (what SIGHUP does), answered the same;
 //! - `reset` / `reset SYMBOL` → `{"ok":true}` once the scoring thread cleared the
 //!   per-symbol state (every symbol's, or one's) of a stateful model.
 //!
@@ -81,7 +82,10 @@ pub fn spawn(
                 return;
             }
         };
-        let control = Control { shared, policy, config_file };
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let control = Control { shared, policy, config_file, host: Default::default(), started };
         rt.block_on(control.run(std_listener, file, metrics_listener));
         // A reload still loading a model must not hold up the exit (it is refused once the
         // server has drained: `ReloadSlot::close`).
@@ -122,7 +126,14 @@ struct Control {
     /// Who may use the control socket.
     policy: SocketPolicy,
     config_file: Option<PathBuf>,
+    /// `tickinfer doctor`'s findings on this host, from this process, and when they were made.
+    host: tokio::sync::Mutex<Option<(std::time::Instant, Arc<Vec<crate::doctor::Finding>>)>>,
+    /// When the control plane started (Unix seconds), for `tickinfer_start_time_seconds`.
+    started: f64,
 }
+
+/// How long the doctor's findings are reused between scrapes.
+const HOST_CHECK_EVERY: Duration = Duration::from_secs(60);
 
 impl Control {
     async fn run(
@@ -153,10 +164,12 @@ impl Control {
             tokio::select! {
                 _ = next_signal(&mut term) => {
                     log::info!("SIGTERM: draining");
+                    crate::systemd::stopping();
                     this.shared.shutdown.trigger();
                 }
                 _ = next_signal(&mut int) => {
                     log::info!("SIGINT: draining");
+                    crate::systemd::stopping();
                     this.shared.shutdown.trigger();
                 }
                 _ = next_signal(&mut hup) => {
@@ -173,7 +186,7 @@ impl Control {
                 accepted = async { match &metrics { Some(m) => m.accept().await, None => std::future::pending().await } } => {
                     if let Ok((stream, _)) = accepted {
                         if let Some(slot) = take_slot(&metrics_slots, &mut refused, "metrics") {
-                            tokio::spawn(serve_metrics(stream, this.shared.clone(), slot));
+                            tokio::spawn(this.clone().serve_metrics(stream, slot));
                         }
                     }
                 }
@@ -184,22 +197,44 @@ impl Control {
         }
     }
 
-    async fn sighup_reload(self: Arc<Self>) {
-        let path = match &self.config_file {
+    /// What a reload without a path loads: the config file's `model` re-read (it may
+    /// name a new manifest), else the manifest being served.
+    fn configured_model(&self) -> Option<PathBuf> {
+        match &self.config_file {
             Some(cfg) => crate::server::ServeOptions { config: Some(cfg.clone()), ..Default::default() }
                 .with_config_file()
                 .ok()
                 .and_then(|o| o.model),
             None => self.shared.reload.current().map(|(_, p)| p),
-        };
-        match path {
+        }
+    }
+
+    async fn sighup_reload(self: Arc<Self>) {
+        match self.configured_model() {
             Some(p) => {
                 log::info!("SIGHUP: reloading {}", p.display());
-                let s = self.shared.clone();
-                let _ = tokio::task::spawn_blocking(move || s.reload.reload(&p)).await;
+                let _ = self.reload(p).await;
             }
             None => log::warn!("SIGHUP: no model path to reload"),
         }
+    }
+
+    /// Load `path` and swap it in, off the loop (blocking pool); systemd hears
+    /// `RELOADING=1` before and `READY=1` after, whatever the outcome.
+    async fn reload(&self, path: PathBuf) -> Result<crate::engine::ModelInfo, String> {
+        crate::systemd::reloading(&format!("reloading {}", path.display()));
+        let s = self.shared.clone();
+        let result = match tokio::task::spawn_blocking(move || s.reload.reload(&path)).await {
+            Ok(r) => r,
+            Err(e) => Err(e.to_string()),
+        };
+        let serving = self.shared.reload.current().map(|(i, _)| format!("{} v{}", i.name, i.version));
+        let serving = serving.unwrap_or_default();
+        match &result {
+            Ok(_) => crate::systemd::ready(&format!("reloaded: serving {serving}")),
+            Err(e) => crate::systemd::ready(&format!("reload refused ({e}); still serving {serving}")),
+        }
+        result
     }
 
     async fn serve_control(
@@ -258,15 +293,19 @@ impl Control {
                 );
             }
             v.to_string()
-        } else if let Some(path) = line.strip_prefix("reload ") {
-            let path = PathBuf::from(path.trim());
-            let s = self.shared.clone();
-            match tokio::task::spawn_blocking(move || s.reload.reload(&path)).await {
-                Ok(Ok(info)) => {
+        } else if line == "reload" || line.starts_with("reload ") {
+            let path = match line.strip_prefix("reload").map(str::trim).filter(|p| !p.is_empty()) {
+                Some(p) => PathBuf::from(p),
+                None => match self.configured_model() {
+                    Some(p) => p,
+                    None => return json_error("no configured model to reload; give a path: reload PATH"),
+                },
+            };
+            match self.reload(path).await {
+                Ok(info) => {
                     serde_json::json!({ "ok": true, "name": info.name, "version": info.version }).to_string()
                 }
-                Ok(Err(e)) => json_error(&e),
-                Err(e) => json_error(&e.to_string()),
+                Err(e) => json_error(&e),
             }
         } else if line == "reset" || line.starts_with("reset ") {
             let symbol = match line.strip_prefix("reset").map(str::trim).filter(|a| !a.is_empty()) {
@@ -286,7 +325,7 @@ impl Control {
             }
         } else {
             let shown: String = line.chars().take(40).collect();
-            json_error(&format!("unknown command `{shown}` (known: stats, reload PATH, reset [SYMBOL])"))
+            json_error(&format!("unknown command `{shown}` (known: stats, reload [PATH], reset [SYMBOL])"))
         }
     }
 }
@@ -309,49 +348,75 @@ fn json_error(e: &str) -> String {
     serde_json::json!({ "ok": false, "error": e }).to_string()
 }
 
-/// Minimal HTTP/1.1 responder for `GET /metrics` (one request per connection; the
-/// head must arrive within [`REQUEST_TIMEOUT`] and fit in [`MAX_REQUEST`] bytes).
-async fn serve_metrics(
-    mut stream: tokio::net::TcpStream,
-    shared: Arc<Shared>,
-    _slot: tokio::sync::OwnedSemaphorePermit,
-) {
-    let mut buf = vec![0u8; MAX_REQUEST];
-    let mut n = 0;
-    let head = async {
-        while n < buf.len() {
-            match stream.read(&mut buf[n..]).await {
-                Ok(0) | Err(_) => return false,
-                Ok(k) => n += k,
+impl Control {
+    /// Minimal HTTP/1.1 responder for `GET /metrics` (one request per connection; the
+    /// head must arrive within [`REQUEST_TIMEOUT`] and fit in [`MAX_REQUEST`] bytes).
+    async fn serve_metrics(
+        self: Arc<Self>,
+        mut stream: tokio::net::TcpStream,
+        _slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let mut buf = vec![0u8; MAX_REQUEST];
+        let mut n = 0;
+        let head = async {
+            while n < buf.len() {
+                match stream.read(&mut buf[n..]).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(k) => n += k,
+                }
+                if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                    return true;
+                }
             }
-            if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                return true;
+            false
+        };
+        if !matches!(tokio::time::timeout(REQUEST_TIMEOUT, head).await, Ok(true)) {
+            return; // slow, oversized or closed: nothing to answer
+        }
+        let request = String::from_utf8_lossy(&buf[..n]);
+        let (status, body) = if request.starts_with("GET /metrics ") || request.starts_with("GET /metrics?") {
+            let host = self.host_findings().await;
+            ("200 OK", prometheus_text(&self.shared, &host, self.started))
+        } else {
+            ("404 Not Found", "only GET /metrics is served\n".to_string())
+        };
+        let head = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let reply = async {
+            stream.write_all(head.as_bytes()).await?;
+            stream.write_all(body.as_bytes()).await
+        };
+        let _ = tokio::time::timeout(REPLY_TIMEOUT, reply).await;
+    }
+
+    /// The doctor's findings for this host as this process sees it (its own limits),
+    /// checked at most once per [`HOST_CHECK_EVERY`], off the control loop.
+    async fn host_findings(&self) -> Arc<Vec<crate::doctor::Finding>> {
+        let mut cached = self.host.lock().await;
+        if let Some((at, findings)) = cached.as_ref() {
+            if at.elapsed() < HOST_CHECK_EVERY {
+                return findings.clone();
             }
         }
-        false
-    };
-    if !matches!(tokio::time::timeout(REQUEST_TIMEOUT, head).await, Ok(true)) {
-        return; // slow, oversized or closed: nothing to answer
+        let findings =
+            tokio::task::spawn_blocking(|| crate::doctor::Host::new("/").check()).await.unwrap_or_default();
+        let findings = Arc::new(findings);
+        *cached = Some((std::time::Instant::now(), findings.clone()));
+        findings
     }
-    let request = String::from_utf8_lossy(&buf[..n]);
-    let (status, body) = if request.starts_with("GET /metrics ") || request.starts_with("GET /metrics?") {
-        ("200 OK", prometheus_text(&shared))
-    } else {
-        ("404 Not Found", "only GET /metrics is served\n".to_string())
-    };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let reply = async {
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body.as_bytes()).await
-    };
-    let _ = tokio::time::timeout(REPLY_TIMEOUT, reply).await;
 }
 
-/// Histogram bucket bounds in seconds: 1 µs … 1 s, fine enough for microseconds.
-const LATENCY_BUCKETS_NS: [u64; 22] = [
+/// Latency histogram bucket upper bounds, ns (exported in seconds). Chosen for
+/// this server's range: an in-process model run is 0.1–5 µs, a request's server
+/// time 0.3–10 µs when healthy, and anything past 100 µs (the original budget) is
+/// a fault worth seeing: fine steps from 100 ns to 100 µs (so `histogram_quantile`
+/// interpolates within at most a 1.5–2× bucket there), then coarse up to 1 s.
+pub const LATENCY_BUCKETS_NS: [u64; 25] = [
+    100,
+    250,
+    500,
     1_000,
     2_000,
     3_000,
@@ -376,13 +441,43 @@ const LATENCY_BUCKETS_NS: [u64; 22] = [
     1_000_000_000,
 ];
 
-/// The Prometheus text exposition of the shared stats and gauges.
-pub fn prometheus_text(shared: &Shared) -> String {
+/// The Prometheus text exposition of the shared stats and gauges, the build, and
+/// `host`: the doctor's findings (one `tickinfer_doctor_finding` sample each).
+pub fn prometheus_text(shared: &Shared, host: &[crate::doctor::Finding], started: f64) -> String {
     let mut out = String::new();
     let stats = match shared.stats.lock() {
         Ok(s) => s.clone(),
         Err(_) => return "# stats unavailable\n".into(),
     };
+    let _ = writeln!(
+        out,
+        "# HELP tickinfer_build_info This build: crate version, wire and shared-memory protocol versions, GPU features.\n\
+         # TYPE tickinfer_build_info gauge\n\
+         tickinfer_build_info{{version=\"{}\",wire_version=\"{}\",shm_version=\"{}\",gpu=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        crate::wire::PROTOCOL_VERSION,
+        crate::shm::SHM_VERSION,
+        if cfg!(feature = "tensorrt") { "tensorrt" } else if cfg!(feature = "cuda") { "cuda" } else { "none" }
+    );
+    let _ = writeln!(
+        out,
+        "# HELP tickinfer_start_time_seconds When the server started, Unix seconds.\n\
+         # TYPE tickinfer_start_time_seconds gauge\ntickinfer_start_time_seconds {started:.3}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP tickinfer_doctor_finding One per `tickinfer doctor` finding on this host, as the server's own \
+         process sees it (its limits), re-checked at most once a minute; level ok, info or warn.\n\
+         # TYPE tickinfer_doctor_finding gauge"
+    );
+    for f in host {
+        let level = match f.level {
+            crate::doctor::Level::Ok => "ok",
+            crate::doctor::Level::Info => "info",
+            crate::doctor::Level::Warn => "warn",
+        };
+        let _ = writeln!(out, "tickinfer_doctor_finding{{area=\"{}\",level=\"{level}\"}} 1", f.area);
+    }
     out += "# HELP tickinfer_responses_total Responses sent, by wire status.\n# TYPE tickinfer_responses_total counter\n";
     for (code, n) in stats.status.iter().enumerate() {
         let name = format!("{:?}", Status::ALL[code]).to_lowercase();
@@ -427,6 +522,12 @@ pub fn prometheus_text(shared: &Shared) -> String {
     };
     // Relaxed: gauges.
     gauge(&mut out, "connections", "Open client connections.", shared.connections.load(Ordering::Relaxed));
+    gauge(
+        &mut out,
+        "max_connections",
+        "Client connections the server holds at most (--max-connections); more are refused.",
+        shared.max_connections.load(Ordering::Relaxed),
+    );
     gauge(
         &mut out,
         "shm_sessions",
@@ -538,9 +639,16 @@ pub fn request_reset(socket: &Path, symbol: Option<u16>) -> Result<(), String> {
     command_ok(socket, &command, "reset").map(|_| ())
 }
 
-/// Ask a running server to load `model` and swap it in; `Ok((name, version))`.
-pub fn request_reload(socket: &Path, model: &Path) -> Result<(String, u32), String> {
-    let abs = std::fs::canonicalize(model).map_err(|e| format!("{}: {e}", model.display()))?;
-    let v = command_ok(socket, &format!("reload {}", abs.display()), "reload")?;
+/// Ask a running server to load `model` (its configured model when `None`) and swap it
+/// in; `Ok((name, version))`.
+pub fn request_reload(socket: &Path, model: Option<&Path>) -> Result<(String, u32), String> {
+    let command = match model {
+        Some(m) => {
+            let abs = std::fs::canonicalize(m).map_err(|e| format!("{}: {e}", m.display()))?;
+            format!("reload {}", abs.display())
+        }
+        None => "reload".to_string(),
+    };
+    let v = command_ok(socket, &command, "reload")?;
     Ok((v["name"].as_str().unwrap_or_default().to_string(), v["version"].as_u64().unwrap_or(0) as u32))
 }

@@ -201,23 +201,42 @@ impl Host {
                     .find(|l| l.starts_with(name))
                     .map(|l| l[name.len()..].split_whitespace().next().unwrap_or("?").to_string())
             };
-            match limit("Max locked memory").as_deref() {
-                Some("unlimited") => f.push(ok("mlock", "locked memory: unlimited")),
-                Some(v) if v.parse::<u64>().is_ok_and(|b| b >= 64 << 20) => {
-                    f.push(ok("mlock", format!("locked memory: {v} bytes")))
+            // `tickinfer serve --lock-memory` needs the limit unlimited, or CAP_IPC_LOCK (bit 14).
+            let status = self.read("/proc/self/status").unwrap_or_default();
+            let status_field =
+                |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string());
+            let caps = status_field("CapEff:").and_then(|h| u64::from_str_radix(&h, 16).ok()).unwrap_or(0);
+            // CAP_IPC_LOCK (14) and CAP_SYS_NICE (23) lift the two limits below.
+            let (ipc_lock, sys_nice) = (caps & (1 << 14) != 0, caps & (1 << 23) != 0);
+            let locked = status_field("VmLck:").filter(|v| v.split_whitespace().next() != Some("0"));
+            match (limit("Max locked memory").as_deref(), locked) {
+                (_, Some(kb)) => f.push(ok("mlock", format!("memory locked: {kb} (--lock-memory)"))),
+                (Some("unlimited"), None) => {
+                    f.push(ok("mlock", "locked memory: unlimited (tickinfer serve --lock-memory can lock)"))
                 }
-                Some(v) => f.push(warn(
+                (Some(v), None) if ipc_lock => f.push(ok(
+                    "mlock",
+                    format!("locked memory limit {v} bytes, but CAP_IPC_LOCK is held: --lock-memory can lock"),
+                )),
+                (Some(v), None) => f.push(warn(
                     "mlock",
                     format!("locked memory limit {v} bytes: pages can be swapped or reclaimed"),
-                    "ulimit -l unlimited (systemd: LimitMEMLOCK=infinity)",
+                    "ulimit -l unlimited (systemd: LimitMEMLOCK=infinity), then tickinfer serve --lock-memory",
                 )),
-                None => f.push(info("mlock", "limit not reported", None)),
+                (None, None) => f.push(info("mlock", "limit not reported", None)),
             }
             match limit("Max realtime priority").as_deref() {
+                Some("0") | None if sys_nice => f.push(ok(
+                    "rtprio",
+                    "real-time priority limit 0, but CAP_SYS_NICE is held: --rt-priority can set SCHED_FIFO",
+                )),
                 Some("0") | None => f.push(info(
                     "rtprio",
                     "real-time priority not allowed (SCHED_FIFO unavailable)",
-                    Some("ulimit -r 99 (systemd: LimitRTPRIO=99) to let pinned threads run SCHED_FIFO"),
+                    Some(
+                        "ulimit -r 50 (systemd: LimitRTPRIO=50), then tickinfer serve --rt-priority 50 \
+                         to run the pinned threads SCHED_FIFO",
+                    ),
                 )),
                 Some(v) => f.push(ok("rtprio", format!("real-time priority up to {v}"))),
             }

@@ -25,5 +25,6 @@ pub mod shm;
 pub mod state;
 pub mod stats;
 mod sys;
+pub mod systemd;
 pub mod transport;
 pub mod wire;

@@ -16,13 +16,15 @@ struct Cli {
 enum Command {
     /// Serve a model on a Unix socket until SIGTERM/SIGINT (then drain and exit 0).
     Serve(Box<ServeOptions>),
-    /// Load a new model into a running server and swap it in between two requests.
+    /// Load a new model into a running server and swap it in between two requests; waits for
+    /// the outcome (exit status 1 if refused: the old model keeps serving). systemd's ExecReload.
     Reload {
         #[arg(long)]
         socket: PathBuf,
-        /// The new model's manifest.
+        /// The new model's manifest [default: the server's configured model, re-read: the config
+        /// file's `model` if it was started with one, else the manifest it serves].
         #[arg(long)]
-        model: PathBuf,
+        model: Option<PathBuf>,
     },
     /// Clear the per-symbol history of a running server's stateful model (e.g. at the session start).
     Reset {
@@ -160,16 +162,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(opts) => serve(*opts),
-        Command::Reload { socket, model } => match tickinfer::control::request_reload(&socket, &model) {
-            Ok((name, version)) => {
-                println!("reloaded: now serving {name} v{version}");
-                ExitCode::SUCCESS
+        Command::Reload { socket, model } => {
+            match tickinfer::control::request_reload(&socket, model.as_deref()) {
+                Ok((name, version)) => {
+                    println!("reloaded: now serving {name} v{version}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tickinfer reload: refused, the old model keeps serving: {e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("tickinfer reload: refused, the old model keeps serving: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::Reset { socket, symbol } => match tickinfer::control::request_reset(&socket, symbol) {
             Ok(()) => {
                 match symbol {
@@ -280,13 +284,21 @@ fn main() -> ExitCode {
 
 fn serve(opts: ServeOptions) -> ExitCode {
     let config_file = opts.config.clone();
-    let cfg = match opts.with_config_file().and_then(ServeOptions::resolve) {
+    let mut cfg = match opts.with_config_file().and_then(ServeOptions::resolve) {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("tickinfer serve: {e}");
             return ExitCode::from(2);
         }
     };
+    // Socket activation: systemd holds the listening socket; serve the one it passed.
+    match tickinfer::systemd::inherited_listener(&cfg.socket) {
+        Ok(inherited) => cfg.inherited_listener = inherited.map(std::sync::Arc::new),
+        Err(e) => {
+            eprintln!("tickinfer serve: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let shared = Shared::new();
     let control = match tickinfer::control::spawn(
         &cfg.socket,
@@ -302,8 +314,8 @@ fn serve(opts: ServeOptions) -> ExitCode {
         }
     };
     let result = server::run(cfg, shared.clone(), |ready| {
-        log::info!(
-            "ready: model {} v{} on {} ({:?} mode, {:?} polling, batch up to {})",
+        let line = format!(
+            "model {} v{} on {} ({:?} mode, {:?} polling, batch up to {})",
             ready.model.name,
             ready.model.version,
             ready.model.provider,
@@ -311,6 +323,8 @@ fn serve(opts: ServeOptions) -> ExitCode {
             ready.poll,
             ready.model.max_batch
         );
+        log::info!("ready: {line}");
+        tickinfer::systemd::ready(&format!("serving {line}"));
     });
     shared.shutdown.trigger(); // stops the control plane on every path
     let _ = control.join();

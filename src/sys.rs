@@ -276,6 +276,64 @@ pub fn pin_to_core(core: usize) -> bool {
     }
 }
 
+/// A resource limit's soft value; `None` is unlimited (`RLIM_INFINITY`).
+pub fn soft_limit(resource: libc::__rlimit_resource_t) -> io::Result<Option<u64>> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    syscall!(getrlimit(resource, &mut lim))?;
+    Ok((lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur))
+}
+
+/// Whether the effective capability set holds capability number `cap` (e.g. 14 =
+/// `CAP_IPC_LOCK`), from `/proc/self/status`; `false` when it cannot be read.
+pub fn has_capability(cap: u32) -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        })
+        .is_some_and(|mask| mask & (1u64 << cap) != 0)
+}
+
+/// Lock every current and future page of the process in memory (`mlockall`).
+pub fn lock_all_memory() -> io::Result<()> {
+    syscall!(mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE)).map(drop)
+}
+
+/// Run `thread` under `SCHED_FIFO` at `priority` (1..=99).
+pub fn set_fifo(thread: libc::pthread_t, priority: i32) -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: priority };
+    // SAFETY: `thread` is a live thread of this process (callers hold its handle or are it);
+    // `param` outlives the call.
+    let rc = unsafe { libc::pthread_setschedparam(thread, libc::SCHED_FIFO, &param) };
+    // pthread functions return the error number instead of setting errno.
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
+}
+
+/// The calling thread's pthread handle.
+pub fn current_thread() -> libc::pthread_t {
+    // SAFETY: pthread_self cannot fail and touches no memory.
+    unsafe { libc::pthread_self() }
+}
+
+/// Whether `fd` is a listening Unix stream socket (what socket activation must hand over).
+pub fn is_listening_unix_stream(fd: RawFd) -> io::Result<bool> {
+    let opt = |name: libc::c_int| -> io::Result<libc::c_int> {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        syscall!(getsockopt(fd, libc::SOL_SOCKET, name, (&mut v as *mut libc::c_int).cast(), &mut len))?;
+        Ok(v)
+    };
+    Ok(opt(libc::SO_DOMAIN)? == libc::AF_UNIX
+        && opt(libc::SO_TYPE)? == libc::SOCK_STREAM
+        && opt(libc::SO_ACCEPTCONN)? != 0)
+}
+
 /// Parse a kernel CPU list ("0-3,8,10-11") as in `/sys/devices/system/cpu/isolated`.
 pub fn parse_cpu_list(text: &str) -> Vec<usize> {
     let mut cpus = Vec::new();

@@ -165,6 +165,14 @@ pub struct ServeOptions {
     /// Serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9464), off the hot path.
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Once warm, lock every current and future page in memory (mlockall). Needs an unlimited
+    /// locked-memory limit (`ulimit -l unlimited`, systemd `LimitMEMLOCK=infinity`) or CAP_IPC_LOCK.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub lock_memory: Option<bool>,
+    /// Run the pinned hot threads SCHED_FIFO at this priority (1..=99). Needs `ulimit -r N`
+    /// (systemd `LimitRTPRIO=N`) or CAP_SYS_NICE.
+    #[arg(long)]
+    pub rt_priority: Option<u8>,
 }
 
 impl ServeOptions {
@@ -227,7 +235,15 @@ impl ServeOptions {
                 fp16: self.trt_fp16.unwrap_or(false),
             },
         };
+        if let Some(p) = self.rt_priority {
+            if !(1..=99).contains(&p) {
+                return Err(format!("--rt-priority {p}: SCHED_FIFO priorities are 1..=99"));
+            }
+        }
         Ok(ServerConfig {
+            lock_memory: self.lock_memory.unwrap_or(false),
+            rt_priority: self.rt_priority,
+            inherited_listener: None,
             record: self.record,
             record_options: crate::record::RecordOptions {
                 overwrite: self.record_overwrite.unwrap_or(false),
@@ -318,6 +334,13 @@ pub struct ServerConfig {
     pub record_options: crate::record::RecordOptions,
     /// Prometheus endpoint address.
     pub metrics: Option<std::net::SocketAddr>,
+    /// `--lock-memory`: mlockall once warm.
+    pub lock_memory: bool,
+    /// `--rt-priority`: SCHED_FIFO for the pinned hot threads.
+    pub rt_priority: Option<u8>,
+    /// A listening socket handed over by systemd (socket activation), served instead of
+    /// binding `socket` (which must be its path); `run` takes it.
+    pub inherited_listener: Option<std::sync::Arc<std::os::unix::net::UnixListener>>,
 }
 
 impl ServerConfig {
@@ -393,6 +416,8 @@ mod tests {
         ("metrics", "\"127.0.0.1:9464\""),
         ("record_overwrite", "true"),
         ("record_max_bytes", "1000000"),
+        ("lock_memory", "true"),
+        ("rt_priority", "40"),
     ];
 
     /// Walks every option `serve` has (from clap's own list): each works from the file
@@ -439,6 +464,7 @@ mod tests {
         assert_eq!(cfg.metrics, Some("127.0.0.1:9464".parse().unwrap()));
         let record = crate::record::RecordOptions { overwrite: true, max_bytes: Some(1_000_000) };
         assert_eq!(cfg.record_options, record);
+        assert_eq!((cfg.lock_memory, cfg.rt_priority), (true, Some(40)));
         assert_eq!(
             (cfg.mode, cfg.poll, cfg.spin),
             (Mode::Pipeline, PollMode::Adaptive, Duration::from_micros(77))

@@ -42,6 +42,7 @@ pub mod reload;
 mod routing;
 mod shm_sessions;
 pub mod stage;
+mod tuning;
 mod worker;
 
 use std::io;
@@ -96,6 +97,9 @@ pub enum ServerError {
     Io(#[from] io::Error),
     #[error("inference worker: {0}")]
     Worker(String),
+    /// `--lock-memory` or `--rt-priority` refused (the message names the limit and the fix).
+    #[error("{0}")]
+    Tuning(String),
 }
 
 /// Asks a running server to drain and stop (SIGTERM/SIGINT do this).
@@ -131,6 +135,8 @@ pub struct Shared {
     pub connections: AtomicU64,
     /// Of them, shared-memory sessions (gauge).
     pub shm_sessions: AtomicU64,
+    /// `--max-connections` (set once at start).
+    pub max_connections: AtomicU64,
     /// Jobs waiting in the request ring (pipeline mode; gauge, sampled every 200 ms).
     pub queue_depth: AtomicU64,
 }
@@ -176,7 +182,7 @@ fn pin(core: Option<usize>, what: &str) {
 /// `shutdown` is triggered and the drain completes. `on_ready` is called once
 /// the socket accepts connections and the model is warm.
 pub fn run(
-    cfg: ServerConfig,
+    mut cfg: ServerConfig,
     shared: Arc<Shared>,
     on_ready: impl FnOnce(&Ready),
 ) -> Result<StatsReport, ServerError> {
@@ -201,8 +207,23 @@ pub fn run(
         cfg.poll
     );
 
-    // Bind first: a live server on the path is refused before the model loads.
-    let (std_listener, socket_file) = SocketFile::bind(&cfg.socket, &cfg.policy)?;
+    // Bind first: a live server on the path is refused before the model loads. A socket
+    // handed over by systemd is served as it is: its file, owner and mode are the unit's.
+    let (std_listener, socket_file) = match cfg.inherited_listener.take() {
+        Some(inherited) => {
+            log::info!(
+                "serving the socket systemd passed (socket activation): {}; its owner and mode are the \
+                 socket unit's, the peer allowlist applies",
+                cfg.socket.display()
+            );
+            let listener = std::sync::Arc::try_unwrap(inherited).or_else(|shared| shared.try_clone())?;
+            (listener, None)
+        }
+        None => {
+            let (listener, file) = SocketFile::bind(&cfg.socket, &cfg.policy)?;
+            (listener, Some(file))
+        }
+    };
     pin(io_core, if mode == Mode::Inline { "inline thread" } else { "I/O thread" });
 
     let poll = Poll::new()?;
@@ -257,13 +278,15 @@ pub fn run(
         None => None,
     };
     shared.reload.set_current(model.clone(), cfg.model.clone(), cfg.engine.clone());
+    // Relaxed: a configuration value for the metrics endpoint, nothing else hangs on it.
+    shared.max_connections.store(cfg.max_connections as u64, Ordering::Relaxed);
     let ready = Ready { mode, poll: cfg.poll, io_core, worker_core, model };
 
     let mut io = IoLoop {
         poll,
         events: Events::with_capacity(256),
         listener: Some(listener),
-        socket_file: Some(socket_file),
+        socket_file,
         conns: Slab::with_capacity(cfg.max_connections + cfg.max_pending),
         established: 0,
         pending: 0,
@@ -291,6 +314,23 @@ pub fn run(
         spinning: false,
         cfg,
     };
+    // Warm and allocated: lock the pages and raise the hot threads now, before anyone is told.
+    if io.cfg.lock_memory {
+        tuning::lock_memory().map_err(ServerError::Tuning)?;
+    }
+    if let Some(priority) = io.cfg.rt_priority {
+        use std::os::unix::thread::JoinHandleExt;
+        let worker = match &io.stage {
+            Stage::Pipeline(w) => {
+                w.thread.as_ref().filter(|_| worker_core.is_some()).map(|t| t.as_pthread_t())
+            }
+            Stage::Inline { .. } => None,
+        };
+        let io_thread = io_core.map(|_| crate::sys::current_thread());
+        let name = if mode == Mode::Inline { "inline thread" } else { "I/O thread" };
+        tuning::realtime(&[(io_thread, name), (worker, "inference worker")], priority)
+            .map_err(ServerError::Tuning)?;
+    }
     log::info!("listening on {} (control: {}.ctl)", io.cfg.socket.display(), io.cfg.socket.display());
     on_ready(&ready);
     let ran = io.run();

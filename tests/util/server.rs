@@ -60,7 +60,9 @@ impl Server {
         s
     }
 
-    fn spawn_with(dir: tempfile::TempDir, socket: PathBuf, args: &[&str], mut cmd: Command) -> Server {
+    /// Start `cmd` (the tickinfer binary, or a wrapper that runs it) with `serve --socket` and
+    /// the defaults appended, logging into `dir`; without waiting.
+    pub fn spawn_with(dir: tempfile::TempDir, socket: PathBuf, args: &[&str], mut cmd: Command) -> Server {
         let log = dir.path().join("server.log");
         cmd.arg("serve").arg("--socket").arg(&socket);
         if !args.contains(&"--model") {
