@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Writes deploy/grafana/tickinfer.json, the Grafana dashboard (edit here, then run:
+`python3 scripts/make_dashboard.py`). tests/ops_dashboard.rs checks that every metric it
+names is exported by a live server and that every query carries the $job/$instance filter."""
+import json
+import pathlib
+
+SEL = 'job=~"$job", instance=~"$instance"'
+DS = {"type": "prometheus", "uid": "${datasource}"}
+panels = []
+
+
+def nid():
+    return len(panels) + 1
+
+
+def row(title, y):
+    panels.append({"type": "row", "title": title, "id": nid(), "collapsed": False,
+                   "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
+
+
+def ts(title, desc, targets, unit, x, y, w=8, h=8):
+    panels.append({
+        "type": "timeseries", "title": title, "description": desc, "id": nid(), "datasource": DS,
+        "gridPos": {"h": h, "w": w, "x": x, "y": y},
+        "fieldConfig": {"defaults": {"unit": unit, "custom": {"lineWidth": 1, "fillOpacity": 0, "showPoints": "never"}},
+                        "overrides": []},
+        "options": {"legend": {"displayMode": "table", "placement": "bottom", "calcs": ["lastNotNull", "max"]},
+                    "tooltip": {"mode": "multi", "sort": "none"}},
+        "targets": [{"datasource": DS, "expr": e, "legendFormat": l, "refId": chr(65 + i)}
+                    for i, (e, l) in enumerate(targets)]})
+
+
+def stat(title, desc, targets, unit, x, y, w=4, h=4, thresholds=None):
+    panels.append({
+        "type": "stat", "title": title, "description": desc, "id": nid(), "datasource": DS,
+        "gridPos": {"h": h, "w": w, "x": x, "y": y},
+        "fieldConfig": {"defaults": {"unit": unit, "thresholds": thresholds or {
+            "mode": "absolute", "steps": [{"color": "green", "value": None}]}}, "overrides": []},
+        "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                    "colorMode": "background", "graphMode": "none", "textMode": "auto"},
+        "targets": [{"datasource": DS, "expr": e, "legendFormat": l, "refId": chr(65 + i), "instant": True}
+                    for i, (e, l) in enumerate(targets)]})
+
+
+def table(title, desc, expr, x, y, w, h):
+    panels.append({
+        "type": "table", "title": title, "description": desc, "id": nid(), "datasource": DS,
+        "gridPos": {"h": h, "w": w, "x": x, "y": y}, "fieldConfig": {"defaults": {}, "overrides": []},
+        "options": {"showHeader": True},
+        "targets": [{"datasource": DS, "expr": expr, "format": "table", "instant": True, "refId": "A"}],
+        "transformations": [{"id": "organize", "options": {"excludeByName": {
+            k: True for k in ["Time", "Value", "__name__", "job"]}}}]})
+
+
+def q(metric, quant):
+    return f'histogram_quantile({quant}, sum by (le) (rate(tickinfer_{metric}_bucket{{{SEL}}}[$__rate_interval])))'
+
+
+def lat(metric):
+    return [(q(metric, 0.5), "p50"), (q(metric, 0.99), "p99"), (q(metric, 0.999), "p99.9")]
+
+
+def rate(metric):
+    return f'sum(rate(tickinfer_{metric}{{{SEL}}}[$__rate_interval]))'
+
+
+def increase(metric):
+    return f'sum(increase(tickinfer_{metric}{{{SEL}}}[$__rate_interval]))'
+
+
+def steps(*pairs):
+    return {"mode": "absolute", "steps": [{"color": c, "value": v} for c, v in pairs]}
+
+
+y = 0
+row("Overview", y); y += 1
+stat("Up", "Prometheus reached the metrics endpoint (the `up` series of the scrape job).",
+     [(f'up{{{SEL}}}', "{{instance}}")], "none", 0, y, thresholds=steps(("red", None), ("green", 1)))
+stat("Answers / s", "All answers, every status.", [(rate("responses_total"), "")], "reqps", 4, y)
+stat("Server p99", "Read -> answer queued, p99 over the range's rate interval.", [(q("total_seconds", 0.99), "")], "s", 8, y,
+     thresholds=steps(("green", None), ("orange", 5e-5), ("red", 1e-4)))
+stat("Error ratio", "Non-ok answers / all answers.", [(f'{rate("errors_total")} / {rate("responses_total")}', "")],
+     "percentunit", 12, y, thresholds=steps(("green", None), ("red", 0.01)))
+stat("Model version", "The serving model's manifest version (changes on a reload).",
+     [(f'max(tickinfer_model_version{{{SEL}}})', "")], "none", 16, y)
+stat("Uptime", "Since the server started.", [(f'time() - max(tickinfer_start_time_seconds{{{SEL}}})', "")], "s", 20, y)
+y += 4
+row("Latency (server side: a client's round trip adds its transport, ~4 µs socket, ~0.4 µs shared memory)", y); y += 1
+ts("Server time: read -> answer queued",
+   "tickinfer_total_seconds: from the request's read (socket or ring) to its answer queued for the client. "
+   "p50 / p99 / p99.9 from the histogram buckets.", lat("total_seconds"), "s", 0, y)
+ts("Queue: read -> model run starts",
+   "tickinfer_queue_seconds: time waiting for the model (batching, the worker ring in pipeline mode).",
+   lat("queue_seconds"), "s", 8, y)
+ts("Inference: one model run", "tickinfer_inference_seconds: one model run, per batch (not per request).",
+   lat("inference_seconds"), "s", 16, y)
+y += 8
+row("Traffic", y); y += 1
+ts("Answers per second by status", "tickinfer_responses_total by wire status (ok, badprice, overloaded, ...).",
+   [(f'sum by (status) (rate(tickinfer_responses_total{{{SEL}}}[$__rate_interval]))', "{{status}}")], "reqps", 0, y)
+ts("Batch size", "Requests per model run: p50 / p99 from tickinfer_batch_size buckets, and the mean.",
+   [(q("batch_size", 0.5).replace("tickinfer_batch_size_bucket", "tickinfer_batch_size_bucket"), "p50"),
+    (q("batch_size", 0.99), "p99"),
+    (f'{rate("batch_size_sum")} / {rate("batch_size_count")}', "mean")], "none", 8, y)
+ts("Connections", "Open client connections, of them shared-memory sessions, and the --max-connections limit; "
+   "requests waiting in the worker ring (pipeline mode).",
+   [(f'sum(tickinfer_connections{{{SEL}}})', "connections"), (f'sum(tickinfer_shm_sessions{{{SEL}}})', "shm sessions"),
+    (f'sum(tickinfer_max_connections{{{SEL}}})', "limit"), (f'sum(tickinfer_queue_depth{{{SEL}}})', "queue depth")],
+   "none", 16, y)
+y += 8
+row("Faults and changes", y); y += 1
+ts("Cut-offs and refusals",
+   "Per interval: slow readers disconnected (unsent answers past --write-buffer-limit), hellos refused (full, "
+   "permissions), shared-memory sessions cut for breaking the ring protocol, NaN/inf model outputs.",
+   [(increase("slow_reader_disconnects_total"), "slow-reader cuts"),
+    (increase("connections_refused_total"), "refused"),
+    (increase("shm_faults_total"), "shm faults"),
+    (increase("nonfinite_outputs_total"), "non-finite outputs")], "none", 0, y)
+ts("Reloads and model version",
+   "Reloads per interval by result (a refused reload leaves the old model serving), and the serving model's version.",
+   [(f'sum by (result) (increase(tickinfer_reloads_total{{{SEL}}}[$__rate_interval]))', "reloads {{result}}"),
+    (f'max(tickinfer_model_version{{{SEL}}})', "model version")], "none", 8, y)
+table("Serving model", "tickinfer_model_info: name, execution provider and backend of the serving model, per instance.",
+      f'tickinfer_model_info{{{SEL}}}', 16, y, 8, 8)
+y += 8
+row("Host readiness (tickinfer doctor, as the server's process sees it)", y); y += 1
+stat("Doctor warnings", "Findings of level warn: each costs latency; `tickinfer doctor` on the host prints the fix.",
+     [(f'count(tickinfer_doctor_finding{{{SEL}, level="warn"}}) or vector(0)', "")], "none", 0, y, w=4, h=8,
+     thresholds=steps(("green", None), ("orange", 1)))
+table("Doctor findings", "Every finding by area and level (ok, info, warn), re-checked at most once a minute.",
+      f'tickinfer_doctor_finding{{{SEL}}}', 4, y, 10, 8)
+table("Build", "tickinfer_build_info: crate version, wire and shared-memory protocol versions, GPU features.",
+      f'tickinfer_build_info{{{SEL}}}', 14, y, 10, 8)
+
+variable = lambda name, query: {  # noqa: E731
+    "name": name, "label": name, "type": "query", "datasource": DS, "query": {"query": query, "refId": name},
+    "definition": query, "refresh": 2, "includeAll": True, "multi": True, "current": {}, "hide": 0}
+dashboard = {
+    "title": "tickinfer", "uid": "tickinfer", "tags": ["tickinfer", "trading", "latency"], "timezone": "utc",
+    "editable": True, "schemaVersion": 39, "version": 1, "refresh": "10s", "time": {"from": "now-1h", "to": "now"},
+    "description": "tickinfer inference servers: server-side latency p50/p99/p99.9, answers by status, batching, "
+                   "connections, cut-offs, reloads, host tuning. Metrics from `tickinfer serve --metrics`; alerts in "
+                   "deploy/prometheus/rules.yml.",
+    "templating": {"list": [
+        {"name": "datasource", "label": "Prometheus", "type": "datasource", "query": "prometheus", "current": {},
+         "hide": 0},
+        variable("job", "label_values(tickinfer_build_info, job)"),
+        variable("instance", 'label_values(tickinfer_build_info{job=~"$job"}, instance)')]},
+    "annotations": {"list": [{"name": "Reloads", "datasource": DS, "enable": True, "iconColor": "blue",
+                              "expr": f'changes(tickinfer_model_version{{{SEL}}}[1m]) > 0',
+                              "titleFormat": "model reloaded"}]},
+    "panels": panels,
+}
+out = pathlib.Path(__file__).resolve().parent.parent / "deploy/grafana/tickinfer.json"
+out.write_text(json.dumps(dashboard, indent=2, ensure_ascii=False) + "\n")
+print(f"wrote {out} ({len(panels)} panels)")
