@@ -198,24 +198,26 @@ impl Control {
     }
 
     /// What a reload without a path loads: the config file's `model` re-read (it may
-    /// name a new manifest), else the manifest being served.
-    fn configured_model(&self) -> Option<PathBuf> {
-        match &self.config_file {
-            Some(cfg) => crate::server::ServeOptions { config: Some(cfg.clone()), ..Default::default() }
-                .with_config_file()
-                .ok()
-                .and_then(|o| o.model),
-            None => self.shared.reload.current().map(|(_, p)| p),
+    /// name a new manifest), else (no config file, or no `model` in it) the manifest
+    /// being served. A config file that no longer parses is an error, not a fallback.
+    fn configured_model(&self) -> Result<PathBuf, String> {
+        if let Some(cfg) = &self.config_file {
+            let opts = crate::server::ServeOptions { config: Some(cfg.clone()), ..Default::default() }
+                .with_config_file()?;
+            if let Some(model) = opts.model {
+                return Ok(model);
+            }
         }
+        self.shared.reload.current().map(|(_, p)| p).ok_or_else(|| "no model is serving yet".to_string())
     }
 
     async fn sighup_reload(self: Arc<Self>) {
         match self.configured_model() {
-            Some(p) => {
+            Ok(p) => {
                 log::info!("SIGHUP: reloading {}", p.display());
                 let _ = self.reload(p).await;
             }
-            None => log::warn!("SIGHUP: no model path to reload"),
+            Err(e) => log::warn!("SIGHUP: nothing reloaded: {e}"),
         }
     }
 
@@ -297,8 +299,8 @@ impl Control {
             let path = match line.strip_prefix("reload").map(str::trim).filter(|p| !p.is_empty()) {
                 Some(p) => PathBuf::from(p),
                 None => match self.configured_model() {
-                    Some(p) => p,
-                    None => return json_error("no configured model to reload; give a path: reload PATH"),
+                    Ok(p) => p,
+                    Err(e) => return json_error(&format!("cannot tell the configured model: {e}")),
                 },
             };
             match self.reload(path).await {
