@@ -28,7 +28,8 @@ typedef struct ml_capture_header_t {
     uint32_t magic;            /* ML_CAPTURE_MAGIC                            */
     uint16_t record_size;      /* sizeof(ml_capture_record_t)                 */
     uint16_t protocol_version; /* ML_PROTOCOL_VERSION of the recorded requests */
-    uint32_t reserved;         /* 0                                           */
+    uint16_t size_scale_digits;/* recorded sizes are x 10^this (0: units)     */
+    uint16_t reserved;         /* 0                                           */
     int64_t price_scale;       /* fixed-point scale of the recorded prices    */
     uint64_t created_unix_ns;  /* CLOCK_REALTIME when recording started       */
 } ml_capture_header_t;
@@ -46,7 +47,8 @@ ML_STATIC_ASSERT(offsetof(ml_capture_header_t, header_size) == 2, "capture.heade
 ML_STATIC_ASSERT(offsetof(ml_capture_header_t, magic) == 4, "capture.magic");
 ML_STATIC_ASSERT(offsetof(ml_capture_header_t, record_size) == 8, "capture.record_size");
 ML_STATIC_ASSERT(offsetof(ml_capture_header_t, protocol_version) == 10, "capture.protocol_version");
-ML_STATIC_ASSERT(offsetof(ml_capture_header_t, reserved) == 12, "capture.reserved");
+ML_STATIC_ASSERT(offsetof(ml_capture_header_t, size_scale_digits) == 12, "capture.size_scale_digits");
+ML_STATIC_ASSERT(offsetof(ml_capture_header_t, reserved) == 14, "capture.reserved");
 ML_STATIC_ASSERT(offsetof(ml_capture_header_t, price_scale) == 16, "capture.price_scale");
 ML_STATIC_ASSERT(offsetof(ml_capture_header_t, created_unix_ns) == 24, "capture.created_unix_ns");
 ML_STATIC_ASSERT(sizeof(ml_capture_record_t) == 202, "capture record size");

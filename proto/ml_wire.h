@@ -202,6 +202,25 @@ typedef struct ml_hello_t {
 } ml_hello_t;
 
 /** The server's answer to ml_hello_t (64 bytes). Bytes 0..11 never change. */
+/*
+ * Sizes: bid_size/ask_size (and the depth block's sizes) are fixed point like
+ * prices: size = value / size_scale, size_scale = 10^size_scale_digits from the
+ * hello ack (ML_SIZE_SCALE(ack)). 0 digits (scale 1) means whole shares or
+ * contracts: every server before this field existed, and every model whose
+ * manifest sets no size_scale. A crypto model with size_scale = 1000 reads
+ * 2.507 BTC as 2507. Protocol-compatible: the field was `reserved` (always 0), so
+ * a client that ignores it keeps sending whole units to scale-1 models.
+ */
+#define ML_SIZE_SCALE_MAX_DIGITS 18u
+#define ML_SIZE_SCALE(ack) ml_pow10_i64((ack)->size_scale_digits)
+/** 10^digits for digits 0..ML_SIZE_SCALE_MAX_DIGITS; 0 for anything larger. */
+static inline int64_t ml_pow10_i64(unsigned digits) {
+    int64_t v = 1;
+    if (digits > ML_SIZE_SCALE_MAX_DIGITS) return 0;
+    while (digits-- > 0u) v *= 10;
+    return v;
+}
+
 typedef struct ml_hello_ack_t {
     uint16_t version;       /* the server's ML_PROTOCOL_VERSION              */
     uint16_t ack_size;      /* sizeof(ml_hello_ack_t) of the server          */
@@ -212,7 +231,7 @@ typedef struct ml_hello_ack_t {
     uint16_t max_features;  /* the server's ML_MAX_FEATURES                  */
     int64_t price_scale;    /* fixed-point scale of every price on the wire  */
     uint16_t model_features;/* extra features the model reads (n_features)   */
-    uint16_t reserved;      /* 0                                             */
+    uint16_t size_scale_digits; /* sizes are fixed point x 10^this (0: units) */
     uint32_t max_inflight;  /* per-connection bound before ML_ERR_OVERLOADED */
     uint32_t model_version; /* version of the model now serving              */
     char model_name[ML_MODEL_NAME_LEN]; /* NUL-terminated, truncated        */
@@ -224,8 +243,8 @@ typedef struct ml_request_t {
     uint16_t symbol_id;      /* instrument id (server symbol table optional)  */
     int64_t bid_price;       /* fixed point, / price_scale                    */
     int64_t ask_price;       /* fixed point, / price_scale                    */
-    int64_t bid_size;        /* shares/contracts, >= 0                        */
-    int64_t ask_size;        /* shares/contracts, >= 0                        */
+    int64_t bid_size;        /* fixed point, / size_scale (ML_SIZE_SCALE), >= 0 */
+    int64_t ask_size;        /* fixed point, / size_scale (ML_SIZE_SCALE), >= 0 */
     int64_t book_imbalance;  /* (bid-ask)/(bid+ask) * ML_IMBALANCE_SCALE      */
     uint64_t request_id;     /* client-chosen, echoed in the response         */
     uint16_t n_features;     /* valid entries in features[]                   */
@@ -305,7 +324,7 @@ ML_STATIC_ASSERT(offsetof(ml_hello_ack_t, response_size) == 12, "ack.response_si
 ML_STATIC_ASSERT(offsetof(ml_hello_ack_t, max_features) == 14, "ack.max_features");
 ML_STATIC_ASSERT(offsetof(ml_hello_ack_t, price_scale) == 16, "ack.price_scale");
 ML_STATIC_ASSERT(offsetof(ml_hello_ack_t, model_features) == 24, "ack.model_features");
-ML_STATIC_ASSERT(offsetof(ml_hello_ack_t, reserved) == 26, "ack.reserved");
+ML_STATIC_ASSERT(offsetof(ml_hello_ack_t, size_scale_digits) == 26, "ack.size_scale_digits");
 ML_STATIC_ASSERT(offsetof(ml_hello_ack_t, max_inflight) == 28, "ack.max_inflight");
 ML_STATIC_ASSERT(offsetof(ml_hello_ack_t, model_version) == 32, "ack.model_version");
 ML_STATIC_ASSERT(offsetof(ml_hello_ack_t, model_name) == 36, "ack.model_name");

@@ -212,7 +212,7 @@ pub fn ready_rows(manifest: &Manifest, reqs: &[MlRequest]) -> Vec<f32> {
             manifest.features.fill_with(req, None, row);
         } else {
             st.admit(req.symbol_id);
-            let view = st.update(req, manifest.features.inv_price_scale());
+            let view = st.update(req, manifest.features.scales());
             manifest.features.fill_with(req, Some(&view), row);
         }
     }
@@ -382,12 +382,35 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
     Ok(report)
 }
 
-fn write_all_spin(s: &mut UnixStream, b: &[u8]) -> Result<(), String> {
-    crate::replay::write_all_spin(s, b).map_err(|e| e.to_string())
+/// Write all of `bytes` to a non-blocking socket, busy-polling while it is full.
+fn write_all_spin(s: &mut UnixStream, mut bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    while !bytes.is_empty() {
+        match s.write(bytes) {
+            Ok(0) => return Err("write: the peer closed".into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
 }
 
+/// Fill `buf` from a non-blocking socket, busy-polling.
 fn read_exact_spin(s: &mut UnixStream, buf: &mut [u8]) -> Result<(), String> {
-    crate::replay::read_exact_spin(s, buf).map_err(|e| e.to_string())
+    use std::io::Read;
+    let mut got = 0;
+    while got < buf.len() {
+        match s.read(&mut buf[got..]) {
+            Ok(0) => return Err("read: the peer closed".into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
 }
 
 /// (a) Busy-poll ping-pong over a socketpair with tickinfer's frame sizes.

@@ -209,10 +209,24 @@ pub struct FeatureMap {
     norm: Vec<(f64, f64)>,
     /// 1 / price_scale: fixed point → price units.
     inv_price_scale: f64,
+    /// 1 / size_scale: fixed point → size units (shares, contracts, coins).
+    inv_size_scale: f64,
     /// Extra features the row reads: 1 + the largest `extra:<i>` index, or 0.
     extras: u16,
     /// What the stateful features need kept per symbol (stateless: nothing).
     spec: StateSpec,
+}
+
+/// Fixed point → units: `1 / price_scale` and `1 / size_scale`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scales {
+    pub inv_price: f64,
+    pub inv_size: f64,
+}
+
+impl Scales {
+    /// Prices and sizes already in units.
+    pub const UNIT: Scales = Scales { inv_price: 1.0, inv_size: 1.0 };
 }
 
 impl FeatureMap {
@@ -271,17 +285,32 @@ impl FeatureMap {
             .max()
             .unwrap_or(0)
             .max(depth_block as u16);
-        Ok(FeatureMap { features, norm, inv_price_scale: 1.0 / price_scale as f64, extras, spec })
+        let inv_price_scale = 1.0 / price_scale as f64;
+        Ok(FeatureMap { features, norm, inv_price_scale, inv_size_scale: 1.0, extras, spec })
+    }
+
+    /// Sizes on the wire are fixed point at `size_scale` (a power of ten, `ML_SIZE_SCALE`);
+    /// every size feature is then in units (2507 at scale 1000 reads as 2.507).
+    pub fn with_size_scale(mut self, size_scale: i64) -> Result<FeatureMap, String> {
+        if crate::wire::size_scale_digits(size_scale).is_none() {
+            return Err(format!(
+                "size_scale must be a power of ten from 1 to 10^{} (sizes in units × size_scale on the \
+                 wire), got {size_scale}",
+                crate::wire::SIZE_SCALE_MAX_DIGITS
+            ));
+        }
+        self.inv_size_scale = 1.0 / size_scale as f64;
+        Ok(self)
+    }
+
+    /// Fixed point → units, for prices and sizes, as the state's update uses them.
+    pub fn scales(&self) -> Scales {
+        Scales { inv_price: self.inv_price_scale, inv_size: self.inv_size_scale }
     }
 
     /// What the stateful features need kept per symbol.
     pub fn state_spec(&self) -> &StateSpec {
         &self.spec
-    }
-
-    /// 1 / price_scale (fixed point → price units), as the state's update uses it.
-    pub fn inv_price_scale(&self) -> f64 {
-        self.inv_price_scale
     }
 
     /// Width of one row.
@@ -318,8 +347,9 @@ impl FeatureMap {
         debug_assert_eq!(row.len(), self.features.len());
         let bid = req.bid_price as f64 * self.inv_price_scale;
         let ask = req.ask_price as f64 * self.inv_price_scale;
-        let bsz = req.bid_size as f64;
-        let asz = req.ask_size as f64;
+        let inv_size = self.inv_size_scale;
+        let bsz = req.bid_size as f64 * inv_size;
+        let asz = req.ask_size as f64 * inv_size;
         let mid = (bid + ask) * 0.5;
         let tot = bsz + asz;
         let extras = req.features; // one copy out of the packed struct
@@ -348,14 +378,14 @@ impl FeatureMap {
                 Feature::Extra(i) => extras[i as usize] as f64,
                 Feature::BidPx(k) => bid - depth(&extras, k, 0),
                 Feature::AskPx(k) => ask + depth(&extras, k, 2),
-                Feature::BidSz(k) => level_size(&extras, k, 1, bsz),
-                Feature::AskSz(k) => level_size(&extras, k, 3, asz),
+                Feature::BidSz(k) => level_size(&extras, k, 1, bsz, inv_size),
+                Feature::AskSz(k) => level_size(&extras, k, 3, asz, inv_size),
                 Feature::DepthImbalance(k) => {
                     // Level 1 first, then 2..=k, as the twin sums.
                     let (mut b, mut a) = (bsz, asz);
                     for level in 2..=k {
-                        b += depth(&extras, level, 1);
-                        a += depth(&extras, level, 3);
+                        b += depth(&extras, level, 1) * inv_size;
+                        a += depth(&extras, level, 3) * inv_size;
                     }
                     if b + a > 0.0 {
                         (b - a) / (b + a)
@@ -447,13 +477,14 @@ fn depth(extras: &[f32; MAX_FEATURES], k: u8, field: usize) -> f64 {
     extras[depth_index(k as usize) + field] as f64
 }
 
-/// A level's size: level 1 from the request's own field, deeper ones from `features[]`.
+/// A level's size in units: level 1 from the request's own field (already in units),
+/// deeper ones from `features[]` (fixed point like level 1's, × `inv_size`).
 #[inline]
-fn level_size(extras: &[f32; MAX_FEATURES], k: u8, field: usize, top: f64) -> f64 {
+fn level_size(extras: &[f32; MAX_FEATURES], k: u8, field: usize, top: f64, inv_size: f64) -> f64 {
     if k < 2 {
         top
     } else {
-        depth(extras, k, field)
+        depth(extras, k, field) * inv_size
     }
 }
 
@@ -501,6 +532,37 @@ mod tests {
         let want = [100.01, 0.02, 0.02 / 100.01 * 1e4, micro, 0.5, 2.5];
         for (got, want) in row.iter().zip(want) {
             assert!((*got as f64 - want).abs() < 1e-4, "{row:?} vs {want:?}");
+        }
+    }
+
+    #[test]
+    fn sizes_at_a_size_scale_read_in_units() {
+        // 2.507 BTC bid, 0.4 BTC ask at size scale 1000; level 2: 1.25 and 0.003.
+        let mut r = req();
+        (r.bid_size, r.ask_size) = (2507, 400);
+        r.set_level(2, 999_900, 1250, 1_000_400, 3, 10_000);
+        let names: Vec<String> = [
+            "bid_size",
+            "ask_size",
+            "log_bid_size",
+            "bid_sz(2)",
+            "ask_sz(2)",
+            "size_imbalance",
+            "depth_imbalance(2)",
+        ]
+        .map(String::from)
+        .to_vec();
+        let m = FeatureMap::new(&names, None, None, 10_000).unwrap().with_size_scale(1000).unwrap();
+        let mut row = [0f32; 7];
+        m.fill(&r, &mut row);
+        let imb2 = ((2.507 + 1.25) - (0.4 + 0.003)) / (2.507 + 1.25 + 0.4 + 0.003);
+        let want = [2.507, 0.4, 2.507f64.ln_1p(), 1.25, 0.003, (2.507 - 0.4) / 2.907, imb2];
+        for (got, want) in row.iter().zip(want) {
+            assert!((*got as f64 - want).abs() < 1e-6, "{row:?} vs {want:?}");
+        }
+        for bad in [0, 7, -10, 2000] {
+            let e = FeatureMap::new(&names, None, None, 1).unwrap().with_size_scale(bad).unwrap_err();
+            assert!(e.contains("power of ten"), "{e}");
         }
     }
 

@@ -115,9 +115,15 @@ struct ReplayArgs {
     rate: Option<f64>,
     #[arg(long, default_value_t = 1)]
     connections: usize,
-    /// Requests in flight per connection.
-    #[arg(long, default_value_t = 1)]
-    window: usize,
+    /// Requests in flight per connection [default: 1 closed loop; open loop (--speed X,
+    /// --rate) the server's max_inflight, so no send waits for an answer].
+    #[arg(long)]
+    window: Option<usize>,
+    /// How each connection thread waits when idle: spin (busy-poll, no sleep or yield on the
+    /// measured path) or block (poll/futex until due or answered; for a shared machine,
+    /// adds its wake-up to every answer).
+    #[arg(long, value_enum, default_value = "spin")]
+    client_poll: tickinfer::replay::ClientPoll,
     /// How requests reach the server: its Unix socket, or shared memory negotiated on it
     /// (same host; one busy-polling thread per connection).
     #[arg(long, value_enum, default_value = "socket")]
@@ -364,6 +370,8 @@ fn replay(args: ReplayArgs) -> Result<(), String> {
         connections: args.connections,
         window: args.window,
         transport: args.transport,
+        client_poll: args.client_poll,
+        server_cores: vec![],
         symbols: args.symbols,
         horizon: args.horizon.or_else(|| args.model.as_deref().and_then(horizon_of)).unwrap_or(10),
         skip: args.skip,
@@ -378,6 +386,7 @@ fn replay(args: ReplayArgs) -> Result<(), String> {
             cfg.poll = args.server_poll;
             cfg.stats_interval = std::time::Duration::ZERO;
             let local = tickinfer::replay::LocalServer::start(cfg)?;
+            let opts = tickinfer::replay::ReplayOptions { server_cores: local.cores.clone(), ..opts };
             let summary = tickinfer::replay::run_and_report(&local.socket, &opts, &args.out);
             local.stop()?;
             summary?
@@ -482,8 +491,10 @@ fn demo_replay(
         speed: tickinfer::replay::Speed::Max,
         rate: None,
         connections: 1,
-        window: 1,
+        window: Some(1),
         transport: tickinfer::replay::Transport::Socket,
+        client_poll: tickinfer::replay::ClientPoll::Spin,
+        server_cores: local.cores.clone(),
         symbols: vec![],
         horizon: horizon_of(model).unwrap_or(10),
         skip: 0,

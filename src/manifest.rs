@@ -8,6 +8,7 @@
 //! version = 1
 //! onnx = "lobster_direction.onnx"      # relative to this file
 //! price_scale = 10000                   # fixed point of every price on the wire
+//! size_scale = 1                        # fixed point of sizes (power of ten; default 1)
 //! horizon_events = 10                   # optional: the label's horizon (replay's signal quality)
 //! backend = "auto"                      # optional: "ort" | "native" | "auto" (README "Backends")
 //!
@@ -99,12 +100,19 @@ struct ModelSection {
     version: u32,
     onnx: PathBuf,
     price_scale: i64,
+    /// Fixed point of sizes on the wire (a power of ten; default 1: whole units).
+    #[serde(default = "unit_size_scale")]
+    size_scale: i64,
     #[serde(default)]
     description: String,
     /// Label horizon in events, if the model predicts a direction over one (replay's signal quality).
     horizon_events: Option<usize>,
     #[serde(default)]
     backend: Backend,
+}
+
+fn unit_size_scale() -> i64 {
+    1
 }
 
 /// Which runtime evaluates the model (`[model] backend`, `serve --backend`).
@@ -225,6 +233,8 @@ pub struct Manifest {
     /// The `.onnx`, resolved relative to the manifest.
     pub onnx: PathBuf,
     pub price_scale: i64,
+    /// Sizes on the wire are fixed point at this scale (`[model] size_scale`, default 1).
+    pub size_scale: i64,
     pub input_name: String,
     pub feature_names: Vec<String>,
     pub features: FeatureMap,
@@ -296,6 +306,7 @@ impl Manifest {
             file.input.std.as_deref(),
             file.model.price_scale,
         )
+        .and_then(|f| f.with_size_scale(file.model.size_scale))
         .map_err(invalid)?;
         let output = match file.output {
             OutputSection::Classes { name, classes } => {
@@ -375,6 +386,7 @@ impl Manifest {
             horizon_events: file.model.horizon_events,
             onnx,
             price_scale: file.model.price_scale,
+            size_scale: file.model.size_scale,
             input_name: file.input.name,
             feature_names: file.input.features,
             features,

@@ -33,7 +33,9 @@ pub struct CaptureHeader {
     pub magic: u32,
     pub record_size: u16,
     pub protocol_version: u16,
-    pub reserved: u32,
+    /// Recorded sizes are fixed point × 10^this (0: whole units); was reserved (0).
+    pub size_scale_digits: u16,
+    pub reserved: u16,
     pub price_scale: i64,
     pub created_unix_ns: u64,
 }
@@ -55,7 +57,7 @@ const _: () = {
 };
 
 impl CaptureHeader {
-    pub fn new(price_scale: i64) -> CaptureHeader {
+    pub fn new(price_scale: i64, size_scale_digits: u16) -> CaptureHeader {
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -66,6 +68,7 @@ impl CaptureHeader {
             magic: CAPTURE_MAGIC,
             record_size: 202,
             protocol_version: PROTOCOL_VERSION,
+            size_scale_digits,
             reserved: 0,
             price_scale,
             created_unix_ns: created,
@@ -291,8 +294,13 @@ impl Sink {
 impl Recorder {
     /// Create `path` (refused if it exists, unless `opts.overwrite`; never through a
     /// symlink), write the header, start the writer thread.
-    pub fn start(path: &Path, price_scale: i64, opts: &RecordOptions) -> io::Result<Recorder> {
-        let mut sink = Sink::new(path, CaptureHeader::new(price_scale), opts)?;
+    pub fn start(
+        path: &Path,
+        price_scale: i64,
+        size_scale_digits: u16,
+        opts: &RecordOptions,
+    ) -> io::Result<Recorder> {
+        let mut sink = Sink::new(path, CaptureHeader::new(price_scale, size_scale_digits), opts)?;
         let (tx, mut rx) = ring::ring::<CaptureRecord>(RECORDER_RING);
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
@@ -401,7 +409,7 @@ mod tests {
     fn capture_round_trips_byte_for_byte() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.tkcap");
-        let mut rec = Recorder::start(&path, 10_000, &RecordOptions::default()).unwrap();
+        let mut rec = Recorder::start(&path, 10_000, 0, &RecordOptions::default()).unwrap();
         for i in 0..1000u64 {
             let req = MlRequest { request_id: i, bid_price: 5 + i as i64, ..MlRequest::new() };
             rec.record(i * 10, &req);
@@ -431,11 +439,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.tkcap");
         std::fs::write(&path, b"precious").unwrap();
-        let e = Recorder::start(&path, 1, &RecordOptions::default()).err().unwrap();
+        let e = Recorder::start(&path, 1, 0, &RecordOptions::default()).err().unwrap();
         assert!(e.to_string().contains("--record-overwrite"), "{e}");
         assert_eq!(std::fs::read(&path).unwrap(), b"precious", "untouched");
         let mut r =
-            Recorder::start(&path, 1, &RecordOptions { overwrite: true, ..Default::default() }).unwrap();
+            Recorder::start(&path, 1, 0, &RecordOptions { overwrite: true, ..Default::default() }).unwrap();
         assert_eq!(r.finish().written, 0);
         assert_eq!(read_capture(&path).unwrap().records.len(), 0, "replaced by an empty capture");
         let target = dir.path().join("target");
@@ -443,8 +451,9 @@ mod tests {
         let link = dir.path().join("link.tkcap");
         std::os::unix::fs::symlink(&target, &link).unwrap();
         for overwrite in [false, true] {
-            let e =
-                Recorder::start(&link, 1, &RecordOptions { overwrite, ..Default::default() }).err().unwrap();
+            let e = Recorder::start(&link, 1, 0, &RecordOptions { overwrite, ..Default::default() })
+                .err()
+                .unwrap();
             assert!(e.to_string().contains("symbolic link") || e.to_string().contains("exists"), "{e}");
         }
         assert_eq!(std::fs::read(&target).unwrap(), b"precious", "never written through the link");
@@ -456,7 +465,7 @@ mod tests {
         let path = dir.path().join("r.tkcap");
         // Header + 10 records per file.
         let opts = RecordOptions { overwrite: false, max_bytes: Some(32 + 10 * 202) };
-        let mut rec = Recorder::start(&path, 7, &opts).unwrap();
+        let mut rec = Recorder::start(&path, 7, 0, &opts).unwrap();
         for i in 0..125u64 {
             rec.record(i, &MlRequest { request_id: i, ..MlRequest::new() });
         }
@@ -477,9 +486,13 @@ mod tests {
 
     #[test]
     fn a_write_error_is_logged_once_and_counted_apart_from_drops() {
-        let mut rec =
-            Recorder::start(Path::new("/dev/full"), 1, &RecordOptions { overwrite: true, max_bytes: None })
-                .unwrap();
+        let mut rec = Recorder::start(
+            Path::new("/dev/full"),
+            1,
+            0,
+            &RecordOptions { overwrite: true, max_bytes: None },
+        )
+        .unwrap();
         for i in 0..5000u64 {
             rec.record(i, &MlRequest::new());
             if i % 100 == 0 {

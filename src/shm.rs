@@ -670,16 +670,7 @@ impl ShmClient {
             if let Some(r) = self.try_recv() {
                 return Ok(r);
             }
-            let waiting = self.region.counter(RESPONSE_RING_OFFSET + ring::WAITING);
-            let head = self.region.counter(RESPONSE_RING_OFFSET + ring::HEAD);
-            // Relaxed store + SeqCst fence + load: the Dekker handshake with the server's publish.
-            waiting.store(1, Ordering::Relaxed);
-            fence(Ordering::SeqCst);
-            let seen = head.load(Ordering::Acquire);
-            if seen == self.resp_tail {
-                sys::futex_wait(head.as_ptr(), seen, Duration::from_millis(10));
-            }
-            waiting.store(0, Ordering::Relaxed);
+            self.wait_response(Duration::from_millis(10));
             if let Some(r) = self.try_recv() {
                 return Ok(r);
             }
@@ -690,6 +681,22 @@ impl ShmClient {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "no response"));
             }
         }
+    }
+
+    /// Sleep (futex) until the server publishes a response, at most `max`; returns
+    /// at once when an unread response is already there. Spurious returns happen:
+    /// check with [`try_recv`](Self::try_recv).
+    pub fn wait_response(&mut self, max: Duration) {
+        let waiting = self.region.counter(RESPONSE_RING_OFFSET + ring::WAITING);
+        let head = self.region.counter(RESPONSE_RING_OFFSET + ring::HEAD);
+        // Relaxed store + SeqCst fence + load: the Dekker handshake with the server's publish.
+        waiting.store(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        let seen = head.load(Ordering::Acquire);
+        if seen == self.resp_tail {
+            sys::futex_wait(head.as_ptr(), seen, max);
+        }
+        waiting.store(0, Ordering::Relaxed);
     }
 
     /// The mapped region's base and length, for tools and tests that need to

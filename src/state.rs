@@ -19,6 +19,7 @@
 //! [`crate::features`]; `scripts/tickfeatures.py` mirrors them operation for
 //! operation, and the parity test holds both to the same bits.
 
+use crate::features::Scales;
 use crate::wire::MlRequest;
 
 /// What the stateful features of one model need kept per symbol.
@@ -263,19 +264,15 @@ impl State {
     }
 
     /// Fold one valid request into its symbol's state and return the view its features
-    /// read. The symbol must have been admitted. `inv_price_scale`: 1 / price_scale.
+    /// read. The symbol must have been admitted. `scales`: fixed point → units.
     #[inline]
-    pub fn update(&mut self, req: &MlRequest, inv_price_scale: f64) -> SymbolView<'_> {
-        self.update_with_sequence(req, inv_price_scale).0
+    pub fn update(&mut self, req: &MlRequest, scales: Scales) -> SymbolView<'_> {
+        self.update_with_sequence(req, scales).0
     }
 
     /// [`update`](Self::update), also lending the symbol's sequence memory.
     #[inline]
-    pub fn update_with_sequence(
-        &mut self,
-        req: &MlRequest,
-        inv_price_scale: f64,
-    ) -> (SymbolView<'_>, &mut [f32]) {
+    pub fn update_with_sequence(&mut self, req: &MlRequest, scales: Scales) -> (SymbolView<'_>, &mut [f32]) {
         let slot = self.index[req.symbol_id as usize];
         debug_assert_ne!(slot, NO_SLOT, "update of a symbol that was not admitted");
         let slot = slot as usize;
@@ -283,9 +280,10 @@ impl State {
         let per = self.spec.ewma_alphas.len() + self.spec.rate_taus_s.len();
         let head = &mut self.heads[slot];
         // The same arithmetic, in the same order, as scripts/tickfeatures.py.
-        let bid = req.bid_price as f64 * inv_price_scale;
-        let ask = req.ask_price as f64 * inv_price_scale;
-        let (bid_size, ask_size) = (req.bid_size as f64, req.ask_size as f64);
+        let bid = req.bid_price as f64 * scales.inv_price;
+        let ask = req.ask_price as f64 * scales.inv_price;
+        let (bid_size, ask_size) =
+            (req.bid_size as f64 * scales.inv_size, req.ask_size as f64 * scales.inv_size);
         let mid = (bid + ask) * 0.5;
         let ts_ns = req.timestamp_ns;
         let q = Quote { bid, ask, bid_size, ask_size, mid, ts_ns };
@@ -386,15 +384,18 @@ mod tests {
     fn ring_order_ofi_returns_and_accumulators_by_hand() {
         let mut st = State::new(spec(3), 2);
         assert!(st.admit(7) && st.admit(8));
-        let v = st.update(&req(7, 1_000_000, 100, 102, 10, 20), 1.0);
+        let v = st.update(&req(7, 1_000_000, 100, 102, 10, 20), Scales::UNIT);
         assert_eq!(
             (v.count, v.dt_ms, v.back(0).unwrap().ofi, v.back(0).unwrap().ret_bps),
             (1, 0.0, 0.0, 0.0)
         );
         assert_eq!(v.accum, &[0.0, 1.0], "ewma 0; rate 1/tau after one event");
-        assert!(st.update(&req(8, 0, 1, 2, 1, 1), 1.0).warming, "history 2: the first event is warming");
+        assert!(
+            st.update(&req(8, 0, 1, 2, 1, 1), Scales::UNIT).warming,
+            "history 2: the first event is warming"
+        );
         // Bid up, ask unchanged: e = +bid_size - prev ask... (bid>=pb: +12; ask<=pa: -25; ask>=pa: +20)
-        let v = st.update(&req(7, 3_000_000, 101, 102, 12, 25), 1.0);
+        let v = st.update(&req(7, 3_000_000, 101, 102, 12, 25), Scales::UNIT);
         assert_eq!(v.back(0).unwrap().ofi, 12.0 - 25.0 + 20.0);
         assert_eq!(v.dt_ms, 2.0);
         let r = (101.5 - 101.0) / 101.0 * 1e4;
@@ -403,8 +404,8 @@ mod tests {
         assert_eq!(v.accum[1], 1.0 * (-0.002f64).exp() + 1.0);
         let mids: Vec<f64> = v.window(5).map(|e| e.mid).collect();
         assert_eq!(mids, vec![101.0, 101.5], "oldest first, only what was seen");
-        st.update(&req(7, 4_000_000, 101, 103, 1, 1), 1.0);
-        let v = st.update(&req(7, 5_000_000, 102, 103, 1, 1), 1.0);
+        st.update(&req(7, 4_000_000, 101, 103, 1, 1), Scales::UNIT);
+        let v = st.update(&req(7, 5_000_000, 102, 103, 1, 1), Scales::UNIT);
         let mids: Vec<f64> = v.window(5).map(|e| e.mid).collect();
         assert_eq!(mids, vec![101.5, 102.0, 102.5], "the ring keeps the newest 3");
         assert_eq!(v.back(3), None);
@@ -416,13 +417,13 @@ mod tests {
         let mut st = State::new(spec(2), 2);
         assert!(st.admit(1) && st.admit(2) && st.admit(1));
         assert!(!st.admit(3), "a third symbol has no slot");
-        st.update(&req(1, 0, 100, 101, 1, 1), 1.0);
-        st.update(&req(1, 0, 100, 101, 1, 1), 1.0);
-        assert_eq!(st.update(&req(2, 0, 50, 51, 1, 1), 1.0).count, 1, "symbols do not share state");
+        st.update(&req(1, 0, 100, 101, 1, 1), Scales::UNIT);
+        st.update(&req(1, 0, 100, 101, 1, 1), Scales::UNIT);
+        assert_eq!(st.update(&req(2, 0, 50, 51, 1, 1), Scales::UNIT).count, 1, "symbols do not share state");
         st.reset(Some(1));
-        assert_eq!(st.update(&req(1, 0, 100, 101, 1, 1), 1.0).count, 1);
+        assert_eq!(st.update(&req(1, 0, 100, 101, 1, 1), Scales::UNIT).count, 1);
         st.reset(None);
-        assert_eq!(st.update(&req(2, 0, 50, 51, 1, 1), 1.0).count, 1);
+        assert_eq!(st.update(&req(2, 0, 50, 51, 1, 1), Scales::UNIT).count, 1);
         assert_eq!(st.symbols(), 2, "a reset keeps the slots");
         let stateless = State::new(StateSpec::stateless(), 10);
         assert_eq!(stateless.bytes(), 0);

@@ -334,6 +334,22 @@ pub fn is_listening_unix_stream(fd: RawFd) -> io::Result<bool> {
         && opt(libc::SO_ACCEPTCONN)? != 0)
 }
 
+/// Wait until `fd` is readable (and, with `writable`, writable) or `timeout` passes
+/// (`None`: no limit); `Interrupted` counts as a spurious return.
+pub fn wait_fd(fd: RawFd, writable: bool, timeout: Option<std::time::Duration>) -> io::Result<()> {
+    let events = libc::POLLIN | if writable { libc::POLLOUT } else { 0 };
+    let mut pfd = libc::pollfd { fd, events, revents: 0 };
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    match syscall!(ppoll(&mut pfd, 1, ts_ptr, std::ptr::null())) {
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+        r => r.map(drop),
+    }
+}
+
 /// Parse a kernel CPU list ("0-3,8,10-11") as in `/sys/devices/system/cpu/isolated`.
 pub fn parse_cpu_list(text: &str) -> Vec<usize> {
     let mut cpus = Vec::new();

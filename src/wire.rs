@@ -185,7 +185,8 @@ pub struct MlHelloAck {
     pub max_features: u16,
     pub price_scale: i64,
     pub model_features: u16,
-    pub reserved: u16,
+    /// Sizes on the wire are fixed point × 10^this (0: whole units); was `reserved` (0).
+    pub size_scale_digits: u16,
     pub max_inflight: u32,
     pub model_version: u32,
     pub model_name: [u8; MODEL_NAME_LEN],
@@ -259,7 +260,7 @@ const _: () = {
     assert!(offset_of!(MlHelloAck, max_features) == 14);
     assert!(offset_of!(MlHelloAck, price_scale) == 16);
     assert!(offset_of!(MlHelloAck, model_features) == 24);
-    assert!(offset_of!(MlHelloAck, reserved) == 26);
+    assert!(offset_of!(MlHelloAck, size_scale_digits) == 26);
     assert!(offset_of!(MlHelloAck, max_inflight) == 28);
     assert!(offset_of!(MlHelloAck, model_version) == 32);
     assert!(offset_of!(MlHelloAck, model_name) == 36);
@@ -324,7 +325,7 @@ pub fn layout_table() -> Vec<(&'static str, usize)> {
         "ml_hello_ack_t.max_features" => offset_of!(MlHelloAck, max_features),
         "ml_hello_ack_t.price_scale" => offset_of!(MlHelloAck, price_scale),
         "ml_hello_ack_t.model_features" => offset_of!(MlHelloAck, model_features),
-        "ml_hello_ack_t.reserved" => offset_of!(MlHelloAck, reserved),
+        "ml_hello_ack_t.size_scale_digits" => offset_of!(MlHelloAck, size_scale_digits),
         "ml_hello_ack_t.max_inflight" => offset_of!(MlHelloAck, max_inflight),
         "ml_hello_ack_t.model_version" => offset_of!(MlHelloAck, model_version),
         "ml_hello_ack_t.model_name" => offset_of!(MlHelloAck, model_name),
@@ -396,10 +397,26 @@ impl MlHello {
     }
 }
 
+/// `ML_SIZE_SCALE_MAX_DIGITS`: sizes are fixed point × 10^0 … 10^18.
+pub const SIZE_SCALE_MAX_DIGITS: u16 = 18;
+
+/// `ML_SIZE_SCALE`: 10^digits, or `None` past [`SIZE_SCALE_MAX_DIGITS`].
+pub fn size_scale(digits: u16) -> Option<i64> {
+    (digits <= SIZE_SCALE_MAX_DIGITS).then(|| 10i64.pow(u32::from(digits)))
+}
+
+/// The digits of a size scale (`size_scale == 10^digits`), or `None` when it is not a
+/// power of ten from 1 to 10^18.
+pub fn size_scale_digits(scale: i64) -> Option<u16> {
+    (0..=SIZE_SCALE_MAX_DIGITS).find(|&d| size_scale(d) == Some(scale))
+}
+
 /// What a server puts in its hello ack besides the layout.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerInfo {
     pub price_scale: i64,
+    /// Sizes are fixed point × 10^this (`ML_SIZE_SCALE`).
+    pub size_scale_digits: u16,
     pub model_features: u16,
     pub max_inflight: u32,
     pub model_version: u32,
@@ -426,11 +443,17 @@ impl MlHelloAck {
             max_features: MAX_FEATURES as u16,
             price_scale: info.price_scale,
             model_features: info.model_features,
-            reserved: 0,
+            size_scale_digits: info.size_scale_digits,
             max_inflight: info.max_inflight,
             model_version: info.model_version,
             model_name,
         }
+    }
+
+    /// `ML_SIZE_SCALE(ack)`: sizes on the wire are fixed point at this scale (1 from a
+    /// server that predates the field, or a digit count past 18).
+    pub fn size_scale(&self) -> i64 {
+        size_scale(self.size_scale_digits).unwrap_or(1)
     }
 
     /// The model name up to its NUL.
@@ -753,6 +776,7 @@ mod tests {
     fn ack_name_truncates_on_char_boundary() {
         let info = ServerInfo {
             price_scale: 10_000,
+            size_scale_digits: 0,
             model_features: 0,
             max_inflight: 64,
             model_version: 1,

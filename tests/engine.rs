@@ -239,7 +239,7 @@ fn twin_fixture_parity(fixture: &str, manifest: &str, sample: &str) {
         let want_req: Vec<i64> = fx_req.as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
         assert_eq!(got_req.to_vec(), want_req, "event {i}: the two LOBSTER readers disagree");
         assert!(state.admit(r.symbol_id));
-        let view = state.update(r, manifest.features.inv_price_scale());
+        let view = state.update(r, manifest.features.scales());
         assert_eq!(view.warming, fx["warming"][i].as_bool().unwrap(), "event {i}: warming");
         manifest.features.fill_with(r, Some(&view), &mut row);
         let want: Vec<u32> = want.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
@@ -334,7 +334,7 @@ fn live_twin_parity(file: &str, names: &[String]) {
     let mut row = vec![0f32; names.len()];
     for (i, (ev, want)) in stream.events.iter().zip(rows).enumerate() {
         assert!(state.admit(ev.req.symbol_id));
-        let view = state.update(&ev.req, raw.inv_price_scale());
+        let view = state.update(&ev.req, raw.scales());
         raw.fill_with(&ev.req, Some(&view), &mut row);
         let want: Vec<u32> = want.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         let got: Vec<u32> = row.iter().map(|v| v.to_bits()).collect();

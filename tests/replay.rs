@@ -278,6 +278,77 @@ fn csv_with_header_mapping() {
     assert!(e.contains("missing column `bid_price`"), "{e}");
 }
 
+/// Crypto sizes: decimal sizes fit a model's `size_scale`, told to clients in the hello
+/// ack; more decimals than it allows is an error naming the manifest line.
+#[test]
+fn fractional_sizes_through_size_scale() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("btc.csv");
+    let mut rows = String::from("timestamp_ns,symbol,bid_price,ask_price,bid_size,ask_size\n");
+    for i in 0..200u64 {
+        rows += &format!(
+            "{},BTC-USD,{}.10,{}.20,2.507,0.{}\n",
+            1_000_000 + i * 1000,
+            60_000 + i % 7,
+            60_000 + i % 7,
+            1 + i % 9
+        );
+    }
+    std::fs::write(&csv, rows).unwrap();
+    // Parsed directly at a scale: exact fixed point, and errors name the line, column and value.
+    let s = source::load_scaled(&csv, Format::Csv, &mut table(), 1000).unwrap();
+    assert_eq!(({ s.events[0].req.bid_size }, { s.events[0].req.ask_size }), (2507, 100));
+    let e = source::load(&csv, Format::Csv, &mut table()).unwrap_err().to_string();
+    assert!(e.contains("line 2: bid_size = 2.507: 3 decimals") && e.contains("size_scale = 1000"), "{e}");
+    assert_eq!(source::decimal_fixed("12", 3), Ok(12_000));
+    assert_eq!(source::decimal_fixed("0.50", 1), Ok(5));
+    assert!(source::decimal_fixed("1e3", 3).is_err() && source::decimal_fixed("", 3).is_err());
+
+    // A model with size_scale = 1000: the ack says 3 digits and the replay runs.
+    let model = dir.path().join("btc.toml");
+    let text = std::fs::read_to_string(repo_root().join("models/lobster_direction.toml")).unwrap();
+    let onnx = repo_root().join("models/lobster_direction.onnx");
+    let text = text.replace(
+        "onnx = \"lobster_direction.onnx\"",
+        &format!("onnx = {:?}\nsize_scale = 1000", onnx.display().to_string()),
+    );
+    std::fs::write(&model, text).unwrap();
+    let server = util::server::Server::start(&["--model", model.to_str().unwrap()]);
+    let c = util::server::Client::connect(&server.socket).unwrap();
+    assert_eq!(({ c.ack.size_scale_digits }, c.ack.size_scale()), (3, 1000));
+    let out = dir.path().join("out");
+    let json = tickinfer(&[
+        "replay",
+        "--socket",
+        server.socket.to_str().unwrap(),
+        "--input",
+        csv.to_str().unwrap(),
+        "--format",
+        "csv",
+        "--json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let summary: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(summary["by_status"][0], serde_json::json!(["0 ok", 200]), "{summary}");
+    // The default model (size_scale 1) refuses the same file with the fix named.
+    let out = Command::new(env!("CARGO_BIN_EXE_tickinfer"))
+        .args(["replay", "--model"])
+        .arg(repo_root().join("models/lobster_direction.toml"))
+        .args([
+            "--input",
+            csv.to_str().unwrap(),
+            "--format",
+            "csv",
+            "--out",
+            dir.path().join("o2").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("size_scale = 1000 under [model]"), "{err}");
+}
+
 #[test]
 fn pacing_schedules() {
     let mut ev = Vec::new();
@@ -497,7 +568,7 @@ fn lying_inputs_are_refused_with_the_place_and_the_field() {
     // A capture whose header has a zero or negative price scale.
     for scale in [0i64, -10_000] {
         let path = dir.path().join(format!("scale{scale}.tkcap"));
-        let header = tickinfer::record::CaptureHeader::new(scale);
+        let header = tickinfer::record::CaptureHeader::new(scale, 0);
         let rec = tickinfer::record::CaptureRecord { recv_ns: 1, request: tickinfer::wire::MlRequest::new() };
         tickinfer::record::write_capture(&path, &header, &[rec]).unwrap();
         let e = source::load(&path, Format::Capture, &mut table()).unwrap_err().to_string();

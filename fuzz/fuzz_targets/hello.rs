@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = ack.model_name();
     }
     let name = String::from_utf8_lossy(data).into_owned();
-    let info = ServerInfo { price_scale: 1, model_features: 0, max_inflight: 1, model_version: 1, model_name: name.clone() };
+    let info = ServerInfo { price_scale: 1, size_scale_digits: 0, model_features: 0, max_inflight: 1, model_version: 1, model_name: name.clone() };
     let ack = MlHelloAck::new(Status::Ok, &info);
     let back = ack.model_name();
     assert!(name.starts_with(back), "{back:?} is not a prefix of {name:?}");

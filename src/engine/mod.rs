@@ -119,6 +119,8 @@ pub struct ModelInfo {
     pub version: u32,
     pub description: String,
     pub price_scale: i64,
+    /// Sizes are fixed point at this scale (a power of ten).
+    pub size_scale: i64,
     /// Extra features each request must carry.
     pub extra_features: u16,
     pub inputs: Vec<IoDesc>,
@@ -284,6 +286,7 @@ impl Engine {
             version: manifest.version,
             description: manifest.description.clone(),
             price_scale: manifest.price_scale,
+            size_scale: manifest.size_scale,
             extra_features: manifest.features.extras(),
             inputs,
             outputs,
@@ -597,7 +600,7 @@ fn run_slot(
     debug_assert_eq!(slot.rows, b);
     let features = &manifest.features;
     let width = features.len();
-    let inv = features.inv_price_scale();
+    let inv = features.scales();
     {
         let (_, data) = slot.input.extract_tensor_mut();
         match manifest.sequence {

@@ -3,34 +3,36 @@
 //!
 //! Pacing:
 //! - `--speed max` (default): closed loop, each connection keeps `--window`
-//!   requests in flight; latency is measured from the actual send.
+//!   (default 1) requests in flight; latency is measured from the actual send.
 //! - `--speed realtime` or `--speed X`: open loop, each event is due at its
 //!   recorded time offset (divided by X); `--rate R`: open loop, event i due at
-//!   i/R seconds. In open loop, latency is measured from the *intended* send
-//!   time, so a late sender (or a stalled server) shows up in the numbers
-//!   instead of hiding (no coordinated omission).
+//!   i/R seconds. Nothing waits for answers: the window is the server's
+//!   `max_inflight` (from the hello ack) unless `--window` says otherwise, and
+//!   the times a full window held a due send back are reported. Latency is
+//!   measured from the *intended* send time, so a late sender (or a stalled
+//!   server) shows up in the numbers instead of hiding (no coordinated
+//!   omission); the client's own lateness is reported apart as schedule lag.
 //!
 //! Events go to connection `symbol_id % connections`, so one symbol's events
-//! stay in order on one connection.
-//!
-//! `--transport shm` sends through shared memory (`proto/ml_shm.h`): one thread
-//! per connection sends what is due (and fits the window) and drains answers
-//! without blocking, busy-polling; latency is counted the same way.
+//! stay in order on one connection. Each connection is one thread ([`drive`]),
+//! over the socket or shared memory (`--transport shm`), busy-polling by
+//! default, pinned to a core the server does not use where there are enough.
 
+pub mod drive;
 pub mod report;
 pub mod source;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
 use crate::clock::now_ns;
-use crate::wire::{MlHello, MlHelloAck, MlRequest, MlResponse, Status, HELLO_ACK_SIZE, RESPONSE_SIZE};
+use crate::wire::{MlHello, MlHelloAck, MlResponse, Status, HELLO_ACK_SIZE};
+pub use drive::{ClientPoll, WindowWaits};
 use source::{Event, Format, Stream, SymbolTable};
 
 /// Replay speed.
@@ -76,8 +78,13 @@ pub struct ReplayOptions {
     /// Open loop at this many requests per second (overrides `speed`).
     pub rate: Option<f64>,
     pub connections: usize,
-    pub window: usize,
+    /// Requests in flight per connection [default: 1 closed loop, the server's max_inflight open loop].
+    pub window: Option<usize>,
     pub transport: Transport,
+    /// How connection threads wait when idle.
+    pub client_poll: ClientPoll,
+    /// Cores the server runs on (a local server): connection threads are not pinned there.
+    pub server_cores: Vec<usize>,
     /// `NAME=ID` symbol mappings.
     pub symbols: Vec<String>,
     /// Events ahead for the realised direction (signal quality).
@@ -120,6 +127,14 @@ pub struct ReplayRun {
     pub stream: Stream,
     pub outcomes: Vec<Outcome>,
     pub latency: Histogram<u64>,
+    /// Actual send − intended send (open loop; empty closed loop).
+    pub schedule_lag: Histogram<u64>,
+    pub window_waits: WindowWaits,
+    /// The window used per connection.
+    pub window: usize,
+    pub open_loop: bool,
+    /// Core of each connection thread (`None`: not pinned).
+    pub client_cores: Vec<Option<usize>>,
     pub wall_ns: u64,
     pub price_scale: i64,
     pub model_name: String,
@@ -131,14 +146,6 @@ pub struct ReplayRun {
 /// Load the input, connect, replay, collect.
 pub fn run(socket: &Path, opts: &ReplayOptions) -> Result<ReplayRun, String> {
     let mut symbols = SymbolTable::new(&opts.symbols)?;
-    let mut stream = source::load(&opts.input, opts.format, &mut symbols).map_err(|e| e.to_string())?;
-    stream.events.drain(..opts.skip.min(stream.events.len()));
-    if let Some(n) = opts.limit {
-        stream.events.truncate(n);
-    }
-    if stream.events.is_empty() {
-        return Err(format!("{}: no events to replay", opts.input.display()));
-    }
     let connections = opts.connections.max(1);
     let mut conns = Vec::with_capacity(connections);
     for _ in 0..connections {
@@ -150,6 +157,17 @@ pub fn run(socket: &Path, opts: &ReplayOptions) -> Result<ReplayRun, String> {
         });
     }
     let ack = conns[0].1;
+    // Sizes are read at the server's size scale (its hello ack): a decimal size that does
+    // not fit it is an error naming the manifest line that fixes it.
+    let mut stream = source::load_scaled(&opts.input, opts.format, &mut symbols, ack.size_scale())
+        .map_err(|e| e.to_string())?;
+    stream.events.drain(..opts.skip.min(stream.events.len()));
+    if let Some(n) = opts.limit {
+        stream.events.truncate(n);
+    }
+    if stream.events.is_empty() {
+        return Err(format!("{}: no events to replay", opts.input.display()));
+    }
     let price_scale = ack.price_scale;
     source::rescale(&mut stream.events, stream.price_scale, price_scale)
         .map_err(|e| format!("{}: {e}", opts.input.display()))?;
@@ -186,25 +204,36 @@ pub fn run(socket: &Path, opts: &ReplayOptions) -> Result<ReplayRun, String> {
         lists[{ e.req.symbol_id } as usize % connections].push(i);
     }
     let due = schedule(&stream.events, opts.speed, opts.rate);
+    let open_loop = due.iter().any(Option::is_some);
+    // Open loop never waits on answers: the server's own in-flight bound is the window.
+    let window =
+        opts.window.unwrap_or(if open_loop { { ack.max_inflight }.max(1) as usize } else { 1 }).max(1);
+    let client_cores = client_cores(connections, &opts.server_cores);
     let events = Arc::new(stream.events.clone());
     let due = Arc::new(due);
     let progress = report::progress_bar(n as u64, opts.progress);
     let start = now_ns() + 2_000_000; // every connection starts on the same clock
-    let window = opts.window.max(1);
+    let poll = opts.client_poll;
 
     let mut handles = Vec::new();
-    for ((s, _), list) in conns.into_iter().zip(lists) {
+    for (((link, _), list), core) in conns.into_iter().zip(lists).zip(client_cores.clone()) {
         let (events, due, progress) = (events.clone(), due.clone(), progress.clone());
-        handles.push(std::thread::spawn(move || match s {
-            Link::Shm(c) => drive_shm(*c, &events, &list, &due, start, window, &progress),
-            Link::Socket(s) if window == 1 && due.iter().all(Option::is_none) => {
-                drive_sync(s, &events, &list, start, &progress)
+        handles.push(std::thread::spawn(move || {
+            if let Some(c) = core {
+                crate::sys::pin_to_core(c);
             }
-            Link::Socket(s) => drive(s, &events, &list, &due, start, window, &progress),
+            let plan = drive::Plan { events: &events, list: &list, due: &due, start, window, poll };
+            let mut link: Box<dyn drive::Link> = match link {
+                Link::Shm(c) => Box::new(drive::ShmLink::new(*c)),
+                Link::Socket(s) => Box::new(drive::SocketLink::new(s)?),
+            };
+            drive::drive(link.as_mut(), &plan, &progress)
         }));
     }
     let mut outcomes = vec![Outcome::default(); n];
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).expect("static bounds");
+    let mut latency = drive::new_histogram();
+    let mut schedule_lag = drive::new_histogram();
+    let mut window_waits = WindowWaits::default();
     let (mut mismatched, mut lost) = (0, 0);
     let mut last = start;
     for h in handles {
@@ -213,6 +242,10 @@ pub fn run(socket: &Path, opts: &ReplayOptions) -> Result<ReplayRun, String> {
             latency.saturating_record(o.latency_ns.max(1));
             outcomes[i] = o;
         }
+        if open_loop {
+            schedule_lag.add(&r.lag).map_err(|e| e.to_string())?;
+        }
+        window_waits.merge(&r.window);
         mismatched += r.mismatched;
         lost += r.lost;
         last = last.max(r.finished_ns);
@@ -222,6 +255,11 @@ pub fn run(socket: &Path, opts: &ReplayOptions) -> Result<ReplayRun, String> {
         stream,
         outcomes,
         latency,
+        schedule_lag,
+        window_waits,
+        window,
+        open_loop,
+        client_cores,
         wall_ns: last.saturating_sub(start),
         price_scale,
         model_name: ack.model_name().to_string(),
@@ -229,6 +267,20 @@ pub fn run(socket: &Path, opts: &ReplayOptions) -> Result<ReplayRun, String> {
         mismatched,
         lost,
     })
+}
+
+/// A core for each connection thread: usable cores the server does not run on, core 0
+/// first (a server takes isolated and non-zero cores first); none when there are fewer
+/// such cores than connections (then the scheduler places them).
+fn client_cores(connections: usize, server_cores: &[usize]) -> Vec<Option<usize>> {
+    let mut free: Vec<usize> =
+        crate::server::usable_cores().into_iter().filter(|c| !server_cores.contains(c)).collect();
+    free.sort_by_key(|&c| (c != 0, c));
+    if free.len() >= connections {
+        free.into_iter().take(connections).map(Some).collect()
+    } else {
+        vec![None; connections]
+    }
 }
 
 /// When each event is due, in ns after the replay's start: `None` for closed
@@ -268,248 +320,14 @@ enum Link {
     Shm(Box<crate::shm::ShmClient>),
 }
 
-/// One shared-memory connection on one thread: publish what is due and fits
-/// the window, drain the answers, never block (busy-polling). Latency runs from
-/// the intended send time (open loop) or the actual one (closed loop).
-fn drive_shm(
-    mut c: crate::shm::ShmClient,
-    events: &[Event],
-    list: &[usize],
-    due: &[Option<u64>],
-    start: u64,
-    window: usize,
-    progress: &indicatif::ProgressBar,
-) -> Result<ConnResult, String> {
-    while now_ns() < start {
-        std::hint::spin_loop();
-    }
-    let mut intended = vec![0u64; list.len()];
-    let mut outcomes = Vec::with_capacity(list.len());
-    let (mut sent, mut k, mut mismatched, mut lost) = (0usize, 0usize, 0u64, 0u64);
-    let (mut idle, mut gone) = (0u32, false);
-    while k < list.len() {
-        let mut moved = false;
-        while sent < list.len() && sent - k < window {
-            let now = now_ns();
-            let when = match due[list[sent]] {
-                Some(d) if start + d > now => break,
-                Some(d) => start + d,
-                None => now,
-            };
-            if !c.try_send(&events[list[sent]].req).map_err(|e| format!("send: {e}"))? {
-                break; // request ring full: answers first
-            }
-            intended[sent] = when;
-            sent += 1;
-            moved = true;
-        }
-        while let Some(resp) = c.try_recv() {
-            let t = now_ns();
-            let i = list[k];
-            mismatched += ({ resp.request_id } != i as u64) as u64;
-            outcomes.push((i, Outcome::of(&resp, t.saturating_sub(intended[k]))));
-            k += 1;
-            moved = true;
-            if k % 1024 == 0 {
-                progress.inc(1024);
-            }
-        }
-        if moved {
-            idle = 0;
-        } else if gone {
-            // Hung up, and the pass after it found no answer left in the ring.
-            lost = (list.len() - k) as u64;
-            break;
-        } else {
-            idle = idle.wrapping_add(1);
-            // The ring idle for a while: is the server still there? (one more pass drains
-            // what it published before it hung up)
-            gone = idle % 4096 == 0 && c.server_gone();
-            std::hint::spin_loop();
-        }
-    }
-    progress.inc((k % 1024) as u64);
-    Ok(ConnResult { outcomes, mismatched, lost, finished_ns: now_ns() })
-}
-
-struct ConnResult {
-    outcomes: Vec<(usize, Outcome)>,
-    mismatched: u64,
-    lost: u64,
-    finished_ns: u64,
-}
-
-/// Closed loop with one request in flight: one thread sends, then busy-polls for
-/// the answer (a blocking read would add the host's wake-up time, ~45 µs on a VM,
-/// to every round trip).
-fn drive_sync(
-    mut stream: UnixStream,
-    events: &[Event],
-    list: &[usize],
-    start: u64,
-    progress: &indicatif::ProgressBar,
-) -> Result<ConnResult, String> {
-    stream.set_nonblocking(true).map_err(|e| e.to_string())?;
-    while now_ns() < start {
-        std::hint::spin_loop();
-    }
-    let mut outcomes = Vec::with_capacity(list.len());
-    let (mut mismatched, mut lost) = (0, 0);
-    let mut buf = [0u8; RESPONSE_SIZE];
-    for (k, &i) in list.iter().enumerate() {
-        let t0 = now_ns();
-        if let Err(e) = write_all_spin(&mut stream, bytemuck::bytes_of(&events[i].req)) {
-            log::warn!("replay connection: send: {e}");
-            lost = (list.len() - k) as u64;
-            break;
-        }
-        if read_exact_spin(&mut stream, &mut buf).is_err() {
-            lost = (list.len() - k) as u64;
-            break;
-        }
-        let t1 = now_ns();
-        let resp: MlResponse = bytemuck::pod_read_unaligned(&buf);
-        mismatched += ({ resp.request_id } != i as u64) as u64;
-        outcomes.push((i, Outcome::of(&resp, t1 - t0)));
-        if k % 1024 == 1023 {
-            progress.inc(1024);
-        }
-    }
-    Ok(ConnResult { outcomes, mismatched, lost, finished_ns: now_ns() })
-}
-
-/// Write all of `bytes` to a non-blocking socket, busy-polling while it is full.
-pub(crate) fn write_all_spin(s: &mut UnixStream, mut bytes: &[u8]) -> std::io::Result<()> {
-    while !bytes.is_empty() {
-        match s.write(bytes) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Fill `buf` from a non-blocking socket, busy-polling; EOF is `UnexpectedEof`.
-pub(crate) fn read_exact_spin(s: &mut UnixStream, buf: &mut [u8]) -> std::io::Result<()> {
-    let mut got = 0;
-    while got < buf.len() {
-        match s.read(&mut buf[got..]) {
-            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// One connection, pipelined or paced: a sender thread and a receiver (this thread).
-fn drive(
-    stream: UnixStream,
-    events: &[Event],
-    list: &[usize],
-    due: &[Option<u64>],
-    start: u64,
-    window: usize,
-    progress: &indicatif::ProgressBar,
-) -> Result<ConnResult, String> {
-    // intended[k]: when request k of this connection was due (or sent), ns.
-    let intended: Arc<Vec<AtomicU64>> = Arc::new((0..list.len()).map(|_| AtomicU64::new(0)).collect());
-    let received = Arc::new(AtomicU64::new(0));
-    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
-    let reqs: Vec<MlRequest> = list.iter().map(|&i| events[i].req).collect();
-    let dues: Vec<Option<u64>> = list.iter().map(|&i| due[i]).collect();
-    let (int2, recv2) = (intended.clone(), received.clone());
-
-    let sender = std::thread::spawn(move || -> Result<(), String> {
-        while now_ns() < start {
-            std::hint::spin_loop();
-        }
-        let mut k = 0;
-        let mut buf: Vec<MlRequest> = Vec::with_capacity(64);
-        while k < reqs.len() {
-            buf.clear();
-            // Acquire: pairs with the receiver's Release increment; the window counts answers seen.
-            let done = recv2.load(Ordering::Acquire) as usize;
-            let room = window.saturating_sub(k - done);
-            let now = now_ns();
-            while buf.len() < room.min(64) && k + buf.len() < reqs.len() {
-                let j = k + buf.len();
-                match dues[j] {
-                    Some(d) if start + d > now => break,
-                    Some(d) => int2[j].store(start + d, Ordering::Relaxed),
-                    None => int2[j].store(now, Ordering::Relaxed),
-                }
-                buf.push(reqs[j]);
-            }
-            if buf.is_empty() {
-                // Window full or next event not due: spin briefly, yield to the receiver.
-                std::thread::yield_now();
-                continue;
-            }
-            // Release for the intended stamps: the receiver reads them after its answer arrives.
-            std::sync::atomic::fence(Ordering::Release);
-            writer.write_all(bytemuck::cast_slice(&buf)).map_err(|e| format!("send: {e}"))?;
-            k += buf.len();
-        }
-        Ok(())
-    });
-
-    let mut reader = stream;
-    let mut outcomes = Vec::with_capacity(list.len());
-    let mut mismatched = 0;
-    let mut buf = vec![0u8; 256 * RESPONSE_SIZE];
-    let (mut have, mut k) = (0usize, 0usize);
-    let mut lost = 0;
-    while k < list.len() {
-        let n = match reader.read(&mut buf[have..]) {
-            Ok(0) | Err(_) => {
-                lost = (list.len() - k) as u64;
-                break;
-            }
-            Ok(n) => n,
-        };
-        let t = now_ns();
-        have += n;
-        let whole = have / RESPONSE_SIZE;
-        for f in 0..whole {
-            let resp: MlResponse =
-                bytemuck::pod_read_unaligned(&buf[f * RESPONSE_SIZE..(f + 1) * RESPONSE_SIZE]);
-            let i = list[k];
-            if { resp.request_id } != i as u64 {
-                mismatched += 1;
-            }
-            std::sync::atomic::fence(Ordering::Acquire);
-            let sent = intended[k].load(Ordering::Relaxed);
-            outcomes.push((i, Outcome::of(&resp, t.saturating_sub(sent))));
-            k += 1;
-            // Release: the sender's Acquire load sees answers only after they are recorded.
-            received.fetch_add(1, Ordering::Release);
-        }
-        progress.inc(whole as u64);
-        buf.copy_within(whole * RESPONSE_SIZE..have, 0);
-        have -= whole * RESPONSE_SIZE;
-    }
-    let finished_ns = now_ns();
-    match sender.join() {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) if lost > 0 => log::warn!("replay connection: {e}"),
-        Ok(Err(e)) => return Err(e),
-        Err(_) => return Err("sender thread panicked".into()),
-    }
-    Ok(ConnResult { outcomes, mismatched, lost, finished_ns })
-}
-
 /// A server run in this process on a temporary socket, for `replay --model` and
 /// the demo; stopped (drained) when dropped.
 pub struct LocalServer {
     pub socket: PathBuf,
     /// The model it serves (backend and why included).
     pub model: crate::engine::ModelInfo,
+    /// Cores its threads are pinned to.
+    pub cores: Vec<usize>,
     shared: Arc<crate::server::Shared>,
     thread: Option<std::thread::JoinHandle<Result<crate::stats::StatsReport, String>>>,
     dir: PathBuf,
@@ -541,7 +359,8 @@ impl LocalServer {
             .map_err(|e| e.to_string())?;
         match rx.recv() {
             Ok(Ok(ready)) => {
-                Ok(LocalServer { socket, model: ready.model, shared, thread: Some(thread), dir })
+                let cores = ready.io_core.into_iter().chain(ready.worker_core).collect();
+                Ok(LocalServer { socket, model: ready.model, cores, shared, thread: Some(thread), dir })
             }
             Ok(Err(e)) => Err(e),
             Err(_) => Err("the server thread ended before it was ready".into()),

@@ -59,8 +59,19 @@ pub struct Summary {
     pub skipped_rows: Vec<(String, u64)>,
     pub wall_seconds: f64,
     pub throughput_per_s: f64,
+    /// Open loop (paced by the recording or a rate), or closed loop.
+    pub open_loop: bool,
+    /// How the connection threads waited, and where they ran (`None`: not pinned).
+    pub client_poll: super::ClientPoll,
+    pub client_cores: Vec<Option<usize>>,
     /// Round trip (closed loop) or latency from the intended send time (open loop).
     pub latency_ns: Percentiles,
+    /// Open loop: actual send − intended send, the client's own lateness.
+    pub schedule_lag_ns: Option<Percentiles>,
+    /// Open loop: how often and how long a full window held a due send back.
+    pub window_waits: super::WindowWaits,
+    /// What the numbers should not be trusted for, and why (e.g. the client lagged).
+    pub warnings: Vec<String>,
     pub by_status: Vec<(String, u64)>,
     pub mismatched_ids: u64,
     pub lost: u64,
@@ -87,6 +98,30 @@ pub fn summarize(run: &ReplayRun, opts: &super::ReplayOptions) -> Summary {
         .collect();
     let n = run.outcomes.len() as u64;
     let wall = run.wall_ns as f64 / 1e9;
+    let latency_ns = Percentiles::of(&run.latency);
+    let schedule_lag_ns = run.open_loop.then(|| Percentiles::of(&run.schedule_lag));
+    let mut warnings = Vec::new();
+    if let Some(lag) = &schedule_lag_ns {
+        // The client's lateness is inside every latency number: past a tenth of it, they
+        // measure the client as much as the server.
+        if lag.p99 * 10 > latency_ns.p99 {
+            warnings.push(format!(
+                "the client lagged: schedule lag p99 {:.2} µs is over 10% of latency p99 {:.2} µs; \
+                 give the client a core of its own (fewer --connections, a quiet machine, --client-poll spin)",
+                lag.p99 as f64 / 1e3,
+                latency_ns.p99 as f64 / 1e3
+            ));
+        }
+    }
+    if run.window_waits.episodes > 0 {
+        warnings.push(format!(
+            "a full window held due sends back {} times ({:.2} ms in all, {:.2} ms at most): the server \
+             fell behind the schedule (their latency counts from the due time); --window raises it",
+            run.window_waits.episodes,
+            run.window_waits.total_ns as f64 / 1e6,
+            run.window_waits.max_ns as f64 / 1e6
+        ));
+    }
     Summary {
         input: opts.input.display().to_string(),
         format: opts.format,
@@ -95,13 +130,19 @@ pub fn summarize(run: &ReplayRun, opts: &super::ReplayOptions) -> Summary {
         speed: opts.speed,
         rate: opts.rate,
         connections: opts.connections,
-        window: opts.window,
+        window: run.window,
         transport: opts.transport,
+        open_loop: run.open_loop,
+        client_poll: opts.client_poll,
+        client_cores: run.client_cores.clone(),
+        schedule_lag_ns,
+        window_waits: run.window_waits,
+        warnings,
         events: n,
         skipped_rows: run.stream.skipped.clone(),
         wall_seconds: wall,
         throughput_per_s: if wall > 0.0 { n as f64 / wall } else { 0.0 },
-        latency_ns: Percentiles::of(&run.latency),
+        latency_ns,
         by_status,
         mismatched_ids: run.mismatched,
         lost: run.lost,
@@ -196,12 +237,16 @@ fn quality(run: &ReplayRun, horizon: usize, score_from: usize) -> Quality {
 pub fn print(s: &Summary) -> String {
     let l = &s.latency_ns;
     let mode = match (s.rate, s.speed) {
-        (Some(r), _) => format!("open loop at {r} req/s (latency from intended send time)"),
+        (Some(r), _) => {
+            format!("open loop at {r} req/s, window {} (latency from intended send time)", s.window)
+        }
         (None, Speed::Times(x)) => {
-            format!("open loop at {x}x recorded speed (latency from intended send time)")
+            format!("open loop at {x}x recorded speed, window {} (latency from intended send time)", s.window)
         }
         (None, Speed::Max) => format!("closed loop, window {} (round trip)", s.window),
     };
+    let cores: Vec<String> =
+        s.client_cores.iter().map(|c| c.map_or("unpinned".to_string(), |c| format!("core {c}"))).collect();
     let mut out = format!(
         "replay of {} ({:?}) through model {} v{}: {} events, {} connection(s) over {}, {mode}\n",
         s.input,
@@ -227,7 +272,26 @@ pub fn print(s: &Summary) -> String {
         l.p9999 as f64 / 1e3,
         l.max as f64 / 1e3
     );
+    if let Some(g) = &s.schedule_lag_ns {
+        out += &format!(
+            "sched. lag µs p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (actual − intended send: the client's share)\n",
+            g.p50 as f64 / 1e3,
+            g.p90 as f64 / 1e3,
+            g.p99 as f64 / 1e3,
+            g.p999 as f64 / 1e3,
+            g.max as f64 / 1e3
+        );
+    }
+    out += &format!(
+        "client       {} connection thread(s), {:?} polling, {}\n",
+        s.connections,
+        s.client_poll,
+        cores.join(", ")
+    );
     out += &format!("throughput   {:.0} signals/s over {:.3} s\n", s.throughput_per_s, s.wall_seconds);
+    for w in &s.warnings {
+        out += &format!("WARNING      {w}\n");
+    }
     for (st, n) in &s.by_status {
         out += &format!("status       {st}: {n}\n");
     }

@@ -41,6 +41,8 @@ pub struct Stream {
     /// Book levels per side the events carry: 1 = top of book only; k > 1 = levels
     /// 2..=k in `features[]` (`ML_DEPTH_INDEX`), `n_features` covering them.
     pub depth_levels: usize,
+    /// Fixed-point scale of the events' sizes (1: whole units).
+    pub size_scale: i64,
 }
 
 /// Why a source could not be read.
@@ -171,14 +173,88 @@ impl Skips {
     }
 }
 
-/// Load any supported source.
+/// Load any supported source, sizes in whole units (size scale 1).
 pub fn load(path: &Path, format: Format, symbols: &mut SymbolTable) -> Result<Stream, SourceError> {
-    match format {
-        Format::Lobster => load_lobster(path, symbols),
-        Format::Dbn => load_dbn(path, symbols),
-        Format::Csv => load_csv(path, symbols),
-        Format::Capture => load_capture(path),
+    load_scaled(path, format, symbols, 1)
+}
+
+/// Load any supported source with sizes as fixed point at `size_scale` (the server's,
+/// from its hello ack): a decimal size (CSV) must fit it exactly.
+pub fn load_scaled(
+    path: &Path,
+    format: Format,
+    symbols: &mut SymbolTable,
+    size_scale: i64,
+) -> Result<Stream, SourceError> {
+    let mut stream = match format {
+        Format::Lobster => load_lobster(path, symbols)?,
+        Format::Dbn => load_dbn(path, symbols)?,
+        Format::Csv => return load_csv_scaled(path, symbols, size_scale),
+        Format::Capture => load_capture(path)?,
+    };
+    rescale_sizes(&mut stream, size_scale).map_err(|e| err(path, e))?;
+    Ok(stream)
+}
+
+/// Integer sizes at `stream.size_scale` → fixed point at `to` (every level's), exactly.
+fn rescale_sizes(stream: &mut Stream, to: i64) -> Result<(), String> {
+    let from = stream.size_scale;
+    if from == to {
+        return Ok(());
     }
+    let convert = |v: i64, what: &str, i: usize| -> Result<i64, String> {
+        let scaled = v as i128 * to as i128;
+        if scaled % from as i128 != 0 {
+            return Err(format!(
+                "event {i}: {what} {v} at size scale {from} has more decimals than the model's size_scale {to} allows"
+            ));
+        }
+        i64::try_from(scaled / from as i128)
+            .map_err(|_| format!("event {i}: {what} {v} leaves i64 at the model's size_scale {to}"))
+    };
+    for (i, e) in stream.events.iter_mut().enumerate() {
+        e.req.bid_size = convert(e.req.bid_size, "bid_size", i)?;
+        e.req.ask_size = convert(e.req.ask_size, "ask_size", i)?;
+        if stream.depth_levels > 1 {
+            let mut f = e.req.features;
+            for k in 2..=stream.depth_levels {
+                for j in [1, 3] {
+                    let x = &mut f[crate::wire::depth_index(k) + j];
+                    *x = (*x as f64 * to as f64 / from as f64) as f32;
+                }
+            }
+            e.req.features = f;
+        }
+    }
+    stream.size_scale = to;
+    Ok(())
+}
+
+/// A non-negative decimal (`2.507`, `100`, `0.5`) as fixed point × 10^`digits`, exactly:
+/// `Err` says why (not a number, more decimals than `digits`, past `i64`).
+pub fn decimal_fixed(text: &str, digits: u16) -> Result<i64, String> {
+    let (int, frac) = text.split_once('.').unwrap_or((text, ""));
+    let frac = frac.trim_end_matches('0');
+    if int.is_empty() && frac.is_empty() || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return Err("not a non-negative decimal number".into());
+    }
+    if frac.len() > digits as usize {
+        return Err(format!(
+            "{} decimals; the model's size_scale {} allows {digits}: set size_scale = {} under [model] in \
+             the manifest (sizes are fixed point × size_scale on the wire)",
+            frac.len(),
+            10i128.pow(u32::from(digits)),
+            10i128.pow(frac.len() as u32)
+        ));
+    }
+    let mut v: i128 = 0;
+    for b in int.bytes().chain(frac.bytes()).chain(std::iter::repeat_n(b'0', digits as usize - frac.len())) {
+        v = v * 10 + i128::from(b - b'0');
+        if v > i64::MAX as i128 {
+            return Err(format!("past the 64-bit range at size scale 10^{digits}"));
+        }
+    }
+    Ok(v as i64)
 }
 
 // ---------------------------------------------------------------- LOBSTER
@@ -302,7 +378,14 @@ pub fn load_lobster(path: &Path, symbols: &mut SymbolTable) -> Result<Stream, So
         }
         events.push(ev);
     }
-    Ok(Stream { events, price_scale: 10_000, symbols: symbols.listing(), skipped: skips.0, depth_levels })
+    Ok(Stream {
+        events,
+        price_scale: 10_000,
+        symbols: symbols.listing(),
+        skipped: skips.0,
+        depth_levels,
+        size_scale: 1,
+    })
 }
 
 /// `YYYY-MM-DD` → ns since the Unix epoch at midnight UTC.
@@ -379,6 +462,7 @@ pub fn load_dbn(path: &Path, symbols: &mut SymbolTable) -> Result<Stream, Source
         symbols: symbols.listing(),
         skipped: skips.0,
         depth_levels,
+        size_scale: 1,
     })
 }
 
@@ -391,7 +475,14 @@ pub fn load_dbn(path: &Path, symbols: &mut SymbolTable) -> Result<Stream, Source
 /// optional `book_imbalance` (ratio in [-1, 1]; computed from the sizes if absent),
 /// optional `f0` … `f31` (extra features). Prices are stored at scale 10⁹.
 pub fn load_csv(path: &Path, symbols: &mut SymbolTable) -> Result<Stream, SourceError> {
+    load_csv_scaled(path, symbols, 1)
+}
+
+/// [`load_csv`] with decimal sizes read exactly as fixed point at `size_scale`.
+fn load_csv_scaled(path: &Path, symbols: &mut SymbolTable, size_scale: i64) -> Result<Stream, SourceError> {
     const SCALE: f64 = 1e9;
+    let digits = crate::wire::size_scale_digits(size_scale)
+        .ok_or_else(|| err(path, format!("size scale {size_scale} is not a power of ten")))?;
     let text = std::fs::read_to_string(path).map_err(|e| err(path, e.to_string()))?;
     let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
     let (_, header) = lines.next().ok_or_else(|| err(path, "empty file"))?;
@@ -428,11 +519,10 @@ pub fn load_csv(path: &Path, symbols: &mut SymbolTable) -> Result<Stream, Source
         };
         let size = |i: usize, what: &str| -> Result<i64, SourceError> {
             let text = get(i, what)?;
-            let v = text.parse::<i64>().map_err(|_| bad(what))?;
-            if v < 0 {
+            if text.starts_with('-') {
                 return Err(out_of_range(what, text, "sizes cannot be negative"));
             }
-            Ok(v)
+            decimal_fixed(text, digits).map_err(|why| out_of_range(what, text, &why))
         };
         let ts = match (ts_ns_i, ts_s_i) {
             (Some(i), _) => get(i, "timestamp_ns")?.parse::<u64>().map_err(|_| bad("timestamp_ns"))?,
@@ -490,6 +580,7 @@ pub fn load_csv(path: &Path, symbols: &mut SymbolTable) -> Result<Stream, Source
         symbols: symbols.listing(),
         skipped: skips.0,
         depth_levels: 1,
+        size_scale,
     })
 }
 
@@ -508,7 +599,20 @@ pub fn load_capture(path: &Path) -> Result<Stream, SourceError> {
     }
     let events =
         cap.records.iter().map(|r| Event { ts_ns: r.request.timestamp_ns, req: r.request }).collect();
-    Ok(Stream { events, price_scale: cap.header.price_scale, symbols: vec![], skipped, depth_levels: 1 })
+    let size_scale = crate::wire::size_scale(cap.header.size_scale_digits).ok_or_else(|| {
+        err(
+            path,
+            format!("capture header: size_scale_digits = {}: at most 18", { cap.header.size_scale_digits }),
+        )
+    })?;
+    Ok(Stream {
+        events,
+        price_scale: cap.header.price_scale,
+        symbols: vec![],
+        skipped,
+        depth_levels: 1,
+        size_scale,
+    })
 }
 
 /// Rescale every price from `from` to `to` (exact when one divides the other; rounded

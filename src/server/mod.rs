@@ -255,6 +255,7 @@ pub fn run(
     };
     let info = ServerInfo {
         price_scale: model.price_scale,
+        size_scale_digits: crate::wire::size_scale_digits(model.size_scale).unwrap_or(0),
         model_features: model.extra_features,
         max_inflight: cfg.max_inflight,
         model_version: model.version,
@@ -273,7 +274,8 @@ pub fn run(
     let recorder = match &cfg.record {
         Some(path) => {
             log::info!("recording requests to {}", path.display());
-            Some(crate::record::Recorder::start(path, model.price_scale, &cfg.record_options)?)
+            let digits = crate::wire::size_scale_digits(model.size_scale).unwrap_or(0);
+            Some(crate::record::Recorder::start(path, model.price_scale, digits, &cfg.record_options)?)
         }
         None => None,
     };

@@ -241,6 +241,12 @@ impl ReloadSlot {
             self.current.lock().map_err(|_| "poisoned")?.clone().ok_or("the server is not serving yet")?;
         let engine = Engine::load(manifest, &opts).map_err(|e| e.to_string())?;
         let new = engine.info().clone();
+        if new.size_scale != serving.size_scale {
+            return Err(format!(
+                "size_scale {} differs from the serving model's {} (clients were told {}); restart the server to change it",
+                new.size_scale, serving.size_scale, serving.size_scale
+            ));
+        }
         if new.price_scale != serving.price_scale {
             return Err(format!(
                 "price_scale {} differs from the serving model's {} (clients were told {}); restart the server to change it",
