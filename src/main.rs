@@ -137,6 +137,14 @@ struct ReplayArgs {
     /// With --model: how that server polls.
     #[arg(long, value_enum, default_value = "spin")]
     server_poll: server::PollMode,
+    /// CSV: read our column NAME from the file's COLUMN, e.g. `--columns timestamp=ts_event,bid_price=bid_px_00,
+    /// symbol=ticker` (names: timestamp, timestamp_ns, symbol, symbol_id, bid_price, ask_price, bid_size,
+    /// ask_size, book_imbalance, f0..f31); repeatable.
+    #[arg(long)]
+    columns: Vec<String>,
+    /// CSV: unit of the timestamp column [default: ns for `timestamp_ns`, s for `timestamp`].
+    #[arg(long, value_enum)]
+    time_unit: Option<tickinfer::replay::source::TimeUnit>,
     /// Symbol mapping NAME=ID (ticker, DBN instrument id or CSV symbol); repeatable. Default: ids by first appearance.
     #[arg(long = "symbols")]
     symbols: Vec<String>,
@@ -373,6 +381,8 @@ fn replay(args: ReplayArgs) -> Result<(), String> {
         client_poll: args.client_poll,
         server_cores: vec![],
         symbols: args.symbols,
+        columns: tickinfer::replay::source::LoadOptions::parse_columns(&args.columns)?,
+        time_unit: args.time_unit,
         horizon: args.horizon.or_else(|| args.model.as_deref().and_then(horizon_of)).unwrap_or(10),
         skip: args.skip,
         score_from: args.score_from,
@@ -496,6 +506,8 @@ fn demo_replay(
         client_poll: tickinfer::replay::ClientPoll::Spin,
         server_cores: local.cores.clone(),
         symbols: vec![],
+        columns: vec![],
+        time_unit: None,
         horizon: horizon_of(model).unwrap_or(10),
         skip: 0,
         score_from,

@@ -296,7 +296,13 @@ fn fractional_sizes_through_size_scale() {
     }
     std::fs::write(&csv, rows).unwrap();
     // Parsed directly at a scale: exact fixed point, and errors name the line, column and value.
-    let s = source::load_scaled(&csv, Format::Csv, &mut table(), 1000).unwrap();
+    let s = source::load_with(
+        &csv,
+        Format::Csv,
+        &mut table(),
+        &source::LoadOptions { size_scale: 1000, ..Default::default() },
+    )
+    .unwrap();
     assert_eq!(({ s.events[0].req.bid_size }, { s.events[0].req.ask_size }), (2507, 100));
     let e = source::load(&csv, Format::Csv, &mut table()).unwrap_err().to_string();
     assert!(e.contains("line 2: bid_size = 2.507: 3 decimals") && e.contains("size_scale = 1000"), "{e}");
@@ -331,6 +337,17 @@ fn fractional_sizes_through_size_scale() {
     ]);
     let summary: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(summary["by_status"][0], serde_json::json!(["0 ok", 200]), "{summary}");
+    // A reload may not change the size scale clients were told.
+    let reload = Command::new(env!("CARGO_BIN_EXE_tickinfer"))
+        .args(["reload", "--socket", server.socket.to_str().unwrap(), "--model"])
+        .arg(repo_root().join("models/lobster_direction.toml"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&reload.stderr);
+    assert!(
+        !reload.status.success() && said.contains("size_scale 1 differs from the serving model's 1000"),
+        "{said}"
+    );
     // The default model (size_scale 1) refuses the same file with the fix named.
     let out = Command::new(env!("CARGO_BIN_EXE_tickinfer"))
         .args(["replay", "--model"])
@@ -347,6 +364,103 @@ fn fractional_sizes_through_size_scale() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("size_scale = 1000 under [model]"), "{err}");
+}
+
+/// A CSV from anywhere: its own column names (`--columns`), ISO-8601 or ms timestamps
+/// (`--time-unit`), string symbols; errors name the line, the column and the value.
+#[test]
+fn csv_with_its_own_columns_and_time_unit() {
+    use source::{LoadOptions, TimeUnit};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("venue.csv");
+    std::fs::write(
+        &path,
+        "ts_event,ticker,bid_px,ask_px,bid_qty,ask_qty\n\
+         2026-01-05T14:30:00.000000001Z,ETH-USD,3100.5,3100.75,3,4\n\
+         2026-01-05T15:30:00.5+01:00,SOL/USDT perp,150.01,150.02,10,20\n\
+         2026-01-05 14:30:01.25,ETH-USD,3100.25,3100.5,1,1\n",
+    )
+    .unwrap();
+    let columns = LoadOptions::parse_columns(&[
+        "timestamp=ts_event,symbol=ticker".into(),
+        "bid_price=bid_px,ask_price=ask_px,bid_size=bid_qty,ask_size=ask_qty".into(),
+    ])
+    .unwrap();
+    let opts = LoadOptions { columns: columns.clone(), time_unit: Some(TimeUnit::Iso), ..Default::default() };
+    let s = source::load_with(&path, Format::Csv, &mut table(), &opts).unwrap();
+    let day = 1_767_571_200_000_000_000u64; // 2026-01-05T00:00:00Z
+    let t = |h: u64, m: u64, s: u64, ns: u64| day + ((h * 60 + m) * 60 + s) * 1_000_000_000 + ns;
+    let ts: Vec<u64> = s.events.iter().map(|e| e.ts_ns).collect();
+    assert_eq!(ts, vec![t(14, 30, 0, 1), t(14, 30, 0, 500_000_000), t(14, 30, 1, 250_000_000)]);
+    let ids: Vec<u16> = s.events.iter().map(|e| e.req.symbol_id).collect();
+    assert_eq!(ids, vec![0, 1, 0], "any string is a symbol");
+    assert_eq!(s.symbols[1].0, "SOL/USDT perp");
+    assert_eq!({ s.events[0].req.bid_price }, 3_100_500_000_000);
+
+    // Milliseconds, decimal.
+    std::fs::write(&path, "t_ms,bid,ask,bq,aq\n1767623400000.5,1,2,3,4\n").unwrap();
+    let opts = LoadOptions {
+        columns: LoadOptions::parse_columns(&[
+            "timestamp=t_ms,bid_price=bid,ask_price=ask,bid_size=bq,ask_size=aq".into(),
+        ])
+        .unwrap(),
+        time_unit: Some(TimeUnit::Ms),
+        ..Default::default()
+    };
+    assert_eq!(
+        source::load_with(&path, Format::Csv, &mut table(), &opts).unwrap().events[0].ts_ns,
+        1_767_623_400_000_500_000
+    );
+
+    // Errors: the line, the column and the value; a mapping to a missing column; a bad name.
+    std::fs::write(&path, "t_ms,bid,ask,bq,aq\n1,1,2,3,4\nyesterday,1,2,3,4\n").unwrap();
+    let e = source::load_with(&path, Format::Csv, &mut table(), &opts).unwrap_err().to_string();
+    assert!(e.contains("line 3: timestamp = yesterday: not a number (--time-unit Ms)"), "{e}");
+    let iso = LoadOptions { time_unit: Some(TimeUnit::Iso), ..opts.clone() };
+    let e = source::load_with(&path, Format::Csv, &mut table(), &iso).unwrap_err().to_string();
+    assert!(e.contains("line 2: timestamp = 1: not an ISO-8601 time"), "{e}");
+    let wrong =
+        LoadOptions { columns: LoadOptions::parse_columns(&["bid_price=bidz".into()]).unwrap(), ..opts };
+    let e = source::load_with(&path, Format::Csv, &mut table(), &wrong).unwrap_err().to_string();
+    assert!(e.contains("--columns bid_price=bidz: no column `bidz`"), "{e}");
+    // Hostile text never panics: every unit gives an error.
+    for text in
+        ["1.é5", "é", "2026-01-05Té", "2026-01-05T14:30:00.ééé", "٣", "-1", "1e9", "2026-13-01T00:00:00Z", ""]
+    {
+        for unit in [TimeUnit::S, TimeUnit::Ms, TimeUnit::Us, TimeUnit::Ns, TimeUnit::Iso] {
+            assert!(source::parse_time(text, unit).is_err(), "{text:?} as {unit:?}");
+        }
+        assert!(source::decimal_fixed(text, 3).is_err(), "{text:?}");
+    }
+    assert!(LoadOptions::parse_columns(&["price=x".into()]).unwrap_err().contains("not one of"));
+    assert!(LoadOptions::parse_columns(&["timestamp".into()]).unwrap_err().contains("NAME=COLUMN"));
+    // The CLI takes them too.
+    std::fs::write(
+        &path,
+        "ts_event,ticker,bid_px,ask_px,bid_qty,ask_qty\n2026-01-05T14:30:00Z,X,1.5,1.6,1,1\n2026-01-05T14:30:01Z,X,1.5,1.6,1,2\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let json = tickinfer(&[
+        "replay",
+        "--model",
+        repo_root().join("models/lobster_direction.toml").to_str().unwrap(),
+        "--input",
+        path.to_str().unwrap(),
+        "--format",
+        "csv",
+        "--time-unit",
+        "iso",
+        "--json",
+        "--columns",
+        "timestamp=ts_event,symbol=ticker,bid_price=bid_px,ask_price=ask_px",
+        "--columns",
+        "bid_size=bid_qty,ask_size=ask_qty",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let summary: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(summary["events"], 2, "{summary}");
 }
 
 #[test]

@@ -87,6 +87,10 @@ pub struct ReplayOptions {
     pub server_cores: Vec<usize>,
     /// `NAME=ID` symbol mappings.
     pub symbols: Vec<String>,
+    /// CSV: `(our name, the file's column)` pairs (`--columns`).
+    pub columns: Vec<(String, String)>,
+    /// CSV: the timestamp column's unit (`--time-unit`).
+    pub time_unit: Option<source::TimeUnit>,
     /// Events ahead for the realised direction (signal quality).
     pub horizon: usize,
     /// Leave out the first N events (e.g. a model's training period).
@@ -159,8 +163,13 @@ pub fn run(socket: &Path, opts: &ReplayOptions) -> Result<ReplayRun, String> {
     let ack = conns[0].1;
     // Sizes are read at the server's size scale (its hello ack): a decimal size that does
     // not fit it is an error naming the manifest line that fixes it.
-    let mut stream = source::load_scaled(&opts.input, opts.format, &mut symbols, ack.size_scale())
-        .map_err(|e| e.to_string())?;
+    let load = source::LoadOptions {
+        size_scale: ack.size_scale(),
+        columns: opts.columns.clone(),
+        time_unit: opts.time_unit,
+    };
+    let mut stream =
+        source::load_with(&opts.input, opts.format, &mut symbols, &load).map_err(|e| e.to_string())?;
     stream.events.drain(..opts.skip.min(stream.events.len()));
     if let Some(n) = opts.limit {
         stream.events.truncate(n);

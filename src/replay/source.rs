@@ -173,23 +173,85 @@ impl Skips {
     }
 }
 
-/// Load any supported source, sizes in whole units (size scale 1).
-pub fn load(path: &Path, format: Format, symbols: &mut SymbolTable) -> Result<Stream, SourceError> {
-    load_scaled(path, format, symbols, 1)
+/// Unit of a CSV timestamp column (`--time-unit`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeUnit {
+    /// Seconds (decimal).
+    S,
+    /// Milliseconds (decimal).
+    Ms,
+    /// Microseconds (decimal).
+    Us,
+    /// Nanoseconds (integer).
+    Ns,
+    /// ISO-8601 / RFC 3339: `2026-01-05T14:30:00.123456789Z` (`Z`, `±HH:MM`, or none: UTC).
+    Iso,
 }
 
-/// Load any supported source with sizes as fixed point at `size_scale` (the server's,
-/// from its hello ack): a decimal size (CSV) must fit it exactly.
-pub fn load_scaled(
+/// How to read a source beyond its format.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Sizes as fixed point at this scale (the server's, from its hello ack); 0 or 1: whole units.
+    pub size_scale: i64,
+    /// CSV: `(our name, the file's header name)` pairs (`--columns timestamp=ts,bid_price=bid`).
+    pub columns: Vec<(String, String)>,
+    /// CSV: the timestamp column's unit [default: ns for `timestamp_ns`, s for `timestamp`].
+    pub time_unit: Option<TimeUnit>,
+}
+
+impl LoadOptions {
+    /// Parse `--columns` (`NAME=COLUMN,NAME=COLUMN`; repeatable, comma lists allowed).
+    pub fn parse_columns(specs: &[String]) -> Result<Vec<(String, String)>, String> {
+        const NAMES: &[&str] = &[
+            "timestamp",
+            "timestamp_ns",
+            "symbol",
+            "symbol_id",
+            "bid_price",
+            "ask_price",
+            "bid_size",
+            "ask_size",
+            "book_imbalance",
+        ];
+        let mut out = Vec::new();
+        for part in specs.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|p| !p.is_empty()) {
+            let (ours, theirs) = part.split_once('=').ok_or_else(|| {
+                format!("--columns `{part}`: expected NAME=COLUMN, e.g. timestamp=ts_event")
+            })?;
+            let ours = ours.trim().to_ascii_lowercase();
+            let is_feature =
+                ours.strip_prefix('f').is_some_and(|k| k.parse::<usize>().is_ok_and(|k| k < MAX_FEATURES));
+            if !NAMES.contains(&ours.as_str()) && !is_feature {
+                return Err(format!(
+                    "--columns `{part}`: `{ours}` is not one of {} or f0..f31",
+                    NAMES.join(", ")
+                ));
+            }
+            out.push((ours, theirs.trim().to_ascii_lowercase()));
+        }
+        Ok(out)
+    }
+}
+
+/// Load any supported source, sizes in whole units (size scale 1).
+pub fn load(path: &Path, format: Format, symbols: &mut SymbolTable) -> Result<Stream, SourceError> {
+    load_with(path, format, symbols, &LoadOptions::default())
+}
+
+/// Load any supported source with `opts`: sizes as fixed point at its size scale (a
+/// decimal size in a CSV must fit it exactly), a CSV's own column names and time unit.
+pub fn load_with(
     path: &Path,
     format: Format,
     symbols: &mut SymbolTable,
-    size_scale: i64,
+    opts: &LoadOptions,
 ) -> Result<Stream, SourceError> {
+    let size_scale = opts.size_scale.max(1);
     let mut stream = match format {
         Format::Lobster => load_lobster(path, symbols)?,
         Format::Dbn => load_dbn(path, symbols)?,
-        Format::Csv => return load_csv_scaled(path, symbols, size_scale),
+        Format::Csv => return load_csv_with(path, symbols, opts),
         Format::Capture => load_capture(path)?,
     };
     rescale_sizes(&mut stream, size_scale).map_err(|e| err(path, e))?;
@@ -475,29 +537,57 @@ pub fn load_dbn(path: &Path, symbols: &mut SymbolTable) -> Result<Stream, Source
 /// optional `book_imbalance` (ratio in [-1, 1]; computed from the sizes if absent),
 /// optional `f0` … `f31` (extra features). Prices are stored at scale 10⁹.
 pub fn load_csv(path: &Path, symbols: &mut SymbolTable) -> Result<Stream, SourceError> {
-    load_csv_scaled(path, symbols, 1)
+    load_csv_with(path, symbols, &LoadOptions::default())
 }
 
-/// [`load_csv`] with decimal sizes read exactly as fixed point at `size_scale`.
-fn load_csv_scaled(path: &Path, symbols: &mut SymbolTable, size_scale: i64) -> Result<Stream, SourceError> {
+/// [`load_csv`] with `opts`: decimal sizes read exactly as fixed point at its size
+/// scale, the file's own column names mapped, timestamps in its unit.
+fn load_csv_with(path: &Path, symbols: &mut SymbolTable, opts: &LoadOptions) -> Result<Stream, SourceError> {
     const SCALE: f64 = 1e9;
+    let size_scale = opts.size_scale.max(1);
     let digits = crate::wire::size_scale_digits(size_scale)
         .ok_or_else(|| err(path, format!("size scale {size_scale} is not a power of ten")))?;
     let text = std::fs::read_to_string(path).map_err(|e| err(path, e.to_string()))?;
     let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
     let (_, header) = lines.next().ok_or_else(|| err(path, "empty file"))?;
     let cols: Vec<String> = header.split(',').map(|c| c.trim().to_ascii_lowercase()).collect();
-    let find = |name: &str| cols.iter().position(|c| c == name);
+    // `--columns NAME=COLUMN`: our name read from the file's column.
+    for (ours, theirs) in &opts.columns {
+        if !cols.contains(theirs) {
+            return Err(err(
+                path,
+                format!("--columns {ours}={theirs}: no column `{theirs}` (header: {header})"),
+            ));
+        }
+    }
+    let find = |name: &str| {
+        let mapped = opts.columns.iter().find(|(ours, _)| ours == name).map(|(_, theirs)| theirs.as_str());
+        cols.iter().position(|c| c == mapped.unwrap_or(name))
+    };
     let need = |name: &str| {
-        find(name).ok_or_else(|| err(path, format!("missing column `{name}` (header: {header})")))
+        find(name).ok_or_else(|| {
+            err(
+                path,
+                format!("missing column `{name}` (header: {header}; map yours with --columns {name}=YOURS)"),
+            )
+        })
     };
     let (bid_i, ask_i, bsz_i, asz_i) =
         (need("bid_price")?, need("ask_price")?, need("bid_size")?, need("ask_size")?);
-    let ts_ns_i = find("timestamp_ns");
-    let ts_s_i = find("timestamp");
-    if ts_ns_i.is_none() && ts_s_i.is_none() {
-        return Err(err(path, "missing column `timestamp_ns` (or `timestamp` in seconds)"));
-    }
+    // The timestamp: `timestamp_ns` (ns) or `timestamp` (s), unless --time-unit says otherwise.
+    let (ts_i, ts_name, unit) = match (find("timestamp_ns"), find("timestamp")) {
+        (Some(i), _) => (i, "timestamp_ns", opts.time_unit.unwrap_or(TimeUnit::Ns)),
+        (None, Some(i)) => (i, "timestamp", opts.time_unit.unwrap_or(TimeUnit::S)),
+        (None, None) => {
+            return Err(err(
+                path,
+                format!(
+                    "missing column `timestamp_ns` (or `timestamp` in seconds; header: {header}): map yours with \
+                     --columns timestamp=YOURS and give --time-unit s|ms|us|ns|iso"
+                ),
+            ))
+        }
+    };
     let (sym_i, symid_i) = (find("symbol"), find("symbol_id"));
     let imb_i = find("book_imbalance");
     let feats: Vec<(usize, usize)> =
@@ -524,16 +614,8 @@ fn load_csv_scaled(path: &Path, symbols: &mut SymbolTable, size_scale: i64) -> R
             }
             decimal_fixed(text, digits).map_err(|why| out_of_range(what, text, &why))
         };
-        let ts = match (ts_ns_i, ts_s_i) {
-            (Some(i), _) => get(i, "timestamp_ns")?.parse::<u64>().map_err(|_| bad("timestamp_ns"))?,
-            (None, Some(i)) => {
-                let text = get(i, "timestamp")?;
-                let secs = text.parse::<f64>().map_err(|_| bad("timestamp"))?;
-                secs_to_ns(secs)
-                    .ok_or_else(|| out_of_range("timestamp", text, "negative, or past u64 nanoseconds"))?
-            }
-            _ => unreachable!(),
-        };
+        let text = get(ts_i, ts_name)?;
+        let ts = parse_time(text, unit).map_err(|why| out_of_range(ts_name, text, &why))?;
         let symbol_id = match (symid_i, sym_i) {
             (Some(i), _) => {
                 let text = get(i, "symbol_id")?;
@@ -582,6 +664,61 @@ fn load_csv_scaled(path: &Path, symbols: &mut SymbolTable, size_scale: i64) -> R
         depth_levels: 1,
         size_scale,
     })
+}
+
+/// A timestamp in `unit` → ns since the Unix epoch (or the file's own origin); `Err` says why.
+pub fn parse_time(text: &str, unit: TimeUnit) -> Result<u64, String> {
+    // Exact decimal arithmetic (a float would lose nanoseconds of a 13-digit ms stamp);
+    // digits finer than a nanosecond are dropped.
+    let scaled = |ns_digits: usize| {
+        let (int, frac) = text.split_once('.').unwrap_or((text, ""));
+        let frac = frac.char_indices().nth(ns_digits).map_or(frac, |(i, _)| &frac[..i]);
+        decimal_fixed(&format!("{int}.{frac}"), ns_digits as u16)
+            .ok()
+            .and_then(|v| u64::try_from(v).ok())
+            .ok_or_else(|| {
+                format!("not a number (--time-unit {unit:?}), or negative, or past u64 nanoseconds")
+            })
+    };
+    match unit {
+        TimeUnit::Ns => {
+            text.parse::<u64>().map_err(|_| "not a whole number of nanoseconds (--time-unit ns)".into())
+        }
+        TimeUnit::Us => scaled(3),
+        TimeUnit::Ms => scaled(6),
+        TimeUnit::S => scaled(9),
+        TimeUnit::Iso => parse_iso8601(text),
+    }
+}
+
+/// `YYYY-MM-DD[T ]HH:MM:SS[.fraction][Z|±HH:MM]` (no zone: UTC) → ns since the Unix epoch.
+fn parse_iso8601(text: &str) -> Result<u64, String> {
+    let bad = || "not an ISO-8601 time like 2026-01-05T14:30:00.123456789Z".to_string();
+    let (date, rest) = text.split_at_checked(10).ok_or_else(bad)?;
+    let day_ns = date_to_unix_ns(date).ok_or_else(bad)?;
+    let rest = rest.strip_prefix(['T', ' ']).ok_or_else(bad)?;
+    // Split off the zone: `Z`, or a sign after the seconds.
+    let (clock, offset_s): (&str, i64) = if let Some(c) = rest.strip_suffix('Z') {
+        (c, 0)
+    } else if let Some(i) = rest.rfind(['+', '-']).filter(|&i| i >= 8) {
+        let (c, z) = rest.split_at(i);
+        let sign = if z.starts_with('-') { -1 } else { 1 };
+        let (h, m) = z[1..].split_once(':').unwrap_or((&z[1..], "0"));
+        let (h, m): (i64, i64) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+        (c, sign * (h * 3600 + m * 60))
+    } else {
+        (rest, 0)
+    };
+    let (hms, frac) = clock.split_once('.').unwrap_or((clock, ""));
+    let mut parts = hms.split(':').map(|p| p.parse::<u64>().ok());
+    let (h, m, s) = (parts.next().flatten(), parts.next().flatten(), parts.next().flatten());
+    let (Some(h), Some(m), Some(s), None) = (h, m, s, parts.next()) else { return Err(bad()) };
+    if h > 23 || m > 59 || s > 60 || frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let frac_ns: u64 = if frac.is_empty() { 0 } else { format!("{frac:0<9}").parse().map_err(|_| bad())? };
+    let local = day_ns as i128 + ((h * 3600 + m * 60 + s) as i128) * 1_000_000_000 + frac_ns as i128;
+    u64::try_from(local - offset_s as i128 * 1_000_000_000).map_err(|_| "before 1970".to_string())
 }
 
 // ---------------------------------------------------------------- capture
