@@ -14,8 +14,10 @@
 //!
 //! What is measured, per request, from its *intended* send time (open loop: the
 //! schedule's; closed loop: when it was offered):
-//! - **schedule lag** = actual send − intended: the client's own lateness (a
-//!   full window, a descheduled thread, a slow write);
+//! - **schedule lag** = actual send − intended, "actual send" being the hand-over
+//!   to the transport (the `write` or ring publish that took the request): the
+//!   client's own lateness (a full window, a descheduled thread, a socket that
+//!   would not take more);
 //! - **latency** = answer − intended: what a trading system that had to send at
 //!   that instant would have seen (coordinated omission included, not hidden).
 //!
@@ -282,10 +284,11 @@ pub(super) fn drive(
             }
             _ => {}
         }
-        // 2. Push them out; stamp the schedule lag of each that left.
+        // 2. Push them out; the schedule lag of each that left runs to the hand-over (the
+        // write or publish that took it), not past it: the transport's own cost is latency.
+        let t = now_ns();
         let gone_out = link.flush()?;
         if gone_out > left {
-            let t = now_ns();
             for j in left..gone_out {
                 lag.saturating_record(t.saturating_sub(intended[j % window]).max(1));
             }
