@@ -89,11 +89,23 @@ pub struct Capture {
 pub fn read_capture(path: &Path) -> io::Result<Capture> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
+    let head: [u8; 32] = bytes.get(..32).and_then(|h| h.try_into().ok()).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: too short for a capture header", path.display()),
+        )
+    })?;
+    let header = check_header(path, &head)?;
+    let body = &bytes[32..];
+    let n = body.len() / 202;
+    let records = (0..n).map(|i| bytemuck::pod_read_unaligned(&body[i * 202..(i + 1) * 202])).collect();
+    Ok(Capture { header, records, trailing_bytes: body.len() - n * 202 })
+}
+
+/// A capture file's header, checked: magic, version and sizes of this build.
+pub fn check_header(path: &Path, head: &[u8; 32]) -> io::Result<CaptureHeader> {
     let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {m}", path.display()));
-    if bytes.len() < 32 {
-        return Err(bad("too short for a capture header".into()));
-    }
-    let header: CaptureHeader = bytemuck::pod_read_unaligned(&bytes[..32]);
+    let header: CaptureHeader = bytemuck::pod_read_unaligned(head);
     if header.magic != CAPTURE_MAGIC {
         return Err(bad("not a tickinfer capture (bad magic)".into()));
     }
@@ -105,10 +117,7 @@ pub fn read_capture(path: &Path) -> io::Result<Capture> {
             { header.record_size }
         )));
     }
-    let body = &bytes[32..];
-    let n = body.len() / 202;
-    let records = (0..n).map(|i| bytemuck::pod_read_unaligned(&body[i * 202..(i + 1) * 202])).collect();
-    Ok(Capture { header, records, trailing_bytes: body.len() - n * 202 })
+    Ok(header)
 }
 
 /// Write a whole capture (header + records).
