@@ -26,7 +26,6 @@
 
 use hdrhistogram::Histogram;
 
-use super::source::Event;
 use super::Outcome;
 use crate::clock::now_ns;
 use crate::wire::{MlRequest, MlResponse, RESPONSE_SIZE};
@@ -192,12 +191,26 @@ impl Link for ShmLink {
     }
 }
 
+/// One request for a connection: its global index, the request, and when it is due
+/// (ns after the replay's start; `None`: closed loop, at once).
+pub(super) struct Job {
+    pub i: u64,
+    pub req: MlRequest,
+    pub due: Option<u64>,
+}
+
+/// What became of request `i`: its answer, or `None` when the server went away first.
+pub(super) struct Done {
+    pub i: u64,
+    pub outcome: Option<Outcome>,
+}
+
 /// What one connection measured.
 pub(super) struct ConnResult {
-    pub outcomes: Vec<(usize, Outcome)>,
     pub mismatched: u64,
-    pub lost: u64,
     pub finished_ns: u64,
+    /// Answer − intended send, ns.
+    pub latency: Histogram<u64>,
     /// Actual send − intended send, ns (open loop).
     pub lag: Histogram<u64>,
     pub window: WindowWaits,
@@ -220,13 +233,8 @@ impl WindowWaits {
     }
 }
 
-/// Pacing of one connection's events.
-pub(super) struct Plan<'a> {
-    pub events: &'a [Event],
-    /// Global indices of this connection's events, in order.
-    pub list: &'a [usize],
-    /// Due time of each event (global index), ns after `start`; `None`: closed loop.
-    pub due: &'a [Option<u64>],
+/// How one connection paces its requests.
+pub(super) struct Plan {
     pub start: u64,
     pub window: usize,
     pub poll: ClientPoll,
@@ -236,50 +244,70 @@ pub(super) fn new_histogram() -> Histogram<u64> {
     Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).expect("static bounds")
 }
 
-/// Run one connection to the end (every answer taken, or the server gone).
+/// Hand `done` to the collector, waiting while its ring is full (it is sized so that
+/// this does not happen while the collector keeps up).
+fn report(dones: &mut rtrb::Producer<Done>, mut done: Done) {
+    loop {
+        match dones.push(done) {
+            Ok(()) => return,
+            Err(rtrb::PushError::Full(d)) => {
+                done = d;
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
+/// Run one connection until its job ring is closed and empty and every request was
+/// answered (or, the server gone, reported lost).
 pub(super) fn drive(
     link: &mut dyn Link,
+    jobs: &mut rtrb::Consumer<Job>,
+    dones: &mut rtrb::Producer<Done>,
     plan: &Plan,
-    progress: &indicatif::ProgressBar,
-) -> Result<ConnResult, String> {
-    let (list, n, window) = (plan.list, plan.list.len(), plan.window.max(1));
-    // Intended send time of each unanswered request: at most `window` of them, by position % window.
-    let mut intended = vec![0u64; window];
-    let mut outcomes = Vec::with_capacity(n);
-    let mut lag = new_histogram();
+) -> ConnResult {
+    let window = plan.window.max(1);
+    // (index, intended send) of each unanswered request, by sequence number % window.
+    let mut inflight = vec![(0u64, 0u64); window];
+    let (mut latency, mut lag) = (new_histogram(), new_histogram());
+    // Sequence numbers on this connection: offered, handed over, answered.
     let (mut next, mut left, mut k) = (0usize, 0usize, 0usize);
-    let (mut mismatched, mut lost) = (0u64, 0u64);
+    let mut mismatched = 0u64;
     // Open loop: episodes in which a due request found the window full, and their length.
-    let (mut window_waits, mut window_wait_ns, mut window_wait_max_ns) = (0u64, 0u64, 0u64);
+    let mut waits = WindowWaits::default();
     let mut blocked_since: Option<u64> = None;
-    let due_at = |j: usize| plan.due[list[j]].map(|d| plan.start + d);
+    let due_at = |job: &Job| job.due.map(|d| plan.start + d);
     while now_ns() < plan.start {
         std::hint::spin_loop();
     }
-    while k < n {
+    let failure = 'run: loop {
         let mut moved = false;
         let now = now_ns();
         // 1. Offer what is due and fits the window.
-        while next < n && next - k < window {
-            let when = match due_at(next) {
+        while next - k < window {
+            let Ok(job) = jobs.peek() else { break };
+            let when = match due_at(job) {
                 Some(t) if t > now => break,
                 Some(t) => t,
                 None => now,
             };
-            if !link.offer(&plan.events[list[next]].req)? {
-                break; // the transport is full: answers first
+            match link.offer(&job.req) {
+                Ok(true) => {}
+                Ok(false) => break, // the transport is full: answers first
+                Err(e) => break 'run Some(e),
             }
-            intended[next % window] = when;
+            inflight[next % window] = (job.i, when);
+            let _ = jobs.pop();
             next += 1;
             moved = true;
         }
-        let blocked = next < n && next - k >= window && due_at(next).is_some_and(|t| t <= now);
+        let blocked = next - k >= window && jobs.peek().is_ok_and(|j| due_at(j).is_some_and(|t| t <= now));
         match (blocked, blocked_since) {
             (true, None) => blocked_since = Some(now),
             (false, Some(since)) => {
                 let waited = now.saturating_sub(since);
-                (window_waits, window_wait_ns) = (window_waits + 1, window_wait_ns + waited);
-                window_wait_max_ns = window_wait_max_ns.max(waited);
+                (waits.episodes, waits.total_ns) = (waits.episodes + 1, waits.total_ns + waited);
+                waits.max_ns = waits.max_ns.max(waited);
                 blocked_since = None;
             }
             _ => {}
@@ -287,10 +315,13 @@ pub(super) fn drive(
         // 2. Push them out; the schedule lag of each that left runs to the hand-over (the
         // write or publish that took it), not past it: the transport's own cost is latency.
         let t = now_ns();
-        let gone_out = link.flush()?;
+        let gone_out = match link.flush() {
+            Ok(n) => n,
+            Err(e) => break 'run Some(e),
+        };
         if gone_out > left {
             for j in left..gone_out {
-                lag.saturating_record(t.saturating_sub(intended[j % window]).max(1));
+                lag.saturating_record(t.saturating_sub(inflight[j % window].1).max(1));
             }
             left = gone_out;
             moved = true;
@@ -300,38 +331,46 @@ pub(super) fn drive(
             let resp = match link.try_recv() {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
-                Err(e) => {
-                    log::warn!("replay connection: {e}");
-                    lost = (n - k) as u64;
-                    break;
-                }
+                Err(e) => break 'run Some(e),
             };
             let t = now_ns();
-            let i = list[k];
-            mismatched += ({ resp.request_id } != i as u64) as u64;
-            outcomes.push((i, Outcome::of(&resp, t.saturating_sub(intended[k % window]))));
+            let (i, intended) = inflight[k % window];
+            mismatched += ({ resp.request_id } != i) as u64;
+            let o = Outcome::of(&resp, t.saturating_sub(intended));
+            latency.saturating_record(o.latency_ns.max(1));
+            report(dones, Done { i, outcome: Some(o) });
             k += 1;
             moved = true;
-            if k % 1024 == 0 {
-                progress.inc(1024);
-            }
         }
-        if lost > 0 {
-            break;
+        if k == next && jobs.is_empty() && jobs.is_abandoned() {
+            break None;
         }
         if !moved {
             match plan.poll {
                 ClientPoll::Spin => std::hint::spin_loop(),
                 ClientPoll::Block => {
-                    // Until the next event is due (if the window has room for it), or an answer.
-                    // Until the next event is due (when the window has room for it), or an answer.
-                    let until = (next < n && next - k < window).then(|| due_at(next)).flatten();
-                    link.wait(until.map(|t| std::time::Duration::from_nanos(t.saturating_sub(now_ns()))));
+                    // Until the next event is due (when the window has room for it), or an
+                    // answer; at most 1 ms, to see new jobs arrive.
+                    let until = if next - k < window { jobs.peek().ok().and_then(due_at) } else { None };
+                    let max = until.map_or(1_000_000, |t| t.saturating_sub(now_ns()).min(1_000_000));
+                    link.wait(Some(std::time::Duration::from_nanos(max)));
                 }
             }
         }
+    };
+    if let Some(e) = failure {
+        // The server is gone: what was in flight and what was still to send are lost.
+        log::warn!("replay connection: {e}");
+        for j in k..next {
+            report(dones, Done { i: inflight[j % window].0, outcome: None });
+        }
+        loop {
+            match jobs.pop() {
+                Ok(job) => report(dones, Done { i: job.i, outcome: None }),
+                Err(_) if jobs.is_abandoned() => break,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
+            }
+        }
     }
-    progress.inc((k % 1024) as u64);
-    let window = WindowWaits { episodes: window_waits, total_ns: window_wait_ns, max_ns: window_wait_max_ns };
-    Ok(ConnResult { outcomes, mismatched, lost, finished_ns: now_ns(), lag, window })
+    ConnResult { mismatched, finished_ns: now_ns(), latency, lag, window: waits }
 }

@@ -33,7 +33,7 @@ use hdrhistogram::Histogram;
 use crate::clock::now_ns;
 use crate::wire::{MlHello, MlHelloAck, MlResponse, Status, HELLO_ACK_SIZE};
 pub use drive::{ClientPoll, WindowWaits};
-use source::{Event, Format, Stream, SymbolTable};
+use source::{Event, Format, SymbolTable};
 
 /// Replay speed.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
@@ -128,8 +128,13 @@ impl Outcome {
 
 /// Everything a replay produced.
 pub struct ReplayRun {
-    pub stream: Stream,
-    pub outcomes: Vec<Outcome>,
+    /// Events sent (after `--skip`, within `--limit`).
+    pub events: u64,
+    /// Input rows skipped, with why.
+    pub skipped: Vec<(String, u64)>,
+    /// Answers by wire status code (the last slot: codes this build does not know).
+    pub by_status: Vec<u64>,
+    pub quality: report::Quality,
     pub latency: Histogram<u64>,
     /// Actual send − intended send (open loop; empty closed loop).
     pub schedule_lag: Histogram<u64>,
@@ -139,6 +144,8 @@ pub struct ReplayRun {
     pub open_loop: bool,
     /// Core of each connection thread (`None`: not pinned).
     pub client_cores: Vec<Option<usize>>,
+    /// Events read ahead of the senders per connection (the bound on replay's memory).
+    pub read_ahead: usize,
     pub wall_ns: u64,
     pub price_scale: i64,
     pub model_name: String,
@@ -147,8 +154,14 @@ pub struct ReplayRun {
     pub lost: u64,
 }
 
-/// Load the input, connect, replay, collect.
-pub fn run(socket: &Path, opts: &ReplayOptions) -> Result<ReplayRun, String> {
+/// Events read ahead of the senders, over all connections: the replay's memory bound
+/// (about 220 bytes each), whatever the input's size.
+const READ_AHEAD_EVENTS: usize = 1 << 18;
+
+/// Connect, stream the input through the connections, collect: the signals file
+/// (`signals`, in event order), quality and latency. Memory stays bounded by the
+/// read-ahead and the windows, whatever the input's size.
+pub fn run(socket: &Path, opts: &ReplayOptions, signals: Option<&Path>) -> Result<ReplayRun, String> {
     let mut symbols = SymbolTable::new(&opts.symbols)?;
     let connections = opts.connections.max(1);
     let mut conns = Vec::with_capacity(connections);
@@ -168,109 +181,130 @@ pub fn run(socket: &Path, opts: &ReplayOptions) -> Result<ReplayRun, String> {
         columns: opts.columns.clone(),
         time_unit: opts.time_unit,
     };
-    let mut stream =
-        source::load_with(&opts.input, opts.format, &mut symbols, &load).map_err(|e| e.to_string())?;
-    stream.events.drain(..opts.skip.min(stream.events.len()));
-    if let Some(n) = opts.limit {
-        stream.events.truncate(n);
-    }
-    if stream.events.is_empty() {
-        return Err(format!("{}: no events to replay", opts.input.display()));
-    }
-    let price_scale = ack.price_scale;
-    source::rescale(&mut stream.events, stream.price_scale, price_scale)
-        .map_err(|e| format!("{}: {e}", opts.input.display()))?;
-    let extras = { ack.model_features };
-    if stream.depth_levels > 1 {
-        // The file carries book depth (levels 2..=depth in features[]): send as much of
-        // it as the model reads, since the server wants n_features equal to the model's.
-        let carried = crate::wire::depth_features_for(stream.depth_levels) as u16;
-        if extras > carried {
-            log::warn!(
-                "the model reads {extras} extra features; {} carries book depth to level {} ({carried} features): \
-                 requests will be answered ML_ERR_FEATURE_COUNT",
-                opts.input.display(),
-                stream.depth_levels
-            );
-        }
-        for e in &mut stream.events {
-            e.req.n_features = extras.min(carried);
-        }
-    } else if extras > 0 && stream.events.iter().all(|e| { e.req.n_features } == 0) {
-        log::warn!(
-            "the model reads {extras} extra features but {} has none: requests will be answered ML_ERR_FEATURE_COUNT",
-            opts.input.display()
-        );
-    }
-    for (i, e) in stream.events.iter_mut().enumerate() {
-        e.req.request_id = i as u64;
-    }
-
-    // Per-connection event lists (global indices), and each event's due offset.
-    let n = stream.events.len();
-    let mut lists: Vec<Vec<usize>> = vec![Vec::new(); connections];
-    for (i, e) in stream.events.iter().enumerate() {
-        lists[{ e.req.symbol_id } as usize % connections].push(i);
-    }
-    let due = schedule(&stream.events, opts.speed, opts.rate);
-    let open_loop = due.iter().any(Option::is_some);
+    let mut feed = Feed::open(opts, &load, &ack, &mut symbols)?;
+    let open_loop = opts.rate.is_some() || opts.speed != Speed::Max;
     // Open loop never waits on answers: the server's own in-flight bound is the window.
     let window =
         opts.window.unwrap_or(if open_loop { { ack.max_inflight }.max(1) as usize } else { 1 }).max(1);
+    let read_ahead = (READ_AHEAD_EVENTS / connections).max(4 * window).max(1024).next_power_of_two();
     let client_cores = client_cores(connections, &opts.server_cores);
-    let events = Arc::new(stream.events.clone());
-    let due = Arc::new(due);
-    let progress = report::progress_bar(n as u64, opts.progress);
     let start = now_ns() + 2_000_000; // every connection starts on the same clock
-    let poll = opts.client_poll;
+    let plan = Arc::new(drive::Plan { start, window, poll: opts.client_poll });
 
-    let mut handles = Vec::new();
-    for (((link, _), list), core) in conns.into_iter().zip(lists).zip(client_cores.clone()) {
-        let (events, due, progress) = (events.clone(), due.clone(), progress.clone());
-        handles.push(std::thread::spawn(move || {
+    let mut job_tx = Vec::with_capacity(connections);
+    let mut done_rx = Vec::with_capacity(connections);
+    let mut handles = Vec::with_capacity(connections);
+    for ((link, _), core) in conns.into_iter().zip(client_cores.clone()) {
+        let (jtx, mut jrx) = rtrb::RingBuffer::<drive::Job>::new(read_ahead);
+        // As large as the job ring: a connection never waits on the collector while it keeps up.
+        let (mut dtx, drx) = rtrb::RingBuffer::<drive::Done>::new(read_ahead + window);
+        job_tx.push(jtx);
+        done_rx.push(drx);
+        let plan = plan.clone();
+        handles.push(std::thread::spawn(move || -> Result<drive::ConnResult, String> {
             if let Some(c) = core {
                 crate::sys::pin_to_core(c);
             }
-            let plan = drive::Plan { events: &events, list: &list, due: &due, start, window, poll };
             let mut link: Box<dyn drive::Link> = match link {
                 Link::Shm(c) => Box::new(drive::ShmLink::new(*c)),
                 Link::Socket(s) => Box::new(drive::SocketLink::new(s)?),
             };
-            drive::drive(link.as_mut(), &plan, &progress)
+            Ok(drive::drive(link.as_mut(), &mut jrx, &mut dtx, &plan))
         }));
     }
-    let mut outcomes = vec![Outcome::default(); n];
+
+    // This thread reads ahead and collects, off the measured path: it sleeps whenever
+    // there is nothing to move (the senders never wait on it while read-ahead remains).
+    let mut sink = report::Sink::new(signals, opts.horizon, opts.score_from)?;
+    let progress = feed.progress_bar(opts.progress);
+    // At most the total read-ahead between the oldest unanswered event and the newest
+    // read: the reorder queue never grows past its first allocation.
+    let ahead = read_ahead * connections;
+    let mut pending = Reorder { base: 0, queue: std::collections::VecDeque::with_capacity(ahead) };
+    let mut held: Option<(usize, drive::Job)> = None;
+    let mut feeding = true;
+    let mut turns = 0u64;
+    loop {
+        let mut moved = false;
+        // Feed: events in order, each to its symbol's connection, while their rings have room.
+        while feeding && (held.is_some() || pending.queue.len() < ahead) {
+            let (c, job) = match held.take() {
+                Some(h) => h,
+                None => match feed.next(&mut symbols)? {
+                    Some((c, job, meta)) => {
+                        pending.push(meta);
+                        (c, job)
+                    }
+                    None => {
+                        feeding = false;
+                        job_tx.clear(); // abandon the rings: the connections finish
+                        break;
+                    }
+                },
+            };
+            match job_tx[c].push(job) {
+                Ok(()) => moved = true,
+                Err(rtrb::PushError::Full(job)) => {
+                    held = Some((c, job));
+                    break;
+                }
+            }
+        }
+        // Collect: answers into their event's place; whole prefixes go to the sink in order.
+        for rx in &mut done_rx {
+            while let Ok(d) = rx.pop() {
+                pending.complete(d.i, d.outcome);
+                moved = true;
+            }
+        }
+        while let Some((meta, outcome)) = pending.pop_ready() {
+            sink.add(&meta, outcome).map_err(|e| format!("signals file: {e}"))?;
+        }
+        turns += 1;
+        if turns % 64 == 0 || !moved {
+            feed.show(&progress);
+        }
+        if !feeding && pending.is_empty() && handles.iter().all(|h| h.is_finished()) {
+            break;
+        }
+        if !moved {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    progress.finish_and_clear();
     let mut latency = drive::new_histogram();
     let mut schedule_lag = drive::new_histogram();
     let mut window_waits = WindowWaits::default();
-    let (mut mismatched, mut lost) = (0, 0);
+    let mut mismatched = 0;
     let mut last = start;
     for h in handles {
         let r = h.join().map_err(|_| "a replay connection thread panicked".to_string())??;
-        for (i, o) in r.outcomes {
-            latency.saturating_record(o.latency_ns.max(1));
-            outcomes[i] = o;
-        }
+        latency.add(&r.latency).map_err(|e| e.to_string())?;
         if open_loop {
             schedule_lag.add(&r.lag).map_err(|e| e.to_string())?;
         }
         window_waits.merge(&r.window);
         mismatched += r.mismatched;
-        lost += r.lost;
         last = last.max(r.finished_ns);
     }
-    progress.finish_and_clear();
+    if sink.events == 0 {
+        return Err(format!("{}: no events to replay", opts.input.display()));
+    }
+    let (events, by_status, lost, quality) = sink.finish().map_err(|e| format!("signals file: {e}"))?;
     Ok(ReplayRun {
-        stream,
-        outcomes,
+        events,
+        skipped: feed.source.skipped(),
+        by_status,
+        quality,
         latency,
         schedule_lag,
         window_waits,
         window,
         open_loop,
         client_cores,
+        read_ahead,
         wall_ns: last.saturating_sub(start),
-        price_scale,
+        price_scale: ack.price_scale,
         model_name: ack.model_name().to_string(),
         model_version: ack.model_version,
         mismatched,
@@ -289,6 +323,159 @@ fn client_cores(connections: usize, server_cores: &[usize]) -> Vec<Option<usize>
         free.into_iter().take(connections).map(Some).collect()
     } else {
         vec![None; connections]
+    }
+}
+
+/// What the collector keeps of a sent event until its answer is written out.
+pub struct Meta {
+    pub ts_ns: u64,
+    pub symbol: u16,
+    /// bid + ask, at the server's price scale (the mid × 2: its sign of change is the label).
+    pub mid2: i128,
+}
+
+/// Sent events in order, waiting for their answers (at most the read-ahead of them).
+struct Reorder {
+    /// Global index of `queue[0]`.
+    base: u64,
+    queue: std::collections::VecDeque<(Meta, Option<Option<Outcome>>)>,
+}
+
+impl Reorder {
+    fn push(&mut self, meta: Meta) {
+        self.queue.push_back((meta, None));
+    }
+    fn complete(&mut self, i: u64, outcome: Option<Outcome>) {
+        if let Some(slot) = i.checked_sub(self.base).and_then(|k| self.queue.get_mut(k as usize)) {
+            slot.1 = Some(outcome);
+        }
+    }
+    fn pop_ready(&mut self) -> Option<(Meta, Option<Outcome>)> {
+        if !matches!(self.queue.front(), Some((_, Some(_)))) {
+            return None;
+        }
+        let (meta, outcome) = self.queue.pop_front()?;
+        self.base += 1;
+        Some((meta, outcome.flatten()))
+    }
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+/// The input as jobs: skipped and limited, rescaled to the server's price scale, depth
+/// fitted to what the model reads, numbered, routed (`symbol % connections`) and paced.
+struct Feed {
+    source: source::Source,
+    path: PathBuf,
+    connections: usize,
+    skip: usize,
+    limit: Option<usize>,
+    /// Events taken so far (after the skip).
+    taken: u64,
+    server_price_scale: i64,
+    extras: u16,
+    speed: Speed,
+    rate: Option<f64>,
+    /// The first sent event's time (pacing is relative to it).
+    t_first: Option<u64>,
+    warned: bool,
+}
+
+impl Feed {
+    fn open(
+        opts: &ReplayOptions,
+        load: &source::LoadOptions,
+        ack: &MlHelloAck,
+        symbols: &mut SymbolTable,
+    ) -> Result<Feed, String> {
+        let source = source::open(&opts.input, opts.format, load).map_err(|e| e.to_string())?;
+        let mut feed = Feed {
+            source,
+            path: opts.input.clone(),
+            connections: opts.connections.max(1),
+            skip: opts.skip,
+            limit: opts.limit,
+            taken: 0,
+            server_price_scale: ack.price_scale,
+            extras: { ack.model_features },
+            speed: opts.speed,
+            rate: opts.rate,
+            t_first: None,
+            warned: false,
+        };
+        for _ in 0..feed.skip {
+            if feed.source.next_event(symbols).map_err(|e| e.to_string())?.is_none() {
+                break;
+            }
+        }
+        Ok(feed)
+    }
+
+    /// The next job, its connection and what the collector keeps of it.
+    fn next(&mut self, symbols: &mut SymbolTable) -> Result<Option<(usize, drive::Job, Meta)>, String> {
+        if self.limit.is_some_and(|n| self.taken >= n as u64) {
+            return Ok(None);
+        }
+        let Some(mut e) = self.source.next_event(symbols).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let i = self.taken;
+        self.taken += 1;
+        source::rescale(std::slice::from_mut(&mut e), self.source.price_scale, self.server_price_scale)
+            .map_err(|m| format!("{}: {m}", self.path.display()))?;
+        let depth = self.source.depth_levels;
+        if depth > 1 {
+            // The file carries book depth (levels 2..=depth in features[]): send as much of
+            // it as the model reads, since the server wants n_features equal to the model's.
+            let carried = crate::wire::depth_features_for(depth) as u16;
+            if self.extras > carried && !self.warned {
+                self.warned = true;
+                log::warn!(
+                    "the model reads {} extra features; {} carries book depth to level {depth} ({carried} \
+                     features): requests will be answered ML_ERR_FEATURE_COUNT",
+                    self.extras,
+                    self.path.display()
+                );
+            }
+            e.req.n_features = self.extras.min(carried);
+        } else if self.extras > 0 && { e.req.n_features } == 0 && !self.warned {
+            self.warned = true;
+            log::warn!(
+                "the model reads {} extra features but {} has none: requests will be answered ML_ERR_FEATURE_COUNT",
+                self.extras,
+                self.path.display()
+            );
+        }
+        e.req.request_id = i;
+        let t_first = *self.t_first.get_or_insert(e.ts_ns);
+        let due = match (self.rate, self.speed) {
+            (Some(r), _) => Some((i as f64 * 1e9 / r).round() as u64),
+            (None, Speed::Times(x)) => Some((e.ts_ns.saturating_sub(t_first) as f64 / x).round() as u64),
+            (None, Speed::Max) => None,
+        };
+        let symbol = { e.req.symbol_id };
+        let meta = Meta {
+            ts_ns: { e.req.timestamp_ns },
+            symbol,
+            mid2: e.req.bid_price as i128 + e.req.ask_price as i128,
+        };
+        Ok(Some((symbol as usize % self.connections, drive::Job { i, req: e.req, due }, meta)))
+    }
+
+    /// A progress bar by input bytes (by events when the size is unknown).
+    fn progress_bar(&self, wanted: bool) -> indicatif::ProgressBar {
+        match self.source.progress().1 {
+            Some(total) => report::progress_bar_bytes(total, wanted),
+            None => report::progress_bar(self.limit.unwrap_or(0) as u64, wanted),
+        }
+    }
+
+    fn show(&self, bar: &indicatif::ProgressBar) {
+        match self.source.progress() {
+            (read, Some(_)) => bar.set_position(read),
+            (_, None) => bar.set_position(self.taken),
+        }
     }
 }
 
@@ -400,13 +587,12 @@ impl Drop for LocalServer {
     }
 }
 
-/// Replay, then write the signals file, JSON summary and plots into `out`.
+/// Replay, writing the signals file as it goes, then the JSON summary and plots, into `out`.
 pub fn run_and_report(socket: &Path, opts: &ReplayOptions, out: &Path) -> Result<report::Summary, String> {
-    let run = run(socket, opts)?;
-    let mut summary = report::summarize(&run, opts);
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let signals = out.join("signals.csv");
-    report::write_signals(&run, &signals).map_err(|e| format!("{}: {e}", signals.display()))?;
+    let run = run(socket, opts, Some(&signals))?;
+    let mut summary = report::summarize(&run, opts);
     summary.signals_file = Some(signals);
     let title = format!(
         "tickinfer replay: {} events, {} — latency by percentile",

@@ -24,6 +24,22 @@ pub fn progress_bar(total: u64, wanted: bool) -> indicatif::ProgressBar {
     bar
 }
 
+/// A progress bar over the input's bytes (for inputs of any size; event counts are
+/// unknown until the end).
+pub fn progress_bar_bytes(total: u64, wanted: bool) -> indicatif::ProgressBar {
+    if !wanted {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "replay {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
 /// Direction accuracy against the realised mid move `horizon` events ahead (same symbol).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Quality {
@@ -64,6 +80,8 @@ pub struct Summary {
     /// How the connection threads waited, and where they ran (`None`: not pinned).
     pub client_poll: super::ClientPoll,
     pub client_cores: Vec<Option<usize>>,
+    /// Events read ahead of the senders per connection: replay's memory bound.
+    pub read_ahead_events: usize,
     /// Round trip (closed loop) or latency from the intended send time (open loop).
     pub latency_ns: Percentiles,
     /// Open loop: actual send − intended send, the client's own lateness.
@@ -81,13 +99,10 @@ pub struct Summary {
     pub plot_png: Option<PathBuf>,
 }
 
-/// Compute the summary (quality included) of a run.
+/// Compute the summary of a run.
 pub fn summarize(run: &ReplayRun, opts: &super::ReplayOptions) -> Summary {
-    let mut by_status = [0u64; Status::COUNT + 1];
-    for o in &run.outcomes {
-        by_status[(o.status as usize).min(Status::COUNT)] += 1;
-    }
-    let by_status = by_status
+    let by_status = run
+        .by_status
         .iter()
         .enumerate()
         .filter(|(_, &n)| n > 0)
@@ -96,7 +111,7 @@ pub fn summarize(run: &ReplayRun, opts: &super::ReplayOptions) -> Summary {
             (format!("{c} {name}"), n)
         })
         .collect();
-    let n = run.outcomes.len() as u64;
+    let n = run.events;
     let wall = run.wall_ns as f64 / 1e9;
     let latency_ns = Percentiles::of(&run.latency);
     let schedule_lag_ns = run.open_loop.then(|| Percentiles::of(&run.schedule_lag));
@@ -135,41 +150,118 @@ pub fn summarize(run: &ReplayRun, opts: &super::ReplayOptions) -> Summary {
         open_loop: run.open_loop,
         client_poll: opts.client_poll,
         client_cores: run.client_cores.clone(),
+        read_ahead_events: run.read_ahead,
         schedule_lag_ns,
         window_waits: run.window_waits,
         warnings,
         events: n,
-        skipped_rows: run.stream.skipped.clone(),
+        skipped_rows: run.skipped.clone(),
         wall_seconds: wall,
         throughput_per_s: if wall > 0.0 { n as f64 / wall } else { 0.0 },
         latency_ns,
         by_status,
         mismatched_ids: run.mismatched,
         lost: run.lost,
-        quality: quality(run, opts.horizon, opts.score_from),
+        quality: run.quality.clone(),
         signals_file: None,
         plot_svg: None,
         plot_png: None,
     }
 }
 
-/// Realised direction per event: sign of the mid `horizon` same-symbol events ahead.
-fn realised(run: &ReplayRun, horizon: usize) -> Vec<Option<i8>> {
-    let ev = &run.stream.events;
-    let mut by_symbol: std::collections::HashMap<u16, Vec<usize>> = Default::default();
-    for (i, e) in ev.iter().enumerate() {
-        by_symbol.entry(e.req.symbol_id).or_default().push(i);
+/// Where answers go as they complete, in event order: the signals file, the counts by
+/// status, and the signal-quality evaluation, which needs only `horizon` events of
+/// look-ahead per symbol (bounded memory whatever the input's size).
+pub struct Sink {
+    signals: Option<std::io::BufWriter<std::fs::File>>,
+    pub events: u64,
+    by_status: Vec<u64>,
+    lost: u64,
+    horizon: usize,
+    score_from: u64,
+    /// Per symbol, the last `horizon` events: (index, mid × 2, the model's direction if answered ok).
+    recent: std::collections::HashMap<u16, std::collections::VecDeque<(u64, i128, Option<i8>)>>,
+    /// `confusion[truth + 1][predicted + 1]`.
+    confusion: [[u64; 3]; 3],
+}
+
+impl Sink {
+    pub fn new(signals: Option<&Path>, horizon: usize, score_from: usize) -> Result<Sink, String> {
+        let signals = match signals {
+            Some(p) => {
+                let mut w = std::io::BufWriter::new(
+                    std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?,
+                );
+                writeln!(w, "timestamp_ns,symbol_id,direction,confidence,target_price,latency_ns,status")
+                    .map_err(|e| format!("{}: {e}", p.display()))?;
+                Some(w)
+            }
+            None => None,
+        };
+        Ok(Sink {
+            signals,
+            events: 0,
+            by_status: vec![0; Status::COUNT + 1],
+            lost: 0,
+            horizon: horizon.max(1),
+            score_from: score_from as u64,
+            recent: Default::default(),
+            confusion: [[0; 3]; 3],
+        })
     }
-    let mut out = vec![None; ev.len()];
-    for idx in by_symbol.values() {
-        for (k, &i) in idx.iter().enumerate() {
-            if let Some(&j) = idx.get(k + horizon) {
-                let mid = |x: usize| ev[x].req.bid_price as i128 + ev[x].req.ask_price as i128;
-                out[i] = Some((mid(j) - mid(i)).signum() as i8);
+
+    /// The next event in order, and what became of it (`None`: never answered).
+    pub fn add(&mut self, meta: &super::Meta, outcome: Option<super::Outcome>) -> std::io::Result<()> {
+        let i = self.events;
+        self.events += 1;
+        if let Some(w) = &mut self.signals {
+            match &outcome {
+                Some(o) => writeln!(
+                    w,
+                    "{},{},{},{},{},{},{}",
+                    meta.ts_ns,
+                    meta.symbol,
+                    o.direction,
+                    o.confidence,
+                    o.target_price,
+                    o.latency_ns,
+                    o.status
+                )?,
+                None => writeln!(w, "{},{},,,,,lost", meta.ts_ns, meta.symbol)?,
             }
         }
+        let pred = match &outcome {
+            Some(o) => {
+                self.by_status[(o.status as usize).min(Status::COUNT)] += 1;
+                (o.status == Status::Ok.code()).then_some(o.direction.clamp(-1, 1))
+            }
+            None => {
+                self.lost += 1;
+                None
+            }
+        };
+        // The event `horizon` same-symbol events back gets its realised label now.
+        let recent = self.recent.entry(meta.symbol).or_default();
+        if recent.len() == self.horizon {
+            if let Some((j, mid2, Some(p))) = recent.pop_front() {
+                if j >= self.score_from {
+                    let truth = ((meta.mid2 - mid2).signum() + 1) as usize;
+                    self.confusion[truth][(p + 1) as usize] += 1;
+                }
+            }
+        }
+        recent.push_back((i, meta.mid2, pred));
+        Ok(())
     }
-    out
+
+    /// Flush the signals file; (events, answers by status, lost, quality).
+    pub fn finish(mut self) -> std::io::Result<(u64, Vec<u64>, u64, Quality)> {
+        if let Some(w) = &mut self.signals {
+            w.flush()?;
+        }
+        let quality = quality_of(&self.confusion, self.horizon);
+        Ok((self.events, self.by_status, self.lost, quality))
+    }
 }
 
 /// Where a training report's test period starts (the event after train + validation),
@@ -183,15 +275,25 @@ pub fn test_period_start(report: &str) -> Option<usize> {
 
 /// Accuracy and macro-F1 (over the classes present in truth or prediction, as scikit-learn does).
 pub fn scores(truth: &[i8], pred: &[i8]) -> (f64, f64) {
-    if truth.is_empty() {
+    let mut confusion = [[0u64; 3]; 3];
+    for (&t, &p) in truth.iter().zip(pred) {
+        confusion[(t + 1) as usize][(p + 1) as usize] += 1;
+    }
+    scores_of(&confusion)
+}
+
+/// [`scores`] from a confusion matrix `[truth + 1][predicted + 1]`.
+fn scores_of(c: &[[u64; 3]; 3]) -> (f64, f64) {
+    let total: u64 = c.iter().flatten().sum();
+    if total == 0 {
         return (0.0, 0.0);
     }
-    let acc = truth.iter().zip(pred).filter(|(a, b)| a == b).count() as f64 / truth.len() as f64;
+    let acc = (0..3).map(|k| c[k][k]).sum::<u64>() as f64 / total as f64;
     let mut f1s = Vec::new();
-    for c in [-1i8, 0, 1] {
-        let tp = truth.iter().zip(pred).filter(|&(&t, &p)| t == c && p == c).count() as f64;
-        let fp = truth.iter().zip(pred).filter(|&(&t, &p)| t != c && p == c).count() as f64;
-        let fneg = truth.iter().zip(pred).filter(|&(&t, &p)| t == c && p != c).count() as f64;
+    for (k, row) in c.iter().enumerate() {
+        let tp = row[k] as f64;
+        let fp = (0..3).filter(|&t| t != k).map(|t| c[t][k]).sum::<u64>() as f64;
+        let fneg = (0..3).filter(|&p| p != k).map(|p| row[p]).sum::<u64>() as f64;
         if tp + fp + fneg == 0.0 {
             continue; // class absent from both
         }
@@ -200,36 +302,31 @@ pub fn scores(truth: &[i8], pred: &[i8]) -> (f64, f64) {
     (acc, f1s.iter().sum::<f64>() / f1s.len().max(1) as f64)
 }
 
-fn quality(run: &ReplayRun, horizon: usize, score_from: usize) -> Quality {
-    let real = realised(run, horizon);
-    let (mut truth, mut pred) = (Vec::new(), Vec::new());
-    for (o, r) in run.outcomes.iter().zip(&real).skip(score_from) {
-        if let (Some(r), true) = (r, o.status == Status::Ok.code()) {
-            truth.push(*r);
-            pred.push(o.direction);
-        }
+/// Quality from the confusion matrix of the evaluated events (answered ok, with a
+/// realised label), beside always predicting this replay's most frequent realised class.
+fn quality_of(c: &[[u64; 3]; 3], horizon: usize) -> Quality {
+    let total: u64 = c.iter().flatten().sum();
+    let share = |counts: [u64; 3]| counts.map(|n| if total == 0 { 0.0 } else { n as f64 / total as f64 });
+    let truth = [0, 1, 2].map(|t| c[t].iter().sum::<u64>());
+    let pred = [0, 1, 2].map(|p| (0..3).map(|t| c[t][p]).sum::<u64>());
+    let balance = share(truth);
+    let m = (0..3).max_by(|&a, &b| balance[a].total_cmp(&balance[b])).unwrap_or(0);
+    let (accuracy, macro_f1) = scores_of(c);
+    let mut always = [[0u64; 3]; 3];
+    for (row, &n) in always.iter_mut().zip(&truth) {
+        row[m] = n;
     }
-    let share = |v: &[i8]| {
-        let mut s = [0f64; 3];
-        for &x in v {
-            s[(x + 1) as usize] += 1.0;
-        }
-        s.map(|c| if v.is_empty() { 0.0 } else { c / v.len() as f64 })
-    };
-    let balance = share(&truth);
-    let majority = [-1i8, 0, 1][(0..3).max_by(|&a, &b| balance[a].total_cmp(&balance[b])).unwrap_or(0)];
-    let (accuracy, macro_f1) = scores(&truth, &pred);
-    let (majority_accuracy, majority_macro_f1) = scores(&truth, &vec![majority; truth.len()]);
+    let (majority_accuracy, majority_macro_f1) = scores_of(&always);
     Quality {
         horizon_events: horizon,
-        evaluated: truth.len() as u64,
+        evaluated: total,
         accuracy,
         macro_f1,
-        majority_class: majority,
+        majority_class: m as i8 - 1,
         majority_accuracy,
         majority_macro_f1,
         realised_balance: balance,
-        predicted_balance: share(&pred),
+        predicted_balance: share(pred),
     }
 }
 
@@ -328,26 +425,6 @@ pub fn print(s: &Summary) -> String {
         }
     }
     out
-}
-
-/// `timestamp_ns,symbol_id,direction,confidence,target_price,latency_ns,status` per event.
-pub fn write_signals(run: &ReplayRun, path: &Path) -> std::io::Result<()> {
-    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
-    writeln!(w, "timestamp_ns,symbol_id,direction,confidence,target_price,latency_ns,status")?;
-    for (e, o) in run.stream.events.iter().zip(&run.outcomes) {
-        writeln!(
-            w,
-            "{},{},{},{},{},{},{}",
-            { e.req.timestamp_ns },
-            { e.req.symbol_id },
-            o.direction,
-            o.confidence,
-            o.target_price,
-            o.latency_ns,
-            o.status
-        )?;
-    }
-    w.flush()
 }
 
 /// The HDR percentile distribution as an SVG: latency (µs) against percentile on a

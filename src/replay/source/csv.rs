@@ -189,13 +189,15 @@ impl Columns {
         let (ts, ts_name, unit) = match (find("timestamp_ns"), find("timestamp")) {
             (Some(i), _) => (i, "timestamp_ns", opts.time_unit.unwrap_or(TimeUnit::Ns)),
             (None, Some(i)) => (i, "timestamp", opts.time_unit.unwrap_or(TimeUnit::S)),
-            (None, None) => return Err(err(
-                path,
-                format!(
+            (None, None) => {
+                return Err(err(
+                    path,
+                    format!(
                     "missing column `timestamp_ns` (or `timestamp` in seconds; header: {header}): map yours \
                          with --columns timestamp=YOURS and give --time-unit s|ms|us|ns|iso"
                 ),
-            )),
+                ))
+            }
         };
         Ok(Columns {
             bid,
