@@ -1,5 +1,6 @@
 //! Open-loop replay tells the server's latency, not the client's: benchmark-style
-//! (prints every number; asserts only ratios, with bounds twice the acceptance target).
+//! (prints every number; asserts only ratios: twice the acceptance target in a release
+//! build, looser in a debug one).
 //!
 //! In one run, against an in-process server on the bundled model, `--server-poll spin`:
 //! - a LOBSTER file at light load (the real AMZN day at `--speed 100` when `../shared`
@@ -106,7 +107,12 @@ fn open_loop_latency_matches_closed_loop_at_light_load_and_in_bursts() {
     drop(f);
     let bursts = closed_then_open("bursty stream at --speed 10", &bursty, "csv", 4000, &["--speed", "10"]);
 
-    // Acceptance (README): 2× and 3× on a quiet machine; here twice that, for a shared CI box.
-    assert!(light <= 4.0, "open/closed p50 {light:.2} at light load (acceptance 2×)");
-    assert!(bursts <= 6.0, "open/closed p50 {bursts:.2} on the bursty stream (acceptance 3×)");
+    // Acceptance (README): 2× and 3× on a quiet machine, release build; asserted at twice
+    // that. An unoptimised build's server is several times slower when cold (light load:
+    // 8–11× measured here), so it is held only to what catches a client that blocks or
+    // waits on answers (the defect this replaces measured 60 µs against 7.8).
+    let (light_bound, burst_bound) = if cfg!(debug_assertions) { (20.0, 10.0) } else { (4.0, 6.0) };
+    eprintln!("bounds asserted: {light_bound}× and {burst_bound}× (debug build: {})", cfg!(debug_assertions));
+    assert!(light <= light_bound, "open/closed p50 {light:.2} at light load (acceptance 2×)");
+    assert!(bursts <= burst_bound, "open/closed p50 {bursts:.2} on the bursty stream (acceptance 3×)");
 }

@@ -102,7 +102,7 @@ fn a_multi_gigabyte_file_replays_in_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&["--max-inflight", "512"]);
     let input = dir.path().join("big.csv");
-    let n = 50_000_000u64; // ≈ 3 GB of CSV
+    let n = 100_000_000u64; // ≈ 3.2 GB of CSV
     write_quotes(&input, n);
     let bytes = std::fs::metadata(&input).unwrap().len();
     let t0 = std::time::Instant::now();

@@ -17,6 +17,12 @@
 //! stay in order on one connection. Each connection is one thread ([`drive`]),
 //! over the socket or shared memory (`--transport shm`), busy-polling by
 //! default, pinned to a core the server does not use where there are enough.
+//!
+//! Memory is bounded whatever the input's size: the source is streamed
+//! ([`source::open`]); this thread reads ahead into per-connection job rings
+//! (2^18 events in all), collects answers back into event order and hands them to
+//! [`report::Sink`] (the signals file, counts, signal quality with `horizon`
+//! events of look-ahead per symbol), sleeping whenever there is nothing to move.
 
 pub mod drive;
 pub mod report;
@@ -268,7 +274,12 @@ pub fn run(socket: &Path, opts: &ReplayOptions, signals: Option<&Path>) -> Resul
             break;
         }
         if !moved {
-            std::thread::sleep(Duration::from_millis(1));
+            // Every wake-up of this thread can take a core from a busy-polling sender: sleep
+            // long (20 ms) while every job ring is at least half full (at 4 M events/s a full
+            // ring lasts 60 ms) or feeding is over (the answer rings hold the whole read-ahead,
+            // so they cannot fill up meanwhile); 1 ms while a ring runs low.
+            let low = feeding && job_tx.iter().any(|tx| tx.slots() > read_ahead / 2);
+            std::thread::sleep(Duration::from_millis(if low { 1 } else { 20 }));
         }
     }
     progress.finish_and_clear();
@@ -449,11 +460,7 @@ impl Feed {
         }
         e.req.request_id = i;
         let t_first = *self.t_first.get_or_insert(e.ts_ns);
-        let due = match (self.rate, self.speed) {
-            (Some(r), _) => Some((i as f64 * 1e9 / r).round() as u64),
-            (None, Speed::Times(x)) => Some((e.ts_ns.saturating_sub(t_first) as f64 / x).round() as u64),
-            (None, Speed::Max) => None,
-        };
+        let due = due(i, e.ts_ns, t_first, self.speed, self.rate);
         let symbol = { e.req.symbol_id };
         let meta = Meta {
             ts_ns: { e.req.timestamp_ns },
@@ -484,15 +491,16 @@ impl Feed {
 /// offset divided by the speed factor otherwise.
 pub fn schedule(events: &[Event], speed: Speed, rate: Option<f64>) -> Vec<Option<u64>> {
     let t_first = events.first().map_or(0, |e| e.ts_ns);
-    events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| match (rate, speed) {
-            (Some(r), _) => Some((i as f64 * 1e9 / r).round() as u64),
-            (None, Speed::Times(x)) => Some((e.ts_ns.saturating_sub(t_first) as f64 / x).round() as u64),
-            (None, Speed::Max) => None,
-        })
-        .collect()
+    events.iter().enumerate().map(|(i, e)| due(i as u64, e.ts_ns, t_first, speed, rate)).collect()
+}
+
+/// When event `i` (recorded at `ts_ns`; the first at `t_first`) is due; see [`schedule`].
+fn due(i: u64, ts_ns: u64, t_first: u64, speed: Speed, rate: Option<f64>) -> Option<u64> {
+    match (rate, speed) {
+        (Some(r), _) => Some((i as f64 * 1e9 / r).round() as u64),
+        (None, Speed::Times(x)) => Some((ts_ns.saturating_sub(t_first) as f64 / x).round() as u64),
+        (None, Speed::Max) => None,
+    }
 }
 
 /// Connect and exchange hellos; a refusal is an error naming the status.
