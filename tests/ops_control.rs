@@ -141,13 +141,7 @@ fn closed_by_server(s: &mut impl Read, limit: Duration) -> bool {
 #[test]
 fn slow_and_flooding_control_and_metrics_clients_hold_nothing() {
     let server = Server::start(&["--metrics", "127.0.0.1:0"]);
-    let log = server.log();
-    let addr = log
-        .lines()
-        .find_map(|l| l.split("metrics: http://").nth(1))
-        .and_then(|r| r.strip_suffix("/metrics"))
-        .unwrap()
-        .to_string();
+    let addr = server.metrics_address();
     let base = open_fds(server.pid());
     // Slowloris: 40 silent connections on each endpoint.
     let mut silent_ctl: Vec<UnixStream> =

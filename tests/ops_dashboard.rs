@@ -63,13 +63,7 @@ fn dashboard_exprs(d: &serde_json::Value) -> Vec<String> {
 /// A live server's `/metrics` after some traffic and a reload.
 fn live_metrics() -> String {
     let server = Server::start(&["--metrics", "127.0.0.1:0"]);
-    let log = server.log();
-    let addr = log
-        .lines()
-        .find_map(|l| l.split("metrics: http://").nth(1))
-        .and_then(|r| r.strip_suffix("/metrics"))
-        .unwrap_or_else(|| panic!("no metrics address logged:\n{log}"))
-        .to_string();
+    let addr = server.metrics_address();
     let mut c = Client::connect(&server.socket).unwrap();
     c.send(&(1..=8).map(request).collect::<Vec<_>>()).unwrap();
     for _ in 0..8 {

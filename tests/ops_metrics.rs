@@ -41,13 +41,7 @@ fn metrics_endpoint_is_scraped_and_parsed_pipeline() {
 
 fn metrics_endpoint_is_scraped_and_parsed(mode: &str) {
     let server = Server::start(&["--metrics", "127.0.0.1:0", "--mode", mode]);
-    let log = server.log();
-    let addr = log
-        .lines()
-        .find_map(|l| l.split("metrics: http://").nth(1))
-        .and_then(|r| r.strip_suffix("/metrics"))
-        .unwrap_or_else(|| panic!("no metrics address logged:\n{log}"))
-        .to_string();
+    let addr = server.metrics_address();
     let mut c = Client::connect(&server.socket).unwrap();
     let mut bad = request(0);
     bad.bid_price = 0;

@@ -360,23 +360,16 @@ pub fn print(s: &Summary) -> String {
     for (why, n) in &s.skipped_rows {
         out += &format!("  skipped {n} input rows: {why}\n");
     }
-    out += &format!(
-        "latency µs   p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  p99.99 {:.2}  max {:.2}\n",
-        l.p50 as f64 / 1e3,
-        l.p90 as f64 / 1e3,
-        l.p99 as f64 / 1e3,
-        l.p999 as f64 / 1e3,
-        l.p9999 as f64 / 1e3,
-        l.max as f64 / 1e3
-    );
+    let us = |p: &Percentiles| {
+        [p.p50, p.p90, p.p99, p.p999, p.p9999, p.max].map(|v| format!("{:.2}", v as f64 / 1e3))
+    };
+    let [p50, p90, p99, p999, p9999, max] = us(l);
+    out +=
+        &format!("latency µs   p50 {p50}  p90 {p90}  p99 {p99}  p99.9 {p999}  p99.99 {p9999}  max {max}\n");
     if let Some(g) = &s.schedule_lag_ns {
+        let [p50, p90, p99, p999, _, max] = us(g);
         out += &format!(
-            "sched. lag µs p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (actual − intended send: the client's share)\n",
-            g.p50 as f64 / 1e3,
-            g.p90 as f64 / 1e3,
-            g.p99 as f64 / 1e3,
-            g.p999 as f64 / 1e3,
-            g.max as f64 / 1e3
+            "sched. lag µs p50 {p50}  p90 {p90}  p99 {p99}  p99.9 {p999}  max {max}  (actual − intended send: the client's share)\n"
         );
     }
     out += &format!(

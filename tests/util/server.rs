@@ -98,6 +98,16 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The `host:port` of the metrics endpoint a server started with `--metrics ADDR` logged.
+    pub fn metrics_address(&self) -> String {
+        let log = self.log();
+        log.lines()
+            .find_map(|l| l.split("metrics: http://").nth(1))
+            .and_then(|r| r.strip_suffix("/metrics"))
+            .unwrap_or_else(|| panic!("no metrics address logged:\n{log}"))
+            .to_string()
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().unwrap().id() as i32
     }
