@@ -163,11 +163,16 @@ pub struct ReplayRun {
 /// Events read ahead of the senders, over all connections: the replay's memory bound
 /// (about 220 bytes each), whatever the input's size.
 const READ_AHEAD_EVENTS: usize = 1 << 18;
+/// The largest window: a server's `--max-inflight` is at most this.
+const MAX_WINDOW: usize = 1 << 16;
 
 /// Connect, stream the input through the connections, collect: the signals file
 /// (`signals`, in event order), quality and latency. Memory stays bounded by the
 /// read-ahead and the windows, whatever the input's size.
 pub fn run(socket: &Path, opts: &ReplayOptions, signals: Option<&Path>) -> Result<ReplayRun, String> {
+    if let Some(r) = opts.rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
+        return Err(format!("--rate {r}: requests per second must be a positive number"));
+    }
     let mut symbols = SymbolTable::new(&opts.symbols)?;
     let connections = opts.connections.max(1);
     let mut conns = Vec::with_capacity(connections);
@@ -192,6 +197,11 @@ pub fn run(socket: &Path, opts: &ReplayOptions, signals: Option<&Path>) -> Resul
     // Open loop never waits on answers: the server's own in-flight bound is the window.
     let window =
         opts.window.unwrap_or(if open_loop { { ack.max_inflight }.max(1) as usize } else { 1 }).max(1);
+    if window > MAX_WINDOW {
+        return Err(format!(
+            "--window {window}: at most {MAX_WINDOW} (a server holds at most 65536 requests in flight per connection)"
+        ));
+    }
     let read_ahead = (READ_AHEAD_EVENTS / connections).max(4 * window).max(1024).next_power_of_two();
     let client_cores = client_cores(connections, &opts.server_cores);
     let start = now_ns() + 2_000_000; // every connection starts on the same clock
