@@ -769,3 +769,28 @@ fn replay_over_shared_memory_matches_the_socket() {
         assert_eq!(shm["quality"], socket["quality"], "same answers, same signal quality");
     }
 }
+
+/// Pacing options that cannot work are refused before anything is sent (a huge window
+/// once aborted on allocation; a zero rate never sent).
+#[test]
+fn impossible_pacing_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, said) in [
+        (["--window", "100000000"], "at most 65536"),
+        (["--rate", "0"], "must be a positive number"),
+        (["--rate", "-5"], "must be a positive number"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tickinfer"))
+            .args(["replay", "--format", "lobster", "--model"])
+            .arg(repo_root().join("models/lobster_direction.toml"))
+            .arg("--input")
+            .arg(repo_root().join("data/sample/SYNTH_2026-01-05_sample.zip"))
+            .args(args)
+            .arg("--out")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(said), "{args:?}: {err}");
+    }
+}
