@@ -775,11 +775,12 @@ fn replay_over_shared_memory_matches_the_socket() {
 #[test]
 fn impossible_pacing_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    for (args, said) in [
-        (["--window", "100000000"], "at most 65536"),
-        (["--rate", "0"], "must be a positive number"),
-        (["--rate", "-5"], "must be a positive number"),
-    ] {
+    let cases: [(&[&str], &str); 3] = [
+        (&["--window", "100000000"], "at most 65536"),
+        (&["--rate", "0"], "must be a positive number"),
+        (&["--rate=-5"], "must be a positive number"),
+    ];
+    for (args, said) in cases {
         let out = Command::new(env!("CARGO_BIN_EXE_tickinfer"))
             .args(["replay", "--format", "lobster", "--model"])
             .arg(repo_root().join("models/lobster_direction.toml"))
