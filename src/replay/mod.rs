@@ -443,7 +443,7 @@ impl Feed {
         };
         let i = self.taken;
         self.taken += 1;
-        source::rescale(std::slice::from_mut(&mut e), self.source.price_scale, self.server_price_scale)
+        source::rescale_event(&mut e, i, self.source.price_scale, self.server_price_scale)
             .map_err(|m| format!("{}: {m}", self.path.display()))?;
         let depth = self.source.depth_levels;
         if depth > 1 {

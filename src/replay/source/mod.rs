@@ -604,6 +604,14 @@ fn parse_iso8601(text: &str) -> Result<u64, String> {
 /// Rescale every price from `from` to `to` (exact when one divides the other; rounded
 /// otherwise). An error names the event whose price leaves `i64` at the new scale.
 pub fn rescale(events: &mut [Event], from: i64, to: i64) -> Result<(), String> {
+    for (i, e) in events.iter_mut().enumerate() {
+        rescale_event(e, i as u64, from, to)?;
+    }
+    Ok(())
+}
+
+/// [`rescale`] for one event, `index` its place in the stream (0-based; errors say `index + 1`).
+pub fn rescale_event(e: &mut Event, index: u64, from: i64, to: i64) -> Result<(), String> {
     if from <= 0 || to <= 0 {
         return Err(format!("price scales must be positive (from {from} to {to})"));
     }
@@ -616,20 +624,18 @@ pub fn rescale(events: &mut [Event], from: i64, to: i64) -> Result<(), String> {
         let r = num % from as i128;
         i64::try_from(if 2 * r.abs() >= from as i128 { q + r.signum() } else { q }).ok()
     };
-    for (i, e) in events.iter_mut().enumerate() {
-        let symbol = e.req.symbol_id;
-        let scaled = |what: &str, price: i64| {
-            conv(price).ok_or_else(|| {
-                format!(
-                    "event {} (symbol {symbol}): {what} {price} does not fit in i64 at the server's price \
-                     scale {to} (from {from})",
-                    i + 1
-                )
-            })
-        };
-        e.req.bid_price = scaled("bid_price", e.req.bid_price)?;
-        e.req.ask_price = scaled("ask_price", e.req.ask_price)?;
-    }
+    let symbol = e.req.symbol_id;
+    let scaled = |what: &str, price: i64| {
+        conv(price).ok_or_else(|| {
+            format!(
+                "event {} (symbol {symbol}): {what} {price} does not fit in i64 at the server's price \
+                 scale {to} (from {from})",
+                index + 1
+            )
+        })
+    };
+    e.req.bid_price = scaled("bid_price", e.req.bid_price)?;
+    e.req.ask_price = scaled("ask_price", e.req.ask_price)?;
     Ok(())
 }
 
