@@ -62,8 +62,9 @@ pub(super) struct SocketLink {
     written: usize,
     /// Requests fully written since the start.
     left: usize,
-    /// Received bytes `inbuf[..have]` not yet taken as answers.
+    /// Received bytes `inbuf[taken..have]` not yet taken as answers; `taken <= have`.
     inbuf: Vec<u8>,
+    taken: usize,
     have: usize,
 }
 
@@ -76,6 +77,7 @@ impl SocketLink {
             written: 0,
             left: 0,
             inbuf: vec![0; 256 * RESPONSE_SIZE],
+            taken: 0,
             have: 0,
         })
     }
@@ -117,7 +119,11 @@ impl Link for SocketLink {
 
     fn try_recv(&mut self) -> Result<Option<MlResponse>, String> {
         use std::io::Read;
-        if self.have < RESPONSE_SIZE {
+        debug_assert!(self.taken <= self.have);
+        if self.have - self.taken < RESPONSE_SIZE {
+            // Keep a partial answer's bytes, once per read (not once per answer taken).
+            self.inbuf.copy_within(self.taken..self.have, 0);
+            (self.have, self.taken) = (self.have - self.taken, 0);
             loop {
                 match self.stream.read(&mut self.inbuf[self.have..]) {
                     Ok(0) => return Err("the server closed the connection".into()),
@@ -132,9 +138,9 @@ impl Link for SocketLink {
                 return Ok(None);
             }
         }
-        let resp: MlResponse = bytemuck::pod_read_unaligned(&self.inbuf[..RESPONSE_SIZE]);
-        self.inbuf.copy_within(RESPONSE_SIZE..self.have, 0);
-        self.have -= RESPONSE_SIZE;
+        let resp: MlResponse =
+            bytemuck::pod_read_unaligned(&self.inbuf[self.taken..self.taken + RESPONSE_SIZE]);
+        self.taken += RESPONSE_SIZE;
         Ok(Some(resp))
     }
 
