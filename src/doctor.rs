@@ -201,14 +201,13 @@ impl Host {
                     .find(|l| l.starts_with(name))
                     .map(|l| l[name.len()..].split_whitespace().next().unwrap_or("?").to_string())
             };
-            // `tickinfer serve --lock-memory` needs the limit unlimited, or CAP_IPC_LOCK (bit 14).
+            // `tickinfer serve --lock-memory` needs the limit unlimited, or CAP_IPC_LOCK;
+            // CAP_IPC_LOCK and CAP_SYS_NICE lift the two limits below.
+            use crate::sys::{effective_caps, status_field, CAP_IPC_LOCK, CAP_SYS_NICE};
             let status = self.read("/proc/self/status").unwrap_or_default();
-            let status_field =
-                |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string());
-            let caps = status_field("CapEff:").and_then(|h| u64::from_str_radix(&h, 16).ok()).unwrap_or(0);
-            // CAP_IPC_LOCK (14) and CAP_SYS_NICE (23) lift the two limits below.
-            let (ipc_lock, sys_nice) = (caps & (1 << 14) != 0, caps & (1 << 23) != 0);
-            let locked = status_field("VmLck:").filter(|v| v.split_whitespace().next() != Some("0"));
+            let caps = effective_caps(&status);
+            let (ipc_lock, sys_nice) = (caps & (1 << CAP_IPC_LOCK) != 0, caps & (1 << CAP_SYS_NICE) != 0);
+            let locked = status_field(&status, "VmLck:").filter(|v| v.split_whitespace().next() != Some("0"));
             match (limit("Max locked memory").as_deref(), locked) {
                 (_, Some(kb)) => f.push(ok("mlock", format!("memory locked: {kb} (--lock-memory)"))),
                 (Some("unlimited"), None) => {

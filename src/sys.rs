@@ -283,17 +283,26 @@ pub fn soft_limit(resource: libc::__rlimit_resource_t) -> io::Result<Option<u64>
     Ok((lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur))
 }
 
-/// Whether the effective capability set holds capability number `cap` (e.g. 14 =
-/// `CAP_IPC_LOCK`), from `/proc/self/status`; `false` when it cannot be read.
+/// `CAP_IPC_LOCK`: locking memory regardless of `RLIMIT_MEMLOCK`.
+pub const CAP_IPC_LOCK: u32 = 14;
+/// `CAP_SYS_NICE`: real-time scheduling regardless of `RLIMIT_RTPRIO`.
+pub const CAP_SYS_NICE: u32 = 23;
+
+/// A field of a `/proc/PID/status` text, trimmed (`"VmLck:"` → `"1024 kB"`).
+pub fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
+    status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim)
+}
+
+/// The effective capability mask (`CapEff`) of a `/proc/PID/status` text; 0 if absent.
+pub fn effective_caps(status: &str) -> u64 {
+    status_field(status, "CapEff:").and_then(|h| u64::from_str_radix(h, 16).ok()).unwrap_or(0)
+}
+
+/// Whether this process's effective capability set holds capability number `cap`
+/// ([`CAP_IPC_LOCK`], [`CAP_SYS_NICE`]); `false` when `/proc/self/status` cannot be read.
 pub fn has_capability(cap: u32) -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
-        })
-        .is_some_and(|mask| mask & (1u64 << cap) != 0)
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    effective_caps(&status) & (1u64 << cap) != 0
 }
 
 /// Lock every current and future page of the process in memory (`mlockall`).

@@ -5,12 +5,8 @@
 //! ready, and a refusal stops the start with the limit that refused it and the
 //! systemd unit line that raises it (`tickinfer doctor` reports both limits).
 
-use crate::sys;
+use crate::sys::{self, CAP_IPC_LOCK, CAP_SYS_NICE};
 
-/// `CAP_IPC_LOCK`: locking regardless of `RLIMIT_MEMLOCK`.
-const CAP_IPC_LOCK: u32 = 14;
-/// `CAP_SYS_NICE`: real-time scheduling regardless of `RLIMIT_RTPRIO`.
-const CAP_SYS_NICE: u32 = 23;
 /// The unit this project ships, named in the messages.
 const UNIT: &str = "deploy/systemd/tickinfer.service";
 
@@ -42,13 +38,9 @@ pub(super) fn lock_memory() -> Result<(), String> {
 
 /// Kibibytes locked by this process (`VmLck` of `/proc/self/status`), 0 if unreadable.
 fn locked_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmLck:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    sys::status_field(&status, "VmLck:")
+        .and_then(|v| v.trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
 
