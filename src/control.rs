@@ -162,16 +162,8 @@ impl Control {
         shutdown_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = next_signal(&mut term) => {
-                    log::info!("SIGTERM: draining");
-                    crate::systemd::stopping();
-                    this.shared.shutdown.trigger();
-                }
-                _ = next_signal(&mut int) => {
-                    log::info!("SIGINT: draining");
-                    crate::systemd::stopping();
-                    this.shared.shutdown.trigger();
-                }
+                _ = next_signal(&mut term) => this.drain("SIGTERM"),
+                _ = next_signal(&mut int) => this.drain("SIGINT"),
                 _ = next_signal(&mut hup) => {
                     // Beside the loop: a slow reload never holds up SIGTERM.
                     tokio::spawn(this.clone().sighup_reload());
@@ -195,6 +187,13 @@ impl Control {
                 }
             }
         }
+    }
+
+    /// Start the drain on `signal`; systemd hears `STOPPING=1`.
+    fn drain(&self, signal: &str) {
+        log::info!("{signal}: draining");
+        crate::systemd::stopping();
+        self.shared.shutdown.trigger();
     }
 
     /// What a reload without a path loads: the config file's `model` re-read (it may
