@@ -11,31 +11,25 @@ use super::{ReplayRun, Speed};
 use crate::stats::Percentiles;
 use crate::wire::Status;
 
-/// A progress bar on stderr (hidden when not a terminal or not wanted).
+/// A progress bar on stderr over events (hidden when not a terminal or not wanted).
 pub fn progress_bar(total: u64, wanted: bool) -> indicatif::ProgressBar {
-    if !wanted {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("replay {bar:40} {pos}/{len} {per_sec} eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar
+    styled_bar(total, wanted, "replay {bar:40} {pos}/{len} {per_sec} eta {eta}")
 }
 
 /// A progress bar over the input's bytes (for inputs of any size; event counts are
 /// unknown until the end).
 pub fn progress_bar_bytes(total: u64, wanted: bool) -> indicatif::ProgressBar {
+    styled_bar(total, wanted, "replay {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+}
+
+fn styled_bar(total: u64, wanted: bool, template: &str) -> indicatif::ProgressBar {
     if !wanted {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "replay {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar
 }
