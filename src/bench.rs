@@ -138,6 +138,10 @@ pub struct Ratios {
     pub shm_minus_engine_p50_ns: i64,
     /// Same at p99; target ≤ 1000.
     pub shm_minus_engine_p99_ns: i64,
+    /// One request per ms / back to back (e2e spin), p50: what idle costs; as is, and
+    /// with both ends kept warm (target ≤ 2, the open-loop replay acceptance).
+    pub sparse_p50: f64,
+    pub sparse_kept_warm_p50: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -337,6 +341,19 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
             "inline, --poll spin, {place}; Rust client of ml_shm.h (the C client's path), spin, 1 in flight"
         ),
     ));
+    eprintln!("bench: (c'') one request per ms (idle between), as is and kept warm");
+    for (name, keep_warm) in
+        [("tickinfer e2e sparse", None), ("tickinfer e2e sparse, kept warm", Some(Duration::from_micros(50)))]
+    {
+        let warm = keep_warm.map_or("not kept warm".to_string(), |d| {
+            format!("both ends kept warm after {} µs idle (--keep-warm-us)", d.as_micros())
+        });
+        rows.push(Row::of(
+            name,
+            sparse(&opts.model, n, server_core, client_core, scale, extras, keep_warm)?,
+            format!("inline, --poll spin, {place}; 1 request per ms, busy-poll client; {warm}"),
+        ));
+    }
     eprintln!("bench: (d) throughput");
     let (per_s, h) = throughput(&opts.model, opts, server_core, client_core, scale, extras)?;
     let mut row = Row::of(
@@ -376,6 +393,8 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
         throughput_per_s: per_s,
         shm_minus_engine_p50_ns: shm.p50 as i64 - engine.p50 as i64,
         shm_minus_engine_p99_ns: shm.p99 as i64 - engine.p99 as i64,
+        sparse_p50: get("tickinfer e2e sparse").unwrap().p50 as f64 / e2e.p50 as f64,
+        sparse_kept_warm_p50: get("tickinfer e2e sparse, kept warm").unwrap().p50 as f64 / e2e.p50 as f64,
     };
     let report = BenchReport { host, rows, ratios };
     write_outputs(&report, &opts.out)?;
@@ -679,10 +698,16 @@ fn sync_client(
     })
 }
 
-fn local_server(model: &Path, poll: PollMode, core: usize) -> Result<crate::replay::LocalServer, String> {
+fn local_server(
+    model: &Path,
+    poll: PollMode,
+    core: usize,
+    keep_warm: Option<Duration>,
+) -> Result<crate::replay::LocalServer, String> {
     let mut cfg = ServerConfig::new(model, "unused");
     cfg.mode = Mode::Inline;
     cfg.poll = poll;
+    cfg.keep_warm = keep_warm;
     cfg.io_core = Some(core);
     cfg.stats_interval = Duration::ZERO;
     cfg.max_inflight = 4096;
@@ -702,7 +727,7 @@ fn e2e(
     scale: i64,
     extras: u16,
 ) -> Result<Histogram<u64>, String> {
-    let server = local_server(model, poll, server_core)?;
+    let server = local_server(model, poll, server_core, None)?;
     let h = match transport {
         crate::replay::Transport::Socket => sync_client(&server.socket, n, client_core, scale, extras),
         crate::replay::Transport::Shm => {
@@ -718,6 +743,67 @@ fn e2e(
     h
 }
 
+/// Idle between two requests of the sparse rows.
+const SPARSE_GAP_NS: u64 = 1_000_000;
+
+/// (c'') One request per millisecond — the server and client idle between them, as at
+/// light load — over the socket, busy-polling both ends: as is, or with both ends kept
+/// warm after `keep_warm` idle (the server's `--keep-warm-us`, the client's own pair;
+/// see `crate::keep_warm`). At most 2000 timed requests (2 s).
+fn sparse(
+    model: &Path,
+    n: usize,
+    server_core: usize,
+    client_core: usize,
+    scale: i64,
+    extras: u16,
+    keep_warm: Option<Duration>,
+) -> Result<Histogram<u64>, String> {
+    let server = local_server(model, PollMode::Spin, server_core, keep_warm)?;
+    let socket = server.socket.clone();
+    let n = n.min(2_000);
+    let h = std::thread::spawn(move || -> Result<Histogram<u64>, String> {
+        pin(client_core);
+        let (mut s, _) = crate::replay::connect(&socket)?;
+        s.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let mut warm =
+            keep_warm.map(crate::keep_warm::KeepWarm::new).transpose().map_err(|e| e.to_string())?;
+        let mut h = hist();
+        let mut buf = [0u8; RESPONSE_SIZE];
+        for i in 0..(n + n / 10) as u64 {
+            let until = now_ns() + SPARSE_GAP_NS;
+            while now_ns() < until {
+                match warm.as_mut() {
+                    Some(w) if w.due(now_ns()) => w.socket_round_trip(),
+                    _ => std::hint::spin_loop(),
+                }
+            }
+            let req = sample_request(scale, extras, i);
+            let t0 = now_ns();
+            write_all_spin(&mut s, bytemuck::bytes_of(&req))?;
+            read_exact_spin(&mut s, &mut buf)?;
+            let t1 = now_ns();
+            if let Some(w) = warm.as_mut() {
+                w.worked(t1);
+            }
+            let resp: MlResponse = bytemuck::pod_read_unaligned(&buf);
+            if { resp.request_id } != i || resp.status != 0 {
+                return Err(format!("bad answer to {i}: id {} status {}", { resp.request_id }, {
+                    resp.status
+                }));
+            }
+            if i as usize >= n / 10 {
+                h.saturating_record(t1 - t0);
+            }
+        }
+        Ok(h)
+    })
+    .join()
+    .map_err(|_| "client panicked".to_string())?;
+    server.stop()?;
+    h
+}
+
 /// (d) Pipelined throughput: each connection keeps two windows in flight.
 fn throughput(
     model: &Path,
@@ -727,7 +813,7 @@ fn throughput(
     scale: i64,
     extras: u16,
 ) -> Result<(f64, Histogram<u64>), String> {
-    let server = local_server(model, PollMode::Spin, server_core)?;
+    let server = local_server(model, PollMode::Spin, server_core, None)?;
     let deadline = Instant::now() + Duration::from_secs_f64(opts.throughput_secs);
     let window = opts.window.max(1);
     let threads: Vec<_> = (0..opts.connections.max(1))
@@ -863,6 +949,10 @@ pub fn markdown(r: &BenchReport) -> String {
     s += &format!(
         "E2E over shared memory − engine alone: p50 {:+} ns (target ≤ +500), p99 {:+} ns (target ≤ +1000)\n",
         r.ratios.shm_minus_engine_p50_ns, r.ratios.shm_minus_engine_p99_ns
+    );
+    s += &format!(
+        "One request per ms / back to back, p50: {:.2} as is, {:.2} with both ends kept warm (target ≤ 2)\n",
+        r.ratios.sparse_p50, r.ratios.sparse_kept_warm_p50
     );
     s
 }

@@ -509,6 +509,11 @@ pub fn prometheus_text(shared: &Shared, host: &[crate::doctor::Finding], started
             "Requests answered model failure because the model's output was NaN or infinite.",
             stats.nonfinite_outputs,
         ),
+        (
+            "keep_warm_runs_total",
+            "Keep-warm runs done while idle (--keep-warm-us): model runs or socket round trips.",
+            stats.keep_warm_runs,
+        ),
     ] {
         let _ = writeln!(
             out,

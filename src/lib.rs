@@ -15,6 +15,7 @@ pub mod control;
 pub mod doctor;
 pub mod engine;
 pub mod features;
+pub mod keep_warm;
 pub mod manifest;
 pub mod ratelog;
 pub mod record;

@@ -124,6 +124,11 @@ struct ReplayArgs {
     /// adds its wake-up to every answer).
     #[arg(long, value_enum, default_value = "spin")]
     client_poll: tickinfer::replay::ClientPoll,
+    /// Spinning connection threads: after this many µs idle, send a message round a private
+    /// socket pair so their kernel socket path stays in cache (what a latency-minded client
+    /// does between sparse events; see the README) [default: off].
+    #[arg(long)]
+    keep_warm_us: Option<u64>,
     /// How requests reach the server: its Unix socket, or shared memory negotiated on it
     /// (same host; one busy-polling thread per connection).
     #[arg(long, value_enum, default_value = "socket")]
@@ -137,6 +142,9 @@ struct ReplayArgs {
     /// With --model: how that server polls.
     #[arg(long, value_enum, default_value = "spin")]
     server_poll: server::PollMode,
+    /// With --model: that server's --keep-warm-us [default: off].
+    #[arg(long)]
+    server_keep_warm_us: Option<u64>,
     /// CSV: read our column NAME from the file's COLUMN, e.g. `--columns timestamp=ts_event,bid_price=bid_px_00,
     /// symbol=ticker` (names: timestamp, timestamp_ns, symbol, symbol_id, bid_price, ask_price, bid_size,
     /// ask_size, book_imbalance, f0..f31); repeatable.
@@ -379,6 +387,7 @@ fn replay(args: ReplayArgs) -> Result<(), String> {
         window: args.window,
         transport: args.transport,
         client_poll: args.client_poll,
+        keep_warm: args.keep_warm_us.map(std::time::Duration::from_micros),
         server_cores: vec![],
         symbols: args.symbols,
         columns: tickinfer::replay::source::LoadOptions::parse_columns(&args.columns)?,
@@ -394,6 +403,10 @@ fn replay(args: ReplayArgs) -> Result<(), String> {
         (None, Some(model)) => {
             let mut cfg = tickinfer::server::ServerConfig::new(model, "unused");
             cfg.poll = args.server_poll;
+            cfg.keep_warm = args.server_keep_warm_us.map(std::time::Duration::from_micros);
+            if cfg.keep_warm.is_some() && cfg.poll == server::PollMode::Block {
+                return Err("--server-keep-warm-us needs --server-poll spin or adaptive".into());
+            }
             cfg.stats_interval = std::time::Duration::ZERO;
             let local = tickinfer::replay::LocalServer::start(cfg)?;
             let opts = tickinfer::replay::ReplayOptions { server_cores: local.cores.clone(), ..opts };
@@ -504,6 +517,7 @@ fn demo_replay(
         window: Some(1),
         transport: tickinfer::replay::Transport::Socket,
         client_poll: tickinfer::replay::ClientPoll::Spin,
+        keep_warm: None,
         server_cores: local.cores.clone(),
         symbols: vec![],
         columns: vec![],

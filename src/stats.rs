@@ -34,6 +34,9 @@ pub struct Stats {
     pub shm_faults: u64,
     /// Requests whose model output was NaN or infinite (answered `ML_ERR_MODEL_FAILURE`).
     pub nonfinite_outputs: u64,
+    /// Keep-warm runs done while idle (`--keep-warm-us`): model runs, or socket round trips
+    /// on the pipeline's I/O thread.
+    pub keep_warm_runs: u64,
 }
 
 fn histogram(max: u64) -> Histogram<u64> {
@@ -54,6 +57,7 @@ impl Default for Stats {
             shm_sessions: 0,
             shm_faults: 0,
             nonfinite_outputs: 0,
+            keep_warm_runs: 0,
         }
     }
 }
@@ -75,6 +79,7 @@ impl Stats {
         self.shm_sessions += other.shm_sessions;
         self.shm_faults += other.shm_faults;
         self.nonfinite_outputs += other.nonfinite_outputs;
+        self.keep_warm_runs += other.keep_warm_runs;
     }
 
     /// Zero every recorder, keeping the allocations.
@@ -90,6 +95,7 @@ impl Stats {
         self.shm_sessions = 0;
         self.shm_faults = 0;
         self.nonfinite_outputs = 0;
+        self.keep_warm_runs = 0;
     }
 
     /// Whether nothing was recorded since the last reset. Every recorder counts: the
@@ -106,6 +112,7 @@ impl Stats {
             && self.shm_sessions == 0
             && self.shm_faults == 0
             && self.nonfinite_outputs == 0
+            && self.keep_warm_runs == 0
     }
 
     pub fn report(&self) -> StatsReport {
@@ -129,6 +136,7 @@ impl Stats {
             shm_sessions: self.shm_sessions,
             shm_faults: self.shm_faults,
             nonfinite_outputs: self.nonfinite_outputs,
+            keep_warm_runs: self.keep_warm_runs,
         }
     }
 }
@@ -185,6 +193,9 @@ pub struct StatsReport {
     /// Requests answered `ML_ERR_MODEL_FAILURE` because the model's output was NaN or infinite.
     #[serde(default)]
     pub nonfinite_outputs: u64,
+    /// Keep-warm runs done while idle (`--keep-warm-us`).
+    #[serde(default)]
+    pub keep_warm_runs: u64,
 }
 
 impl std::fmt::Display for StatsReport {
@@ -192,14 +203,15 @@ impl std::fmt::Display for StatsReport {
         writeln!(
             f,
             "responses {} (connections accepted {}, refused {}, slow-reader disconnects {}, shared-memory sessions {} \
-             (faults {}), non-finite model outputs {})",
+             (faults {}), non-finite model outputs {}, keep-warm runs {})",
             self.responses,
             self.connections_accepted,
             self.connections_refused,
             self.slow_reader_disconnects,
             self.shm_sessions,
             self.shm_faults,
-            self.nonfinite_outputs
+            self.nonfinite_outputs,
+            self.keep_warm_runs
         )?;
         for (status, n) in &self.by_status {
             writeln!(f, "  status {status}: {n}")?;

@@ -25,6 +25,8 @@ fn every_row_runs_in_short_mode() {
         "tickinfer e2e --poll spin",
         "tickinfer e2e --poll adaptive",
         "tickinfer e2e --poll block",
+        "tickinfer e2e sparse",
+        "tickinfer e2e sparse, kept warm",
         "tickinfer throughput (pipelined)",
         "python sidecar (socket + onnxruntime)",
     ] {

@@ -2,7 +2,9 @@
 //! (prints every number; asserts only ratios: twice the acceptance target in a release
 //! build, looser in a debug one).
 //!
-//! In one run, against an in-process server on the bundled model, `--server-poll spin`:
+//! In one run, against an in-process server on the bundled model, `--server-poll spin`,
+//! each open loop twice: as is, and with both ends kept warm while idle
+//! (`--keep-warm-us 50 --server-keep-warm-us 50`, see `src/keep_warm.rs`):
 //! - a LOBSTER file at light load (the real AMZN day at `--speed 100` when `../shared`
 //!   is here, ≈ 325 events/s; else the bundled synthetic day at `--speed 1`, ≈ 500/s):
 //!   open-loop p50 within 2× of the closed-loop window-1 p50 of the same events;
@@ -42,39 +44,52 @@ fn us(v: &serde_json::Value) -> f64 {
     v.as_f64().unwrap() / 1e3
 }
 
-/// Closed loop window 1, then open loop with `pacing`: both p50s, their ratio, and the
-/// open loop's schedule lag; every answer OK and none lost. Also whether the open-loop
-/// report warned that its numbers are the client's or the machine's (lag, full window).
-fn closed_then_open(what: &str, input: &Path, format: &str, limit: usize, pacing: &[&str]) -> (f64, bool) {
+/// Both ends kept warm while idle (`--keep-warm-us 50` on the client, the server's too).
+const KEEP_WARM: [&str; 4] = ["--keep-warm-us", "50", "--server-keep-warm-us", "50"];
+
+/// Closed loop window 1, then open loop with `pacing`, then the same with both ends kept
+/// warm: the p50s, each open loop's ratio to closed loop, and its schedule lag; every
+/// answer OK and none lost. With each ratio, whether that open-loop report warned that
+/// its numbers are the client's or the machine's (lag, full window).
+fn closed_then_open(
+    what: &str,
+    input: &Path,
+    format: &str,
+    limit: usize,
+    pacing: &[&str],
+) -> [(f64, bool); 2] {
     let closed = replay(input, format, limit, &["--window", "1"]);
-    let open = replay(input, format, limit, pacing);
-    for s in [&closed, &open] {
+    let warm_pacing = [pacing, &KEEP_WARM[..]].concat();
+    let opens = [replay(input, format, limit, pacing), replay(input, format, limit, &warm_pacing)];
+    for s in [&closed, &opens[0], &opens[1]] {
         assert_eq!(s["events"], limit as u64, "{s}");
         assert_eq!((s["lost"].as_u64(), s["mismatched_ids"].as_u64()), (Some(0), Some(0)), "{s}");
         assert_eq!(s["by_status"][0][0], "0 ok", "{s}");
     }
-    assert_eq!((closed["open_loop"].as_bool(), open["open_loop"].as_bool()), (Some(false), Some(true)));
-    let (c, o) = (&closed["latency_ns"], &open["latency_ns"]);
-    let lag = &open["schedule_lag_ns"];
-    let ratio = o["p50"].as_f64().unwrap() / c["p50"].as_f64().unwrap();
-    eprintln!(
-        "{what}: closed loop window 1 p50 {:.2} µs p99 {:.2} µs | open loop {} window {} p50 {:.2} µs p99 {:.2} µs \
-         (schedule lag p50 {:.2} p99 {:.2} µs; window waits {}) | open/closed p50 {ratio:.2}; client {} {}; warnings {}",
-        us(&c["p50"]),
-        us(&c["p99"]),
-        pacing.join(" "),
-        open["window"],
-        us(&o["p50"]),
-        us(&o["p99"]),
-        us(&lag["p50"]),
-        us(&lag["p99"]),
-        open["window_waits"]["episodes"],
-        open["client_poll"],
-        open["client_cores"],
-        open["warnings"],
-    );
-    let warned = open["warnings"].as_array().is_some_and(|w| !w.is_empty());
-    (ratio, warned)
+    assert_eq!(closed["open_loop"].as_bool(), Some(false));
+    assert_eq!((opens[0]["keep_warm_us"].as_u64(), opens[1]["keep_warm_us"].as_u64()), (None, Some(50)));
+    let c = &closed["latency_ns"];
+    eprintln!("{what}: closed loop window 1 p50 {:.2} µs p99 {:.2} µs", us(&c["p50"]), us(&c["p99"]));
+    [(&opens[0], pacing), (&opens[1], &warm_pacing[..])].map(|(open, pacing)| {
+        assert_eq!(open["open_loop"].as_bool(), Some(true));
+        let (o, lag) = (&open["latency_ns"], &open["schedule_lag_ns"]);
+        let ratio = o["p50"].as_f64().unwrap() / c["p50"].as_f64().unwrap();
+        eprintln!(
+            "  open loop {} window {}: p50 {:.2} µs p99 {:.2} µs (schedule lag p50 {:.2} p99 {:.2} µs; window \
+             waits {}) | open/closed p50 {ratio:.2}; client {} {}; warnings {}",
+            pacing.join(" "),
+            open["window"],
+            us(&o["p50"]),
+            us(&o["p99"]),
+            us(&lag["p50"]),
+            us(&lag["p99"]),
+            open["window_waits"]["episodes"],
+            open["client_poll"],
+            open["client_cores"],
+            open["warnings"],
+        );
+        (ratio, open["warnings"].as_array().is_some_and(|w| !w.is_empty()))
+    })
 }
 
 #[test]
@@ -116,16 +131,20 @@ fn open_loop_latency_matches_closed_loop_at_light_load_and_in_bursts() {
     // A run whose report warned (the client lagged, or a full window held sends back) has
     // said itself that it measured the machine: the ratio is then printed, not asserted —
     // what must never happen is a bad ratio the report does not explain.
+    // Kept warm or not, the same bounds: keep-warm is what closes the light-load gap on a
+    // VM (README), but a run without it must not be unexplainably worse either.
     let (light_bound, burst_bound) = if cfg!(debug_assertions) { (20.0, 10.0) } else { (4.0, 6.0) };
     eprintln!("bounds: {light_bound}× and {burst_bound}× (debug build: {})", cfg!(debug_assertions));
-    let (light, light_warned) = light;
-    let (bursts, bursts_warned) = bursts;
-    assert!(
-        light <= light_bound || light_warned,
-        "open/closed p50 {light:.2} at light load, unexplained (acceptance 2×)"
-    );
-    assert!(
-        bursts <= burst_bound || bursts_warned,
-        "open/closed p50 {bursts:.2} on the bursty stream, unexplained (acceptance 3×)"
-    );
+    for (kept, (ratio, warned)) in ["", ", both ends kept warm"].iter().zip(light) {
+        assert!(
+            ratio <= light_bound || warned,
+            "open/closed p50 {ratio:.2} at light load{kept}, unexplained (acceptance 2×)"
+        );
+    }
+    for (kept, (ratio, warned)) in ["", ", both ends kept warm"].iter().zip(bursts) {
+        assert!(
+            ratio <= burst_bound || warned,
+            "open/closed p50 {ratio:.2} on the bursty stream{kept}, unexplained (acceptance 3×)"
+        );
+    }
 }

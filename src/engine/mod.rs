@@ -411,20 +411,25 @@ impl Engine {
         self.info.max_batch
     }
 
-    fn warm_up(&mut self, runs: usize) -> Result<(), EngineError> {
+    /// A valid request for this model (a 100.00 / 100.01 quote, 100 × 120, its extra
+    /// features zero) for `symbol_id`: what warm-up and keep-warm runs score.
+    pub fn warm_request(&self, symbol_id: u16) -> MlRequest {
         let scale = self.info.price_scale;
-        let req = MlRequest {
+        MlRequest {
+            symbol_id,
             bid_price: 100 * scale,
             ask_price: 100 * scale + scale.max(100) / 100,
-            bid_size: 100,
-            ask_size: 120,
+            bid_size: 100 * self.info.size_scale,
+            ask_size: 120 * self.info.size_scale,
             book_imbalance: -90_909,
             n_features: self.info.extra_features,
             ..MlRequest::new()
-        };
+        }
+    }
+
+    fn warm_up(&mut self, runs: usize) -> Result<(), EngineError> {
         // One symbol per row, so that a recurrent model runs every slot whole.
-        let reqs: Vec<MlRequest> =
-            (0..self.max_batch()).map(|i| MlRequest { symbol_id: i as u16, ..req }).collect();
+        let reqs: Vec<MlRequest> = (0..self.max_batch()).map(|i| self.warm_request(i as u16)).collect();
         let mut state = self.new_state(self.max_batch()); // its own: the serving state never sees warm-up rows
         let t0 = std::time::Instant::now();
         for b in 1..=self.max_batch() {

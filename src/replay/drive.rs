@@ -10,7 +10,9 @@
 //! When a turn moved nothing it busy-polls (`ClientPoll::Spin`, the default:
 //! no sleep and no yield on the measured path) or sleeps until the next event is
 //! due or an answer arrives (`ClientPoll::Block`, for a shared box: every answer
-//! then pays the host's wake-up).
+//! then pays the host's wake-up). With `--keep-warm-us`, a spinning thread idle that
+//! long sends a message round a private socket pair ([`crate::keep_warm`]) so its
+//! next real send does not find the kernel's socket path cold.
 //!
 //! What is measured, per request, from its *intended* send time (open loop: the
 //! schedule's; closed loop: when it was offered):
@@ -244,6 +246,8 @@ pub(super) struct Plan {
     pub start: u64,
     pub window: usize,
     pub poll: ClientPoll,
+    /// Spin polling: warm the thread's socket path after this long idle ([`crate::keep_warm`]).
+    pub keep_warm: Option<std::time::Duration>,
 }
 
 pub(super) fn new_histogram() -> Histogram<u64> {
@@ -283,6 +287,13 @@ pub(super) fn drive(
     let mut waits = WindowWaits::default();
     let mut blocked_since: Option<u64> = None;
     let due_at = |job: &Job| job.due.map(|d| plan.start + d);
+    let mut warm = match plan.keep_warm.map(crate::keep_warm::KeepWarm::new).transpose() {
+        Ok(w) => w,
+        Err(e) => {
+            log::warn!("replay connection: no keep-warm socket pair: {e}");
+            None
+        }
+    };
     while now_ns() < plan.start {
         std::hint::spin_loop();
     }
@@ -350,6 +361,13 @@ pub(super) fn drive(
         }
         if k == next && jobs.is_empty() && jobs.is_abandoned() {
             break None;
+        }
+        if let Some(w) = warm.as_mut() {
+            if moved {
+                w.worked(now);
+            } else if w.due(now_ns()) {
+                w.socket_round_trip();
+            }
         }
         if !moved {
             match plan.poll {

@@ -89,6 +89,9 @@ pub struct ReplayOptions {
     pub transport: Transport,
     /// How connection threads wait when idle.
     pub client_poll: ClientPoll,
+    /// `--keep-warm-us`: after this long idle, a spinning connection thread sends a
+    /// message round a private socket pair to keep its kernel path in cache.
+    pub keep_warm: Option<std::time::Duration>,
     /// Cores the server runs on (a local server): connection threads are not pinned there.
     pub server_cores: Vec<usize>,
     /// `NAME=ID` symbol mappings.
@@ -173,6 +176,14 @@ pub fn run(socket: &Path, opts: &ReplayOptions, signals: Option<&Path>) -> Resul
     if let Some(r) = opts.rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
         return Err(format!("--rate {r}: requests per second must be a positive number"));
     }
+    if opts.keep_warm.is_some_and(|d| d.is_zero()) {
+        return Err("--keep-warm-us must be at least 1 (microseconds of idle)".into());
+    }
+    if opts.keep_warm.is_some() && opts.client_poll == ClientPoll::Block {
+        return Err(
+            "--keep-warm-us needs --client-poll spin (a blocked thread sleeps and warms nothing)".into()
+        );
+    }
     let mut symbols = SymbolTable::new(&opts.symbols)?;
     let connections = opts.connections.max(1);
     let mut conns = Vec::with_capacity(connections);
@@ -205,7 +216,7 @@ pub fn run(socket: &Path, opts: &ReplayOptions, signals: Option<&Path>) -> Resul
     let read_ahead = (READ_AHEAD_EVENTS / connections).max(4 * window).max(1024).next_power_of_two();
     let client_cores = client_cores(connections, &opts.server_cores);
     let start = now_ns() + 2_000_000; // every connection starts on the same clock
-    let plan = Arc::new(drive::Plan { start, window, poll: opts.client_poll });
+    let plan = Arc::new(drive::Plan { start, window, poll: opts.client_poll, keep_warm: opts.keep_warm });
 
     let mut job_tx = Vec::with_capacity(connections);
     let mut done_rx = Vec::with_capacity(connections);

@@ -73,6 +73,8 @@ pub struct Summary {
     pub open_loop: bool,
     /// How the connection threads waited, and where they ran (`None`: not pinned).
     pub client_poll: super::ClientPoll,
+    /// `--keep-warm-us` of the connection threads (`None`: off).
+    pub keep_warm_us: Option<u64>,
     pub client_cores: Vec<Option<usize>>,
     /// Events read ahead of the senders per connection: replay's memory bound.
     pub read_ahead_events: usize,
@@ -143,6 +145,7 @@ pub fn summarize(run: &ReplayRun, opts: &super::ReplayOptions) -> Summary {
         transport: opts.transport,
         open_loop: run.open_loop,
         client_poll: opts.client_poll,
+        keep_warm_us: opts.keep_warm.map(|d| d.as_micros() as u64),
         client_cores: run.client_cores.clone(),
         read_ahead_events: run.read_ahead,
         schedule_lag_ns,
@@ -366,8 +369,9 @@ pub fn print(s: &Summary) -> String {
             "sched. lag µs p50 {p50}  p90 {p90}  p99 {p99}  p99.9 {p999}  max {max}  (actual − intended send: the client's share)\n"
         );
     }
+    let warm = s.keep_warm_us.map_or(String::new(), |us| format!(", kept warm after {us} µs idle"));
     out += &format!(
-        "client       {} connection thread(s), {:?} polling, {}\n",
+        "client       {} connection thread(s), {:?} polling{warm}, {}\n",
         s.connections,
         s.client_poll,
         cores.join(", ")

@@ -66,6 +66,12 @@ pub struct ServeOptions {
     /// Adaptive polling: microseconds to spin after the last work before blocking [default: 200].
     #[arg(long)]
     pub spin_us: Option<u64>,
+    /// While idle this many microseconds, exercise the hot path (one model run on a made-up
+    /// request, one round trip through a private socket pair) to keep it in cache: on a VM
+    /// an idle spinning thread's cache goes cold in milliseconds. Needs --poll spin or
+    /// adaptive (warms only while spinning). e.g. 50 [default: off].
+    #[arg(long)]
+    pub keep_warm_us: Option<u64>,
     /// Core for the I/O (or inline) thread [default: from the affinity mask, isolated cores first].
     #[arg(long)]
     pub io_core: Option<usize>,
@@ -226,6 +232,17 @@ impl ServeOptions {
         if max_inflight == 0 || max_inflight > 65_536 {
             return Err("--max-inflight must be in 1..=65536".into());
         }
+        let poll = self.poll.unwrap_or(PollMode::Spin);
+        let keep_warm = match self.keep_warm_us {
+            None => None,
+            Some(0) => return Err("--keep-warm-us must be at least 1 (microseconds of idle)".into()),
+            Some(_) if poll == PollMode::Block => {
+                return Err("--keep-warm-us needs a spinning thread: --poll spin or adaptive (a blocked \
+                            thread sleeps and warms nothing)"
+                    .into())
+            }
+            Some(us) => Some(Duration::from_micros(us)),
+        };
         let provider = match self.provider.unwrap_or(ProviderName::Cpu) {
             ProviderName::Cpu => ExecutionProvider::Cpu,
             ProviderName::Cuda => ExecutionProvider::Cuda { device_id: self.device_id.unwrap_or(0) },
@@ -253,8 +270,9 @@ impl ServeOptions {
             model,
             socket,
             mode: self.mode.unwrap_or(Mode::Auto),
-            poll: self.poll.unwrap_or(PollMode::Spin),
+            poll,
             spin: Duration::from_micros(self.spin_us.unwrap_or(200)),
+            keep_warm,
             io_core: self.io_core,
             worker_core: self.worker_core,
             pin: !self.no_pin.unwrap_or(false),
@@ -309,6 +327,8 @@ pub struct ServerConfig {
     pub poll: PollMode,
     /// Adaptive polling's spin window.
     pub spin: Duration,
+    /// `--keep-warm-us`: idle time after which a spinning hot thread warms its path.
+    pub keep_warm: Option<Duration>,
     pub io_core: Option<usize>,
     pub worker_core: Option<usize>,
     pub pin: bool,
@@ -385,6 +405,7 @@ mod tests {
         ("mode", "\"pipeline\""),
         ("poll", "\"adaptive\""),
         ("spin_us", "77"),
+        ("keep_warm_us", "50"),
         ("io_core", "1"),
         ("worker_core", "0"),
         ("no_pin", "true"),
@@ -465,6 +486,7 @@ mod tests {
         let record = crate::record::RecordOptions { overwrite: true, max_bytes: Some(1_000_000) };
         assert_eq!(cfg.record_options, record);
         assert_eq!((cfg.lock_memory, cfg.rt_priority), (true, Some(40)));
+        assert_eq!(cfg.keep_warm, Some(Duration::from_micros(50)));
         assert_eq!(
             (cfg.mode, cfg.poll, cfg.spin),
             (Mode::Pipeline, PollMode::Adaptive, Duration::from_micros(77))
@@ -500,6 +522,12 @@ mod tests {
         assert_eq!((open.policy.mode, open.control_policy.mode), (0o666, 0o600));
         assert!(open.policy.allow_uids.is_empty());
         assert!(!open.control_policy.admits(&crate::sys::PeerCred { pid: 1, uid: 54321, gid: 54321 }));
+        let e = ServeOptions { keep_warm_us: Some(0), ..base() }.resolve().unwrap_err();
+        assert!(e.contains("--keep-warm-us"), "{e}");
+        let e = ServeOptions { keep_warm_us: Some(50), poll: Some(PollMode::Block), ..base() }
+            .resolve()
+            .unwrap_err();
+        assert!(e.contains("--keep-warm-us") && e.contains("--poll spin or adaptive"), "{e}");
         let e = ServeOptions { model: None, ..base() }.resolve().unwrap_err();
         assert!(e.contains("--model"), "{e}");
     }

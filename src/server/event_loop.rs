@@ -38,21 +38,27 @@ impl IoLoop {
         loop {
             let timeout = if self.deferred.is_empty() { self.poll_timeout() } else { Some(Duration::ZERO) };
             self.spinning = timeout == Some(Duration::ZERO);
-            self.poll_once(timeout)?;
+            let events = self.poll_once(timeout)?;
             self.disarm_doorbells();
             self.read_deferred();
             self.read_rings();
-            self.advance();
+            let routed = self.advance();
+            if self.spinning {
+                self.keep_warm(events + routed > 0);
+            }
             if self.shared.shutdown.is_triggered() {
                 return self.drain();
             }
         }
     }
 
-    /// Everything after the poll: stage work, routing, flushing, stats.
-    pub(super) fn advance(&mut self) {
+    /// Everything after the poll: stage work, routing, flushing, stats. Returns how many
+    /// answers were routed.
+    pub(super) fn advance(&mut self) -> usize {
+        let mut routed = 0;
         loop {
             let moved = self.exchange();
+            routed += moved;
             self.resume_paused();
             if moved == 0 {
                 break;
@@ -62,6 +68,28 @@ impl IoLoop {
         self.tick();
         self.refresh_model_info();
         self.retry_accept();
+        routed
+    }
+
+    /// `--keep-warm-us`, after an iteration that spun: note work, or once idle for the
+    /// interval warm the path — a socket round trip on a private pair and (inline) one
+    /// model run (see [`crate::keep_warm`]). One branch when off.
+    fn keep_warm(&mut self, worked: bool) {
+        let Some(kw) = &mut self.keep_warm else { return };
+        let now = now_ns();
+        if worked {
+            kw.worked(now);
+            return;
+        }
+        if !kw.due(now) {
+            return;
+        }
+        match &mut self.stage {
+            Stage::Inline { scorer, .. } => scorer.keep_warm(&mut self.stats),
+            // The worker warms the model on its own; this thread warms its sockets.
+            Stage::Pipeline(_) => self.stats.keep_warm_runs += 1,
+        }
+        kw.socket_round_trip();
     }
 
     /// After a reload swap (by this thread or the worker), new connections are told the
@@ -105,7 +133,8 @@ impl IoLoop {
         Some(if self.accept_retry_at.is_some() { ACCEPT_RETRY } else { Duration::from_millis(200) })
     }
 
-    pub(super) fn poll_once(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+    /// One poll and the handling of its events; returns how many there were.
+    pub(super) fn poll_once(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
         loop {
             match self.poll.poll(&mut self.events, timeout) {
                 Ok(()) => break,
@@ -150,7 +179,7 @@ impl IoLoop {
         if n > 0 && self.cfg.poll == PollMode::Adaptive {
             self.last_work = now_ns();
         }
-        Ok(())
+        Ok(n)
     }
 
     pub(super) fn mark_dirty(&mut self, slot: usize) {

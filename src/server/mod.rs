@@ -207,6 +207,12 @@ pub fn run(
         cfg.poll
     );
 
+    if let Some(every) = cfg.keep_warm {
+        log::info!(
+            "keep-warm: after {every:?} idle, a spinning hot thread runs the model on a made-up request and a \
+             socket round trip on a private pair"
+        );
+    }
     // Bind first: a live server on the path is refused before the model loads. A socket
     // handed over by systemd is served as it is: its file, owner and mode are the unit's.
     let (std_listener, socket_file) = match cfg.inherited_listener.take() {
@@ -314,6 +320,7 @@ pub fn run(
         ready: Vec::with_capacity(256),
         ticks: 0,
         spinning: false,
+        keep_warm: cfg.keep_warm.map(crate::keep_warm::KeepWarm::new).transpose()?,
         cfg,
     };
     // Warm and allocated: lock the pages and raise the hot threads now, before anyone is told.
@@ -427,6 +434,8 @@ struct IoLoop {
     ticks: u64,
     /// This iteration polled without blocking.
     spinning: bool,
+    /// `--keep-warm-us`: when to warm, and this thread's private socket pair.
+    keep_warm: Option<crate::keep_warm::KeepWarm>,
     /// Where requests read (from a socket or a ring) go: recorder, checks, in-flight bound.
     intake: reading::Intake,
     cfg: ServerConfig,

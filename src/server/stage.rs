@@ -50,6 +50,11 @@ pub struct Scorer {
     preds: Vec<Option<Prediction>>,
     /// Non-finite outputs are logged at most once a second.
     nonfinite_log: RateLimited,
+    /// `--keep-warm-us`: the made-up request a keep-warm run scores, and that run's own
+    /// one-symbol state (the serving state never sees it).
+    warm_req: MlRequest,
+    warm_state: State,
+    warm_log: RateLimited,
 }
 
 impl Scorer {
@@ -67,6 +72,9 @@ impl Scorer {
         }
         Scorer {
             state,
+            warm_req: engine.warm_request(0),
+            warm_state: engine.new_state(1),
+            warm_log: RateLimited::new(1_000_000_000),
             statuses: Vec::with_capacity(SPAN),
             model_version: engine.info().version,
             engine,
@@ -110,11 +118,28 @@ impl Scorer {
             self.state = self.engine.new_state(self.state.max_symbols());
         }
         self.model_version = self.engine.info().version;
+        self.warm_req = self.engine.warm_request(0);
+        if self.engine.state_spec() != self.warm_state.spec() {
+            self.warm_state = self.engine.new_state(1);
+        }
         if self.engine.max_batch() != self.max_batch {
             self.max_batch = self.engine.max_batch();
             self.batch = Vec::with_capacity(self.max_batch);
             self.preds = vec![None; self.max_batch];
         }
+    }
+
+    /// `--keep-warm-us`: one model run on a made-up request, with its own state, the
+    /// output dropped — keeps the model's code and weights in cache while no request
+    /// comes (see [`crate::keep_warm`]). Counted in `stats.keep_warm_runs`, in no
+    /// latency histogram. No allocation.
+    pub fn keep_warm(&mut self, stats: &mut Stats) {
+        if let Err(e) = self.engine.run_rows(std::slice::from_ref(&self.warm_req), &mut self.warm_state) {
+            if let Some(left_out) = self.warm_log.event(now_ns()) {
+                log::error!("keep-warm model run failed: {e} ({left_out} more such lines left out)");
+            }
+        }
+        stats.keep_warm_runs += 1;
     }
 
     /// Score `jobs` and call `emit` once per job, in order. Runnable jobs are

@@ -46,6 +46,7 @@ impl Worker {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (model_path, engine_opts, poll, spin, max_symbols) =
             (cfg.model.clone(), cfg.engine.clone(), cfg.poll, cfg.spin, cfg.max_symbols);
+        let keep_warm_ns = cfg.keep_warm.map(|d| d.as_nanos() as u64);
         let (wb, ib, st) = (worker_bell.clone(), io_bell.clone(), stop.clone());
         let control = shared.clone();
         let thread = std::thread::Builder::new().name("tickinfer-worker".into()).spawn(move || {
@@ -65,6 +66,7 @@ impl Worker {
             let mut jobs = Vec::with_capacity(max_batch);
             let mut stats = Stats::default();
             let mut last_work = now_ns();
+            let mut last_warm = now_ns();
             let mut last_publish = now_ns();
             loop {
                 // Every turn, jobs or not: an idle worker takes a reload at once (one atomic load).
@@ -82,6 +84,11 @@ impl Worker {
                         PollMode::Block => false,
                     };
                     if spin_more {
+                        // --keep-warm-us: one model run once idle that long (crate::keep_warm).
+                        if keep_warm_ns.is_some_and(|every| now_ns() - last_work.max(last_warm) >= every) {
+                            scorer.keep_warm(&mut stats);
+                            last_warm = now_ns();
+                        }
                         std::hint::spin_loop();
                     } else {
                         wb.announce_sleep();

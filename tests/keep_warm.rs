@@ -1,0 +1,79 @@
+//! `serve --keep-warm-us`: warm-ups run while idle and never change an answer — not
+//! the stateful features, not a window or recurrent model's memory, in either mode —
+//! and they are counted. (What they buy in latency is measured by
+//! `tests/replay_open_loop.rs` and quoted in the README, not asserted here.)
+mod util;
+
+use std::path::Path;
+use std::time::Duration;
+
+use util::repo_root;
+use util::server::{Client, Server};
+
+/// `(direction, confidence, target, status, flags)` of each answer.
+type Answer = (i8, u8, i64, u16, u16);
+
+/// The same stream of requests for symbols 0..3 (0 is the symbol a keep-warm run's
+/// made-up request carries), in bursts of 8 with 2 ms of idle between them: answers, in
+/// order, and the server's keep-warm run count.
+fn answers(model: &Path, mode: &str, keep_warm: bool) -> (Vec<Answer>, u64) {
+    // Adaptive: spins 20 ms after each burst (warm-ups run then), blocks once the test is done.
+    let mut args = vec!["--model", model.to_str().unwrap(), "--mode", mode, "--poll", "adaptive"];
+    args.extend(["--spin-us", "20000", "--stats-interval-s", "0"]);
+    if keep_warm {
+        args.extend(["--keep-warm-us", "1"]);
+    }
+    let server = Server::start(&args);
+    if keep_warm {
+        assert!(server.log().contains("keep-warm: after 1µs idle"), "{}", server.log());
+    }
+    let mut c = Client::connect(&server.socket).unwrap();
+    let mut out = Vec::new();
+    for burst in 0..24u64 {
+        for k in 0..8u64 {
+            let i = burst * 8 + k;
+            let req = util::stream_request(i, (i % 3) as u16);
+            c.send(&[req]).unwrap();
+            let r = c.recv().unwrap();
+            assert_eq!({ r.request_id }, { req.request_id });
+            out.push((r.direction, r.confidence, r.target_price, r.status, r.flags));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let n = out.len() as u64;
+    let stats = server.stats_when(|s| s["responses"].as_u64() == Some(n));
+    (out, stats["keep_warm_runs"].as_u64().unwrap())
+}
+
+#[test]
+fn warm_ups_never_change_an_answer() {
+    let models = [
+        ("stateful features", repo_root().join("tests/fixtures/models/stateful_linear.toml")),
+        ("recurrent step", repo_root().join("models/lobster_lstm_step.toml")),
+        ("window", repo_root().join("models/lobster_lstm_window.toml")),
+    ];
+    for (what, model) in &models {
+        for mode in ["inline", "pipeline"] {
+            let (cold, none) = answers(model, mode, false);
+            let (warm, runs) = answers(model, mode, true);
+            assert_eq!(none, 0, "{what}, {mode}: no keep-warm runs unless asked");
+            assert!(runs > 0, "{what}, {mode}: 2 ms idle gaps with --keep-warm-us 1 ran no warm-up");
+            assert!(cold.iter().all(|a| a.3 == 0), "{what}, {mode}: {cold:?}");
+            assert_eq!(cold, warm, "{what}, {mode}: an answer changed with {runs} warm-ups between them");
+            eprintln!("{what}, {mode}: {} answers identical; {runs} warm-ups ran between them", cold.len());
+        }
+    }
+}
+
+#[test]
+fn keep_warm_needs_a_spinning_thread() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tickinfer"))
+        .args(["serve", "--socket", "/nonexistent/t.sock", "--poll", "block", "--keep-warm-us", "50"])
+        .arg("--model")
+        .arg(repo_root().join("models/lobster_direction.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--keep-warm-us needs a spinning thread"), "{err}");
+}
