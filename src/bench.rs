@@ -650,6 +650,19 @@ fn timed_round_trips<C>(
     scale: i64,
     extras: u16,
     open: impl FnOnce() -> Result<C, String> + Send + 'static,
+    round_trip: impl FnMut(&mut C, &MlRequest) -> Result<MlResponse, String> + Send + 'static,
+) -> Result<Histogram<u64>, String> {
+    paced_round_trips(n, core, scale, extras, open, |_| {}, round_trip)
+}
+
+/// [`timed_round_trips`] with `idle` run before each request, untimed.
+fn paced_round_trips<C>(
+    n: usize,
+    core: usize,
+    scale: i64,
+    extras: u16,
+    open: impl FnOnce() -> Result<C, String> + Send + 'static,
+    mut idle: impl FnMut(&mut C) + Send + 'static,
     mut round_trip: impl FnMut(&mut C, &MlRequest) -> Result<MlResponse, String> + Send + 'static,
 ) -> Result<Histogram<u64>, String> {
     std::thread::spawn(move || -> Result<Histogram<u64>, String> {
@@ -657,6 +670,7 @@ fn timed_round_trips<C>(
         let mut c = open()?;
         let mut h = hist();
         for i in 0..(n + n / 10) as u64 {
+            idle(&mut c);
             let req = sample_request(scale, extras, i);
             let t0 = now_ns();
             let resp = round_trip(&mut c, &req)?;
@@ -761,45 +775,31 @@ fn sparse(
 ) -> Result<Histogram<u64>, String> {
     let server = local_server(model, PollMode::Spin, server_core, keep_warm)?;
     let socket = server.socket.clone();
-    let n = n.min(2_000);
-    let h = std::thread::spawn(move || -> Result<Histogram<u64>, String> {
-        pin(client_core);
-        let (mut s, _) = crate::replay::connect(&socket)?;
+    let open = move || -> Result<(UnixStream, Option<crate::keep_warm::KeepWarm>), String> {
+        let (s, _) = crate::replay::connect(&socket)?;
         s.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let mut warm =
-            keep_warm.map(crate::keep_warm::KeepWarm::new).transpose().map_err(|e| e.to_string())?;
-        let mut h = hist();
-        let mut buf = [0u8; RESPONSE_SIZE];
-        for i in 0..(n + n / 10) as u64 {
-            let until = now_ns() + SPARSE_GAP_NS;
-            while now_ns() < until {
-                match warm.as_mut() {
-                    Some(w) if w.due(now_ns()) => w.socket_round_trip(),
-                    _ => std::hint::spin_loop(),
-                }
-            }
-            let req = sample_request(scale, extras, i);
-            let t0 = now_ns();
-            write_all_spin(&mut s, bytemuck::bytes_of(&req))?;
-            read_exact_spin(&mut s, &mut buf)?;
-            let t1 = now_ns();
-            if let Some(w) = warm.as_mut() {
-                w.worked(t1);
-            }
-            let resp: MlResponse = bytemuck::pod_read_unaligned(&buf);
-            if { resp.request_id } != i || resp.status != 0 {
-                return Err(format!("bad answer to {i}: id {} status {}", { resp.request_id }, {
-                    resp.status
-                }));
-            }
-            if i as usize >= n / 10 {
-                h.saturating_record(t1 - t0);
+        let warm = keep_warm.map(crate::keep_warm::KeepWarm::new).transpose().map_err(|e| e.to_string())?;
+        Ok((s, warm))
+    };
+    // Spin out the gap, warming when asked.
+    let idle = |(_, warm): &mut (UnixStream, Option<crate::keep_warm::KeepWarm>)| {
+        let until = now_ns() + SPARSE_GAP_NS;
+        while now_ns() < until {
+            match warm.as_mut() {
+                Some(w) if w.due(now_ns()) => w.socket_round_trip(),
+                _ => std::hint::spin_loop(),
             }
         }
-        Ok(h)
-    })
-    .join()
-    .map_err(|_| "client panicked".to_string())?;
+    };
+    let h = paced_round_trips(n.min(2_000), client_core, scale, extras, open, idle, |(s, warm), req| {
+        let mut buf = [0u8; RESPONSE_SIZE];
+        write_all_spin(s, bytemuck::bytes_of(req))?;
+        read_exact_spin(s, &mut buf)?;
+        if let Some(w) = warm.as_mut() {
+            w.worked(now_ns());
+        }
+        Ok(bytemuck::pod_read_unaligned(&buf))
+    });
     server.stop()?;
     h
 }
