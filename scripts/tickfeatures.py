@@ -2,19 +2,21 @@
 
 This mirrors src/features.rs and src/state.rs exactly (float64 arithmetic, cast to float32 after
 normalisation): the parity tests depend on it. Request fields are the wire's:
-prices fixed-point at `price_scale`, sizes plain counts, book_imbalance scaled
-by IMBALANCE_SCALE.
+prices fixed-point at `price_scale`, sizes fixed-point at `size_scale` (default 1: plain
+counts; every size, level 1 and the depth block, is read × 1/size_scale as features.rs
+does), book_imbalance scaled by IMBALANCE_SCALE.
 """
 IMBALANCE_SCALE = 1_000_000.0
 
 
-def feature_column(name, r, price_scale):
+def feature_column(name, r, price_scale, size_scale=1):
     """One named feature over a dict of request-field arrays `r` (float64)."""
     import numpy as np
+    inv_size = 1.0 / size_scale
     bid = r["bid_price"] / price_scale
     ask = r["ask_price"] / price_scale
-    bsz = r["bid_size"].astype(np.float64)
-    asz = r["ask_size"].astype(np.float64)
+    bsz = r["bid_size"].astype(np.float64) * inv_size
+    asz = r["ask_size"].astype(np.float64) * inv_size
     mid = (bid + ask) / 2.0
     tot = bsz + asz
     safe_tot = np.where(tot > 0, tot, 1.0)
@@ -27,7 +29,9 @@ def feature_column(name, r, price_scale):
         f = r["features"].astype(np.float32).astype(np.float64)
 
         def lv(level, field, top):
-            return top if level < 2 else f[:, depth_index(level) + field]
+            if level < 2:
+                return top
+            return f[:, depth_index(level) + field] * (inv_size if field in (1, 3) else 1.0)
         if kind == "depth_imbalance":
             b, a = bsz, asz
             for level in range(2, k + 1):
@@ -54,10 +58,10 @@ def feature_column(name, r, price_scale):
     return table[name]()
 
 
-def feature_matrix(names, r, price_scale, mean=None, std=None):
+def feature_matrix(names, r, price_scale, mean=None, std=None, size_scale=1):
     """(n, len(names)) float32 model input, normalised with mean/std if given."""
     import numpy as np
-    cols = np.stack([feature_column(n, r, price_scale) for n in names], axis=1)
+    cols = np.stack([feature_column(n, r, price_scale, size_scale) for n in names], axis=1)
     if mean is not None:
         cols = (cols - np.asarray(mean, dtype=np.float64)) / np.asarray(std, dtype=np.float64)
     return cols.astype(np.float32)
@@ -75,11 +79,12 @@ BENCH_FEATURES = ["spread_bps", "size_imbalance", "microprice_offset_bps", "log_
 
 
 def classifier_manifest(writer, name, onnx, description, features, mean=None, std=None, output="probabilities",
-                        sequence=None, horizon=None, price_scale=10_000):
+                        sequence=None, horizon=None, price_scale=10_000, size_scale=1):
     """A tickinfer manifest (TOML text) for a sell/flat/buy classifier with input `x`;
     `sequence`: the body of a `[sequence]` section, if any; `writer`: the script's name."""
     norm = f"mean = {toml_list(mean)}\nstd = {toml_list(std)}\n" if mean is not None else ""
     hz = f"horizon_events = {horizon}\n" if horizon else ""
+    sz = f"size_scale = {size_scale}\n" if size_scale != 1 else ""
     seq = f"\n[sequence]\n{sequence}\n" if sequence else ""
     return f"""# Written by scripts/{writer}.
 [model]
@@ -87,7 +92,7 @@ name = "{name}"
 version = 1
 onnx = "{onnx}"
 price_scale = {price_scale}
-{hz}description = "{description}"
+{sz}{hz}description = "{description}"
 
 [input]
 name = "x"
@@ -172,10 +177,10 @@ class SymbolState:
         return [self.back(b) for b in range(m - 1, -1, -1)]
 
 
-def update(st, r, inv, alphas, taus):
+def update(st, r, inv, alphas, taus, inv_size=1.0):
     bid = float(r["bid_price"]) * inv
     ask = float(r["ask_price"]) * inv
-    bsz, asz = float(r["bid_size"]), float(r["ask_size"])
+    bsz, asz = float(r["bid_size"]) * inv_size, float(r["ask_size"]) * inv_size
     mid = (bid + ask) * 0.5
     ts = r["timestamp_ns"]
     if st.count == 0:
@@ -208,32 +213,33 @@ def update(st, r, inv, alphas, taus):
     st.dt_ms = dt_ms
 
 
-def depth_value(kind, k, r, bid, ask, bsz, asz):
+def depth_value(kind, k, r, bid, ask, bsz, asz, inv_size=1.0):
     """A depth feature at level k, as features.rs computes it (sizes summed level 1 first)."""
     f = r["features"]
     if kind == "depth_imbalance":
         b, a = bsz, asz
         for level in range(2, k + 1):
-            b, a = b + float(f[depth_index(level) + 1]), a + float(f[depth_index(level) + 3])
+            i = depth_index(level)
+            b, a = b + float(f[i + 1]) * inv_size, a + float(f[i + 3]) * inv_size
         return (b - a) / (b + a) if b + a > 0.0 else 0.0
     if k < 2:
         return {"bid_px": bid, "ask_px": ask, "bid_sz": bsz, "ask_sz": asz}[kind]
     i = depth_index(k)
     return {"bid_px": lambda: bid - float(f[i]), "ask_px": lambda: ask + float(f[i + 2]),
-            "bid_sz": lambda: float(f[i + 1]), "ask_sz": lambda: float(f[i + 3])}[kind]()
+            "bid_sz": lambda: float(f[i + 1]) * inv_size, "ask_sz": lambda: float(f[i + 3]) * inv_size}[kind]()
 
 
-def stateless_value(kind, r, inv, level=0):
+def stateless_value(kind, r, inv, level=0, inv_size=1.0):
     bid = float(r["bid_price"]) * inv
     ask = float(r["ask_price"]) * inv
-    bsz, asz = float(r["bid_size"]), float(r["ask_size"])
+    bsz, asz = float(r["bid_size"]) * inv_size, float(r["ask_size"]) * inv_size
     mid = (bid + ask) * 0.5
     tot = bsz + asz
     micro = (bid * asz + ask * bsz) / tot if tot > 0 else mid
     if kind.startswith("extra:"):
         return float(r["features"][int(kind.split(":")[1])])
     if kind in DEPTH:
-        return depth_value(kind, level, r, bid, ask, bsz, asz)
+        return depth_value(kind, level, r, bid, ask, bsz, asz, inv_size)
     return {
         "bid_price": lambda: bid, "ask_price": lambda: ask, "bid_size": lambda: bsz, "ask_size": lambda: asz,
         "book_imbalance": lambda: r["book_imbalance"] / IMBALANCE_SCALE, "mid": lambda: mid,
@@ -253,9 +259,9 @@ def f32(x):
         return math.copysign(math.inf, x)
 
 
-def stateful_rows(names, requests, price_scale, mean=None, std=None):
+def stateful_rows(names, requests, price_scale, mean=None, std=None, size_scale=1):
     """Rows (lists of float32 values as Python floats) and warming flags for `requests`
-    (dicts of the wire fields, in the order the server scores them)."""
+    (dicts of the wire fields, sizes at `size_scale`, in the order the server scores them)."""
     feats = [parse_feature(n) for n in names]
     cap, alphas, taus, hist = state_spec(feats)
     # Accumulator of each EWMA / rate feature, in row order (EWMAs first), as features.rs numbers them.
@@ -265,13 +271,13 @@ def stateful_rows(names, requests, price_scale, mean=None, std=None):
             acc_of[k], ei = ei, ei + 1
         elif f[0] == "event_rate":
             acc_of[k], ri = len(alphas) + ri, ri + 1
-    inv = 1.0 / price_scale
+    inv, inv_size = 1.0 / price_scale, 1.0 / size_scale
     states, rows, warming = {}, [], []
     for r in requests:
         st = states.get(r["symbol_id"])
         if st is None:
             st = states[r["symbol_id"]] = SymbolState(cap, len(alphas) + len(taus))
-        update(st, r, inv, alphas, taus)
+        update(st, r, inv, alphas, taus, inv_size)
         row = []
         for k, (kind, n) in enumerate(feats):
             if kind == "mid_return_bps":
@@ -296,7 +302,7 @@ def stateful_rows(names, requests, price_scale, mean=None, std=None):
             elif kind == "time_since_last_ms":
                 x = st.dt_ms
             else:
-                x = stateless_value(kind, r, inv, n)
+                x = stateless_value(kind, r, inv, n, inv_size)
             if mean is not None:
                 x = (x - mean[k]) / std[k]
             row.append(f32(x))
@@ -308,12 +314,13 @@ def stateful_rows(names, requests, price_scale, mean=None, std=None):
 LOBSTER_DUMMY = 9999999999
 
 
-def read_lobster(path, limit=None):
+def read_lobster(path, limit=None, size_scale=1):
     """Requests from a LOBSTER pair (zip or *_message_N.csv), as `tickinfer replay` reads them:
     type-7 halts and dummy best levels skipped; ts = midnight of the file's date + round(secs·1e9);
     the ticker gets symbol 0; prices at scale 10 000; levels 2..5 of a level-N file in
     features[] (distances from level 1 in price units, float32; an empty level: size 0 and
-    the price of the level above), n_features covering them."""
+    the price of the level above), n_features covering them. Sizes (every level's) fixed point at
+    `size_scale`, as replay delivers them to a model with that size_scale."""
     import datetime
     import os
     import zipfile
@@ -361,9 +368,13 @@ def read_lobster(path, limit=None):
             i = depth_index(level)
             # As MlRequest::set_level: integer distance / scale in float64, then float32.
             feats[i:i + 4] = [f32((bid - pb) / 10_000.0), f32(float(bz)), f32((pa - ask) / 10_000.0), f32(float(az))]
+            if size_scale != 1:
+                # As replay's rescale_sizes: the float32 size × to / from in float64, then float32.
+                feats[i + 1] = f32(feats[i + 1] * float(size_scale) / 1.0)
+                feats[i + 3] = f32(feats[i + 3] * float(size_scale) / 1.0)
             deepest = level
         out.append({"timestamp_ns": day_ns + int(ns), "symbol_id": 0, "bid_price": bid, "ask_price": ask,
-                    "bid_size": bsz, "ask_size": asz, "book_imbalance": imb, "features": feats,
+                    "bid_size": bsz * size_scale, "ask_size": asz * size_scale, "book_imbalance": imb, "features": feats,
                     "n_features": 4 * (deepest - 1)})
         if limit is not None and len(out) == limit:
             break
@@ -372,12 +383,15 @@ def read_lobster(path, limit=None):
 
 if __name__ == "__main__":
     # Stateful rows over a LOBSTER file, as JSON (used by the live parity test):
-    #   python3 scripts/tickfeatures.py LOBSTER.zip PRICE_SCALE LIMIT FEATURE...
+    #   python3 scripts/tickfeatures.py LOBSTER.zip PRICE_SCALE LIMIT [--size-scale N] FEATURE...
     import json
     import sys
     path, scale, limit, names = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
-    reqs = read_lobster(path, limit)
-    rows, warming = stateful_rows(names, reqs, scale)
+    size_scale = 1
+    if names[:1] == ["--size-scale"]:
+        size_scale, names = int(names[1]), names[2:]
+    reqs = read_lobster(path, limit, size_scale)
+    rows, warming = stateful_rows(names, reqs, scale, size_scale=size_scale)
     bits = [[struct.unpack("<I", struct.pack("<f", v))[0] for v in row] for row in rows]
     json.dump({"requests": [[r["timestamp_ns"], r["bid_price"], r["ask_price"], r["bid_size"], r["ask_size"]]
                             for r in reqs], "rows": bits, "warming": warming}, sys.stdout)

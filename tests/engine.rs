@@ -289,7 +289,7 @@ fn stateful_answers_are_the_same_at_batch_1_and_32() {
 #[test]
 fn stateful_features_match_the_twin_over_the_real_lobster_day_when_present() {
     let manifest = Manifest::load(&repo_root().join("tests/fixtures/models/stateful_linear.toml")).unwrap();
-    live_twin_parity("LOBSTER_SampleFile_AMZN_2012-06-21_1.zip", &manifest.feature_names);
+    live_twin_parity("LOBSTER_SampleFile_AMZN_2012-06-21_1.zip", &manifest.feature_names, 1);
 }
 
 /// Depth parity over the real 5-level AMZN day (155 935 events: LOBSTER's level-5 file),
@@ -297,14 +297,31 @@ fn stateful_features_match_the_twin_over_the_real_lobster_day_when_present() {
 #[test]
 fn depth_features_match_the_twin_over_the_real_5_level_lobster_day_when_present() {
     let manifest = Manifest::load(&repo_root().join("tests/fixtures/models/depth_linear.toml")).unwrap();
-    live_twin_parity("LOBSTER_SampleFile_AMZN_2012-06-21_5.zip", &manifest.feature_names);
+    live_twin_parity("LOBSTER_SampleFile_AMZN_2012-06-21_5.zip", &manifest.feature_names, 1);
+}
+
+/// The stateful and depth features with sizes fixed point at size_scale 1000 (every level's
+/// size × 1000 on the wire, × 1/1000 in the features), Rust against the twin, bit for bit,
+/// over the real 5-level day. Skips, saying so, without `../shared/data` or `python3`.
+#[test]
+fn features_at_a_size_scale_match_the_twin_over_the_real_5_level_lobster_day_when_present() {
+    let mut names: Vec<String> = Vec::new();
+    for fixture in ["stateful_linear", "depth_linear"] {
+        let path = repo_root().join(format!("tests/fixtures/models/{fixture}.toml"));
+        for name in Manifest::load(&path).unwrap().feature_names {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    live_twin_parity("LOBSTER_SampleFile_AMZN_2012-06-21_5.zip", &names, 1000);
 }
 
 /// Every event of `../shared/data/lobster/<file>`: the Rust reader + state + features
-/// (unnormalised) against the live twin's rows, bit for bit.
-fn live_twin_parity(file: &str, names: &[String]) {
-    use tickinfer::replay::source::{self, Format, SymbolTable};
-    let what = format!("feature parity over the real LOBSTER file {file}");
+/// (unnormalised) against the live twin's rows, bit for bit, sizes at `size_scale`.
+fn live_twin_parity(file: &str, names: &[String], size_scale: i64) {
+    use tickinfer::replay::source::{self, Format, LoadOptions, SymbolTable};
+    let what = format!("feature parity over the real LOBSTER file {file} at size_scale {size_scale}");
     let data = repo_root().join("../shared/data/lobster").join(file);
     if !data.exists() {
         util::skip(&what, "../shared/data/lobster is not present");
@@ -313,7 +330,7 @@ fn live_twin_parity(file: &str, names: &[String]) {
     let out = match std::process::Command::new("python3")
         .arg(repo_root().join("scripts/tickfeatures.py"))
         .arg(&data)
-        .args(["10000", "1000000000"])
+        .args(["10000", "1000000000", "--size-scale", &size_scale.to_string()])
         .args(names)
         .output()
     {
@@ -325,11 +342,13 @@ fn live_twin_parity(file: &str, names: &[String]) {
         }
     };
     let twin: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let stream = source::load(&data, Format::Lobster, &mut SymbolTable::new(&[]).unwrap()).unwrap();
+    let opts = LoadOptions { size_scale, ..Default::default() };
+    let stream =
+        source::load_with(&data, Format::Lobster, &mut SymbolTable::new(&[]).unwrap(), &opts).unwrap();
     let rows = twin["rows"].as_array().unwrap();
     assert_eq!(rows.len(), stream.events.len(), "both readers see the same events");
     // Unnormalised rows (the twin was run without mean/std): a map without them.
-    let raw = FeatureMap::new(names, None, None, 10_000).unwrap();
+    let raw = FeatureMap::new(names, None, None, 10_000).unwrap().with_size_scale(size_scale).unwrap();
     let mut state = tickinfer::state::State::new(raw.state_spec().clone(), 1);
     let mut row = vec![0f32; names.len()];
     for (i, (ev, want)) in stream.events.iter().zip(rows).enumerate() {
