@@ -97,8 +97,10 @@ ts("Inference: one model run", "tickinfer_inference_seconds: one model run, per 
    lat("inference_seconds"), "s", 16, y)
 y += 8
 row("Traffic", y); y += 1
-ts("Answers per second by status", "tickinfer_responses_total by wire status (ok, badprice, overloaded, ...).",
-   [(f'sum by (status) (rate(tickinfer_responses_total{{{SEL}}}[$__rate_interval]))', "{{status}}")], "reqps", 0, y)
+ts("Answers per second by status", "tickinfer_responses_total by wire status (ok, badprice, overloaded, ...); "
+   "keep-warm runs per second while idle (--keep-warm-us; 0 when off or busy).",
+   [(f'sum by (status) (rate(tickinfer_responses_total{{{SEL}}}[$__rate_interval]))', "{{status}}"),
+    (rate("keep_warm_runs_total"), "keep-warm runs")], "reqps", 0, y)
 ts("Batch size", "Requests per model run: p50 / p99 from tickinfer_batch_size buckets, and the mean.",
    [(q("batch_size", 0.5).replace("tickinfer_batch_size_bucket", "tickinfer_batch_size_bucket"), "p50"),
     (q("batch_size", 0.99), "p99"),
