@@ -24,6 +24,18 @@ use std::time::Duration;
 
 use crate::wire::{REQUEST_SIZE, RESPONSE_SIZE};
 
+/// A keep-warm option (`flag`, in µs) as an interval: `None` when not given; refused when
+/// 0, or when the thread it would run on blocks instead of spinning (`spins` false;
+/// `needs` says what to set, e.g. "--client-poll spin").
+pub fn interval(flag: &str, us: Option<u64>, spins: bool, needs: &str) -> Result<Option<Duration>, String> {
+    match us {
+        None => Ok(None),
+        Some(0) => Err(format!("{flag} must be at least 1 (microseconds of idle)")),
+        Some(_) if !spins => Err(format!("{flag} needs {needs} (a blocked thread sleeps and warms nothing)")),
+        Some(us) => Ok(Some(Duration::from_micros(us))),
+    }
+}
+
 /// When to warm, and the private socket pair that warms the kernel's socket path.
 #[derive(Debug)]
 pub struct KeepWarm {

@@ -403,10 +403,12 @@ fn replay(args: ReplayArgs) -> Result<(), String> {
         (None, Some(model)) => {
             let mut cfg = tickinfer::server::ServerConfig::new(model, "unused");
             cfg.poll = args.server_poll;
-            cfg.keep_warm = args.server_keep_warm_us.map(std::time::Duration::from_micros);
-            if cfg.keep_warm.is_some() && cfg.poll == server::PollMode::Block {
-                return Err("--server-keep-warm-us needs --server-poll spin or adaptive".into());
-            }
+            cfg.keep_warm = tickinfer::keep_warm::interval(
+                "--server-keep-warm-us",
+                args.server_keep_warm_us,
+                cfg.poll != server::PollMode::Block,
+                "--server-poll spin or adaptive",
+            )?;
             cfg.stats_interval = std::time::Duration::ZERO;
             let local = tickinfer::replay::LocalServer::start(cfg)?;
             let opts = tickinfer::replay::ReplayOptions { server_cores: local.cores.clone(), ..opts };

@@ -775,13 +775,14 @@ fn replay_over_shared_memory_matches_the_socket() {
 #[test]
 fn impossible_pacing_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--window", "100000000"], "at most 65536"),
         (&["--rate", "0"], "must be a positive number"),
         (&["--rate=-5"], "must be a positive number"),
         (&["--keep-warm-us", "0"], "--keep-warm-us must be at least 1"),
         (&["--keep-warm-us", "50", "--client-poll", "block"], "--keep-warm-us needs --client-poll spin"),
         (&["--server-keep-warm-us", "50", "--server-poll", "block"], "--server-keep-warm-us needs"),
+        (&["--server-keep-warm-us", "0"], "--server-keep-warm-us must be at least 1"),
     ];
     for (args, said) in cases {
         let out = Command::new(env!("CARGO_BIN_EXE_tickinfer"))

@@ -176,14 +176,13 @@ pub fn run(socket: &Path, opts: &ReplayOptions, signals: Option<&Path>) -> Resul
     if let Some(r) = opts.rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
         return Err(format!("--rate {r}: requests per second must be a positive number"));
     }
-    if opts.keep_warm.is_some_and(|d| d.is_zero()) {
-        return Err("--keep-warm-us must be at least 1 (microseconds of idle)".into());
-    }
-    if opts.keep_warm.is_some() && opts.client_poll == ClientPoll::Block {
-        return Err(
-            "--keep-warm-us needs --client-poll spin (a blocked thread sleeps and warms nothing)".into()
-        );
-    }
+    let keep_warm_us = opts.keep_warm.map(|d| d.as_micros() as u64);
+    crate::keep_warm::interval(
+        "--keep-warm-us",
+        keep_warm_us,
+        opts.client_poll == ClientPoll::Spin,
+        "--client-poll spin",
+    )?;
     let mut symbols = SymbolTable::new(&opts.symbols)?;
     let connections = opts.connections.max(1);
     let mut conns = Vec::with_capacity(connections);

@@ -233,16 +233,12 @@ impl ServeOptions {
             return Err("--max-inflight must be in 1..=65536".into());
         }
         let poll = self.poll.unwrap_or(PollMode::Spin);
-        let keep_warm = match self.keep_warm_us {
-            None => None,
-            Some(0) => return Err("--keep-warm-us must be at least 1 (microseconds of idle)".into()),
-            Some(_) if poll == PollMode::Block => {
-                return Err("--keep-warm-us needs a spinning thread: --poll spin or adaptive (a blocked \
-                            thread sleeps and warms nothing)"
-                    .into())
-            }
-            Some(us) => Some(Duration::from_micros(us)),
-        };
+        let keep_warm = crate::keep_warm::interval(
+            "--keep-warm-us",
+            self.keep_warm_us,
+            poll != PollMode::Block,
+            "a spinning thread: --poll spin or adaptive",
+        )?;
         let provider = match self.provider.unwrap_or(ProviderName::Cpu) {
             ProviderName::Cpu => ExecutionProvider::Cpu,
             ProviderName::Cuda => ExecutionProvider::Cuda { device_id: self.device_id.unwrap_or(0) },
