@@ -1,7 +1,9 @@
 //! Helpers shared by the integration tests: the real server and a Rust client
-//! (`server`), parity fixtures, and a C/C++ compiler driver.
+//! (`server`), running the binary as another uid (`other_uid`), parity fixtures, and a
+//! C/C++ compiler driver.
 #![allow(dead_code)]
 
+pub mod other_uid;
 pub mod server;
 
 use std::path::{Path, PathBuf};
