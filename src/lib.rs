@@ -28,4 +28,5 @@ pub mod stats;
 mod sys;
 pub mod systemd;
 pub mod transport;
+pub mod verify;
 pub mod wire;

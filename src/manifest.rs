@@ -11,12 +11,16 @@
 //! size_scale = 1                        # fixed point of sizes (power of ten; default 1)
 //! horizon_events = 10                   # optional: the label's horizon (replay's signal quality)
 //! backend = "auto"                      # optional: "ort" | "native" | "auto" (README "Backends")
+//! verify_every = 1000                   # optional: re-run 1 in N native answers on ONNX Runtime (0: off)
+//! on_disagreement = "fallback"          # optional: "fallback" (switch to ONNX Runtime) | "log"
 //!
 //! [input]
 //! name = "input"                        # the model's input tensor, float32 [batch, n]
 //! features = ["spread_bps", "size_imbalance", "extra:0"]
 //! mean = [1.2, 0.0, 0.0]                # optional, with std: (x - mean) / std
 //! std = [0.8, 0.5, 1.0]
+//! min = [0.0, -1.0, -5.0]               # optional, with max: each feature's range in training
+//! max = [40.0, 1.0, 5.0]                # (raw units), the scale the load-time gate tests at
 //!
 //! [output]                              # classifier: float32 [batch, classes]
 //! kind = "classes"
@@ -109,6 +113,43 @@ struct ModelSection {
     horizon_events: Option<usize>,
     #[serde(default)]
     backend: Backend,
+    /// Re-run one native answer in this many on ONNX Runtime while serving (0: never).
+    #[serde(default = "default_verify_every")]
+    verify_every: u32,
+    #[serde(default)]
+    on_disagreement: OnDisagreement,
+}
+
+/// `verify_every` when the manifest says nothing: measured invisible on the hot path
+/// (README "Backends": the live verifier's cost).
+pub const DEFAULT_VERIFY_EVERY: u32 = 1000;
+
+fn default_verify_every() -> u32 {
+    DEFAULT_VERIFY_EVERY
+}
+
+/// What the live verifier does when a native answer differs from ONNX Runtime's
+/// (`[model] on_disagreement`, `serve --on-disagreement`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDisagreement {
+    /// Count, log, and switch the model to ONNX Runtime between two requests.
+    #[default]
+    Fallback,
+    /// Count and log only.
+    Log,
+}
+
+/// The scale of the model's real inputs, in model-input units (after normalisation), for
+/// the load-time gate's rows.
+#[derive(Clone, Debug, PartialEq)]
+pub enum InputScale {
+    /// `[input] min`/`max`: each feature's range, normalised when `mean`/`std` are given.
+    Ranges(Vec<(f64, f64)>),
+    /// `mean`/`std` without ranges: the model sees values around 0 of unit spread.
+    Normalized,
+    /// Neither: the model reads raw values of unknown scale.
+    Unknown,
 }
 
 fn unit_size_scale() -> i64 {
@@ -137,6 +178,8 @@ struct InputSection {
     features: Vec<String>,
     mean: Option<Vec<f64>>,
     std: Option<Vec<f64>>,
+    min: Option<Vec<f64>>,
+    max: Option<Vec<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -243,6 +286,43 @@ pub struct Manifest {
     pub sequence: Sequence,
     /// The manifest's backend choice (`serve --backend` overrides it).
     pub backend: Backend,
+    /// The scale of the model's inputs (`[input] min`/`max`, `mean`/`std`).
+    pub input_scale: InputScale,
+    /// Re-run one native answer in this many on ONNX Runtime (0: never; `serve --verify-every`).
+    pub verify_every: u32,
+    /// What a disagreement found while serving does (`serve --on-disagreement`).
+    pub on_disagreement: OnDisagreement,
+}
+
+/// `[input] min`/`max` (both or neither, one finite pair per feature, min <= max), in
+/// model-input units; else what `mean`/`std` say.
+fn input_scale(input: &InputSection) -> Result<InputScale, String> {
+    let n = input.features.len();
+    match (&input.min, &input.max) {
+        (None, None) if input.mean.is_some() => Ok(InputScale::Normalized),
+        (None, None) => Ok(InputScale::Unknown),
+        (Some(lo), Some(hi)) => {
+            if lo.len() != n || hi.len() != n {
+                return Err(format!("[input] min and max need one value per feature ({n})"));
+            }
+            let mut ranges = Vec::with_capacity(n);
+            for (f, (&a, &b)) in lo.iter().zip(hi).enumerate() {
+                if !(a.is_finite() && b.is_finite() && a <= b) {
+                    return Err(format!(
+                        "[input] feature {f}: min {a} and max {b} must be finite, min <= max"
+                    ));
+                }
+                let (m, s) = match (&input.mean, &input.std) {
+                    (Some(m), Some(s)) if m.len() == n && s.len() == n && s[f] != 0.0 => (m[f], s[f]),
+                    _ => (0.0, 1.0),
+                };
+                let (a, b) = ((a - m) / s, (b - m) / s);
+                ranges.push((a.min(b), a.max(b)));
+            }
+            Ok(InputScale::Ranges(ranges))
+        }
+        _ => Err("[input] min and max go together".into()),
+    }
 }
 
 /// Largest manifest file read (a real one is under a few KiB).
@@ -373,6 +453,7 @@ impl Manifest {
                 Sequence::Recurrent { state, warmup_events: warmup_events.unwrap_or(0) }
             }
         };
+        let input_scale = input_scale(&file.input).map_err(invalid)?;
         let onnx = if file.model.onnx.is_absolute() {
             file.model.onnx
         } else {
@@ -393,6 +474,9 @@ impl Manifest {
             output,
             sequence,
             backend: file.model.backend,
+            input_scale,
+            verify_every: file.model.verify_every,
+            on_disagreement: file.model.on_disagreement,
         })
     }
 

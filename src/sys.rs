@@ -276,6 +276,29 @@ pub fn pin_to_core(core: usize) -> bool {
     }
 }
 
+/// Let the calling thread run on `cores` only (none valid: left as it is).
+pub fn run_on_cores(cores: &[usize]) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it for core < CPU_SETSIZE (filtered).
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let mut any = false;
+    for &c in cores.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
+        // SAFETY: as above.
+        unsafe { libc::CPU_SET(c, &mut set) };
+        any = true;
+    }
+    if !any {
+        return Ok(());
+    }
+    syscall!(sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)).map(|_| ())
+}
+
+/// Lower the calling thread's scheduling priority to `nice` (Linux: per thread).
+pub fn set_thread_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::id_t;
+    syscall!(setpriority(libc::PRIO_PROCESS, tid, nice)).map(|_| ())
+}
+
 /// A resource limit's soft value; `None` is unlimited (`RLIM_INFINITY`).
 pub fn soft_limit(resource: libc::__rlimit_resource_t) -> io::Result<Option<u64>> {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };

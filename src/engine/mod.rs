@@ -18,6 +18,8 @@
 //! place and decoded by the manifest.
 
 mod backend;
+pub mod fpenv;
+pub mod gate;
 pub mod native;
 pub mod runtime;
 
@@ -76,6 +78,11 @@ pub struct EngineOptions {
     pub provider: ExecutionProvider,
     /// Overrides the manifest's `[model] backend` when set.
     pub backend: Option<Backend>,
+    /// Live verification of a native evaluator (`crate::verify`).
+    pub verify: crate::verify::VerifyOptions,
+    /// Log the load at debug level (the live verifier's reference engine: the serving
+    /// engine already logged the same model).
+    pub quiet: bool,
 }
 
 impl Default for EngineOptions {
@@ -87,6 +94,8 @@ impl Default for EngineOptions {
             warmup_runs: 20,
             provider: ExecutionProvider::Cpu,
             backend: None,
+            verify: crate::verify::VerifyOptions::default(),
+            quiet: false,
         }
     }
 }
@@ -136,6 +145,19 @@ pub struct ModelInfo {
     /// or why there is none.
     pub backend_report: String,
     pub runtime_library: PathBuf,
+    /// The live verifier of a native evaluator (`None` on ONNX Runtime or with it off).
+    pub verification: Option<crate::verify::Verification>,
+}
+
+impl ModelInfo {
+    /// The backend serving now: `backend`, or ONNX Runtime once the live verifier made
+    /// the engine fall back.
+    pub fn backend_now(&self) -> String {
+        match self.verification.as_ref().and_then(|v| v.fell_back.get()) {
+            Some(why) => format!("ort (fell back from {} after a disagreement: {why})", self.backend),
+            None => self.backend.clone(),
+        }
+    }
 }
 
 /// One batch size's pre-bound buffers.
@@ -172,6 +194,8 @@ struct Parts {
     /// Largest run (rows) the native evaluator serves; larger ones run on ONNX Runtime,
     /// whose batched kernels win there (measured at load, `backend::choose`).
     native_up_to: usize,
+    /// The live verifier's end on this thread, while the native evaluator serves.
+    tap: Option<crate::verify::Tap>,
 }
 
 /// A loaded model, ready to score requests. Not `Sync`: one inference thread owns it.
@@ -269,6 +293,7 @@ impl Engine {
                 manifest.path.display()
             )));
         }
+        let level = if opts.quiet { log::Level::Debug } else { log::Level::Info };
         let env = ort_environment(opts)?;
         let lib = ENVIRONMENT.get().expect("loaded by ort_environment").0.clone();
 
@@ -296,8 +321,10 @@ impl Engine {
             backend: "ort".into(),
             backend_report: String::new(),
             runtime_library: lib.clone(),
+            verification: None,
         };
-        log::info!(
+        log::log!(
+            level,
             "model {} v{} ({}) from {}: provider {}, batch {:?} up to {}",
             info.name,
             info.version,
@@ -308,12 +335,12 @@ impl Engine {
             info.max_batch
         );
         for i in &info.inputs {
-            log::info!("  input  {i}");
+            log::log!(level, "  input  {i}");
         }
         for o in &info.outputs {
-            log::info!("  output {o}");
+            log::log!(level, "  output {o}");
         }
-        log::info!("  features [{}] -> {}", manifest.feature_names.join(", "), manifest.output.name());
+        log::log!(level, "  features [{}] -> {}", manifest.feature_names.join(", "), manifest.output.name());
 
         let state_widths = manifest.state_widths(&info.inputs);
         let spec = state_spec(&manifest, &state_widths)?;
@@ -355,7 +382,8 @@ impl Engine {
             input_names.push(cname(&pair.input)?);
         }
         if !spec.is_stateless() {
-            log::info!(
+            log::log!(
+                level,
                 "  state per symbol: {} events kept, {} accumulators, {} sequence floats, {} B; warm after {} earlier events",
                 spec.capacity,
                 spec.ewma_alphas.len() + spec.rate_taus_s.len(),
@@ -367,9 +395,10 @@ impl Engine {
         match &manifest.sequence {
             Sequence::None => {}
             Sequence::Window { window } => {
-                log::info!("  window model: the symbol's last {window} feature rows per request")
+                log::log!(level, "  window model: the symbol's last {window} feature rows per request")
             }
-            Sequence::Recurrent { state, warmup_events } => log::info!(
+            Sequence::Recurrent { state, warmup_events } => log::log!(
+                level,
                 "  recurrent step model: state {} carried per symbol, warm after {warmup_events} more events",
                 state
                     .iter()
@@ -388,11 +417,21 @@ impl Engine {
             scratch: vec![0.0; max_batch * width_out],
             native: None,
             native_up_to: 0,
+            tap: None,
         };
         let (warming, row_ok) = (vec![false; max_batch], vec![true; max_batch]);
         let mut engine = Engine { manifest, info, spec, parts, warming, row_ok, session };
-        backend::choose(&mut engine, opts.backend)?;
-        engine.warm_up(opts.warmup_runs)?;
+        backend::choose(&mut engine, opts.backend, level)?;
+        engine.warm_up(opts.warmup_runs, level)?;
+        if let Some(native) = &engine.parts.native {
+            let memory = engine.parts.state_widths.iter().sum();
+            if let Some((tap, verification)) =
+                crate::verify::start(&engine.manifest, opts, memory, native.exact())?
+            {
+                engine.parts.tap = Some(tap);
+                engine.info.verification = Some(verification);
+            }
+        }
         Ok(engine)
     }
 
@@ -427,7 +466,7 @@ impl Engine {
         }
     }
 
-    fn warm_up(&mut self, runs: usize) -> Result<(), EngineError> {
+    fn warm_up(&mut self, runs: usize, level: log::Level) -> Result<(), EngineError> {
         // One symbol per row, so that a recurrent model runs every slot whole.
         let reqs: Vec<MlRequest> = (0..self.max_batch()).map(|i| self.warm_request(i as u16)).collect();
         let mut state = self.new_state(self.max_batch()); // its own: the serving state never sees warm-up rows
@@ -437,7 +476,7 @@ impl Engine {
                 self.run_rows(&reqs[..b], &mut state)?;
             }
         }
-        log::info!("warm-up: {runs} runs x {} batch sizes in {:.1?}", self.max_batch(), t0.elapsed());
+        log::log!(level, "warm-up: {runs} runs x {} batch sizes in {:.1?}", self.max_batch(), t0.elapsed());
         Ok(())
     }
 
@@ -482,6 +521,70 @@ impl Engine {
             {
                 *p = manifest.decode(row, req).filter(|_| ok).map(|p| Prediction { warming: warm, ..p });
             }
+        }
+        Ok(())
+    }
+}
+
+impl Engine {
+    /// ONNX Runtime on raw model rows — features already computed, `x` row-major — and, for
+    /// a recurrent model, each row's input state (`state_in`, the symbol's sequence memory
+    /// layout): outputs into `out`, returned states into `state_out`. In batches of up to
+    /// `max_batch` on the engine's own slots; off the hot path (the load-time gate, the
+    /// live verifier's reference engine). Not for window models (their rows are windows).
+    pub fn reference_rows(
+        &mut self,
+        x: &[f32],
+        state_in: &[f32],
+        out: &mut [f32],
+        state_out: &mut [f32],
+    ) -> Result<(), EngineError> {
+        let Engine { manifest, parts, session, .. } = self;
+        if matches!(manifest.sequence, Sequence::Window { .. }) {
+            return Err(EngineError::Config("raw rows are not a window model's input".into()));
+        }
+        let (width, out_width) = (manifest.features.len(), manifest.output.width());
+        let memory: usize = parts.state_widths.iter().sum();
+        let n = x.len() / width;
+        if x.len() != n * width
+            || out.len() != n * out_width
+            || state_in.len() != n * memory
+            || state_out.len() != n * memory
+        {
+            return Err(EngineError::Run(format!(
+                "reference rows: {} features, {} outputs, {} / {} state values for {n} rows",
+                x.len(),
+                out.len(),
+                state_in.len(),
+                state_out.len()
+            )));
+        }
+        let mut start = 0;
+        while start < n {
+            let b = (n - start).min(parts.slots.len());
+            let slot = &mut parts.slots[b - 1];
+            slot.input.extract_tensor_mut().1.copy_from_slice(&x[start * width..(start + b) * width]);
+            let mut at = 0;
+            for (fed, &w) in slot.states_in.iter_mut().zip(&parts.state_widths) {
+                let fed = fed.extract_tensor_mut().1;
+                for r in 0..b {
+                    let src = &state_in[(start + r) * memory + at..(start + r) * memory + at + w];
+                    fed[r * w..(r + 1) * w].copy_from_slice(src);
+                }
+                at += w;
+            }
+            run_bound(slot, session, &parts.input_names, parts.rebind_input)?;
+            out[start * out_width..(start + b) * out_width].copy_from_slice(slot.output.extract_tensor().1);
+            let mut at = 0;
+            for (back, &w) in slot.states_out.iter().zip(&parts.state_widths) {
+                let back = back.extract_tensor().1;
+                for r in 0..b {
+                    state_out[(start + r) * memory + at..(start + r) * memory + at + w]
+                        .copy_from_slice(&back[r * w..(r + 1) * w]);
+                }
+                at += w;
+            }
+            start += b;
         }
         Ok(())
     }
@@ -586,8 +689,10 @@ fn admitted(state: &mut State, req: &MlRequest) -> Result<usize, EngineError> {
     )))
 }
 
-/// The hot path of one model run: fill the slot's input (and a recurrent model's
-/// state inputs) in place, run its binding, carry the returned state back.
+/// The hot path of one model run: fill the slot's input (each request updating its
+/// symbol's state first), then run it natively — when the native evaluator serves this run
+/// size and every row is in its range, sampling rows for the live verifier — or on
+/// ONNX Runtime (a recurrent model's state fed from and carried back to the symbols).
 #[inline]
 fn run_slot(
     parts: &mut Parts,
@@ -598,14 +703,19 @@ fn run_slot(
     warming: &mut [bool],
     row_ok: &mut [bool],
 ) -> Result<(), EngineError> {
+    if parts.tap.as_ref().is_some_and(|t| t.fallback_requested()) {
+        fall_back(parts, &manifest.name);
+    }
     let b = reqs.len();
-    let Parts { slots, input_names, rebind_input, state_widths, row_slots, native, native_up_to, .. } = parts;
-    let mut native = native.as_mut().filter(|_| b <= *native_up_to);
+    let Parts {
+        slots, input_names, rebind_input, state_widths, row_slots, native, native_up_to, tap, ..
+    } = parts;
     let slot = &mut slots[b - 1];
     debug_assert_eq!(slot.rows, b);
     let features = &manifest.features;
     let width = features.len();
     let inv = features.scales();
+    let recurrent = matches!(manifest.sequence, Sequence::Recurrent { .. });
     {
         let (_, data) = slot.input.extract_tensor_mut();
         match manifest.sequence {
@@ -650,52 +760,49 @@ fn run_slot(
                     }
                 }
             }
-            Sequence::Recurrent { .. } if native.is_some() => {
-                // The native evaluator: one step per row, in order, the state updated in place.
-                let native = native.as_deref_mut().expect("guarded");
-                let (_, out) = slot.output.extract_tensor_mut();
-                let out_width = manifest.output.width();
-                for (i, ((req, row), out)) in reqs
-                    .iter()
-                    .zip(data.chunks_exact_mut(width))
-                    .zip(out.chunks_exact_mut(out_width))
-                    .enumerate()
-                {
-                    admitted(state, req)?;
-                    let (view, memory) = state.update_with_sequence(req, inv);
-                    warming[i] = view.warming;
-                    features.fill_with(req, Some(&view), row);
-                    row_ok[i] = native.run(row, memory, out);
-                }
-                return Ok(());
-            }
             Sequence::Recurrent { .. } => {
+                // Every symbol at most once per run (`run_batch`): the steps below may run in any order.
                 for (i, (req, row)) in reqs.iter().zip(data.chunks_exact_mut(width)).enumerate() {
                     admitted(state, req)?;
-                    let (view, memory) = state.update_with_sequence(req, inv);
+                    let (view, _) = state.update_with_sequence(req, inv);
                     warming[i] = view.warming;
                     row_slots[i] = view.slot;
                     features.fill_with(req, Some(&view), row);
-                    let mut at = 0;
-                    for (fed, &w) in slot.states_in.iter_mut().zip(&*state_widths) {
-                        fed.extract_tensor_mut().1[i * w..(i + 1) * w].copy_from_slice(&memory[at..at + w]);
-                        at += w;
-                    }
                 }
             }
         }
     }
-    if let Some(native) = native.as_mut() {
-        // A stateless or feature-state model on the native backend: its rows, one at a time.
-        // (The recurrent arm above ran its own steps and returned.)
-        let out_width = manifest.output.width();
+    if let Some(native) = native.as_mut().filter(|_| b <= *native_up_to) {
         let (_, x) = slot.input.extract_tensor();
-        let (_, out) = slot.output.extract_tensor_mut();
-        for (x, out) in x.chunks_exact(width).zip(out.chunks_exact_mut(out_width)) {
-            native.run(x, &mut [], out);
+        let in_range = x.chunks_exact(width).enumerate().all(|(i, row)| {
+            native.accepts(row, if recurrent { state.sequence_mut(row_slots[i]) } else { &[] })
+        });
+        if in_range {
+            let out_width = manifest.output.width();
+            let (_, out) = slot.output.extract_tensor_mut();
+            for (i, (row, out)) in x.chunks_exact(width).zip(out.chunks_exact_mut(out_width)).enumerate() {
+                let memory: &mut [f32] = if recurrent { state.sequence_mut(row_slots[i]) } else { &mut [] };
+                let sampled = tap.as_mut().is_some_and(|t| t.due());
+                if sampled {
+                    tap.as_mut().expect("sampled").before(row, memory);
+                }
+                row_ok[i] = native.run(row, memory, out);
+                if sampled {
+                    tap.as_mut().expect("sampled").after(&reqs[i], out, memory, row_ok[i]);
+                }
+            }
+            return Ok(());
         }
-        row_ok[..b].fill(true);
-        return Ok(());
+    }
+    if recurrent {
+        for (i, &at_slot) in row_slots[..b].iter().enumerate() {
+            let memory = state.sequence_mut(at_slot);
+            let mut at = 0;
+            for (fed, &w) in slot.states_in.iter_mut().zip(&*state_widths) {
+                fed.extract_tensor_mut().1[i * w..(i + 1) * w].copy_from_slice(&memory[at..at + w]);
+                at += w;
+            }
+        }
     }
     run_bound(slot, session, input_names, *rebind_input)?;
     if slot.states_out.is_empty() {
@@ -722,6 +829,16 @@ fn run_slot(
         }
     }
     Ok(())
+}
+
+/// The live verifier found the native evaluator answering differently from ONNX Runtime
+/// (`on_disagreement = "fallback"`): from this run on, ONNX Runtime serves. Once per
+/// engine; dropping the tap ends the verifier thread.
+#[cold]
+fn fall_back(parts: &mut Parts, model: &str) {
+    parts.native = None;
+    parts.tap = None;
+    log::error!("{model}: the native evaluator no longer serves: ONNX Runtime answers from this request on");
 }
 
 /// Run a slot's binding on its (already written) inputs.

@@ -149,6 +149,14 @@ pub struct ServeOptions {
     /// [default: the manifest's, else auto].
     #[arg(long, value_enum)]
     pub backend: Option<crate::manifest::Backend>,
+    /// While the native backend serves, re-run one answer in N on ONNX Runtime off the hot
+    /// path and compare (0: never) [default: the manifest's `verify_every`, else 1000].
+    #[arg(long)]
+    pub verify_every: Option<u32>,
+    /// What a disagreement found while serving does: fallback (count, log, switch the model
+    /// to ONNX Runtime between two requests) or log [default: the manifest's, else fallback].
+    #[arg(long, value_enum)]
+    pub on_disagreement: Option<crate::manifest::OnDisagreement>,
     /// GPU device id [default: 0].
     #[arg(long)]
     pub device_id: Option<i32>,
@@ -294,6 +302,12 @@ impl ServeOptions {
                 warmup_runs: 20,
                 provider,
                 backend: self.backend,
+                verify: crate::verify::VerifyOptions {
+                    every: self.verify_every,
+                    on_disagreement: self.on_disagreement,
+                    ..Default::default()
+                },
+                quiet: false,
             },
         })
     }
@@ -426,6 +440,8 @@ mod tests {
         ("intra_threads", "2"),
         ("provider", "\"cpu\""),
         ("backend", "\"native\""),
+        ("verify_every", "10"),
+        ("on_disagreement", "\"log\""),
         ("device_id", "1"),
         ("trt_cache", "\"/var/cache/trt\""),
         ("trt_fp16", "true"),

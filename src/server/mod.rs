@@ -200,6 +200,9 @@ pub fn run(
         }
         _ => None,
     };
+    // The live verifier (when a native evaluator serves) stays off the hot threads' cores.
+    cfg.engine.verify.cores =
+        cores.iter().copied().filter(|&c| Some(c) != io_core && Some(c) != worker_core).collect();
     log::info!(
         "mode {mode:?} (asked {:?}; {} usable cores {cores:?}), poll {:?}, io core {io_core:?}, worker core {worker_core:?}",
         cfg.mode,
@@ -231,6 +234,9 @@ pub fn run(
         }
     };
     pin(io_core, if mode == Mode::Inline { "inline thread" } else { "I/O thread" });
+    // The inline thread runs the model: the floating-point mode ONNX Runtime expects (and a
+    // native evaluator must compare in), whichever thread built the session.
+    crate::engine::fpenv::denormals_as_zero();
 
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);

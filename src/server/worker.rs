@@ -51,6 +51,7 @@ impl Worker {
         let control = shared.clone();
         let thread = std::thread::Builder::new().name("tickinfer-worker".into()).spawn(move || {
             pin(core, "inference worker");
+            crate::engine::fpenv::denormals_as_zero();
             // The engine is built on the thread that runs it (ORT sessions stay on one thread).
             let mut scorer = match Engine::load(&model_path, &engine_opts) {
                 Ok(engine) => {

@@ -5,7 +5,7 @@
 //! write them. Matrix products use the blocked GEMV of [`super::kernels`].
 
 use super::graph::{check_softmax, Graph};
-use super::kernels::{sigmoid_in_place, softmax_in_place, tanh_in_place, Packed};
+use super::kernels::{input_bound, sigmoid_in_place, softmax_in_place, tanh_in_place, Packed};
 use super::onnx_pb::{GraphProto, NodeProto};
 use crate::manifest::Manifest;
 
@@ -32,6 +32,8 @@ pub struct Dense {
     a: Vec<f32>,
     b: Vec<f32>,
     summary: String,
+    /// Largest |input| served natively (see [`Dense::accepts`]).
+    bound: f32,
 }
 
 /// Longest chain followed (a bound on a hostile graph, not on real models).
@@ -124,7 +126,24 @@ impl Dense {
                 manifest.output.width()
             ));
         }
+        let grow = |mut a: f32| {
+            let mut top = a;
+            for op in &ops {
+                a = match op {
+                    Op::Linear { weights, bias } => {
+                        weights.row_abs_sum() * a + bias.iter().fold(0f32, |m, b| m.max(b.abs()))
+                    }
+                    Op::Add(b) => a + b.iter().fold(0f32, |m, b| m.max(b.abs())),
+                    Op::Relu => a,
+                    Op::Sigmoid | Op::Tanh | Op::Softmax => 1.0,
+                };
+                top = top.max(a);
+            }
+            top
+        };
+        let bound = input_bound(grow);
         Ok(Dense {
+            bound,
             ops,
             a: vec![0.0; widest],
             b: vec![0.0; widest],
@@ -135,6 +154,13 @@ impl Dense {
     /// "dense 10x3 -> Softmax".
     pub fn describe(&self) -> String {
         self.summary.clone()
+    }
+
+    /// Whether row `x` is in the native range: every value finite and at most the bound
+    /// that keeps every layer under [`INTERMEDIATE_LIMIT`](super::kernels::INTERMEDIATE_LIMIT); other rows run on ONNX Runtime.
+    #[inline]
+    pub fn accepts(&self, x: &[f32]) -> bool {
+        x.iter().all(|v| v.abs() <= self.bound)
     }
 
     /// One row. No allocation.

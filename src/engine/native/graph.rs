@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::kernels::{softmax_in_place, softmax_zero_in_place, Packed};
+use super::kernels::Packed;
 use super::onnx_pb::{GraphProto, NodeProto, TensorProto};
 
 /// Ops a value passes through unchanged in meaning for a one-step, batch-leading graph
@@ -55,6 +55,50 @@ impl<'a> Graph<'a> {
         name
     }
 
+    /// The values `name` is moved from through layout-only ops (pass-through ops and
+    /// `Concat`): graph inputs, initializers and the outputs of the first other nodes.
+    pub fn sources(&self, name: &'a str) -> Vec<&'a str> {
+        let (mut found, mut stack, mut seen) = (Vec::new(), vec![name], std::collections::HashSet::new());
+        while let Some(v) = stack.pop() {
+            if !seen.insert(v) {
+                continue;
+            }
+            match self.producer.get(v) {
+                Some(n) if PASS_THROUGH.contains(&n.op_type.as_str()) && !n.input.is_empty() => {
+                    stack.push(&n.input[0])
+                }
+                Some(n) if n.op_type == "Concat" => stack.extend(n.input.iter().map(String::as_str)),
+                _ => found.push(v),
+            }
+        }
+        found
+    }
+
+    /// The first node on the data path to `outputs` that `modelled` does not hold and that
+    /// is not layout-only (pass-through ops, `Concat`): an op the evaluator would silently
+    /// drop — a `Clip` on a state output, a scaling `Mul` — so it must refuse the graph.
+    /// Only data inputs are followed (a `Reshape`'s shape, a `Gather`'s indices are not).
+    pub fn unmodelled(&self, outputs: &[&'a str], modelled: &[&NodeProto]) -> Option<&'a NodeProto> {
+        let mut stack: Vec<&str> = outputs.to_vec();
+        let mut seen = std::collections::HashSet::new();
+        while let Some(v) = stack.pop() {
+            let Some(&n) = self.producer.get(v) else { continue };
+            if !seen.insert(std::ptr::from_ref(n)) {
+                continue;
+            }
+            if modelled.iter().any(|m| std::ptr::eq(*m, n)) {
+                stack.extend(self.data_inputs(n));
+            } else if PASS_THROUGH.contains(&n.op_type.as_str()) && !n.input.is_empty() {
+                stack.push(&n.input[0]);
+            } else if n.op_type == "Concat" {
+                stack.extend(n.input.iter().map(String::as_str));
+            } else {
+                return Some(n);
+            }
+        }
+        None
+    }
+
     /// A `Gemm` (any transB, alpha, beta·C) or a `MatMul` by an initializer, reading a
     /// row of `width` values: `(W, bias)` with `y = W·x + bias`, alpha and beta folded in.
     pub fn linear_layer(&self, n: &NodeProto, width: usize) -> Result<(Packed, Vec<f32>), String> {
@@ -102,6 +146,17 @@ pub fn check_softmax(n: &NodeProto) -> Result<(), String> {
     }
 }
 
+/// ONNX Runtime's `ComputeLogistic`: `1 / (1 + exp(-|x|))`, mirrored for negative x.
+#[inline]
+pub fn logistic(x: f32) -> f32 {
+    let v = 1.0 / (1.0 + (-x.abs()).exp());
+    if x < 0.0 {
+        1.0 - v
+    } else {
+        v
+    }
+}
+
 /// A string attribute of `n`, if set.
 pub fn text(n: &NodeProto, name: &str) -> Option<String> {
     n.attr(name).map(|a| String::from_utf8_lossy(&a.s).to_string())
@@ -128,14 +183,39 @@ impl PostTransform {
         }
     }
 
-    /// Applied to one row of scores, in place.
+    /// Applied to one row of scores, in place, with ONNX Runtime's own formulas
+    /// (`ml_common.h`: `ComputeLogistic`, `ComputeSoftmax`, `ComputeSoftmaxZero`), the same
+    /// operations in the same order, so a tree ensemble's scores come out bit for bit.
     #[inline]
     pub fn apply(self, out: &mut [f32]) {
         match self {
             PostTransform::None => {}
-            PostTransform::Logistic => out.iter_mut().for_each(|o| *o = 1.0 / (1.0 + (-*o).exp())),
-            PostTransform::Softmax => softmax_in_place(out),
-            PostTransform::SoftmaxZero => softmax_zero_in_place(out),
+            PostTransform::Logistic => out.iter_mut().for_each(|o| *o = logistic(*o)),
+            PostTransform::Softmax => {
+                let max = out.iter().fold(-f32::MAX, |m, &v| if v > m { v } else { m });
+                let mut sum = 0f32;
+                for v in out.iter_mut() {
+                    *v = (*v - max).exp();
+                    sum += *v;
+                }
+                out.iter_mut().for_each(|v| *v /= sum);
+            }
+            PostTransform::SoftmaxZero => {
+                // A score within ±1e-7 of zero is not exponentiated (scaled by exp(-max) instead),
+                // and the division happens even when every score was zero (as ONNX Runtime does).
+                let max = out.iter().fold(-f32::MAX, |m, &v| if v > m { v } else { m });
+                let exp_neg_max = (-max).exp();
+                let mut sum = 0f32;
+                for v in out.iter_mut() {
+                    if *v > 0.000_000_1 || *v < -0.000_000_1 {
+                        *v = (*v - max).exp();
+                        sum += *v;
+                    } else {
+                        *v *= exp_neg_max;
+                    }
+                }
+                out.iter_mut().for_each(|v| *v /= sum);
+            }
         }
     }
 

@@ -5,6 +5,26 @@
 //! 2×128 step here where the arithmetic (0.8 MB of weights, 207 K multiply-adds)
 //! streams from L2 in under 10 µs: measured in `tickinfer bench` ("native" rows).
 
+/// The largest intermediate value a native evaluator lets its arithmetic reach: far
+/// below `f32::MAX`, so that no sum overflows to ±∞ (where the order of operations
+/// would decide between ∞, NaN and a number, and ONNX Runtime's order is not ours).
+pub const INTERMEDIATE_LIMIT: f32 = 1e30;
+
+/// The largest |input| for which a chain of layers keeps every intermediate under
+/// [`INTERMEDIATE_LIMIT`]: `grow` maps a bound on one layer's |values| to the next's
+/// (monotone); tried from 1e30 down by factors of ten.
+pub fn input_bound(grow: impl Fn(f32) -> f32) -> f32 {
+    let mut b = INTERMEDIATE_LIMIT;
+    while b >= 1e-3 {
+        let top = grow(b);
+        if top.is_finite() && top <= INTERMEDIATE_LIMIT {
+            return b;
+        }
+        b /= 10.0;
+    }
+    0.0
+}
+
 /// Outputs per block: 8 AVX registers of accumulators, enough independent FMA chains
 /// to hide the FMA latency.
 pub const BLOCK: usize = 64;
@@ -19,6 +39,8 @@ pub struct Packed {
     /// Rows before padding.
     rows: usize,
     cols: usize,
+    /// Largest Σ|W[r][c]| over rows: |W·v| ≤ this × max|v| (the native range's bound).
+    row_abs_sum: f32,
 }
 
 impl Packed {
@@ -33,7 +55,14 @@ impl Packed {
                 data[(b * cols + c) * BLOCK + k] = w[r * cols + c];
             }
         }
-        Packed { data, rows, cols }
+        let row_abs_sum =
+            w.chunks_exact(cols.max(1)).map(|r| r.iter().map(|v| v.abs()).sum::<f32>()).fold(0.0, f32::max);
+        Packed { data, rows, cols, row_abs_sum }
+    }
+
+    /// Largest Σ|W[r][c]| over rows: `|W·v|_∞ ≤ row_abs_sum() · |v|_∞`.
+    pub fn row_abs_sum(&self) -> f32 {
+        self.row_abs_sum
     }
 
     pub fn rows(&self) -> usize {
@@ -154,19 +183,6 @@ pub fn softmax_in_place(xs: &mut [f32]) {
     }
     for x in xs.iter_mut() {
         *x /= sum;
-    }
-}
-
-/// ONNX-ML's SOFTMAX_ZERO: softmax, but a zero score stays zero.
-pub fn softmax_zero_in_place(xs: &mut [f32]) {
-    let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for x in xs.iter_mut() {
-        *x = if *x == 0.0 { 0.0 } else { (*x - max).exp() };
-        sum += *x;
-    }
-    if sum > 0.0 {
-        xs.iter_mut().for_each(|x| *x /= sum);
     }
 }
 

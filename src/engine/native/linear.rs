@@ -6,6 +6,7 @@
 //! A few dozen multiply-adds: ONNX Runtime's per-call cost is ≈ 100× the arithmetic.
 
 use super::graph::{text, Graph, PostTransform};
+use super::kernels::input_bound;
 use super::onnx_pb::GraphProto;
 use crate::manifest::Manifest;
 
@@ -26,6 +27,8 @@ pub struct Linear {
     post: PostTransform,
     norm: Option<Norm>,
     what: &'static str,
+    /// Largest |input| served natively (see [`Linear::accepts`]).
+    bound: f32,
 }
 
 const ML: &str = "ai.onnx.ml";
@@ -87,7 +90,13 @@ impl Linear {
             ));
         }
         let what = if classifier { "LinearClassifier" } else { "LinearRegressor" };
-        Ok(Linear { weights, bias, features, post, norm, what })
+        let row_sum = weights
+            .chunks_exact(features.max(1))
+            .map(|r| r.iter().map(|w| w.abs()).sum::<f32>())
+            .fold(0.0, f32::max);
+        let bias_max = bias.iter().fold(0f32, |m, b| m.max(b.abs()));
+        let bound = input_bound(|x| row_sum * x + bias_max);
+        Ok(Linear { weights, bias, features, post, norm, what, bound })
     }
 
     /// "LinearClassifier 18x3 -> SOFTMAX -> L1".
@@ -105,6 +114,13 @@ impl Linear {
                 Some(Norm::Max) => " -> MAX",
             }
         )
+    }
+
+    /// Whether row `x` is in the native range: every value finite and at most the bound
+    /// that keeps the scores under [`INTERMEDIATE_LIMIT`](super::kernels::INTERMEDIATE_LIMIT); other rows run on ONNX Runtime.
+    #[inline]
+    pub fn accepts(&self, x: &[f32]) -> bool {
+        x.iter().all(|v| v.abs() <= self.bound)
     }
 
     /// One row. No allocation.

@@ -7,7 +7,7 @@
 //! (see `engine::native`).
 
 use super::graph::{check_softmax, Graph};
-use super::kernels::{sigmoid_in_place, softmax_in_place, tanh_in_place, Packed};
+use super::kernels::{input_bound, sigmoid_in_place, softmax_in_place, tanh_in_place, Packed};
 use super::onnx_pb::{GraphProto, NodeProto};
 use crate::manifest::{Manifest, Sequence};
 
@@ -39,6 +39,8 @@ pub struct LstmStep {
     gates: Vec<f32>,
     /// The new state, checked finite before it replaces the symbol's.
     next: Vec<f32>,
+    /// Largest |input| (and |state| value) served natively (see [`LstmStep::accepts`]).
+    bound: f32,
 }
 
 impl LstmStep {
@@ -177,6 +179,31 @@ impl LstmStep {
         if top.input.first().map(|a| graph.source(a)) != Some(last) {
             return Err("the Gemm head does not read the last LSTM layer's output".into());
         }
+        // Nothing on the way to the outputs the engine reads may be left out: the head's
+        // output and the state outputs must be made by the LSTMs, the head and layout ops
+        // alone, and each state output from its own kind of LSTM output (Y_h, Y_c).
+        let pair = |input: &str| state.iter().find(|p| p.input == input).map(|p| p.output.as_str());
+        let (h_out, c_out) =
+            (pair(h_name.unwrap_or("")).unwrap_or(""), pair(c_name.unwrap_or("")).unwrap_or(""));
+        let mut modelled: Vec<&NodeProto> = order.clone();
+        modelled.push(top);
+        if softmax {
+            modelled.push(graph.producer(out_name).expect("found above"));
+        }
+        if let Some(n) = graph.unmodelled(&[out_name, h_out, c_out], &modelled) {
+            return Err(format!(
+                "`{}` node `{}` on the way to the outputs (an op this evaluator does not model)",
+                n.op_type, n.name
+            ));
+        }
+        for (name, k, what) in [(h_out, 1, "Y_h"), (c_out, 2, "Y_c")] {
+            let from = graph.sources(name);
+            let ok = !from.is_empty()
+                && from.iter().all(|v| order.iter().any(|n| n.output.get(k).map(String::as_str) == Some(*v)));
+            if !ok || !order.iter().all(|n| n.output.get(k).is_some_and(|o| from.contains(&o.as_str()))) {
+                return Err(format!("state output `{name}` is not every layer's {what}"));
+            }
+        }
         let (head, head_bias) = graph.linear_layer(top, hidden)?;
         if head.rows() != manifest.output.width() {
             return Err(format!(
@@ -186,7 +213,18 @@ impl LstmStep {
             ));
         }
         let widest = layers.iter().map(|l| l.input + hidden).max().unwrap_or(0);
+        // Gates are W·[x; h] + b with |h| ≤ 1 from the second step on; c grows by at most 1 a
+        // step. Bound x and the carried state alike.
+        let grow = |a: f32| {
+            layers.iter().fold(a, |top, l| {
+                top.max(
+                    l.weights.row_abs_sum() * a.max(1.0) + l.bias.iter().fold(0f32, |m, b| m.max(b.abs())),
+                )
+            })
+        };
+        let bound = input_bound(grow);
         Ok(LstmStep {
+            bound,
             hidden,
             head,
             head_bias,
@@ -209,6 +247,14 @@ impl LstmStep {
             self.head.rows(),
             if self.softmax { " -> Softmax" } else { "" }
         )
+    }
+
+    /// Whether row `x` with the symbol's `memory` is in the native range: every value
+    /// finite and at most the bound that keeps the gates under [`INTERMEDIATE_LIMIT`](super::kernels::INTERMEDIATE_LIMIT);
+    /// other rows run on ONNX Runtime.
+    #[inline]
+    pub fn accepts(&self, x: &[f32], memory: &[f32]) -> bool {
+        x.iter().chain(memory).all(|v| v.abs() <= self.bound)
     }
 
     /// One step for one row: `x` the features, `memory` the symbol's sequence memory

@@ -16,13 +16,18 @@ pub mod trees;
 
 use crate::manifest::{Manifest, Sequence};
 
-/// A generated evaluator.
+/// A generated evaluator (one per engine: the variants' sizes do not matter).
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum NativeModel {
     Lstm(lstm::LstmStep),
     Linear(linear::Linear),
     Dense(dense::Dense),
     Trees(trees::Trees),
+    /// Tests only (`TICKINFER_TEST_NATIVE_FAULT`, `engine::backend`): the evaluator's
+    /// output row reversed (a classifier's sell and buy swapped, a regression negated) —
+    /// a wrong evaluator the gate and the live verifier must catch.
+    Faulty(Box<NativeModel>),
 }
 
 impl NativeModel {
@@ -60,6 +65,33 @@ impl NativeModel {
             NativeModel::Linear(m) => m.describe(),
             NativeModel::Dense(m) => m.describe(),
             NativeModel::Trees(m) => m.describe(),
+            NativeModel::Faulty(m) => format!("{} (made wrong on purpose)", m.describe()),
+        }
+    }
+
+    /// Whether the evaluator repeats ONNX Runtime's operations in its order, so that its
+    /// outputs must be bit-identical (tree ensembles); the others approximate (GEMV order,
+    /// MLAS's activation approximations) and are held to a tolerance (`engine::gate`).
+    pub fn exact(&self) -> bool {
+        match self {
+            NativeModel::Faulty(m) => m.exact(),
+            m => matches!(m, NativeModel::Trees(_)),
+        }
+    }
+
+    /// Whether the evaluator serves row `x` (with the symbol's sequence `memory`): a tree
+    /// ensemble every row (comparisons are exact for any value); the others rows whose
+    /// values are finite and small enough that no intermediate can overflow — beyond that
+    /// the order of additions decides between ∞, NaN and a number, so those rows run on
+    /// ONNX Runtime (`engine::run_slot`), and the gate compares only what native serves.
+    #[inline]
+    pub fn accepts(&self, x: &[f32], memory: &[f32]) -> bool {
+        match self {
+            NativeModel::Lstm(m) => m.accepts(x, memory),
+            NativeModel::Linear(m) => m.accepts(x),
+            NativeModel::Dense(m) => m.accepts(x),
+            NativeModel::Trees(_) => true,
+            NativeModel::Faulty(m) => m.accepts(x, memory),
         }
     }
 
@@ -81,6 +113,15 @@ impl NativeModel {
             NativeModel::Trees(m) => {
                 m.run(x, out);
                 true
+            }
+            NativeModel::Faulty(m) => {
+                let ok = m.run(x, memory, out);
+                if out.len() > 1 {
+                    out.reverse();
+                } else {
+                    out.iter_mut().for_each(|o| *o = -*o - 1.0);
+                }
+                ok
             }
         }
     }

@@ -7,22 +7,36 @@
 //! ONNX Runtime walks one tree at a time with a data-dependent branch per node: on
 //! unpredictable inputs about half of them mispredict. This evaluator uses
 //! QuickScorer (Lucchese et al., SIGIR 2015) instead: each tree keeps a bit per leaf
-//! (≤ 64 leaves); every node whose test fails clears the leaves of the subtree it
-//! rejects, and the tree's exit leaf is the lowest bit left. The failing nodes are
-//! found per feature, not per tree: each feature's nodes are sorted by threshold, so
-//! those that fail for `x` are a prefix of the list — found by one binary search per
-//! feature, then cleared in a loop with no data-dependent branch (independent mask
-//! updates the CPU overlaps). Trees of more than 64 leaves, and comparisons by
-//! `==`/`!=`, are walked node by node.
+//! (≤ 64 leaves); every node whose test sends the row to its "large" side clears the
+//! leaves of its "small" side, and the tree's exit leaf is the lowest bit left. Those
+//! nodes are found per feature, not per tree: each feature's nodes are sorted by
+//! threshold, so the ones a value `v` sends large are a prefix of the list — found by
+//! one binary search per feature, then cleared in a loop with no data-dependent branch.
 //!
-//! Semantics are ONNX Runtime's, including missing values: a row holding a NaN takes
-//! the exact walk (each node's own comparison and `missing_value_tracks_true`), so the
-//! bit-vector path may fold every comparison into one `x <= t`: `x < t` ⟺
-//! `x <= next_down(t)`, and `>`/`>=` swap the children.
+//! Semantics are ONNX Runtime's (`tree_ensemble_common.h`, `tree_ensemble_aggregator.h`),
+//! operation for operation, so the scores are bit-identical and the load-time gate holds
+//! this evaluator to that (`engine::gate`, tolerance 0):
+//! - Comparisons are the hardware's on the calling thread, as ONNX Runtime's are: with
+//!   denormals as zero (`engine::fpenv`) a denormal input compares as 0 on both. The bit
+//!   vectors therefore never compare against a made-up threshold (`x < t` is not turned
+//!   into `x <= next_down(t)`, which is a denormal for `t = 0`): each node keeps its own
+//!   threshold and whether `v == t` belongs to its large side (`<` and `>=` nodes), and
+//!   the binary search takes ties in that order. A model with a denormal threshold is
+//!   walked node by node instead.
+//! - A node whose threshold is NaN sends every non-NaN row to its false child (all six
+//!   comparisons with NaN are false but `!=`, which is true).
+//! - A row holding a NaN takes the node-by-node walk (each node's own comparison and
+//!   `missing_value_tracks_true`); so do trees of more than 64 leaves and `==`/`!=` nodes.
+//! - Each tree starts at the first node listed for it (ONNX Runtime's rule); a model whose
+//!   trees are not listed root first, one after another, is refused.
+//! - Scores: summed in tree order, each leaf's weights in the order given; a one-target
+//!   regressor adds only each leaf's first weight and ignores the post-transform; AVERAGE
+//!   divides by the tree count; a two-class classifier derives its two scores per row from
+//!   whether class 1 was weighed by a leaf it reached ([`Aggregate::Binary`]).
 
 use std::collections::HashMap;
 
-use super::graph::{text, Graph, PostTransform};
+use super::graph::{logistic, text, Graph, PostTransform};
 use super::onnx_pb::{GraphProto, NodeProto};
 use crate::manifest::Manifest;
 
@@ -42,7 +56,7 @@ enum Mode {
     Leaf,
 }
 
-/// A node as ONNX states it, for rows with missing values.
+/// A node as ONNX states it.
 #[derive(Clone, Copy, Debug)]
 struct Exact {
     mode: Mode,
@@ -51,6 +65,46 @@ struct Exact {
     feature: u32,
     yes: u32,
     no: u32,
+}
+
+impl Exact {
+    /// Whether row value `v` takes the true branch: ONNX Runtime's test, compared by the
+    /// hardware (so with the thread's denormal mode, as ONNX Runtime compares).
+    #[inline]
+    fn goes_yes(&self, v: f32) -> bool {
+        let t = self.thr;
+        let yes = match self.mode {
+            Mode::Leq => v <= t,
+            Mode::Lt => v < t,
+            Mode::Gte => v >= t,
+            Mode::Gt => v > t,
+            Mode::Eq => v == t,
+            Mode::Neq => v != t,
+            Mode::Leaf => unreachable!("branches only"),
+        };
+        yes || (self.missing_true && v.is_nan())
+    }
+}
+
+/// How the exit leaves' weights become the output row: ONNX Runtime's aggregators.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Aggregate {
+    /// A one-target regressor (ONNX Runtime's one-output path): each exit leaf's first
+    /// weight summed in tree order, divided by the tree count for AVERAGE, plus the base
+    /// value; the post-transform is not applied (only PROBIT would be, and it is refused).
+    One { average: bool, origin: f32 },
+    /// A regressor of several targets: sums (÷ trees for AVERAGE), + base values when one
+    /// is given per target, then the post-transform.
+    Targets { average: bool },
+    /// A classifier of three or more classes: sums + base values, then the post-transform.
+    Classes,
+    /// A classifier of two classes whose leaves weigh both: per row, when a reached leaf
+    /// weighed class 1, scores `[s0 + b0, s1 + b1]` (no base values: `[s0, s1]`), except that
+    /// two base values and class 1 reached give `[-(b1 + s0), b1 + s0]`; when no reached
+    /// leaf weighed class 1: with two base values `[s0 + b0, b1]`, without `[-s0, s0]`
+    /// (LOGISTIC: `[σ(-s0), σ(s0)]`, no other transform). Yes, ONNX Runtime ignores `s1` in
+    /// the first case; the evaluator reproduces what serves, not what one might expect.
+    Binary,
 }
 
 /// A tree's leaf bits: `u32` when every tree has ≤ 32 leaves (LightGBM's default 31),
@@ -89,17 +143,20 @@ macro_rules! mask {
 mask!(u32);
 mask!(u64);
 
-/// QuickScorer's tables: per feature, the branch nodes in ascending threshold order
-/// (normalised to `x <= thr`), each with its tree and the mask that clears the leaves
-/// of its `x <= thr` side.
+/// QuickScorer's tables: per feature, the branch nodes in ascending threshold order,
+/// each with its tree and the mask that clears the leaves of its small side.
 #[derive(Clone, Debug)]
 struct BitVectors<M> {
-    /// `thr[starts[f]..starts[f + 1]]`: feature f's thresholds, ascending.
+    /// `thr[starts[f]..starts[f + 1]]`: feature f's thresholds, ascending (−0.0 stored as
+    /// +0.0: they compare equal); within a threshold, the nodes whose large side includes
+    /// the threshold itself (`<`, `>=`) first.
     starts: Vec<usize>,
     thr: Vec<f32>,
+    /// Beside each threshold: `v == thr` sends the row to the node's large side.
+    tie_large: Vec<bool>,
     /// `(tree, mask)` beside each threshold: one stream of 8 (u32) or 16 bytes per node.
     clear: Vec<(u32, M)>,
-    /// Per tree: all leaves, less those behind a node that always fails (`x < -inf`).
+    /// Per tree: all leaves, less those behind a side no non-NaN row takes (NaN thresholds).
     init: Vec<M>,
     /// Scratch: the current row's bits per tree.
     bits: Vec<M>,
@@ -117,27 +174,28 @@ enum Quick {
 #[derive(Clone, Debug)]
 pub struct Trees {
     exact: Vec<Exact>,
-    /// Global index of each tree's root, in the model's tree order.
+    /// Global index of each tree's root (its first node listed), in the model's tree order.
     roots: Vec<u32>,
-    /// The bit-vector path, when every tree has ≤ 64 leaves and no node
-    /// compares by `==`/`!=`.
-    quick: Option<Quick>,
-    /// Per node: range into `weights` (empty for branches and weightless leaves).
+    /// The bit-vector path, when every tree has ≤ 64 leaves, no node compares by `==`/`!=`
+    /// and no threshold is a denormal; else why not (for `describe`).
+    quick: Result<Quick, &'static str>,
+    /// Per node: range into `weights` (empty for branches).
     leaf_range: Vec<(u32, u32)>,
     /// `(output index, weight)` pairs, leaves' in the model's order.
     weights: Vec<(u32, f32)>,
+    /// Per node: one of its leaf's weights is for output 1 ([`Aggregate::Binary`]).
+    weighs_one: Vec<bool>,
+    aggregate: Aggregate,
     base: Vec<f32>,
-    /// 1 / tree count for AVERAGE, else 1.
-    average: f32,
     post: PostTransform,
-    /// A trailing `Mul` by a scalar (onnxmltools multiplies by 1).
-    scale: f32,
+    /// Trailing `Mul`s by a scalar, in graph order (onnxmltools multiplies by 1).
+    scales: Vec<f32>,
     features: usize,
+    outputs: usize,
     /// Scratch: the leaf each tree reached for the current row.
     leaf_of: Vec<u32>,
     what: &'static str,
     max_depth: usize,
-    nodes: usize,
 }
 
 fn ints<'a>(n: &'a NodeProto, name: &str) -> &'a [i64] {
@@ -148,20 +206,6 @@ fn floats<'a>(n: &'a NodeProto, name: &str) -> &'a [f32] {
     n.attr(name).map_or(&[], |a| a.floats.as_slice())
 }
 
-/// The largest float below `t` (`x < t` ⟺ `x <= next_down(t)` for every non-NaN x);
-/// NaN for −∞ (nothing is below it, and `x <= NaN` is never true).
-fn next_down(t: f32) -> f32 {
-    if t.is_nan() || t == f32::NEG_INFINITY {
-        f32::NAN
-    } else if t == 0.0 {
-        -f32::from_bits(1)
-    } else if t > 0.0 {
-        f32::from_bits(t.to_bits() - 1)
-    } else {
-        f32::from_bits(t.to_bits() + 1)
-    }
-}
-
 impl Trees {
     /// Recognise the graph; `Err` says why it is not a tree ensemble this evaluator runs.
     pub fn from_graph(g: &GraphProto, manifest: &Manifest) -> Result<Trees, String> {
@@ -169,7 +213,7 @@ impl Trees {
         let out = manifest.output.name();
         // The tail: Identity and Mul by a scalar initializer, back to the ensemble.
         let mut at = out;
-        let mut scale = 1.0f32;
+        let mut scales = Vec::new();
         let top = loop {
             let n = graph.producer(at).ok_or_else(|| format!("no node makes `{at}`"))?;
             match (n.op_type.as_str(), n.domain.as_str()) {
@@ -180,13 +224,14 @@ impl Trees {
                     let k = n.input.iter().find(|i| i.as_str() != *data).expect("two inputs");
                     let k = graph.init(k, "the Mul's factor")?.floats()?;
                     let [k] = k.as_slice() else { return Err("a Mul by a non-scalar".into()) };
-                    scale *= k;
+                    scales.push(*k);
                     at = data;
                 }
                 ("TreeEnsembleClassifier" | "TreeEnsembleRegressor", ML) => break n,
                 (op, _) => return Err(format!("the output is made by `{op}`, not a tree ensemble")),
             }
         };
+        scales.reverse();
         if top.input.first().map(String::as_str) != Some(manifest.input_name.as_str()) {
             return Err(format!(
                 "the {} does not read the input `{}` directly",
@@ -212,11 +257,24 @@ impl Trees {
         if [w_trees.len(), w_nodes.len(), w_ids.len()].iter().any(|&l| l != w_vals.len()) {
             return Err(format!("{prefix}_* attributes of different lengths"));
         }
-        if classifier {
+        if let Some(&bad) = w_ids.iter().find(|&&c| c < 0 || c as usize >= outputs) {
+            return Err(format!("a leaf weight for output {bad} of {outputs}"));
+        }
+        let post = PostTransform::of(top)?;
+        let aggregate_fn = text(top, "aggregate_function").unwrap_or_else(|| "SUM".into());
+        if !matches!(aggregate_fn.as_str(), "SUM" | "AVERAGE") || (classifier && aggregate_fn != "SUM") {
+            return Err(format!("aggregate_function {aggregate_fn}"));
+        }
+        let average = aggregate_fn == "AVERAGE";
+        let base = floats(top, "base_values").to_vec();
+        if !(base.is_empty() || base.len() == outputs) {
+            return Err(format!("{} base values for {outputs} outputs", base.len()));
+        }
+        let aggregate = if classifier {
             let labels = ints(top, "classlabels_int64s")
                 .len()
                 .max(top.attr("classlabels_strings").map_or(0, |a| a.strings.len()));
-            if labels != outputs {
+            if labels != outputs || outputs < 2 {
                 return Err(format!("{labels} class labels for an output of {outputs}"));
             }
             let mut used: Vec<i64> = w_ids.to_vec();
@@ -227,25 +285,21 @@ impl Trees {
                     "a binary classifier with one score column (ONNX Runtime derives the other)".into()
                 );
             }
+            if outputs == 2 {
+                Aggregate::Binary
+            } else {
+                Aggregate::Classes
+            }
         } else {
             let n = top.attr("n_targets").map_or(1, |a| a.i);
             if n as usize != outputs {
                 return Err(format!("n_targets {n} for an output of {outputs}"));
             }
-        }
-        if let Some(&bad) = w_ids.iter().find(|&&c| c < 0 || c as usize >= outputs) {
-            return Err(format!("a leaf weight for output {bad} of {outputs}"));
-        }
-        let post = PostTransform::of(top)?;
-        let aggregate = text(top, "aggregate_function").unwrap_or_else(|| "SUM".into());
-        if !matches!(aggregate.as_str(), "SUM" | "AVERAGE") || (classifier && aggregate != "SUM") {
-            return Err(format!("aggregate_function {aggregate}"));
-        }
-        let base = floats(top, "base_values").to_vec();
-        let base = match base.len() {
-            0 => vec![0.0; outputs],
-            n if n == outputs => base,
-            n => return Err(format!("{n} base values for {outputs} outputs")),
+            if outputs == 1 {
+                Aggregate::One { average, origin: base.first().copied().unwrap_or(0.0) }
+            } else {
+                Aggregate::Targets { average }
+            }
         };
 
         // Nodes: (tree, node id) -> global index, in the model's order.
@@ -270,16 +324,23 @@ impl Trees {
         }
         let features = manifest.features.len();
         let mut index: HashMap<(i64, i64), u32> = HashMap::with_capacity(n);
+        // ONNX Runtime starts a tree at each node whose tree id differs from the previous node's.
         let mut roots: Vec<u32> = Vec::new();
-        let mut tree_index: HashMap<i64, usize> = HashMap::new();
+        let mut tree_seen: HashMap<i64, ()> = HashMap::new();
         for i in 0..n {
             if index.insert((treeids[i], nodeids[i]), i as u32).is_some() {
                 return Err(format!("node {} of tree {} appears twice", nodeids[i], treeids[i]));
             }
-            tree_index.entry(treeids[i]).or_insert_with(|| {
-                roots.push(u32::MAX);
-                roots.len() - 1
-            });
+            if i == 0 || treeids[i] != treeids[i - 1] {
+                if tree_seen.insert(treeids[i], ()).is_some() {
+                    return Err(format!(
+                        "the nodes of tree {} are not listed together (ONNX Runtime would start a second tree \
+                         in the middle of it)",
+                        treeids[i]
+                    ));
+                }
+                roots.push(i as u32);
+            }
         }
         let mut exact = Vec::with_capacity(n);
         for i in 0..n {
@@ -313,23 +374,19 @@ impl Trees {
                 no: f,
             });
         }
-        // A tree's root: the node no other node of its tree points to.
+        // Each tree's first node listed must be its root: the node no other node points to.
         let mut pointed = vec![false; n];
         for e in exact.iter().filter(|e| e.mode != Mode::Leaf) {
             pointed[e.yes as usize] = true;
             pointed[e.no as usize] = true;
         }
-        for i in 0..n {
-            if !pointed[i] {
-                let t = tree_index[&treeids[i]];
-                if roots[t] != u32::MAX {
-                    return Err(format!("tree {} has more than one root", treeids[i]));
-                }
-                roots[t] = i as u32;
+        for &r in &roots {
+            if pointed[r as usize] {
+                return Err(format!(
+                    "tree {} is not listed root first (ONNX Runtime starts each tree at its first node listed)",
+                    treeids[r as usize]
+                ));
             }
-        }
-        if roots.contains(&u32::MAX) {
-            return Err("a tree without a root (a cycle)".into());
         }
         // Depths (an iterative walk; a node reached twice is a cycle or a shared subtree).
         let mut depths = Vec::with_capacity(roots.len());
@@ -354,10 +411,16 @@ impl Trees {
             }
             depths.push(deepest);
         }
-        let quick = bit_vectors::<u32>(&exact, &roots, features)
-            .map(Quick::Narrow)
-            .or_else(|| bit_vectors::<u64>(&exact, &roots, features).map(Quick::Wide));
-        // Leaf weights, grouped by leaf in the model's order.
+        if let Some(i) = seen.iter().position(|s| !s) {
+            return Err(format!(
+                "node {} of tree {} hangs from no root (more than one root in a tree)",
+                nodeids[i], treeids[i]
+            ));
+        }
+        let quick = quick_path(&exact, &roots, features);
+        // Leaf weights, grouped by leaf in the model's order (ONNX Runtime sorts them by
+        // (tree, node), keeping their order within a leaf). A leaf without one is refused by
+        // ONNX Runtime itself; weights on branch nodes it ignores (we refuse them).
         let mut per_leaf: Vec<Vec<(u32, f32)>> = vec![Vec::new(); n];
         for k in 0..w_vals.len() {
             let leaf = *index.get(&(w_trees[k], w_nodes[k])).ok_or_else(|| {
@@ -368,6 +431,10 @@ impl Trees {
             }
             per_leaf[leaf as usize].push((w_ids[k] as u32, w_vals[k]));
         }
+        if let Some(i) = (0..n).find(|&i| exact[i].mode == Mode::Leaf && per_leaf[i].is_empty()) {
+            return Err(format!("leaf {} of tree {} has no weight", nodeids[i], treeids[i]));
+        }
+        let weighs_one = per_leaf.iter().map(|ws| ws.iter().any(|&(o, _)| o == 1)).collect();
         let mut weights = Vec::with_capacity(w_vals.len());
         let leaf_range = per_leaf
             .into_iter()
@@ -377,9 +444,7 @@ impl Trees {
                 (start, weights.len() as u32)
             })
             .collect();
-        let average = if aggregate == "AVERAGE" { 1.0 / roots.len() as f32 } else { 1.0 };
         Ok(Trees {
-            nodes: exact.len(),
             exact,
             leaf_of: vec![0; roots.len()],
             max_depth: depths.iter().copied().max().unwrap_or(0),
@@ -387,32 +452,41 @@ impl Trees {
             quick,
             leaf_range,
             weights,
+            weighs_one,
+            aggregate,
             base,
-            average,
             post,
-            scale,
+            scales,
             features,
+            outputs,
             what: if classifier { "TreeEnsembleClassifier" } else { "TreeEnsembleRegressor" },
         })
     }
 
-    /// "TreeEnsembleClassifier 300 trees (9000 nodes, depth <= 14, bit vectors) x16 -> 3 -> SOFTMAX".
+    /// "TreeEnsembleClassifier 300 trees (9000 nodes, depth <= 14, bit vectors u32) x16 -> 3 -> SOFTMAX".
     pub fn describe(&self) -> String {
         format!(
             "{} {} trees ({} nodes, depth <= {}, {}) x{} -> {}{}{}",
             self.what,
             self.roots.len(),
-            self.nodes,
+            self.exact.len(),
             self.max_depth,
-            match self.quick {
-                Some(Quick::Narrow(_)) => "bit vectors u32",
-                Some(Quick::Wide(_)) => "bit vectors u64",
-                None => "node walk",
+            match &self.quick {
+                Ok(Quick::Narrow(_)) => "bit vectors u32",
+                Ok(Quick::Wide(_)) => "bit vectors u64",
+                Err(why) => why,
             },
             self.features,
-            self.base.len(),
-            self.post.suffix(),
-            if self.average != 1.0 { " (average)" } else { "" },
+            self.outputs,
+            if matches!(self.aggregate, Aggregate::One { .. }) { "" } else { self.post.suffix() },
+            if matches!(
+                self.aggregate,
+                Aggregate::One { average: true, .. } | Aggregate::Targets { average: true }
+            ) {
+                " (average)"
+            } else {
+                ""
+            },
         )
     }
 
@@ -420,28 +494,87 @@ impl Trees {
     #[inline]
     pub fn run(&mut self, x: &[f32], out: &mut [f32]) {
         debug_assert_eq!(x.len(), self.features);
-        debug_assert_eq!(out.len(), self.base.len());
+        debug_assert_eq!(out.len(), self.outputs);
         match &mut self.quick {
             _ if x.iter().any(|v| v.is_nan()) => self.walk_exact(x),
-            Some(Quick::Narrow(q)) => q.exits(x, &mut self.leaf_of),
-            Some(Quick::Wide(q)) => q.exits(x, &mut self.leaf_of),
-            None => self.walk_exact(x),
+            Ok(Quick::Narrow(q)) => q.exits(x, &mut self.leaf_of),
+            Ok(Quick::Wide(q)) => q.exits(x, &mut self.leaf_of),
+            Err(_) => self.walk_exact(x),
+        }
+        self.aggregate(out);
+        for &k in &self.scales {
+            out.iter_mut().for_each(|o| *o *= k);
+        }
+    }
+
+    /// The exit leaves' weights into the output row, as ONNX Runtime's aggregator does.
+    #[inline]
+    fn aggregate(&self, out: &mut [f32]) {
+        let trees = self.roots.len() as f32;
+        if let Aggregate::One { average, origin } = self.aggregate {
+            let mut s = 0f32;
+            for &leaf in &self.leaf_of {
+                s += self.weights[self.leaf_range[leaf as usize].0 as usize].1;
+            }
+            if average {
+                s /= trees;
+            }
+            out[0] = s + origin;
+            return;
         }
         // Sum the leaves in the model's tree order (ONNX Runtime's order of additions).
         out.fill(0.0);
+        let mut one = false;
         for &leaf in &self.leaf_of {
             let (s, e) = self.leaf_range[leaf as usize];
             for &(o, w) in &self.weights[s as usize..e as usize] {
                 out[o as usize] += w;
             }
+            one |= self.weighs_one[leaf as usize];
         }
-        for (o, b) in out.iter_mut().zip(&self.base) {
-            *o = *o * self.average + b;
+        match self.aggregate {
+            Aggregate::One { .. } => unreachable!("returned above"),
+            Aggregate::Targets { average } if self.base.is_empty() => {
+                if average {
+                    out.iter_mut().for_each(|o| *o /= trees);
+                }
+            }
+            Aggregate::Targets { average } => {
+                for (o, &b) in out.iter_mut().zip(&self.base) {
+                    *o = if average { *o / trees + b } else { *o + b };
+                }
+            }
+            Aggregate::Classes => {
+                for (o, &b) in out.iter_mut().zip(&self.base) {
+                    *o += b;
+                }
+            }
+            Aggregate::Binary => match (self.base.as_slice(), one) {
+                (&[_, b1], true) => {
+                    out[1] = b1 + out[0];
+                    out[0] = -out[1];
+                }
+                (&[b0, b1], false) => {
+                    out[0] += b0;
+                    out[1] += b1;
+                }
+                (_, true) => {}
+                (_, false) => {
+                    // One score: ONNX Runtime writes its negation beside it, untransformed
+                    // unless LOGISTIC.
+                    let s = out[0];
+                    if self.post == PostTransform::Logistic {
+                        out[0] = logistic(-s);
+                        out[1] = logistic(s);
+                    } else {
+                        out[0] = -s;
+                        out[1] = s;
+                    }
+                    return;
+                }
+            },
         }
         self.post.apply(out);
-        if self.scale != 1.0 {
-            out.iter_mut().for_each(|o| *o *= self.scale);
-        }
     }
 
     /// Node by node with ONNX Runtime's comparisons and missing-value rule.
@@ -450,43 +583,438 @@ impl Trees {
             let mut i = root;
             loop {
                 let e = &self.exact[i as usize];
-                let v = x[e.feature as usize];
-                let yes = match e.mode {
-                    Mode::Leaf => break,
-                    Mode::Leq => v <= e.thr,
-                    Mode::Lt => v < e.thr,
-                    Mode::Gte => v >= e.thr,
-                    Mode::Gt => v > e.thr,
-                    Mode::Eq => v == e.thr,
-                    Mode::Neq => v != e.thr,
-                };
-                i = if yes || (e.missing_true && v.is_nan()) { e.yes } else { e.no };
+                if e.mode == Mode::Leaf {
+                    break;
+                }
+                i = if e.goes_yes(x[e.feature as usize]) { e.yes } else { e.no };
             }
             *leaf = i;
         }
     }
+
+    /// Inputs this ensemble reads.
+    pub fn features(&self) -> usize {
+        self.features
+    }
+
+    /// Rows that cover the ensemble, for the load-time gate (`engine::gate`): for every
+    /// leaf a row can reach, rows that reach it with each feature it depends on at the
+    /// inside edges of its range (and NaN where NaN also leads there); for every
+    /// threshold, rows at it and at the values just above and below it; then zeros of
+    /// both signs, the smallest normals, a denormal, huge finite values, infinities and
+    /// NaN. Values are never denormal unless meant as one: with denormals as zero they
+    /// compare as 0. Row-major, `features()` values a row.
+    pub fn covering_rows(&self) -> Vec<f32> {
+        let f = self.features;
+        let mut rows: Vec<f32> = Vec::new();
+        for path in self.leaf_paths() {
+            if !path.reachable() {
+                continue;
+            }
+            for edge in [Edge::High, Edge::Low, Edge::Nan] {
+                let mut row = vec![0f32; f];
+                let mut any_nan = false;
+                for &(feature, range) in &path.ranges {
+                    row[feature as usize] = match edge {
+                        Edge::Nan if range.nan => {
+                            any_nan = true;
+                            f32::NAN
+                        }
+                        Edge::Low => range.witness_low().unwrap_or(f32::NAN),
+                        _ => range.witness_high().unwrap_or(f32::NAN),
+                    };
+                }
+                if edge != Edge::Nan || any_nan {
+                    rows.extend(row);
+                }
+            }
+        }
+        let mut thresholds: Vec<(u32, f32)> = self
+            .exact
+            .iter()
+            .filter(|e| e.mode != Mode::Leaf && !e.thr.is_nan())
+            .map(|e| (e.feature, stable(e.thr)))
+            .collect();
+        thresholds.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        thresholds.dedup();
+        for (feature, t) in thresholds {
+            for v in [t, up(t), down(t)] {
+                let mut row = vec![0f32; f];
+                row[feature as usize] = v;
+                rows.extend(row);
+            }
+        }
+        let denormal = f32::from_bits(1 << 20);
+        for v in [
+            0.0,
+            -0.0,
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+            denormal,
+            -denormal,
+            1e30,
+            -1e30,
+            f32::MAX,
+            f32::MIN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ] {
+            rows.extend(std::iter::repeat_n(v, f));
+        }
+        rows
+    }
+
+    /// What `rows` (row-major, as [`covering_rows`](Self::covering_rows)) exercised, walked
+    /// node by node on this thread: branch nodes taken both ways, leaves reached, against
+    /// what any row can reach (from each leaf's path constraints).
+    pub fn coverage(&self, rows: &[f32]) -> Coverage {
+        let n = self.exact.len();
+        let (mut yes, mut no, mut reached) = (vec![false; n], vec![false; n], vec![false; n]);
+        for x in rows.chunks_exact(self.features) {
+            for &root in &self.roots {
+                let mut i = root as usize;
+                while self.exact[i].mode != Mode::Leaf {
+                    let e = &self.exact[i];
+                    if e.goes_yes(x[e.feature as usize]) {
+                        yes[i] = true;
+                        i = e.yes as usize;
+                    } else {
+                        no[i] = true;
+                        i = e.no as usize;
+                    }
+                }
+                reached[i] = true;
+            }
+        }
+        // A leaf is reachable when its path's constraints can all hold; a branch side when a
+        // reachable leaf hangs below it.
+        let mut reachable = vec![false; n];
+        for path in self.leaf_paths() {
+            reachable[path.leaf as usize] = path.reachable();
+        }
+        let mut below = vec![false; n];
+        for &root in &self.roots {
+            self.mark_reachable(root as usize, &reachable, &mut below);
+        }
+        let mut c = Coverage::default();
+        for (i, e) in self.exact.iter().enumerate() {
+            if e.mode == Mode::Leaf {
+                c.leaves += 1;
+                if reachable[i] {
+                    c.leaves_reachable += 1;
+                    c.leaves_reached += usize::from(reached[i]);
+                }
+            } else {
+                c.branches += 1;
+                if below[e.yes as usize] && below[e.no as usize] {
+                    c.branches_two_sided += 1;
+                    c.branches_both += usize::from(yes[i] && no[i]);
+                }
+            }
+        }
+        c
+    }
+
+    /// Whether a reachable leaf hangs below node `i` (into `below`, post-order, no recursion).
+    fn mark_reachable(&self, root: usize, reachable: &[bool], below: &mut [bool]) {
+        let mut stack = vec![(root, false)];
+        while let Some((i, expanded)) = stack.pop() {
+            let e = &self.exact[i];
+            if e.mode == Mode::Leaf {
+                below[i] = reachable[i];
+            } else if expanded {
+                below[i] = below[e.yes as usize] || below[e.no as usize];
+            } else {
+                stack.push((i, true));
+                stack.push((e.yes as usize, false));
+                stack.push((e.no as usize, false));
+            }
+        }
+    }
+
+    /// Every leaf with the constraints its path puts on the features it reads.
+    fn leaf_paths(&self) -> Vec<Path> {
+        let mut paths = Vec::new();
+        for &root in &self.roots {
+            let mut stack = vec![Path { leaf: root, ranges: Vec::new() }];
+            while let Some(p) = stack.pop() {
+                let e = self.exact[p.leaf as usize];
+                if e.mode == Mode::Leaf {
+                    paths.push(p);
+                    continue;
+                }
+                for (side_yes, child) in [(true, e.yes), (false, e.no)] {
+                    let mut q = Path { leaf: child, ranges: p.ranges.clone() };
+                    let at = match q.ranges.iter().position(|r| r.0 == e.feature) {
+                        Some(at) => at,
+                        None => {
+                            q.ranges.push((e.feature, Range::ANY));
+                            q.ranges.len() - 1
+                        }
+                    };
+                    q.ranges[at].1.narrow(&e, side_yes);
+                    stack.push(q);
+                }
+            }
+        }
+        paths
+    }
 }
 
-/// QuickScorer's tables for `exact`'s trees, or `None` when a tree has more leaves
-/// than `M` has bits or a node compares by `==`/`!=`.
-fn bit_vectors<M: Mask>(exact: &[Exact], roots: &[u32], features: usize) -> Option<BitVectors<M>> {
-    if exact.iter().any(|e| matches!(e.mode, Mode::Eq | Mode::Neq)) {
-        return None;
+/// What the gate's rows exercised of a tree ensemble.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Coverage {
+    pub branches: usize,
+    /// Branch nodes with a reachable leaf on each side, and of those, the ones taken both ways.
+    pub branches_two_sided: usize,
+    pub branches_both: usize,
+    pub leaves: usize,
+    pub leaves_reachable: usize,
+    pub leaves_reached: usize,
+}
+
+impl Coverage {
+    /// Every reachable leaf reached and every branch with two reachable sides taken both ways.
+    pub fn full(&self) -> bool {
+        self.branches_both == self.branches_two_sided && self.leaves_reached == self.leaves_reachable
     }
-    // Every node as `x <= thr ? yes : no` (valid for rows without NaN).
+}
+
+impl std::fmt::Display for Coverage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "branch nodes both sides {}/{}, leaves {}/{}",
+            self.branches_both, self.branches_two_sided, self.leaves_reached, self.leaves_reachable
+        )?;
+        if self.leaves_reachable < self.leaves || self.branches_two_sided < self.branches {
+            write!(
+                f,
+                " (of {} leaves and {} branch nodes: the others no row can reach)",
+                self.leaves, self.branches
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Edge {
+    High,
+    Low,
+    Nan,
+}
+
+/// A leaf and the range of each feature its path tests.
+struct Path {
+    leaf: u32,
+    ranges: Vec<(u32, Range)>,
+}
+
+impl Path {
+    fn reachable(&self) -> bool {
+        self.ranges.iter().all(|(_, r)| r.nan || r.witness_high().is_some())
+    }
+}
+
+/// The values of one feature that follow a path: an interval of non-NaN values less some
+/// points (or one point), and whether NaN follows it too. Bounds are compared as the
+/// thresholds are with denormals as zero (a denormal threshold is 0, −0.0 is 0.0).
+#[derive(Clone, Copy, Debug)]
+struct Range {
+    lo: f32,
+    lo_open: bool,
+    hi: f32,
+    hi_open: bool,
+    /// `==` nodes passed on their true side: the one value allowed.
+    point: Option<f32>,
+    /// `==` false sides and `!=` true sides: values excluded (a few at most per path).
+    excluded: [f32; 4],
+    n_excluded: usize,
+    /// Too many exclusions to track: treat the range as unreachable (counted as such).
+    overflow: bool,
+    nan: bool,
+}
+
+impl Range {
+    const ANY: Range = Range {
+        lo: f32::NEG_INFINITY,
+        lo_open: false,
+        hi: f32::INFINITY,
+        hi_open: false,
+        point: None,
+        excluded: [0.0; 4],
+        n_excluded: 0,
+        overflow: false,
+        nan: true,
+    };
+
+    /// Keep only the values that take node `e`'s `yes` (or `no`) side.
+    fn narrow(&mut self, e: &Exact, yes: bool) {
+        let nan_goes_yes = e.missing_true || e.mode == Mode::Neq;
+        self.nan &= nan_goes_yes == yes;
+        if e.thr.is_nan() {
+            // Non-NaN values all go `no` (all comparisons with NaN false) but for `!=` (true).
+            if (e.mode == Mode::Neq) != yes {
+                self.lo = f32::INFINITY;
+                self.lo_open = true;
+            }
+            return;
+        }
+        let t = stable(e.thr);
+        match (e.mode, yes) {
+            (Mode::Leq, true) | (Mode::Gt, false) => self.below(t, false),
+            (Mode::Lt, true) | (Mode::Gte, false) => self.below(t, true),
+            (Mode::Gte, true) | (Mode::Lt, false) => self.above(t, false),
+            (Mode::Gt, true) | (Mode::Leq, false) => self.above(t, true),
+            (Mode::Eq, true) | (Mode::Neq, false) => {
+                if self.point.is_some_and(|p| p != t) {
+                    self.lo = f32::INFINITY;
+                    self.lo_open = true;
+                }
+                self.point = Some(t);
+            }
+            (Mode::Eq, false) | (Mode::Neq, true) => {
+                if self.n_excluded == self.excluded.len() {
+                    self.overflow = true;
+                } else {
+                    self.excluded[self.n_excluded] = t;
+                    self.n_excluded += 1;
+                }
+            }
+            (Mode::Leaf, _) => unreachable!("branches only"),
+        }
+    }
+
+    fn below(&mut self, t: f32, open: bool) {
+        if t < self.hi || (t == self.hi && open) {
+            self.hi = t;
+            self.hi_open = open;
+        }
+    }
+
+    fn above(&mut self, t: f32, open: bool) {
+        if t > self.lo || (t == self.lo && open) {
+            self.lo = t;
+            self.lo_open = open;
+        }
+    }
+
+    fn admits(&self, v: f32) -> bool {
+        let lo_ok = if self.lo_open { v > self.lo } else { v >= self.lo };
+        let hi_ok = if self.hi_open { v < self.hi } else { v <= self.hi };
+        lo_ok
+            && hi_ok
+            && !self.overflow
+            && self.point.is_none_or(|p| p == v)
+            && !self.excluded[..self.n_excluded].contains(&v)
+    }
+
+    /// The highest non-NaN value the range admits, stepping down past exclusions; `None`
+    /// when it admits none.
+    fn witness_high(&self) -> Option<f32> {
+        if let Some(p) = self.point {
+            return self.admits(p).then_some(p);
+        }
+        let mut v = if self.hi_open { down(self.hi) } else { self.hi };
+        if v == f32::INFINITY && !self.admits(v) {
+            v = f32::MAX;
+        }
+        for _ in 0..=self.excluded.len() {
+            if self.admits(v) {
+                return Some(v);
+            }
+            if v.is_nan() || v < self.lo {
+                return None;
+            }
+            v = down(v);
+        }
+        None
+    }
+
+    /// The lowest non-NaN value the range admits (see [`witness_high`](Self::witness_high)).
+    fn witness_low(&self) -> Option<f32> {
+        if let Some(p) = self.point {
+            return self.admits(p).then_some(p);
+        }
+        let mut v = if self.lo_open { up(self.lo) } else { self.lo };
+        for _ in 0..=self.excluded.len() {
+            if self.admits(v) {
+                return Some(v);
+            }
+            if v.is_nan() || v > self.hi {
+                return None;
+            }
+            v = up(v);
+        }
+        None
+    }
+}
+
+/// A threshold as the hardware compares it with denormals as zero: denormals and −0.0 are 0.0.
+fn stable(t: f32) -> f32 {
+    if t.is_subnormal() || t == 0.0 {
+        0.0
+    } else {
+        t
+    }
+}
+
+/// The next value above `v` that compares as itself with denormals as zero (no denormals):
+/// `-MIN_POSITIVE → 0 → MIN_POSITIVE`; `MAX → ∞`; NaN for `∞`.
+fn up(v: f32) -> f32 {
+    if v.is_nan() || v == f32::INFINITY {
+        f32::NAN
+    } else if v == 0.0 {
+        f32::MIN_POSITIVE
+    } else if v == -f32::MIN_POSITIVE {
+        0.0
+    } else if v > 0.0 {
+        f32::from_bits(v.to_bits() + 1)
+    } else {
+        f32::from_bits(v.to_bits() - 1)
+    }
+}
+
+/// The next value below `v` with denormals skipped (see [`up`]).
+fn down(v: f32) -> f32 {
+    -up(-v)
+}
+
+/// QuickScorer's tables for `exact`'s trees, or why there are none: a tree has more than
+/// 64 leaves, a node compares by `==`/`!=`, or a threshold is a denormal (it compares as 0
+/// with denormals as zero and as itself without; the node walk compares as ONNX Runtime does
+/// on the same thread either way).
+fn quick_path(exact: &[Exact], roots: &[u32], features: usize) -> Result<Quick, &'static str> {
+    if exact.iter().any(|e| matches!(e.mode, Mode::Eq | Mode::Neq)) {
+        return Err("node walk: ==/!= nodes");
+    }
+    if exact.iter().any(|e| e.mode != Mode::Leaf && e.thr.is_subnormal()) {
+        return Err("node walk: a denormal threshold");
+    }
+    bit_vectors::<u32>(exact, roots, features)
+        .map(Quick::Narrow)
+        .or_else(|| bit_vectors::<u64>(exact, roots, features).map(Quick::Wide))
+        .ok_or("node walk: a tree of more than 64 leaves")
+}
+
+/// The bit vectors of `exact`'s trees in `M`, or `None` when a tree has more leaves than `M` has bits.
+fn bit_vectors<M: Mask>(exact: &[Exact], roots: &[u32], features: usize) -> Option<BitVectors<M>> {
+    // Every node as (threshold, tie goes large, small-side child, large-side child).
     let norm = |e: &Exact| match e.mode {
-        Mode::Leq => (e.thr, e.yes, e.no),
-        Mode::Lt => (next_down(e.thr), e.yes, e.no),
-        Mode::Gt => (e.thr, e.no, e.yes),
-        Mode::Gte => (next_down(e.thr), e.no, e.yes),
+        Mode::Leq => (e.thr, false, e.yes, e.no),
+        Mode::Lt => (e.thr, true, e.yes, e.no),
+        Mode::Gte => (e.thr, true, e.no, e.yes),
+        Mode::Gt => (e.thr, false, e.no, e.yes),
         Mode::Leaf | Mode::Eq | Mode::Neq => unreachable!("branches only"),
     };
     let mut init = vec![M::ALL; roots.len()];
     let (mut leaf_base, mut leaves) = (Vec::with_capacity(roots.len()), Vec::new());
-    // (feature, thr, tree, mask) of every branch.
-    let mut entries: Vec<(u32, f32, u32, M)> = Vec::new();
+    // (feature, thr, tie goes large, tree, mask) of every branch.
+    let mut entries: Vec<(u32, f32, bool, u32, M)> = Vec::new();
     for (t, &root) in roots.iter().enumerate() {
-        // Leaves in order, the `x <= thr` side first; each branch's mask clears that side's leaves.
+        // Leaves in order, the small side first; each branch's mask clears its small side's leaves.
         leaf_base.push(leaves.len());
         let first = leaves.len();
         // Post-order by an explicit stack of (node, children already pushed).
@@ -503,32 +1031,42 @@ fn bit_vectors<M: Mask>(exact: &[Exact], roots: &[u32], features: usize) -> Opti
                 spans.push((bit, bit + 1));
                 continue;
             }
-            let (thr, yes, no) = norm(e);
+            let (thr, tie_large, small, large) = norm(e);
             if !expanded {
                 stack.push((i, true));
-                stack.push((no, false));
-                stack.push((yes, false));
+                stack.push((large, false));
+                stack.push((small, false));
                 continue;
             }
-            // Both subtrees done: `no`'s span on top, `yes`'s under it.
-            let (no_span, yes_span) = (spans.pop().expect("no side"), spans.pop().expect("yes side"));
-            let mask = M::span(yes_span.0, yes_span.1).not();
-            spans.push((yes_span.0, no_span.1));
+            // Both subtrees done: the large side's span on top, the small side's under it.
+            let (large_span, small_span) =
+                (spans.pop().expect("large side"), spans.pop().expect("small side"));
+            spans.push((small_span.0, large_span.1));
             if thr.is_nan() {
-                // `x <= NaN` never holds: this node always fails.
-                init[t] &= mask;
+                // Every non-NaN row goes to the node's false child: clear the true child's side.
+                let true_span = if e.yes == small { small_span } else { large_span };
+                init[t] &= M::span(true_span.0, true_span.1).not();
             } else {
-                entries.push((e.feature, thr, t as u32, mask));
+                let thr = if thr == 0.0 { 0.0 } else { thr };
+                entries.push((
+                    e.feature,
+                    thr,
+                    tie_large,
+                    t as u32,
+                    M::span(small_span.0, small_span.1).not(),
+                ));
             }
         }
     }
-    // Per feature, ascending threshold (ties in tree order: the masks commute anyway).
-    entries.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
+    // Per feature, ascending threshold; at one threshold the nodes a tie sends large first
+    // (so the nodes a value sends large are always a prefix); then tree order.
+    entries.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(b.2.cmp(&a.2)).then(a.3.cmp(&b.3)));
     let starts = (0..=features as u32).map(|f| entries.partition_point(|e| e.0 < f)).collect();
     Some(BitVectors {
         starts,
         thr: entries.iter().map(|e| e.1).collect(),
-        clear: entries.iter().map(|e| (e.2, e.3)).collect(),
+        tie_large: entries.iter().map(|e| e.2).collect(),
+        clear: entries.iter().map(|e| (e.3, e.4)).collect(),
         bits: init.clone(),
         init,
         leaf_base,
@@ -543,9 +1081,14 @@ impl<M: Mask> BitVectors<M> {
         self.bits.copy_from_slice(&self.init);
         for (f, &v) in x.iter().enumerate() {
             let (s, e) = (self.starts[f], self.starts[f + 1]);
-            // The nodes that fail (`v > thr`) are the prefix of thresholds below v: found by
-            // binary search, then cleared in a loop with no data-dependent branch.
-            let n = self.thr[s..e].partition_point(|&t| t < v);
+            // The nodes that send v to their large side (`thr < v`, or `thr == v` for `<`/`>=`
+            // nodes, which sort first among equal thresholds) are a prefix: found by binary
+            // search, then cleared in a loop with no data-dependent branch.
+            let thr = &self.thr[s..e];
+            let mut n = thr.partition_point(|&t| t < v);
+            while n < thr.len() && thr[n] == v && self.tie_large[s + n] {
+                n += 1;
+            }
             let bits = &mut self.bits[..];
             for &(t, m) in &self.clear[s..s + n] {
                 debug_assert!((t as usize) < bits.len());
@@ -563,27 +1106,22 @@ impl<M: Mask> BitVectors<M> {
 
 #[cfg(test)]
 mod tests {
-    use super::next_down;
+    use super::{down, stable, up};
 
     #[test]
-    fn next_down_turns_less_than_into_at_most() {
-        let probes = [
-            -3.5f32,
-            -1e-40,
-            -0.0,
-            0.0,
-            1e-40,
-            1.0,
-            2.5,
-            f32::MAX,
-            f32::MIN,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-        ];
-        for t in probes {
-            for x in probes {
-                assert_eq!(x < t, x <= next_down(t), "x {x} t {t}");
-            }
+    fn stepping_skips_denormals_and_keeps_order() {
+        assert_eq!(up(0.0), f32::MIN_POSITIVE);
+        assert_eq!(up(-f32::MIN_POSITIVE), 0.0);
+        assert_eq!(down(0.0), -f32::MIN_POSITIVE);
+        assert_eq!(down(f32::MIN_POSITIVE), 0.0);
+        assert_eq!(up(f32::MAX), f32::INFINITY);
+        assert!(up(f32::INFINITY).is_nan());
+        for v in [-3.5f32, -1e-30, 1.0, 2.5, f32::MAX / 2.0] {
+            assert!(up(v) > v && down(v) < v, "{v}");
+            assert!(!up(v).is_subnormal() && !down(v).is_subnormal());
+            assert_eq!(down(up(v)), v);
         }
+        assert_eq!(stable(-0.0).to_bits(), 0);
+        assert_eq!(stable(1e-40), 0.0);
     }
 }
