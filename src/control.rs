@@ -281,19 +281,21 @@ impl Control {
 
     async fn command(&self, line: &str) -> String {
         if line == "stats" {
-            let report = self.shared.stats.lock().map(|s| s.report()).unwrap_or_default();
-            let mut v = serde_json::to_value(&report).unwrap_or_default();
-            // The serving model, its backend and why (parity with ONNX Runtime, timings at load).
-            if let (Some((info, _)), Some(obj)) = (self.shared.reload.current(), v.as_object_mut()) {
-                obj.insert(
-                    "model".into(),
-                    serde_json::json!({
-                        "name": info.name, "version": info.version, "provider": info.provider,
-                        "backend": info.backend, "backend_report": info.backend_report,
-                    }),
-                );
-            }
-            v.to_string()
+            let mut report = self.shared.stats.lock().map(|s| s.report()).unwrap_or_default();
+            let current = self.shared.reload.current();
+            report.verify = crate::verify::report(
+                &self.shared.verify,
+                current.as_ref().and_then(|(i, _)| i.verification.as_ref()),
+            );
+            // The serving model, its backend now and why (the gate's report, timings at load).
+            report.model = current.map(|(info, _)| crate::stats::ModelReport {
+                backend: info.backend_now(),
+                name: info.name,
+                version: info.version,
+                provider: info.provider.to_string(),
+                backend_report: info.backend_report,
+            });
+            serde_json::to_string(&report).unwrap_or_default()
         } else if line == "reload" || line.starts_with("reload ") {
             let path = match line.strip_prefix("reload").map(str::trim).filter(|p| !p.is_empty()) {
                 Some(p) => PathBuf::from(p),
@@ -553,7 +555,42 @@ pub fn prometheus_text(shared: &Shared, host: &[crate::doctor::Finding], started
             "# HELP tickinfer_model_info The serving model.\n# TYPE tickinfer_model_info gauge\ntickinfer_model_info{{name=\"{}\",provider=\"{}\",backend=\"{}\"}} 1",
             info.name.replace('"', "'"),
             info.provider,
-            info.backend.split(' ').next().unwrap_or("ort")
+            info.backend_now().split(' ').next().unwrap_or("ort")
+        );
+    }
+    let verify = crate::verify::report(
+        &shared.verify,
+        shared.reload.current().as_ref().and_then(|(i, _)| i.verification.as_ref()),
+    );
+    gauge(
+        &mut out,
+        "backend_verify_every",
+        "The live verifier re-runs one native answer in this many on ONNX Runtime (0: not verifying).",
+        verify.every as u64,
+    );
+    for (name, help, v) in [
+        ("backend_verified_total", "Native answers re-run on ONNX Runtime by the live verifier.", verify.checked),
+        (
+            "backend_disagreements_total",
+            "Native answers ONNX Runtime gave differently (outside the tolerance or, for tree ensembles, any \
+             difference).",
+            verify.disagreed,
+        ),
+        (
+            "backend_boundary_total",
+            "Native answers within the tolerance whose signal differed at a rounding edge.",
+            verify.boundary,
+        ),
+        ("backend_verify_dropped_total", "Samples the live verifier was too far behind to take.", verify.dropped),
+        (
+            "backend_fallbacks_total",
+            "Models switched from the native backend to ONNX Runtime after a disagreement.",
+            verify.fallbacks,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP tickinfer_{name} {help}\n# TYPE tickinfer_{name} counter\ntickinfer_{name} {v}"
         );
     }
     let _ = writeln!(

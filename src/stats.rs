@@ -137,6 +137,8 @@ impl Stats {
             shm_faults: self.shm_faults,
             nonfinite_outputs: self.nonfinite_outputs,
             keep_warm_runs: self.keep_warm_runs,
+            verify: VerifyReport::default(),
+            model: None,
         }
     }
 }
@@ -196,6 +198,41 @@ pub struct StatsReport {
     /// Keep-warm runs done while idle (`--keep-warm-us`).
     #[serde(default)]
     pub keep_warm_runs: u64,
+    /// The live verifier of the native backend (filled in by the control plane).
+    #[serde(default)]
+    pub verify: VerifyReport,
+    /// The serving model (filled in by the control plane).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelReport>,
+}
+
+/// The serving model, its backend now and why.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelReport {
+    pub name: String,
+    pub version: u32,
+    pub provider: String,
+    /// `ort`, `native (…)`, or `ort (fell back from native …)` after a disagreement.
+    pub backend: String,
+    /// The load-time decision: the gate's report and the timings.
+    pub backend_report: String,
+}
+
+/// The live verifier's counters (`crate::verify`), cumulative since the server started.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// One native answer in this many is re-run on ONNX Runtime (0: the serving model is not
+    /// verified: it runs on ONNX Runtime, or verification is off).
+    pub every: u32,
+    pub on_disagreement: String,
+    pub checked: u64,
+    pub disagreed: u64,
+    /// Within tolerance, decoded signal different at a rounding edge.
+    pub boundary: u64,
+    /// Samples the verifier was too far behind to take.
+    pub dropped: u64,
+    /// Engines switched to ONNX Runtime after a disagreement.
+    pub fallbacks: u64,
 }
 
 impl std::fmt::Display for StatsReport {
@@ -215,6 +252,18 @@ impl std::fmt::Display for StatsReport {
         )?;
         for (status, n) in &self.by_status {
             writeln!(f, "  status {status}: {n}")?;
+        }
+        if let Some(m) = &self.model {
+            writeln!(f, "model {} v{} on {}, backend {}", m.name, m.version, m.provider, m.backend)?;
+        }
+        let v = &self.verify;
+        if v.every > 0 || v.checked > 0 || v.fallbacks > 0 {
+            writeln!(
+                f,
+                "native backend verified on ONNX Runtime (1 answer in {}, on disagreement: {}): checked {}, disagreed \
+                 {}, at a rounding edge {}, dropped {}, fallbacks {}",
+                v.every, v.on_disagreement, v.checked, v.disagreed, v.boundary, v.dropped, v.fallbacks
+            )?;
         }
         writeln!(
             f,

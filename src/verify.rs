@@ -72,6 +72,27 @@ pub struct Verification {
     pub fell_back: Arc<OnceLock<String>>,
 }
 
+/// The counters and the serving engine's setting, for `tickinfer stats`.
+pub fn report(counters: &Counters, serving: Option<&Verification>) -> crate::stats::VerifyReport {
+    // Relaxed: statistics (see `Counters`).
+    let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    crate::stats::VerifyReport {
+        every: serving.filter(|v| v.fell_back.get().is_none()).map_or(0, |v| v.every),
+        on_disagreement: serving
+            .map(|v| match v.on_disagreement {
+                OnDisagreement::Fallback => "fallback",
+                OnDisagreement::Log => "log",
+            })
+            .unwrap_or("")
+            .to_string(),
+        checked: n(&counters.checked),
+        disagreed: n(&counters.disagreed),
+        boundary: n(&counters.boundary),
+        dropped: n(&counters.dropped),
+        fallbacks: n(&counters.fallbacks),
+    }
+}
+
 /// The scoring thread's end of the verifier.
 pub struct Tap {
     every: u32,

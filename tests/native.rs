@@ -65,6 +65,44 @@ fn native_and_ort_agree_over_long_streams_at_every_batch_size() {
     }
 }
 
+/// Runs longer than the native evaluator serves go to ONNX Runtime, the recurrent state
+/// handed over between the two: 48 symbols round-robin, so runs reach max_batch (ORT) and
+/// runs of 1 to 3 stay native (`native_max_run` 4), mixed over one stream; every output
+/// stays within float rounding of ONNX Runtime's alone.
+#[test]
+fn recurrent_state_crosses_between_native_and_ort_runs() {
+    let reqs: Vec<MlRequest> = (0..960).map(|i| stream_request(i, (i % 48) as u16)).collect();
+    for manifest in LSTMS {
+        let mut ort = load(manifest, Backend::Ort).unwrap();
+        let opts = EngineOptions {
+            backend: Some(Backend::Native),
+            native_max_run: Some(4),
+            ..test_engine_options()
+        };
+        let mut mixed = Engine::load(&repo_root().join(manifest), &opts).unwrap();
+        assert!(
+            mixed.info().backend_report.contains("runs of up to 4 rows native"),
+            "{}",
+            mixed.info().backend_report
+        );
+        let mut state = ort.new_state(64);
+        let mut want = Vec::new();
+        for c in reqs.chunks(ort.max_batch()) {
+            want.extend_from_slice(ort.run_rows(c, &mut state).unwrap());
+        }
+        let mut state = mixed.new_state(64);
+        let (mut got, mut at, mut k) = (Vec::new(), 0, 0);
+        while at < reqs.len() {
+            let n = [1, 16, 3, 16, 2, 5, 16][k % 7].min(reqs.len() - at);
+            got.extend_from_slice(mixed.run_rows(&reqs[at..at + n], &mut state).unwrap());
+            at += n;
+            k += 1;
+        }
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst <= 1e-4, "{manifest}: max |mixed - ort| {worst:e}");
+    }
+}
+
 /// Linear models (the bundled default: LinearClassifier → Normalizer; a LinearRegressor)
 /// and dense chains (a MatMul/Add/Softmax over stateful features; an MLP 16→64→64→3):
 /// native and ORT give the same outputs on the committed parity requests and on a stream.
@@ -168,8 +206,12 @@ fn native_tree_ensembles_agree_with_ort_nan_and_thresholds_included() {
         for chunk in [1, native.max_batch()] {
             let (a, b) = (outputs(&mut ort, &reqs, chunk), outputs(&mut native, &reqs, chunk));
             assert_eq!(a.len(), b.len());
+            // ONNX Runtime's operations in its order: the same bits.
             for (k, (a, b)) in a.iter().zip(&b).enumerate() {
-                assert!((a - b).abs() <= 1e-5, "{manifest} chunk {chunk} value {k}: ort {a} native {b}");
+                assert!(
+                    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                    "{manifest} chunk {chunk} value {k}: ort {a} native {b}"
+                );
             }
         }
     }
@@ -179,7 +221,7 @@ fn native_tree_ensembles_agree_with_ort_nan_and_thresholds_included() {
 fn auto_reports_its_choice_with_parity_and_timings() {
     let engine = load(LSTMS[2], Backend::Auto).unwrap();
     let report = &engine.info().backend_report;
-    for needle in ["agrees with ONNX Runtime on 64 random rows", "max |Δ|", "one row: native", "µs, ort"] {
+    for needle in ["gate:", "rows", "agrees on every row", "max |Δ|", "one row: native", "µs, ort"] {
         assert!(report.contains(needle), "`{needle}` not in: {report}");
     }
     // What it serves is what the report says it chose.
@@ -213,24 +255,39 @@ fn a_graph_the_native_backend_does_not_run_is_named() {
     assert!(forced.info().backend_report.starts_with("ort: chosen"), "{}", forced.info().backend_report);
 }
 
-/// Inputs far outside the training range (an absurd ask) saturate the gates on both
-/// backends: the state stays finite and the request still gets a signal.
+/// Inputs far outside the training range (an absurd ask) saturate the gates: the state
+/// stays finite, the request still gets a signal, and both backends give the same one.
 #[test]
-fn saturating_inputs_still_give_a_signal_on_both_backends() {
+fn saturating_inputs_give_the_same_signal_on_both_backends() {
+    let mut answers = Vec::new();
     for backend in [Backend::Ort, Backend::Native] {
         let mut engine = load(LSTMS[0], backend).unwrap();
         let mut state = engine.new_state(4);
-        let reqs: Vec<MlRequest> = (0..5).map(|i| stream_request(i, 3)).collect();
-        let mut p = vec![None::<Prediction>; reqs.len()];
-        engine.predict(&reqs, &mut state, &mut p).unwrap();
-        assert!(p.iter().all(|p| p.is_some()), "{backend:?}");
+        let mut reqs: Vec<MlRequest> = (0..5).map(|i| stream_request(i, 3)).collect();
         // An absurd price makes the features huge but finite; the LSTM saturates, stays finite.
         let mut wild = stream_request(6, 3);
         wild.ask_price = i64::MAX / 2;
-        let mut one = [None::<Prediction>];
-        engine.predict(std::slice::from_ref(&wild), &mut state, &mut one).unwrap();
-        assert!(one[0].is_some(), "{backend:?}: saturating inputs still give a signal");
+        reqs.push(wild);
+        let mut wilder = stream_request(7, 3);
+        wilder.bid_price = 1;
+        reqs.push(wilder);
+        let mut p = vec![None::<Prediction>; reqs.len()];
+        let mut rows = Vec::new();
+        for (r, p) in reqs.iter().zip(p.iter_mut()) {
+            engine.predict(std::slice::from_ref(r), &mut state, std::slice::from_mut(p)).unwrap();
+        }
+        let mut state = engine.new_state(4);
+        for r in &reqs {
+            rows.extend_from_slice(engine.run_rows(std::slice::from_ref(r), &mut state).unwrap());
+        }
+        assert!(p.iter().all(|p| p.is_some()), "{backend:?}: saturating inputs still give a signal");
+        answers.push((p, rows));
     }
+    let ((p_ort, r_ort), (p_native, r_native)) = (&answers[0], &answers[1]);
+    let worst = r_ort.iter().zip(r_native).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst <= 1e-4, "max |native - ort| {worst:e}");
+    let directions = |p: &[Option<Prediction>]| p.iter().map(|p| p.unwrap().direction).collect::<Vec<_>>();
+    assert_eq!(directions(p_ort), directions(p_native));
 }
 
 /// The evaluator alone: a non-finite state (here fed in directly; in service it would

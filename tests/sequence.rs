@@ -7,7 +7,7 @@ mod util;
 
 use std::path::Path;
 
-use tickinfer::engine::{Engine, EngineError};
+use tickinfer::engine::{Backend, Engine, EngineError, EngineOptions};
 use tickinfer::manifest::Prediction;
 use tickinfer::wire::MlRequest;
 use util::{repo_root, stream_request, test_engine_options};
@@ -21,6 +21,23 @@ fn load(manifest: &str) -> Engine {
     let _ = env_logger::builder().is_test(true).try_init();
     Engine::load(&repo_root().join(manifest), &test_engine_options())
         .unwrap_or_else(|e| panic!("{manifest}: {e}"))
+}
+
+/// The step model on each backend, pinned (not `auto`'s timing): ONNX Runtime; native for
+/// every run size; native for runs of up to 4 rows and ONNX Runtime above (the hand-over).
+fn step_engines() -> Vec<(&'static str, Engine)> {
+    let _ = env_logger::builder().is_test(true).try_init();
+    [
+        ("ort", Backend::Ort, None),
+        ("native", Backend::Native, None),
+        ("native up to 4", Backend::Native, Some(4)),
+    ]
+    .into_iter()
+    .map(|(what, backend, native_max_run)| {
+        let opts = EngineOptions { backend: Some(backend), native_max_run, ..test_engine_options() };
+        (what, Engine::load(&repo_root().join(STEP), &opts).unwrap_or_else(|e| panic!("{what}: {e}")))
+    })
+    .collect()
 }
 
 /// Three symbols interleaved unevenly, so that batches hold some symbols twice.
@@ -78,34 +95,48 @@ fn warming_until_the_window_or_warmup_is_full() {
 
 #[test]
 fn batching_never_changes_an_answer() {
-    for manifest in [STEP, WINDOW] {
-        let mut engine = load(manifest);
-        let reqs = stream(200);
-        let mut one = vec![None::<Prediction>; reqs.len()];
-        let mut state = engine.new_state(4);
-        for (r, p) in reqs.iter().zip(one.iter_mut()) {
-            engine.predict(std::slice::from_ref(r), &mut state, std::slice::from_mut(p)).unwrap();
+    let mut engines = step_engines();
+    engines.push(("window", load(WINDOW)));
+    for (what, mut engine) in engines {
+        // Three symbols unevenly (batches hold symbol 3 about 8 times: the recurrent model runs
+        // them in parts), and 40 symbols round-robin (runs as long as max_batch).
+        let many: Vec<MlRequest> = (0..400).map(|i| stream_request(i, (i % 40) as u16)).collect();
+        for reqs in [stream(200), many] {
+            let mut one = vec![None::<Prediction>; reqs.len()];
+            let mut state = engine.new_state(64);
+            for (r, p) in reqs.iter().zip(one.iter_mut()) {
+                engine.predict(std::slice::from_ref(r), &mut state, std::slice::from_mut(p)).unwrap();
+            }
+            let mut rows_one = Vec::new();
+            let mut state = engine.new_state(64);
+            for r in &reqs {
+                rows_one.extend_from_slice(engine.run_rows(std::slice::from_ref(r), &mut state).unwrap());
+            }
+            let mut batched = vec![None::<Prediction>; reqs.len()];
+            let mut state = engine.new_state(64);
+            engine.predict(&reqs, &mut state, &mut batched).unwrap();
+            let mut rows_batched = Vec::new();
+            let mut state = engine.new_state(64);
+            for chunk in reqs.chunks(engine.max_batch()) {
+                rows_batched.extend_from_slice(engine.run_rows(chunk, &mut state).unwrap());
+            }
+            assert!(
+                close(&rows_one, &rows_batched),
+                "{what}: raw outputs differ between batch 1 and max_batch"
+            );
+            assert!(one.iter().all(|p| p.is_some()));
+            if what == "native up to 4" {
+                // Batch 1 native, batches of 16 on ONNX Runtime: the same direction; a confidence
+                // may round the other way where the two differ by float rounding.
+                for (a, b) in one.iter().zip(&batched) {
+                    let (a, b) = (a.unwrap(), b.unwrap());
+                    assert_eq!((a.direction, a.warming), (b.direction, b.warming), "{what}");
+                    assert!(a.confidence.abs_diff(b.confidence) <= 1, "{what}: {a:?} vs {b:?}");
+                }
+            } else {
+                assert_eq!(one, batched, "{what}: answers differ between batch 1 and max_batch");
+            }
         }
-        let mut rows_one = Vec::new();
-        let mut state = engine.new_state(4);
-        for r in &reqs {
-            rows_one.extend_from_slice(engine.run_rows(std::slice::from_ref(r), &mut state).unwrap());
-        }
-        // max_batch (16) at a time: each batch holds symbol 3 about 8 times (the recurrent model runs it in parts).
-        let mut batched = vec![None::<Prediction>; reqs.len()];
-        let mut state = engine.new_state(4);
-        engine.predict(&reqs, &mut state, &mut batched).unwrap();
-        let mut rows_batched = Vec::new();
-        let mut state = engine.new_state(4);
-        for chunk in reqs.chunks(engine.max_batch()) {
-            rows_batched.extend_from_slice(engine.run_rows(chunk, &mut state).unwrap());
-        }
-        assert!(
-            close(&rows_one, &rows_batched),
-            "{manifest}: raw outputs differ between batch 1 and max_batch"
-        );
-        assert_eq!(one, batched, "{manifest}: answers differ between batch 1 and max_batch");
-        assert!(one.iter().all(|p| p.is_some()));
     }
 }
 
@@ -193,10 +224,13 @@ fn mismatched_sequence_manifests_are_named() {
 /// and up to 32 per run (pipeline mode: the state lives on the worker), for both models.
 #[test]
 fn the_server_answers_the_same_at_batch_1_and_32() {
-    for manifest in [STEP, WINDOW] {
+    // The step model on each backend pinned (`auto` would pick by timing); the window model
+    // has no native evaluator.
+    for (manifest, backend) in [(STEP, "ort"), (STEP, "native"), (WINDOW, "auto")] {
         let (m, reqs) = (repo_root().join(manifest), stream(2000));
-        let answers =
-            |max_batch: &str, mode: &str| util::server::pipelined_answers(&m, max_batch, mode, &reqs);
+        let answers = |max_batch: &str, mode: &str| {
+            util::server::pipelined_answers_with(&m, &["--backend", backend], max_batch, mode, &reqs)
+        };
         let (one, batched) = (answers("1", "inline"), answers("32", "pipeline"));
         assert!(one.iter().all(|a| a.3 == 0), "{manifest}: every request answered OK");
         assert_eq!(
@@ -204,6 +238,6 @@ fn the_server_answers_the_same_at_batch_1_and_32() {
             3 * 5,
             "{manifest}: 5 warming answers per symbol"
         );
-        assert_eq!(one, batched, "{manifest}: batch 1 and batch 32 answers differ");
+        assert_eq!(one, batched, "{manifest} on {backend}: batch 1 and batch 32 answers differ");
     }
 }

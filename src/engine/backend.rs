@@ -32,6 +32,7 @@ pub const TIMED_RUNS: usize = 400;
 pub(super) fn choose(
     engine: &mut Engine,
     forced: Option<Backend>,
+    native_max_run: Option<usize>,
     level: log::Level,
 ) -> Result<(), EngineError> {
     let backend = forced.unwrap_or(engine.manifest.backend);
@@ -111,6 +112,10 @@ pub(super) fn choose(
         if crossover.is_empty() && max_batch > 1 {
             crossover = format!("; native for every run size up to {max_batch} rows");
         }
+    }
+    if let Some(m) = native_max_run.filter(|_| serve_native) {
+        up_to = m.min(max_batch);
+        crossover = format!("; runs of up to {up_to} rows native, larger on ort (--native-max-run)");
     }
     let what = native.describe();
     engine.info.backend_report = format!(

@@ -78,6 +78,9 @@ pub struct EngineOptions {
     pub provider: ExecutionProvider,
     /// Overrides the manifest's `[model] backend` when set.
     pub backend: Option<Backend>,
+    /// Largest run (rows) the native evaluator serves; larger runs go to ONNX Runtime.
+    /// `None`: measured at load (`auto`), every run size (`native`).
+    pub native_max_run: Option<usize>,
     /// Live verification of a native evaluator (`crate::verify`).
     pub verify: crate::verify::VerifyOptions,
     /// Log the load at debug level (the live verifier's reference engine: the serving
@@ -94,6 +97,7 @@ impl Default for EngineOptions {
             warmup_runs: 20,
             provider: ExecutionProvider::Cpu,
             backend: None,
+            native_max_run: None,
             verify: crate::verify::VerifyOptions::default(),
             quiet: false,
         }
@@ -421,7 +425,7 @@ impl Engine {
         };
         let (warming, row_ok) = (vec![false; max_batch], vec![true; max_batch]);
         let mut engine = Engine { manifest, info, spec, parts, warming, row_ok, session };
-        backend::choose(&mut engine, opts.backend, level)?;
+        backend::choose(&mut engine, opts.backend, opts.native_max_run, level)?;
         engine.warm_up(opts.warmup_runs, level)?;
         if let Some(native) = &engine.parts.native {
             let memory = engine.parts.state_widths.iter().sum();

@@ -149,6 +149,11 @@ pub struct ServeOptions {
     /// [default: the manifest's, else auto].
     #[arg(long, value_enum)]
     pub backend: Option<crate::manifest::Backend>,
+    /// Largest run (requests per model run) the native backend serves; larger runs go to
+    /// ONNX Runtime, carrying recurrent state across [default: measured at load by auto;
+    /// every size for native].
+    #[arg(long)]
+    pub native_max_run: Option<usize>,
     /// While the native backend serves, re-run one answer in N on ONNX Runtime off the hot
     /// path and compare (0: never) [default: the manifest's `verify_every`, else 1000].
     #[arg(long)]
@@ -302,6 +307,7 @@ impl ServeOptions {
                 warmup_runs: 20,
                 provider,
                 backend: self.backend,
+                native_max_run: self.native_max_run,
                 verify: crate::verify::VerifyOptions {
                     every: self.verify_every,
                     on_disagreement: self.on_disagreement,
@@ -441,6 +447,7 @@ mod tests {
         ("provider", "\"cpu\""),
         ("backend", "\"native\""),
         ("verify_every", "10"),
+        ("native_max_run", "4"),
         ("on_disagreement", "\"log\""),
         ("device_id", "1"),
         ("trt_cache", "\"/var/cache/trt\""),

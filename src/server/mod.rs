@@ -139,6 +139,8 @@ pub struct Shared {
     pub max_connections: AtomicU64,
     /// Jobs waiting in the request ring (pipeline mode; gauge, sampled every 200 ms).
     pub queue_depth: AtomicU64,
+    /// The live verifier's counters (`crate::verify`), across reloads.
+    pub verify: Arc<crate::verify::Counters>,
 }
 
 impl Shared {
@@ -203,6 +205,7 @@ pub fn run(
     // The live verifier (when a native evaluator serves) stays off the hot threads' cores.
     cfg.engine.verify.cores =
         cores.iter().copied().filter(|&c| Some(c) != io_core && Some(c) != worker_core).collect();
+    cfg.engine.verify.counters = shared.verify.clone();
     log::info!(
         "mode {mode:?} (asked {:?}; {} usable cores {cores:?}), poll {:?}, io core {io_core:?}, worker core {worker_core:?}",
         cfg.mode,

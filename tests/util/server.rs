@@ -94,6 +94,22 @@ impl Server {
         panic!("server did not become ready:\n{}", self.log());
     }
 
+    /// Wait until the server is ready (`Ok`) or has exited (`Err` with its status and log).
+    pub fn wait_ready_or_exit(&mut self) -> Result<(), String> {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(60) {
+            if self.log().contains("ready: model") {
+                return Ok(());
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                return Err(format!("exited {status}:\n{}", self.log()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("server neither became ready nor exited:\n{}", self.log());
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -106,6 +122,16 @@ impl Server {
             .and_then(|r| r.strip_suffix("/metrics"))
             .unwrap_or_else(|| panic!("no metrics address logged:\n{log}"))
             .to_string()
+    }
+
+    /// The body of `GET /metrics` from a server started with `--metrics ADDR`.
+    pub fn metrics_text(&self) -> String {
+        let mut s = std::net::TcpStream::connect(self.metrics_address()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        text.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or(text)
     }
 
     pub fn pid(&self) -> i32 {
@@ -148,6 +174,11 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// `tickinfer stats --json` once.
+    pub fn stats_json(&self) -> serde_json::Value {
+        self.stats_when(|_| true)
+    }
+
     /// `tickinfer stats --json`, polled until `done` holds on the report (stats are
     /// published every 200 ms, later on a loaded machine); panics after 20 s.
     pub fn stats_when(&self, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
@@ -197,6 +228,12 @@ impl Client {
         self.stream.read_exact(&mut buf)?;
         Ok(bytemuck::pod_read_unaligned(&buf))
     }
+
+    /// Send one request and read its answer.
+    pub fn roundtrip(&mut self, req: &MlRequest) -> io::Result<MlResponse> {
+        self.send(std::slice::from_ref(req))?;
+        self.recv()
+    }
 }
 
 /// A valid request (AMZN-like prices at scale 10000) with this id.
@@ -224,8 +261,21 @@ pub fn pipelined_answers(
     mode: &str,
     reqs: &[MlRequest],
 ) -> Vec<(i8, u8, i64, u16, u16)> {
-    let server =
-        Server::start(&["--model", model.to_str().unwrap(), "--max-batch", max_batch, "--mode", mode]);
+    pipelined_answers_with(model, &[], max_batch, mode, reqs)
+}
+
+/// [`pipelined_answers`] with `extra` serve flags (e.g. `["--backend", "native"]`).
+#[allow(dead_code)]
+pub fn pipelined_answers_with(
+    model: &Path,
+    extra: &[&str],
+    max_batch: &str,
+    mode: &str,
+    reqs: &[MlRequest],
+) -> Vec<(i8, u8, i64, u16, u16)> {
+    let mut args = vec!["--model", model.to_str().unwrap(), "--max-batch", max_batch, "--mode", mode];
+    args.extend_from_slice(extra);
+    let server = Server::start(&args);
     let mut c = Client::connect(&server.socket).unwrap();
     let mut out = Vec::with_capacity(reqs.len());
     for window in reqs.chunks(64) {

@@ -42,6 +42,10 @@ use crate::manifest::Manifest;
 
 const ML: &str = "ai.onnx.ml";
 
+/// Rows of the load-time gate that put every feature on or beside a random one of its
+/// thresholds at once.
+const COMBINED_ROWS: usize = 512;
+
 /// Deepest tree accepted (a bound on a hostile graph; LightGBM's 31-leaf trees reach ≈ 15).
 const MAX_DEPTH: usize = 1024;
 
@@ -98,12 +102,12 @@ enum Aggregate {
     Targets { average: bool },
     /// A classifier of three or more classes: sums + base values, then the post-transform.
     Classes,
-    /// A classifier of two classes whose leaves weigh both: per row, when a reached leaf
-    /// weighed class 1, scores `[s0 + b0, s1 + b1]` (no base values: `[s0, s1]`), except that
-    /// two base values and class 1 reached give `[-(b1 + s0), b1 + s0]`; when no reached
-    /// leaf weighed class 1: with two base values `[s0 + b0, b1]`, without `[-s0, s0]`
-    /// (LOGISTIC: `[σ(-s0), σ(s0)]`, no other transform). Yes, ONNX Runtime ignores `s1` in
-    /// the first case; the evaluator reproduces what serves, not what one might expect.
+    /// A classifier of two classes whose leaves weigh both, per row: when a reached leaf
+    /// weighed class 1, `[s0, s1]`, or with two base values `[-(b1 + s0), b1 + s0]` (ONNX
+    /// Runtime ignores `s1` there); when none did, `[s0 + b0, 0]` with two base values (the
+    /// unweighed class reads 0, its base value dropped), else `[-s0, s0]` (LOGISTIC:
+    /// `[σ(-s0), σ(s0)]`, no other transform). The evaluator reproduces what serves, not what
+    /// one might expect.
     Binary,
 }
 
@@ -183,8 +187,8 @@ pub struct Trees {
     leaf_range: Vec<(u32, u32)>,
     /// `(output index, weight)` pairs, leaves' in the model's order.
     weights: Vec<(u32, f32)>,
-    /// Per node: one of its leaf's weights is for output 1 ([`Aggregate::Binary`]).
-    weighs_one: Vec<bool>,
+    /// Scratch: per output, whether a reached leaf weighed it (ONNX Runtime's `has_score`).
+    has: Vec<bool>,
     aggregate: Aggregate,
     base: Vec<f32>,
     post: PostTransform,
@@ -434,7 +438,6 @@ impl Trees {
         if let Some(i) = (0..n).find(|&i| exact[i].mode == Mode::Leaf && per_leaf[i].is_empty()) {
             return Err(format!("leaf {} of tree {} has no weight", nodeids[i], treeids[i]));
         }
-        let weighs_one = per_leaf.iter().map(|ws| ws.iter().any(|&(o, _)| o == 1)).collect();
         let mut weights = Vec::with_capacity(w_vals.len());
         let leaf_range = per_leaf
             .into_iter()
@@ -452,7 +455,7 @@ impl Trees {
             quick,
             leaf_range,
             weights,
-            weighs_one,
+            has: vec![false; outputs],
             aggregate,
             base,
             post,
@@ -508,8 +511,11 @@ impl Trees {
     }
 
     /// The exit leaves' weights into the output row, as ONNX Runtime's aggregator does.
+    /// ONNX Runtime keeps a "has score" flag per output beside its sum, and writes an output
+    /// no reached leaf weighed (and no base value was assigned to) as 0 — its base value
+    /// added or not — before the post-transform; `has` mirrors those flags.
     #[inline]
-    fn aggregate(&self, out: &mut [f32]) {
+    fn aggregate(&mut self, out: &mut [f32]) {
         let trees = self.roots.len() as f32;
         if let Aggregate::One { average, origin } = self.aggregate {
             let mut s = 0f32;
@@ -524,13 +530,14 @@ impl Trees {
         }
         // Sum the leaves in the model's tree order (ONNX Runtime's order of additions).
         out.fill(0.0);
-        let mut one = false;
+        let has = &mut self.has[..];
+        has.fill(false);
         for &leaf in &self.leaf_of {
             let (s, e) = self.leaf_range[leaf as usize];
             for &(o, w) in &self.weights[s as usize..e as usize] {
                 out[o as usize] += w;
+                has[o as usize] = true;
             }
-            one |= self.weighs_one[leaf as usize];
         }
         match self.aggregate {
             Aggregate::One { .. } => unreachable!("returned above"),
@@ -545,21 +552,22 @@ impl Trees {
                 }
             }
             Aggregate::Classes => {
-                for (o, &b) in out.iter_mut().zip(&self.base) {
+                for ((o, &b), h) in out.iter_mut().zip(&self.base).zip(has.iter_mut()) {
                     *o += b;
+                    *h = true;
                 }
             }
-            Aggregate::Binary => match (self.base.as_slice(), one) {
-                (&[_, b1], true) => {
+            Aggregate::Binary => match self.base.as_slice() {
+                &[_, b1] if has[1] => {
                     out[1] = b1 + out[0];
                     out[0] = -out[1];
                 }
-                (&[b0, b1], false) => {
+                &[b0, b1] => {
                     out[0] += b0;
                     out[1] += b1;
                 }
-                (_, true) => {}
-                (_, false) => {
+                _ if has[1] => {}
+                _ => {
                     // One score: ONNX Runtime writes its negation beside it, untransformed
                     // unless LOGISTIC.
                     let s = out[0];
@@ -573,6 +581,11 @@ impl Trees {
                     return;
                 }
             },
+        }
+        for (o, &h) in out.iter_mut().zip(has.iter()) {
+            if !h {
+                *o = 0.0;
+            }
         }
         self.post.apply(out);
     }
@@ -600,14 +613,16 @@ impl Trees {
     /// Rows that cover the ensemble, for the load-time gate (`engine::gate`): for every
     /// leaf a row can reach, rows that reach it with each feature it depends on at the
     /// inside edges of its range (and NaN where NaN also leads there); for every
-    /// threshold, rows at it and at the values just above and below it; then zeros of
-    /// both signs, the smallest normals, a denormal, huge finite values, infinities and
-    /// NaN. Values are never denormal unless meant as one: with denormals as zero they
+    /// threshold, rows at it and at the values just above and below it; for every output,
+    /// a row no reached leaf weighs it in (when leaves allow one); rows with every feature on
+    /// or beside a random one of its thresholds; then zeros of both signs, the smallest
+    /// normals, a denormal, huge finite values, infinities and NaN. Values are never denormal unless meant as one: with denormals as zero they
     /// compare as 0. Row-major, `features()` values a row.
     pub fn covering_rows(&self) -> Vec<f32> {
         let f = self.features;
         let mut rows: Vec<f32> = Vec::new();
-        for path in self.leaf_paths() {
+        let paths = self.leaf_paths();
+        for path in &paths {
             if !path.reachable() {
                 continue;
             }
@@ -629,6 +644,7 @@ impl Trees {
                 }
             }
         }
+        rows.extend(self.absence_rows(&paths));
         let mut thresholds: Vec<(u32, f32)> = self
             .exact
             .iter()
@@ -637,11 +653,25 @@ impl Trees {
             .collect();
         thresholds.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
         thresholds.dedup();
+        // Per feature, the values that sit on or beside one of its thresholds (and 0).
+        let mut values: Vec<Vec<f32>> = vec![vec![0.0]; f];
         for (feature, t) in thresholds {
             for v in [t, up(t), down(t)] {
                 let mut row = vec![0f32; f];
                 row[feature as usize] = v;
                 rows.extend(row);
+                values[feature as usize].push(v);
+            }
+        }
+        // Combinations: every feature on or beside a random one of its thresholds at once, so
+        // that the trees reach their leaves in mixes no single leaf's row makes.
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        for _ in 0..COMBINED_ROWS {
+            for vs in &values {
+                rng ^= rng >> 12;
+                rng ^= rng << 25;
+                rng ^= rng >> 27;
+                rows.push(vs[(rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % vs.len()]);
             }
         }
         let denormal = f32::from_bits(1 << 20);
@@ -733,11 +763,54 @@ impl Trees {
         }
     }
 
-    /// Every leaf with the constraints its path puts on the features it reads.
+    /// For each output, a row in which no reached leaf weighs it, when reachable leaves allow
+    /// one (found tree by tree, greedily): how ONNX Runtime scores an output nothing weighed
+    /// (read as 0, its base value dropped; a binary classifier's one-score rule) only shows
+    /// in such rows.
+    fn absence_rows(&self, paths: &[Path]) -> Vec<f32> {
+        let mut rows = Vec::new();
+        for output in 0..self.outputs as u32 {
+            let mut acc: Vec<Option<Range>> = vec![None; self.features];
+            let mut found = true;
+            for tree in 0..self.roots.len() {
+                let fits = paths.iter().filter(|p| p.tree == tree && p.reachable()).find_map(|p| {
+                    let (s, e) = self.leaf_range[p.leaf as usize];
+                    if self.weights[s as usize..e as usize].iter().any(|&(o, _)| o == output) {
+                        return None;
+                    }
+                    let mut next = acc.clone();
+                    for &(feature, range) in &p.ranges {
+                        let r = match next[feature as usize] {
+                            Some(a) => a.intersect(&range),
+                            None => range,
+                        };
+                        if !(r.nan || r.witness_high().is_some()) {
+                            return None;
+                        }
+                        next[feature as usize] = Some(r);
+                    }
+                    Some(next)
+                });
+                match fits {
+                    Some(next) => acc = next,
+                    None => {
+                        found = false;
+                        break;
+                    }
+                }
+            }
+            if found {
+                rows.extend(acc.iter().map(|r| r.map_or(0.0, |r| r.witness_high().unwrap_or(f32::NAN))));
+            }
+        }
+        rows
+    }
+
+    /// Every leaf with the constraints its path puts on the features it reads, tree by tree.
     fn leaf_paths(&self) -> Vec<Path> {
         let mut paths = Vec::new();
-        for &root in &self.roots {
-            let mut stack = vec![Path { leaf: root, ranges: Vec::new() }];
+        for (tree, &root) in self.roots.iter().enumerate() {
+            let mut stack = vec![Path { tree, leaf: root, ranges: Vec::new() }];
             while let Some(p) = stack.pop() {
                 let e = self.exact[p.leaf as usize];
                 if e.mode == Mode::Leaf {
@@ -745,7 +818,7 @@ impl Trees {
                     continue;
                 }
                 for (side_yes, child) in [(true, e.yes), (false, e.no)] {
-                    let mut q = Path { leaf: child, ranges: p.ranges.clone() };
+                    let mut q = Path { tree: p.tree, leaf: child, ranges: p.ranges.clone() };
                     let at = match q.ranges.iter().position(|r| r.0 == e.feature) {
                         Some(at) => at,
                         None => {
@@ -808,6 +881,7 @@ enum Edge {
 
 /// A leaf and the range of each feature its path tests.
 struct Path {
+    tree: usize,
     leaf: u32,
     ranges: Vec<(u32, Range)>,
 }
@@ -885,6 +959,39 @@ impl Range {
             }
             (Mode::Leaf, _) => unreachable!("branches only"),
         }
+    }
+
+    /// The values both ranges admit.
+    fn intersect(&self, other: &Range) -> Range {
+        let mut r = *self;
+        r.nan &= other.nan;
+        if other.hi_open {
+            r.below(other.hi, true);
+        } else if other.hi != f32::INFINITY {
+            r.below(other.hi, false);
+        }
+        if other.lo_open {
+            r.above(other.lo, true);
+        } else if other.lo != f32::NEG_INFINITY {
+            r.above(other.lo, false);
+        }
+        if let Some(p) = other.point {
+            if r.point.is_some_and(|q| q != p) {
+                r.lo = f32::INFINITY;
+                r.lo_open = true;
+            }
+            r.point = Some(p);
+        }
+        for &x in &other.excluded[..other.n_excluded] {
+            if r.n_excluded == r.excluded.len() {
+                r.overflow = true;
+            } else {
+                r.excluded[r.n_excluded] = x;
+                r.n_excluded += 1;
+            }
+        }
+        r.overflow |= other.overflow;
+        r
     }
 
     fn below(&mut self, t: f32, open: bool) {
