@@ -557,12 +557,12 @@ impl Trees {
                     *h = true;
                 }
             }
-            Aggregate::Binary => match self.base.as_slice() {
-                &[_, b1] if has[1] => {
+            Aggregate::Binary => match *self.base.as_slice() {
+                [_, b1] if has[1] => {
                     out[1] = b1 + out[0];
                     out[0] = -out[1];
                 }
-                &[b0, b1] => {
+                [b0, b1] => {
                     out[0] += b0;
                     out[1] += b1;
                 }
