@@ -57,10 +57,14 @@ fn feed_value(rng: &mut Rng) -> f32 {
         4..=5 => ON[rng.range(0, ON.len() as u64) as usize],
         6 => {
             let t = ON[rng.range(0, ON.len() as u64) as usize];
-            if rng.range(0, 2) == 0 {
-                t.next_up()
+            // The float just above or below (t is never 0 or ±∞ here but for 0.0: skipped).
+            let bits = t.to_bits();
+            if t == 0.0 {
+                f32::MIN_POSITIVE
+            } else if (rng.range(0, 2) == 0) == (t > 0.0) {
+                f32::from_bits(bits + 1)
             } else {
-                t.next_down()
+                f32::from_bits(bits - 1)
             }
         }
         7 => [1e4f32, -1e4, 2.5e5, -3e6, 150.0, -150.0][rng.range(0, 6) as usize],
