@@ -513,8 +513,13 @@ pub fn prometheus_text(shared: &Shared, host: &[crate::doctor::Finding], started
         ),
         (
             "keep_warm_runs_total",
-            "Keep-warm runs done while idle (--keep-warm-us): model runs or socket round trips.",
+            "Keep-warm model runs done while idle (--keep-warm-us), by the thread that owns the model.",
             stats.keep_warm_runs,
+        ),
+        (
+            "keep_warm_socket_trips_total",
+            "Keep-warm round trips on a private socket pair done while idle (--keep-warm-us).",
+            stats.keep_warm_socket_trips,
         ),
     ] {
         let _ = writeln!(

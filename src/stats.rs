@@ -34,9 +34,10 @@ pub struct Stats {
     pub shm_faults: u64,
     /// Requests whose model output was NaN or infinite (answered `ML_ERR_MODEL_FAILURE`).
     pub nonfinite_outputs: u64,
-    /// Keep-warm runs done while idle (`--keep-warm-us`): model runs, or socket round trips
-    /// on the pipeline's I/O thread.
+    /// Keep-warm model runs done while idle (`--keep-warm-us`), by the thread that owns the model.
     pub keep_warm_runs: u64,
+    /// Keep-warm round trips on the private socket pair, by the thread that owns the sockets.
+    pub keep_warm_socket_trips: u64,
 }
 
 fn histogram(max: u64) -> Histogram<u64> {
@@ -58,6 +59,7 @@ impl Default for Stats {
             shm_faults: 0,
             nonfinite_outputs: 0,
             keep_warm_runs: 0,
+            keep_warm_socket_trips: 0,
         }
     }
 }
@@ -80,6 +82,7 @@ impl Stats {
         self.shm_faults += other.shm_faults;
         self.nonfinite_outputs += other.nonfinite_outputs;
         self.keep_warm_runs += other.keep_warm_runs;
+        self.keep_warm_socket_trips += other.keep_warm_socket_trips;
     }
 
     /// Zero every recorder, keeping the allocations.
@@ -96,6 +99,7 @@ impl Stats {
         self.shm_faults = 0;
         self.nonfinite_outputs = 0;
         self.keep_warm_runs = 0;
+        self.keep_warm_socket_trips = 0;
     }
 
     /// Whether nothing was recorded since the last reset. Every recorder counts: the
@@ -113,6 +117,7 @@ impl Stats {
             && self.shm_faults == 0
             && self.nonfinite_outputs == 0
             && self.keep_warm_runs == 0
+            && self.keep_warm_socket_trips == 0
     }
 
     pub fn report(&self) -> StatsReport {
@@ -137,6 +142,7 @@ impl Stats {
             shm_faults: self.shm_faults,
             nonfinite_outputs: self.nonfinite_outputs,
             keep_warm_runs: self.keep_warm_runs,
+            keep_warm_socket_trips: self.keep_warm_socket_trips,
             verify: VerifyReport::default(),
             model: None,
         }
@@ -195,9 +201,12 @@ pub struct StatsReport {
     /// Requests answered `ML_ERR_MODEL_FAILURE` because the model's output was NaN or infinite.
     #[serde(default)]
     pub nonfinite_outputs: u64,
-    /// Keep-warm runs done while idle (`--keep-warm-us`).
+    /// Keep-warm model runs done while idle (`--keep-warm-us`).
     #[serde(default)]
     pub keep_warm_runs: u64,
+    /// Keep-warm socket round trips done while idle.
+    #[serde(default)]
+    pub keep_warm_socket_trips: u64,
     /// The live verifier of the native backend (filled in by the control plane).
     #[serde(default)]
     pub verify: VerifyReport,
@@ -240,7 +249,7 @@ impl std::fmt::Display for StatsReport {
         writeln!(
             f,
             "responses {} (connections accepted {}, refused {}, slow-reader disconnects {}, shared-memory sessions {} \
-             (faults {}), non-finite model outputs {}, keep-warm runs {})",
+             (faults {}), non-finite model outputs {}, keep-warm runs {} (socket round trips {}))",
             self.responses,
             self.connections_accepted,
             self.connections_refused,
@@ -248,7 +257,8 @@ impl std::fmt::Display for StatsReport {
             self.shm_sessions,
             self.shm_faults,
             self.nonfinite_outputs,
-            self.keep_warm_runs
+            self.keep_warm_runs,
+            self.keep_warm_socket_trips
         )?;
         for (status, n) in &self.by_status {
             writeln!(f, "  status {status}: {n}")?;

@@ -15,10 +15,11 @@ type Answer = (i8, u8, i64, u16, u16);
 
 /// The same stream of requests for symbols 0..3 (0 is the symbol a keep-warm run's
 /// made-up request carries), in bursts of 8 with 2 ms of idle between them: answers, in
-/// order, and the server's keep-warm run count.
-fn answers(model: &Path, mode: &str, keep_warm: bool) -> (Vec<Answer>, u64) {
+/// order, and the server's keep-warm counts: model runs, socket round trips.
+fn answers(model: &Path, backend: &str, mode: &str, keep_warm: bool) -> (Vec<Answer>, (u64, u64)) {
     // Adaptive: spins 20 ms after each burst (warm-ups run then), blocks once the test is done.
     let mut args = vec!["--model", model.to_str().unwrap(), "--mode", mode, "--poll", "adaptive"];
+    args.extend(["--backend", backend]);
     args.extend(["--spin-us", "20000", "--stats-interval-s", "0"]);
     if keep_warm {
         args.extend(["--keep-warm-us", "1"]);
@@ -42,25 +43,41 @@ fn answers(model: &Path, mode: &str, keep_warm: bool) -> (Vec<Answer>, u64) {
     }
     let n = out.len() as u64;
     let stats = server.stats_when(|s| s["responses"].as_u64() == Some(n));
-    (out, stats["keep_warm_runs"].as_u64().unwrap())
+    (out, (stats["keep_warm_runs"].as_u64().unwrap(), stats["keep_warm_socket_trips"].as_u64().unwrap()))
 }
 
 #[test]
 fn warm_ups_never_change_an_answer() {
+    // Each backend pinned (`auto` would pick by timing); the window model has no native evaluator.
     let models = [
-        ("stateful features", repo_root().join("tests/fixtures/models/stateful_linear.toml")),
-        ("recurrent step", repo_root().join("models/lobster_lstm_step.toml")),
-        ("window", repo_root().join("models/lobster_lstm_window.toml")),
+        ("stateful features", "tests/fixtures/models/stateful_linear.toml", "native"),
+        ("stateful features", "tests/fixtures/models/stateful_linear.toml", "ort"),
+        ("recurrent step", "models/lobster_lstm_step.toml", "native"),
+        ("recurrent step", "models/lobster_lstm_step.toml", "ort"),
+        ("window", "models/lobster_lstm_window.toml", "auto"),
     ];
-    for (what, model) in &models {
+    for (what, model, backend) in models {
+        let model = repo_root().join(model);
         for mode in ["inline", "pipeline"] {
-            let (cold, none) = answers(model, mode, false);
-            let (warm, runs) = answers(model, mode, true);
-            assert_eq!(none, 0, "{what}, {mode}: no keep-warm runs unless asked");
-            assert!(runs > 0, "{what}, {mode}: 2 ms idle gaps with --keep-warm-us 1 ran no warm-up");
-            assert!(cold.iter().all(|a| a.3 == 0), "{what}, {mode}: {cold:?}");
-            assert_eq!(cold, warm, "{what}, {mode}: an answer changed with {runs} warm-ups between them");
-            eprintln!("{what}, {mode}: {} answers identical; {runs} warm-ups ran between them", cold.len());
+            let (cold, none) = answers(&model, backend, mode, false);
+            let (warm, (runs, trips)) = answers(&model, backend, mode, true);
+            assert_eq!(none, (0, 0), "{what} on {backend}, {mode}: no keep-warm runs unless asked");
+            // Counted by the thread that did them: the model runs (the worker's, in pipeline
+            // mode) apart from the socket round trips (the I/O thread's).
+            assert!(
+                runs > 0,
+                "{what} on {backend}, {mode}: 2 ms idle gaps with --keep-warm-us 1 ran no model warm-up"
+            );
+            assert!(trips > 0, "{what} on {backend}, {mode}: no socket warm-up");
+            assert!(cold.iter().all(|a| a.3 == 0), "{what} on {backend}, {mode}: {cold:?}");
+            assert_eq!(
+                cold, warm,
+                "{what} on {backend}, {mode}: an answer changed with {runs} warm-ups between them"
+            );
+            eprintln!(
+                "{what} on {backend}, {mode}: {} answers identical; {runs} model warm-ups ran between them",
+                cold.len()
+            );
         }
     }
 }

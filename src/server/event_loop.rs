@@ -84,12 +84,12 @@ impl IoLoop {
         if !kw.due(now) {
             return;
         }
-        match &mut self.stage {
-            Stage::Inline { scorer, .. } => scorer.keep_warm(&mut self.stats),
-            // The worker warms the model on its own; this thread warms its sockets.
-            Stage::Pipeline(_) => self.stats.keep_warm_runs += 1,
+        // The worker warms the model on its own (pipeline); this thread warms its sockets.
+        if let Stage::Inline { scorer, .. } = &mut self.stage {
+            scorer.keep_warm(&mut self.stats);
         }
         kw.socket_round_trip();
+        self.stats.keep_warm_socket_trips += 1;
     }
 
     /// After a reload swap (by this thread or the worker), new connections are told the
