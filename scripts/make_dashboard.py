@@ -100,7 +100,8 @@ row("Traffic", y); y += 1
 ts("Answers per second by status", "tickinfer_responses_total by wire status (ok, badprice, overloaded, ...); "
    "keep-warm runs per second while idle (--keep-warm-us; 0 when off or busy).",
    [(f'sum by (status) (rate(tickinfer_responses_total{{{SEL}}}[$__rate_interval]))', "{{status}}"),
-    (rate("keep_warm_runs_total"), "keep-warm runs")], "reqps", 0, y)
+    (rate("keep_warm_runs_total"), "keep-warm model runs"),
+    (rate("keep_warm_socket_trips_total"), "keep-warm socket round trips")], "reqps", 0, y)
 ts("Batch size", "Requests per model run: p50 / p99 from tickinfer_batch_size buckets, and the mean.",
    [(q("batch_size", 0.5).replace("tickinfer_batch_size_bucket", "tickinfer_batch_size_bucket"), "p50"),
     (q("batch_size", 0.99), "p99"),
@@ -125,6 +126,24 @@ ts("Reloads and model version",
     (f'max(tickinfer_model_version{{{SEL}}})', "model version")], "none", 8, y)
 table("Serving model", "tickinfer_model_info: name, execution provider and backend of the serving model, per instance.",
       f'tickinfer_model_info{{{SEL}}}', 16, y, 8, 8)
+y += 8
+row("Native backend: the live verifier (README \"Backends\")", y); y += 1
+ts("Native answers re-run on ONNX Runtime",
+   "Per interval: native answers the live verifier re-ran on ONNX Runtime (1 in verify_every), those ONNX Runtime "
+   "answered differently (alert TickinferBackendDisagreement), those within tolerance but across a rounding edge, "
+   "and samples dropped because the verifier was behind.",
+   [(increase("backend_verified_total"), "verified"),
+    (increase("backend_disagreements_total"), "disagreements"),
+    (increase("backend_boundary_total"), "at a rounding edge"),
+    (increase("backend_verify_dropped_total"), "dropped")], "none", 0, y)
+stat("Disagreements", "Native answers ONNX Runtime gave differently, over the dashboard's range.",
+     [(f'sum(increase(tickinfer_backend_disagreements_total{{{SEL}}}[$__range])) or vector(0)', "")], "none", 8, y,
+     thresholds=steps(("green", None), ("red", 1)))
+stat("Fallbacks to ONNX Runtime", "Models switched from native to ONNX Runtime after a disagreement, over the range.",
+     [(f'sum(increase(tickinfer_backend_fallbacks_total{{{SEL}}}[$__range])) or vector(0)', "")], "none", 12, y,
+     thresholds=steps(("green", None), ("orange", 1)))
+stat("Verifying 1 answer in", "verify_every of the serving model (0: not verified: it runs on ONNX Runtime).",
+     [(f'max(tickinfer_backend_verify_every{{{SEL}}})', "")], "none", 16, y)
 y += 8
 row("Host readiness (tickinfer doctor, as the server's process sees it)", y); y += 1
 stat("Doctor warnings", "Findings of level warn: each costs latency; `tickinfer doctor` on the host prints the fix.",

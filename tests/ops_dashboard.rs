@@ -126,7 +126,11 @@ fn every_metric_the_dashboard_and_rules_name_is_exported_and_promtool_agrees() {
     let scratch = tempfile::tempdir().unwrap();
     let mut file = String::from("groups:\n  - name: dashboard\n    rules:\n");
     for (i, expr) in dashboard_exprs(&d).iter().filter(|e| !e.starts_with("label_values(")).enumerate() {
-        let filled = expr.replace("$__rate_interval", "1m").replace("$job", ".*").replace("$instance", ".*");
+        let filled = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$__range", "1h")
+            .replace("$job", ".*")
+            .replace("$instance", ".*");
         file += &format!(
             "      - record: dashboard:query{i}\n        expr: {}\n",
             serde_json::to_string(&filled).unwrap()
