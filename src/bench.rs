@@ -205,6 +205,47 @@ pub fn bench_requests(manifest: &Manifest, n: u64) -> Vec<MlRequest> {
         .collect()
 }
 
+/// Events the engine and bare-ORT rows time: real rows vary from one request to the next
+/// (a row repeated lets the branch predictor learn a tree's path). `TICKINFER_BENCH_DATA`
+/// (a LOBSTER file or zip), else the real AMZN day in `../shared/data/lobster` when it is
+/// there, else the bundled synthetic sample; at most `limit` events, prices at the
+/// model's scale. With what was read, for the rows' notes.
+pub fn real_stream(manifest: &Manifest, limit: usize) -> Result<(Vec<MlRequest>, String), String> {
+    use crate::replay::source::{self, Format, SymbolTable};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shared = root.join("../shared/data/lobster/LOBSTER_SampleFile_AMZN_2012-06-21_1.zip");
+    let (path, what) = match std::env::var_os("TICKINFER_BENCH_DATA") {
+        Some(p) => (PathBuf::from(p), "TICKINFER_BENCH_DATA"),
+        None if shared.is_file() => (shared, "real LOBSTER day"),
+        None => (root.join("data/sample/SYNTH_2026-01-05_sample.zip"), "bundled synthetic sample"),
+    };
+    let mut symbols = SymbolTable::new(&[]).map_err(|e| e.to_string())?;
+    let stream =
+        source::load(&path, Format::Lobster, &mut symbols).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut reqs = Vec::with_capacity(limit.min(stream.events.len()));
+    for (i, mut e) in stream.events.into_iter().take(limit).enumerate() {
+        source::rescale_event(&mut e, i as u64, stream.price_scale, manifest.price_scale)?;
+        reqs.push(MlRequest { request_id: i as u64, n_features: manifest.features.extras(), ..e.req });
+    }
+    if reqs.is_empty() {
+        return Err(format!("{}: no events", path.display()));
+    }
+    let name = path.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned());
+    let what = format!("{what} {name}, {} events in order", reqs.len());
+    Ok((reqs, what))
+}
+
+/// Request `i` of a stream cycled past its end: the same event with its time moved on by
+/// whole passes, so stateful features keep seeing time go forward.
+fn cycled(reqs: &[MlRequest], i: usize) -> MlRequest {
+    let n = reqs.len();
+    let span = reqs[n - 1].timestamp_ns.saturating_sub(reqs[0].timestamp_ns) + 1_000_000;
+    let mut r = reqs[i % n];
+    r.timestamp_ns += (i / n) as u64 * span;
+    r.request_id = i as u64;
+    r
+}
+
 /// The feature rows of `reqs` (in order, any symbols), computed as the engine computes
 /// them from a fresh state: a bare runtime's ready input.
 pub fn ready_rows(manifest: &Manifest, reqs: &[MlRequest]) -> Vec<f32> {
@@ -237,6 +278,9 @@ fn sample_request(price_scale: i64, extras: u16, id: u64) -> MlRequest {
     }
 }
 
+/// Events of the real stream the engine rows cycle through.
+const REAL_EVENTS: usize = 20_000;
+
 /// Run every row.
 pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
     let cores = crate::server::usable_cores();
@@ -261,20 +305,22 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
         format!("{place}; two processes, tickinfer's rings (ml_shm.h), spin"),
     ));
     eprintln!("bench: (b) bare ORT");
+    let (_, data) = real_stream(&manifest, REAL_EVENTS)?;
     let (bare, engines) = bare_ort(&opts.model, &manifest, n, server_core)?;
     rows.push(Row::of(
         "bare ORT session.run",
         bare,
-        format!("core {server_core}; input row ready, 1 intra-op thread"),
+        format!("core {server_core}; input rows ready, 1 intra-op thread; rows of the {data}"),
     ));
-    // The backend `auto` chose; then ONNX Runtime's pre-bound engine when that was not it.
+    // The backend `auto` chose (its live verifier sampling 1 in verify_every when native);
+    // then the native evaluator with verification off; then ONNX Runtime's pre-bound engine.
     for (label, backend, engine) in engines {
-        let name = if label == "engine" {
-            "tickinfer engine (features+run+decode)"
-        } else {
-            "tickinfer engine on ORT"
+        let name = match label.as_str() {
+            "engine" => "tickinfer engine (features+run+decode)",
+            "engine, verify off" => "tickinfer engine, verify off",
+            _ => "tickinfer engine on ORT",
         };
-        rows.push(Row::of(name, engine, format!("core {server_core}; backend {backend}")));
+        rows.push(Row::of(name, engine, format!("core {server_core}; backend {backend}; {data}")));
     }
     eprintln!("bench: (b') stateful and sequence models, engine beside bare ORT");
     for m in &opts.more_models {
@@ -292,14 +338,16 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
                 rows.push(Row::of(
                     &format!("bare ORT: {name}"),
                     bare,
-                    format!("core {server_core}; {what}, input ready"),
+                    format!("core {server_core}; {what}, input rows ready; {data}"),
                 ));
-                // The backend `auto` chose, then ONNX Runtime's engine when that was not it.
+                // The backend `auto` chose, then (native) without verification and on ONNX Runtime.
                 for (label, backend, engine) in engines {
                     rows.push(Row::of(
                         &format!("{label}: {name}"),
                         engine,
-                        format!("core {server_core}; {what}, state + features + run; backend {backend}"),
+                        format!(
+                            "core {server_core}; {what}, state + features + run; backend {backend}; {data}"
+                        ),
                     ));
                 }
             }
@@ -322,6 +370,20 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
             &format!("tickinfer e2e --poll {}", format!("{poll:?}").to_lowercase()),
             h,
             format!("inline, {place}; busy-poll client, 1 in flight"),
+        ));
+    }
+    if get_backend(&rows).is_some_and(|b| b.starts_with("native")) {
+        eprintln!("bench: (c) tickinfer end to end, --poll spin, live verification off");
+        let mut cfg = ServerConfig::new(&opts.model, "unused");
+        cfg.engine.verify.every = Some(0);
+        let h = e2e_with(cfg, crate::replay::Transport::Socket, n, server_core, client_core, scale, extras)?;
+        rows.push(Row::of(
+            "tickinfer e2e --poll spin, verify off",
+            h,
+            format!(
+                "inline, {place}; busy-poll client, 1 in flight; the row above verifies 1 answer in {}",
+                manifest.verify_every
+            ),
         ));
     }
     eprintln!("bench: (c') tickinfer end to end over shared memory");
@@ -578,19 +640,22 @@ fn bare_ort(
                 .collect(),
             _ => vec![],
         };
-        let reqs = bench_requests(&manifest, 64);
-        // The bare side's ready input: the first requests' rows, computed as the engine computes them.
-        let rows = ready_rows(&manifest, &reqs[..steps]);
+        let (reqs, _) = real_stream(&manifest, REAL_EVENTS)?;
+        // The bare side's ready input: every request's row, computed as the engine computes
+        // them, taken in turn (a window model: the window ending at each row).
+        let rows = ready_rows(&manifest, &reqs);
+        let windows = reqs.len().saturating_sub(steps) + 1;
         let mut carried: Vec<Vec<f32>> = states.iter().map(|s| vec![0f32; s.2]).collect();
         let out_name = manifest.output.name().to_string();
         let input_name = manifest.input_name.clone();
         let mut h = hist();
         for i in 0..n + n / 10 {
             let t0 = now_ns();
+            let at = (i % windows) * width;
             let x = if steps > 1 {
-                TensorRef::from_array_view(([1usize, steps, width], &rows[..]))
+                TensorRef::from_array_view(([1usize, steps, width], &rows[at..at + steps * width]))
             } else {
-                TensorRef::from_array_view(([1usize, width], &rows[..width]))
+                TensorRef::from_array_view(([1usize, width], &rows[at..at + width]))
             }
             .map_err(|e| e.to_string())?;
             let mut inputs = vec![(input_name.clone(), x)];
@@ -615,6 +680,14 @@ fn bare_ort(
         }
         let mut engines = vec![("engine".to_string(), engine)];
         if engines[0].1.info().backend != "ort" {
+            // The native evaluator without its live verifier (the row above samples 1 in
+            // verify_every), then ONNX Runtime's engine.
+            let off = crate::verify::VerifyOptions { every: Some(0), ..Default::default() };
+            let quiet = EngineOptions { verify: off, ..opts.clone() };
+            engines.push((
+                "engine, verify off".into(),
+                Engine::load(&model, &quiet).map_err(|e| e.to_string())?,
+            ));
             let ort_opts = EngineOptions { backend: Some(crate::engine::Backend::Ort), ..opts };
             engines
                 .push(("engine (ort)".into(), Engine::load(&model, &ort_opts).map_err(|e| e.to_string())?));
@@ -625,8 +698,7 @@ fn bare_ort(
             let mut state = engine.new_state(1);
             let mut he = hist();
             for i in 0..n + n / 10 {
-                let mut req = reqs[i % reqs.len()];
-                req.timestamp_ns = 1_000_000_000 + i as u64 * 250_000;
+                let req = cycled(&reqs, i);
                 let t0 = now_ns();
                 engine.predict(std::slice::from_ref(&req), &mut state, &mut p).map_err(|e| e.to_string())?;
                 if i >= n / 10 {
@@ -719,13 +791,24 @@ fn local_server(
     keep_warm: Option<Duration>,
 ) -> Result<crate::replay::LocalServer, String> {
     let mut cfg = ServerConfig::new(model, "unused");
-    cfg.mode = Mode::Inline;
     cfg.poll = poll;
     cfg.keep_warm = keep_warm;
+    local_server_with(cfg, core)
+}
+
+/// `cfg` served inline on `core`, stats folded at once.
+fn local_server_with(mut cfg: ServerConfig, core: usize) -> Result<crate::replay::LocalServer, String> {
+    cfg.mode = Mode::Inline;
     cfg.io_core = Some(core);
     cfg.stats_interval = Duration::ZERO;
     cfg.max_inflight = 4096;
     crate::replay::LocalServer::start(cfg)
+}
+
+/// The backend the engine row names ("native (…)" or "ort").
+fn get_backend(rows: &[Row]) -> Option<String> {
+    let row = rows.iter().find(|r| r.name.starts_with("tickinfer engine (features"))?;
+    row.note.split("backend ").nth(1).map(|b| b.to_string())
 }
 
 /// (c) tickinfer end to end, one request in flight, busy-polling client: over the
@@ -741,7 +824,22 @@ fn e2e(
     scale: i64,
     extras: u16,
 ) -> Result<Histogram<u64>, String> {
-    let server = local_server(model, poll, server_core, None)?;
+    let mut cfg = ServerConfig::new(model, "unused");
+    cfg.poll = poll;
+    e2e_with(cfg, transport, n, server_core, client_core, scale, extras)
+}
+
+/// [`e2e`] of a server configured as `cfg` (spin unless it says otherwise).
+fn e2e_with(
+    cfg: ServerConfig,
+    transport: crate::replay::Transport,
+    n: usize,
+    server_core: usize,
+    client_core: usize,
+    scale: i64,
+    extras: u16,
+) -> Result<Histogram<u64>, String> {
+    let server = local_server_with(cfg, server_core)?;
     let h = match transport {
         crate::replay::Transport::Socket => sync_client(&server.socket, n, client_core, scale, extras),
         crate::replay::Transport::Shm => {
