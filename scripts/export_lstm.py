@@ -30,7 +30,9 @@ from torch import nn
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "..")
 sys.path.insert(0, HERE)
-from tickfeatures import BENCH_FEATURES, classifier_manifest  # noqa: E402
+from tickfeatures import BENCH_FEATURES, classifier_manifest, feature_ranges, read_lobster  # noqa: E402
+
+SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "sample", "SYNTH_2026-01-05_sample.zip")
 
 OPSET = 17
 
@@ -112,7 +114,7 @@ def check_step_equals_window(step_path, window_path, rows, window, tol=1e-5):
 
 
 def write_pair(model, features, window, out_dir, name, description, mean=None, std=None, warmup=None,
-               horizon=None, check_rows=None, writer="export_lstm.py"):
+               horizon=None, check_rows=None, writer="export_lstm.py", ranges=None):
     step_path, window_path = export(model, len(features), window, out_dir, name)
     if check_rows is not None:
         worst = check_step_equals_window(step_path, window_path, check_rows, window)
@@ -122,11 +124,12 @@ def write_pair(model, features, window, out_dir, name, description, mean=None, s
            f"warmup_events = {warm}")
     with open(os.path.join(out_dir, f"{name}_step.toml"), "w") as f:
         f.write(classifier_manifest(writer, f"{name}_step", f"{name}_step.onnx", f"{description}, one recurrent step",
-                                    features, mean, std, sequence=rec, horizon=horizon))
+                                    features, mean, std, sequence=rec, horizon=horizon, ranges=ranges))
     with open(os.path.join(out_dir, f"{name}_window.toml"), "w") as f:
         f.write(classifier_manifest(writer, f"{name}_window", f"{name}_window.onnx",
                                     f"{description}, window of {window}", features, mean, std,
-                                    sequence=f'kind = "window"\nwindow = {window}', horizon=horizon))
+                                    sequence=f'kind = "window"\nwindow = {window}', horizon=horizon,
+                                    ranges=ranges))
     return step_path, window_path
 
 
@@ -155,13 +158,16 @@ def main():
         os.makedirs(out, exist_ok=True)
         F = len(BENCH_FEATURES)
         rows = np.random.default_rng(7).normal(0, 1, (24, F)).astype(np.float32)
+        # The scale the server's load-time gate tests these raw-input models at: the features'
+        # ranges over the committed sample.
+        ranges = feature_ranges(BENCH_FEATURES, read_lobster(SAMPLE), 10_000)
         for hidden, layers, tag in [(32, 1, "h32"), (64, 1, "h64"), (128, 2, "2x128")]:
             torch.manual_seed(hidden + layers)
             m = LstmClassifier(F, hidden=hidden, layers=layers)
             n_params = sum(p.numel() for p in m.parameters())
             step, window = write_pair(m, BENCH_FEATURES, 16, out, f"lstm_{tag}",
                                       f"bench: LSTM {layers}x{hidden}, {n_params} parameters (random weights)",
-                                      check_rows=rows)
+                                      check_rows=rows, ranges=ranges)
             if tag != "h32":  # one window variant (the smallest) is enough for the bench
                 os.remove(window)
                 os.remove(window.replace(".onnx", ".toml"))

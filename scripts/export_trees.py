@@ -28,7 +28,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "..")
 sys.path.insert(0, HERE)
-from tickfeatures import BENCH_FEATURES as FEATURES, classifier_manifest, read_lobster, stateful_rows  # noqa: E402
+from tickfeatures import BENCH_FEATURES as FEATURES, classifier_manifest, feature_ranges, read_lobster, stateful_rows  # noqa: E402
 
 
 def bench_model():
@@ -72,7 +72,8 @@ def bench_model():
     desc = f"bench: LightGBM 100 rounds x 3 classes = {len(leaves)} trees, <= 31 leaves " \
            f"({sum(leaves)} leaves), 16 stateful features (trained on the synthetic sample)"
     with open(os.path.join(out_dir, "lgbm_100x31.toml"), "w") as fh:
-        fh.write(classifier_manifest("export_trees.py", "lgbm_100x31", "lgbm_100x31.onnx", desc, FEATURES))
+        fh.write(classifier_manifest("export_trees.py", "lgbm_100x31", "lgbm_100x31.onnx", desc, FEATURES,
+                                     ranges=feature_ranges(FEATURES, reqs, 10_000)))
     print(f"wrote {path} ({len(data)} bytes): {desc}; onnxruntime == LightGBM within {worst:.1e}")
 
 

@@ -79,10 +79,14 @@ BENCH_FEATURES = ["spread_bps", "size_imbalance", "microprice_offset_bps", "log_
 
 
 def classifier_manifest(writer, name, onnx, description, features, mean=None, std=None, output="probabilities",
-                        sequence=None, horizon=None, price_scale=10_000, size_scale=1):
+                        sequence=None, horizon=None, price_scale=10_000, size_scale=1, ranges=None):
     """A tickinfer manifest (TOML text) for a sell/flat/buy classifier with input `x`;
-    `sequence`: the body of a `[sequence]` section, if any; `writer`: the script's name."""
+    `sequence`: the body of a `[sequence]` section, if any; `writer`: the script's name;
+    `ranges`: (min, max) of each feature in training (`feature_ranges`), the scale the
+    server's load-time gate tests a model at."""
     norm = f"mean = {toml_list(mean)}\nstd = {toml_list(std)}\n" if mean is not None else ""
+    if ranges is not None:
+        norm += f"min = {toml_list(ranges[0])}\nmax = {toml_list(ranges[1])}\n"
     hz = f"horizon_events = {horizon}\n" if horizon else ""
     sz = f"size_scale = {size_scale}\n" if size_scale != 1 else ""
     seq = f"\n[sequence]\n{sequence}\n" if sequence else ""
@@ -103,6 +107,23 @@ kind = "classes"
 name = "{output}"
 classes = ["sell", "flat", "buy"]
 {seq}"""
+
+
+def feature_ranges(names, requests, price_scale, size_scale=1):
+    """Each feature's (min, max) over `requests` (raw units, as the server computes them),
+    rounded outward to 6 significant digits: what a manifest's `[input] min`/`max` record."""
+    import math
+    rows, _ = stateful_rows(names, requests, price_scale, size_scale=size_scale)
+    lo = [min(r[k] for r in rows) for k in range(len(names))]
+    hi = [max(r[k] for r in rows) for k in range(len(names))]
+
+    def out(v, up):
+        if v == 0 or not math.isfinite(v):
+            return 0.0 if not math.isfinite(v) else v
+        e = math.floor(math.log10(abs(v))) - 5
+        q = v / 10 ** e
+        return float(f"{math.ceil(q) if up else math.floor(q)}e{e}")
+    return [out(v, False) for v in lo], [out(v, True) for v in hi]
 
 
 # ---------------------------------------------------------------- stateful features
