@@ -325,6 +325,11 @@ fn input_scale(input: &InputSection) -> Result<InputScale, String> {
     }
 }
 
+/// Widest recurrent state tensor accepted, in floats (an LSTM 2 × 128 carries 256 per
+/// tensor): the state is allocated for every symbol slot at load, so a model file must not
+/// be able to ask for gigabytes.
+pub const MAX_STATE_WIDTH: i64 = 1 << 16;
+
 /// Largest manifest file read (a real one is under a few KiB).
 pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
@@ -570,6 +575,14 @@ impl Manifest {
             let fed = inputs.iter().find(|i| i.name == pair.input);
             let back = outputs.iter().find(|o| o.name == pair.output);
             let width = |d: &IoDesc, bad: &mut Vec<String>| match d.shape.as_slice() {
+                [_, w] if *w > MAX_STATE_WIDTH => {
+                    bad.push(format!(
+                        "recurrent state `{}` is {w} floats wide, more than {MAX_STATE_WIDTH} (kept per symbol, \
+                         allocated for every symbol at load)",
+                        d.name
+                    ));
+                    None
+                }
                 [_, w] if *w > 0 && d.dtype == "float32" => Some(*w),
                 other => {
                     bad.push(format!(
@@ -658,7 +671,13 @@ impl Manifest {
         match &self.sequence {
             Sequence::Recurrent { state, .. } => state
                 .iter()
-                .map(|p| inputs.iter().find(|i| i.name == p.input).map_or(0, |i| i.shape[1].max(0) as usize))
+                .map(|p| {
+                    inputs
+                        .iter()
+                        .find(|i| i.name == p.input)
+                        .and_then(|i| i.shape.get(1))
+                        .map_or(0, |&w| w.max(0) as usize)
+                })
                 .collect(),
             _ => vec![],
         }

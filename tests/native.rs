@@ -309,3 +309,81 @@ fn a_non_finite_state_is_not_kept() {
     let e = NativeModel::from_manifest(&manifest, &[8, 9]).unwrap_err();
     assert!(e.contains("state widths"), "{e}");
 }
+
+/// Graphs no exporter writes — a value made from itself, nodes missing their inputs,
+/// dimensions whose product overflows — are refused with a reason by every family's
+/// loader, promptly (a hang would hold a reload's lock for ever) and without a panic.
+#[test]
+fn malformed_graphs_are_refused_without_a_hang_or_a_panic() {
+    use prost::Message;
+    use tickinfer::engine::native::onnx_pb::{
+        AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto,
+    };
+    use tickinfer::engine::native::NativeModel;
+    use tickinfer::manifest::Manifest;
+
+    let node = |op: &str, domain: &str, input: &[&str], output: &[&str]| NodeProto {
+        op_type: op.into(),
+        domain: domain.into(),
+        input: input.iter().map(|s| s.to_string()).collect(),
+        output: output.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let huge = TensorProto {
+        name: "w".into(),
+        dims: vec![1 << 40, 1 << 40, 1 << 40],
+        data_type: 1,
+        ..Default::default()
+    };
+    let lstm = NodeProto {
+        attribute: vec![AttributeProto { name: "hidden_size".into(), i: 8, ..Default::default() }],
+        ..node("LSTM", "", &[], &["y", "y_h", "y_c"])
+    };
+    let cases: Vec<(&str, Vec<NodeProto>, Vec<TensorProto>)> = vec![
+        ("an Identity making its own input", vec![node("Identity", "", &["out"], &["out"])], vec![]),
+        ("an Identity without an input", vec![node("Identity", "", &[], &["out"])], vec![]),
+        ("a Normalizer without an input", vec![node("Normalizer", "ai.onnx.ml", &[], &["out"])], vec![]),
+        ("a Gemm without inputs", vec![node("Gemm", "", &[], &["out"])], vec![]),
+        ("a Gemm by weights of overflowing dims", vec![node("Gemm", "", &["x", "w"], &["out"])], vec![huge]),
+        (
+            "an ensemble without attributes",
+            vec![node("TreeEnsembleClassifier", "ai.onnx.ml", &["x"], &["l", "out"])],
+            vec![],
+        ),
+        ("an LSTM without inputs", vec![lstm], vec![]),
+        (
+            "two Identities making each other",
+            vec![node("Identity", "", &["a"], &["out"]), node("Identity", "", &["out"], &["a"])],
+            vec![],
+        ),
+    ];
+    let plain =
+        "[model]\nname = \"m\"\nversion = 1\nonnx = \"m.onnx\"\nprice_scale = 10000\n[input]\nname = \"x\"\n\
+                 features = [\"extra:0\", \"extra:1\"]\n[output]\nname = \"out\"\nkind = \"classes\"\n\
+                 classes = [\"sell\", \"flat\", \"buy\"]\n";
+    let recurrent = format!(
+        "{}[sequence]\nkind = \"recurrent\"\nstate = [{{ input = \"h_in\", output = \"h_out\" }}, {{ input = \"c_in\", output = \"c_out\" }}]\n",
+        plain
+    );
+    let manifests = [
+        (Manifest::parse(plain, std::path::Path::new("m.toml")).unwrap(), vec![]),
+        (Manifest::parse(&recurrent, std::path::Path::new("m.toml")).unwrap(), vec![8usize, 8]),
+    ];
+    for (what, nodes, initializer) in cases {
+        let bytes = ModelProto { graph: Some(GraphProto { node: nodes, initializer, ..Default::default() }) }
+            .encode_to_vec();
+        for (manifest, widths) in &manifests {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (bytes, manifest, widths) = (bytes.clone(), manifest.clone(), widths.clone());
+            std::thread::spawn(move || {
+                let _ = tx.send(NativeModel::from_bytes(&bytes, &manifest, &widths).map(|m| m.describe()));
+            });
+            match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+                Ok(Err(why)) => assert!(!why.is_empty(), "{what}"),
+                Ok(Ok(model)) => panic!("{what}: built {model}"),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("{what}: the loader hangs"),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: the loader panicked"),
+            }
+        }
+    }
+}

@@ -197,3 +197,46 @@ fn a_reload_reported_failed_never_swaps() {
     assert_eq!(scorer.join().unwrap(), 2);
     assert_eq!(slot.swaps(), 1);
 }
+
+/// A loader bug (here a panic made on purpose, `TICKINFER_TEST_LOADER_PANIC`) refuses the
+/// reload and nothing else: the old model keeps answering, and later reloads and resets
+/// work (the reload lock is not left poisoned).
+#[test]
+fn a_reload_whose_loader_panics_is_refused_and_reloads_still_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, v2) = (manifest_version(dir.path(), 1), manifest_version(dir.path(), 2));
+    let panicky = dir.path().join("panicky.toml");
+    let text =
+        std::fs::read_to_string(&v2).unwrap().replace("name = \"lobster_direction\"", "name = \"panicky\"");
+    std::fs::write(&panicky, text).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tickinfer"));
+    cmd.env("TICKINFER_TEST_LOADER_PANIC", "panicky");
+    let sock = dir.path().join("tickinfer.sock");
+    let serve_dir = tempfile::tempdir().unwrap();
+    let server =
+        Server::spawn_with(serve_dir, sock, &["--model", v1.to_str().unwrap(), "--backend", "native"], cmd);
+    server.wait_ready();
+    let mut c = Client::connect(&server.socket).unwrap();
+    for _ in 0..2 {
+        let (ok, out) = reload(&server, &panicky);
+        assert!(!ok && out.contains("panicked") && out.contains("on purpose"), "{out}");
+        let r = c.roundtrip(&request(1)).unwrap();
+        assert_eq!((r.status, r.model_version), (0, 1), "the old model keeps answering");
+    }
+    // Counted and logged as a refused reload, like any other.
+    let log = server.log();
+    assert_eq!(
+        log.matches("refused, the old model keeps serving: loading the model panicked").count(),
+        2,
+        "{log}"
+    );
+    let (ok, out) = reload(&server, &v2);
+    assert!(ok, "a later reload works: {out}");
+    let r = c.roundtrip(&request(2)).unwrap();
+    assert_eq!((r.status, r.model_version), (0, 2));
+    let reset = Command::new(env!("CARGO_BIN_EXE_tickinfer"))
+        .args(["reset", "--socket", server.socket.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(reset.status.success(), "reset still works: {}", String::from_utf8_lossy(&reset.stderr));
+}

@@ -138,7 +138,7 @@ impl ReloadSlot {
     /// Control plane: clear the per-symbol state of `symbol` (or of all) and wait until the
     /// scoring thread did it. Blocking (use a blocking thread).
     pub fn reset_state(&self, symbol: Option<u16>) -> Result<(), String> {
-        let _one = self.busy.lock().map_err(|_| "reload lock poisoned")?;
+        let _one = self.busy.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if self.closed.load(Ordering::Acquire) {
             return Err("the server is stopping".into());
         }
@@ -219,8 +219,20 @@ impl ReloadSlot {
     /// Control plane: load `manifest`, check it against the serving model,
     /// hand it over and wait for the swap. Blocking (use a blocking thread).
     pub fn reload(&self, manifest: &Path) -> Result<ModelInfo, String> {
-        let _one = self.busy.lock().map_err(|_| "reload lock poisoned")?;
-        let result = self.reload_inner(manifest);
+        // One reload at a time. Never poisoned for good: a panic while loading is caught below,
+        // and a lock poisoned anyway (by a panic elsewhere) guards nothing that can be torn.
+        let _one = self.busy.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // A model that panics the loader (a bug) refuses the reload; the old model keeps serving
+        // and later reloads and resets still work.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.reload_inner(manifest)))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(format!("loading the model panicked ({what}): a bug in tickinfer, please report it"))
+            });
         let counter = if result.is_ok() { &self.reloads_ok } else { &self.reloads_failed };
         counter.fetch_add(1, Ordering::Relaxed);
         match &result {

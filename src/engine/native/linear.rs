@@ -48,7 +48,7 @@ impl Linear {
                 Some("MAX") => Norm::Max,
                 other => return Err(format!("Normalizer norm {other:?}")),
             });
-            top = producer(&top.input[0]).ok_or("Normalizer of a graph input")?;
+            top = top.input.first().and_then(|i| producer(i)).ok_or("Normalizer of a graph input")?;
         }
         if top.domain != ML || !(top.op_type == "LinearClassifier" || top.op_type == "LinearRegressor") {
             return Err(format!("the output is made by `{}`, not a linear model", top.op_type));
@@ -61,7 +61,10 @@ impl Linear {
         }
         let classifier = top.op_type == "LinearClassifier";
         // The classifier's scores are its second output; the regressor's, its only one.
-        let made = if norm.is_some() { &producer(out).expect("found above").input[0] } else { out };
+        let made = match norm {
+            Some(_) => producer(out).and_then(|n| n.input.first()).map_or("", String::as_str),
+            None => out,
+        };
         if top.output.get(usize::from(classifier)).map(String::as_str) != Some(made) {
             return Err("the manifest's output is not the linear model's scores".into());
         }

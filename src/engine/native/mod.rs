@@ -33,9 +33,25 @@ pub enum NativeModel {
 impl NativeModel {
     /// Build the evaluator for `manifest`'s model, or say why there is none.
     pub fn from_manifest(manifest: &Manifest, state_widths: &[usize]) -> Result<NativeModel, String> {
+        // Tests only: the loader panics for this model name, so that a test can show a reload
+        // surviving a loader bug (`tests/ops_reload.rs`).
+        if std::env::var("TICKINFER_TEST_LOADER_PANIC").is_ok_and(|n| n == manifest.name) {
+            panic!("TICKINFER_TEST_LOADER_PANIC: the native loader panics for {} on purpose", manifest.name);
+        }
         let bytes = std::fs::read(&manifest.onnx)
             .map_err(|e| format!("cannot read {}: {e}", manifest.onnx.display()))?;
-        let model = onnx_pb::ModelProto::parse(&bytes)?;
+        NativeModel::from_bytes(&bytes, manifest, state_widths)
+    }
+
+    /// [`from_manifest`](Self::from_manifest) on the model's bytes: any bytes give an
+    /// evaluator or the reason there is none, never a panic or an endless walk (fuzzed:
+    /// `fuzz/fuzz_targets/model_loader.rs`).
+    pub fn from_bytes(
+        bytes: &[u8],
+        manifest: &Manifest,
+        state_widths: &[usize],
+    ) -> Result<NativeModel, String> {
+        let model = onnx_pb::ModelProto::parse(bytes)?;
         let graph = model.graph.ok_or("the model has no graph")?;
         match manifest.sequence {
             Sequence::Recurrent { .. } => {

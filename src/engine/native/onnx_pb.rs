@@ -99,7 +99,9 @@ impl ModelProto {
 impl TensorProto {
     /// Element count from `dims`.
     pub fn elements(&self) -> usize {
-        self.dims.iter().map(|&d| d.max(0) as usize).product()
+        // Saturating: dims whose product overflows name more values than any tensor holds,
+        // so the length check below refuses them (a hostile file cannot wrap it to 0).
+        self.dims.iter().fold(1usize, |n, &d| n.saturating_mul(d.max(0) as usize))
     }
 
     /// The values of a float32 tensor (raw little-endian bytes or `float_data`).

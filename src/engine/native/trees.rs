@@ -218,10 +218,16 @@ impl Trees {
         // The tail: Identity and Mul by a scalar initializer, back to the ensemble.
         let mut at = out;
         let mut scales = Vec::new();
+        // Bounded: a graph whose `Identity` feeds itself would otherwise be walked for ever.
+        let mut steps = 0;
         let top = loop {
+            steps += 1;
+            if steps > g.node.len() + 1 {
+                return Err("the tail before the ensemble loops (a cycle)".into());
+            }
             let n = graph.producer(at).ok_or_else(|| format!("no node makes `{at}`"))?;
             match (n.op_type.as_str(), n.domain.as_str()) {
-                ("Identity", "") => at = &n.input[0],
+                ("Identity", "") => at = n.input.first().ok_or("an Identity without an input")?,
                 ("Mul", "") if n.input.len() == 2 => {
                     let data = graph.data_inputs(n);
                     let [data] = data.as_slice() else { return Err("a Mul of two values".into()) };
