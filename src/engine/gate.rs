@@ -58,6 +58,8 @@ pub struct Gate {
     pub disagreement: Option<String>,
     /// Up to 64 of the rows with every value finite, for timing the backends at load.
     pub timing_rows: Vec<f32>,
+    /// How long the gate took (rows made, both backends run, compared).
+    pub took: std::time::Duration,
 }
 
 impl Gate {
@@ -90,12 +92,13 @@ impl Gate {
             0 => String::new(),
             n => format!("; {n} rows beyond the native range left to ONNX Runtime"),
         };
-        format!("gate: {} rows ({}){coverage}{deferred}; {verdict}", self.rows, self.drawn)
+        format!("gate: {} rows ({}, {:.0?}){coverage}{deferred}; {verdict}", self.rows, self.drawn, self.took)
     }
 }
 
 /// Run the gate: `native` against the engine's ONNX Runtime session.
 pub(super) fn run(engine: &mut Engine, native: &mut NativeModel) -> Result<Gate, EngineError> {
+    let t0 = std::time::Instant::now();
     fpenv::denormals_as_zero();
     let manifest = engine.manifest.clone();
     let width = manifest.features.len();
@@ -137,6 +140,7 @@ pub(super) fn run(engine: &mut Engine, native: &mut NativeModel) -> Result<Gate,
         deferred: 0,
         disagreement: None,
         timing_rows,
+        took: Default::default(),
     };
     for r in 0..n {
         let row = &x[r * width..(r + 1) * width];
@@ -162,6 +166,7 @@ pub(super) fn run(engine: &mut Engine, native: &mut NativeModel) -> Result<Gate,
             }
         }
     }
+    gate.took = t0.elapsed();
     Ok(gate)
 }
 
