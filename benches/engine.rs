@@ -33,7 +33,7 @@ use ort::memory::Allocator;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{IoBinding, Session};
 use ort::value::{Tensor, TensorRef};
-use tickinfer::bench::{bench_requests, ready_rows};
+use tickinfer::bench::{ready_rows, real_stream};
 use tickinfer::engine::{ort_environment, session_builder, Backend, Engine, EngineOptions};
 use tickinfer::manifest::{Manifest, Prediction, Sequence};
 use tickinfer::wire::MlRequest;
@@ -53,11 +53,14 @@ trait Runner {
     fn call(&mut self);
 }
 
-/// A bare ORT session fed ready rows (and, for a recurrent model, the state tensors it
-/// returned last time): `session.run(inputs)`, or `run_binding` on pre-bound values.
+/// A bare ORT session fed ready rows — each call the stream's next `batch` rows — (and,
+/// for a recurrent model, the state tensors it returned last time): `session.run(inputs)`,
+/// or `run_binding` on pre-bound values.
 struct BareOrt {
     session: Session,
+    /// Every row of the real stream; `at`: the first row of the next call.
     rows: Vec<f32>,
+    at: usize,
     batch: usize,
     width: usize,
     input: String,
@@ -105,7 +108,8 @@ impl BareOrt {
         let bound = if setting == "IoBinding" {
             let alloc = Allocator::default();
             let mut binding = session.create_binding().map_err(|e| e.to_string())?;
-            let x = Tensor::from_array(([batch, width], rows.to_vec())).map_err(|e| e.to_string())?;
+            let x = Tensor::from_array(([batch, width], rows[..batch * width].to_vec()))
+                .map_err(|e| e.to_string())?;
             binding.bind_input(&manifest.input_name, &x).map_err(|e| e.to_string())?;
             let mut kept = Vec::new();
             for (i, o, w, _) in &states {
@@ -125,6 +129,7 @@ impl BareOrt {
         Ok(BareOrt {
             session,
             rows: rows.to_vec(),
+            at: 0,
             batch,
             width,
             input: manifest.input_name.clone(),
@@ -135,7 +140,12 @@ impl BareOrt {
     }
 
     fn go(&mut self, collect: bool) -> Vec<f32> {
-        if let Some((binding, _, kept)) = &mut self.bound {
+        let span = self.batch * self.width;
+        let start = self.at * self.width;
+        self.at = (self.at + self.batch) % (self.rows.len() / self.width - self.batch + 1);
+        let rows = &self.rows[start..start + span];
+        if let Some((binding, x, kept)) = &mut self.bound {
+            x.extract_tensor_mut().1.copy_from_slice(rows);
             let out = self.session.run_binding(binding).expect("run_binding");
             let probs = output(&out, &self.output, collect);
             // Carry the state: the bound outputs back into the bound inputs.
@@ -145,7 +155,7 @@ impl BareOrt {
             }
             return probs;
         }
-        let x = TensorRef::from_array_view(([self.batch, self.width], &self.rows[..])).unwrap();
+        let x = TensorRef::from_array_view(([self.batch, self.width], rows)).unwrap();
         let mut inputs = vec![(self.input.clone(), x)];
         for (name, _, w, c) in &self.states {
             inputs.push((name.clone(), TensorRef::from_array_view(([self.batch, *w], &c[..])).unwrap()));
@@ -179,20 +189,35 @@ impl Runner for BareOrt {
     }
 }
 
-/// tickinfer's engine: every request's state, features, run and decoding.
+/// tickinfer's engine: every request's state, features, run and decoding — each call the
+/// stream's next `batch` requests.
 struct EngineRunner {
     engine: Engine,
     state: tickinfer::state::State,
     reqs: Vec<MlRequest>,
+    at: usize,
+    batch: usize,
     preds: Vec<Option<Prediction>>,
+}
+
+impl EngineRunner {
+    /// The first request of the next call; moves on.
+    fn advance(&mut self) -> usize {
+        let start = self.at;
+        self.at = (self.at + self.batch) % (self.reqs.len() - self.batch + 1);
+        start
+    }
 }
 
 impl Runner for EngineRunner {
     fn run(&mut self) -> Vec<f32> {
-        self.engine.run_rows(&self.reqs, &mut self.state).unwrap().to_vec()
+        let start = self.advance();
+        self.engine.run_rows(&self.reqs[start..start + self.batch], &mut self.state).unwrap().to_vec()
     }
     fn call(&mut self) {
-        self.engine.predict(black_box(&self.reqs), &mut self.state, &mut self.preds).unwrap();
+        let start = self.advance();
+        let EngineRunner { engine, state, reqs, preds, batch, .. } = self;
+        engine.predict(black_box(&reqs[start..start + *batch]), state, preds).unwrap();
     }
 }
 
@@ -295,10 +320,12 @@ type Row = (String, Result<Box<dyn Runner>, String>);
 /// Every row for one model and batch size.
 fn runners(manifest_path: &Path, batch: usize) -> Vec<Row> {
     let manifest = Manifest::load(manifest_path).unwrap();
-    // One request per symbol: a batch of 32 is 32 symbols' next event (a recurrent
-    // model's batch rows are then 32 independent sequences, as bare ORT sees them).
-    let mut reqs = bench_requests(&manifest, batch as u64);
-    reqs.iter_mut().enumerate().for_each(|(i, r)| r.symbol_id = i as u16);
+    // Real rows, varying from call to call (a row repeated lets the branch predictor learn
+    // a tree's path): `tickinfer bench`'s stream. One symbol per batch row: a batch of 32 is
+    // 32 symbols' next event (a recurrent model's batch rows are 32 independent sequences,
+    // as bare ORT sees them).
+    let (mut reqs, _) = real_stream(&manifest, 8_192).unwrap();
+    reqs.iter_mut().enumerate().for_each(|(i, r)| r.symbol_id = (i % batch) as u16);
     let opts = EngineOptions { max_batch: 32, warmup_runs: 20, ..Default::default() };
     let mut out: Vec<Row> = Vec::new();
     let mut widths = vec![];
@@ -311,8 +338,14 @@ fn runners(manifest_path: &Path, batch: usize) -> Vec<Row> {
         let r = Engine::load(manifest_path, &o).map_err(|e| e.to_string()).map(|engine| {
             widths = manifest.state_widths(&engine.info().inputs);
             let state = engine.new_state(batch);
-            Box::new(EngineRunner { engine, state, preds: vec![None; reqs.len()], reqs: reqs.clone() })
-                as Box<dyn Runner>
+            Box::new(EngineRunner {
+                engine,
+                state,
+                preds: vec![None; batch],
+                reqs: reqs.clone(),
+                at: 0,
+                batch,
+            }) as Box<dyn Runner>
         });
         out.push((label.to_string(), r));
     }
