@@ -29,8 +29,11 @@ use crate::wire::MlRequest;
 /// Samples queued at most (the rings hold this many records).
 const QUEUE: usize = 64;
 
-/// How long the verifier sleeps when nothing is queued.
-const IDLE: Duration = Duration::from_millis(1);
+/// How long the verifier sleeps when nothing is queued: from the shortest, doubling while
+/// nothing comes, to the longest (fewer wake-ups beside the hot threads when traffic is
+/// sparse; the queue holds `QUEUE` samples meanwhile).
+const IDLE_SHORTEST: Duration = Duration::from_millis(1);
+const IDLE_LONGEST: Duration = Duration::from_millis(16);
 
 /// The server's verification counters, cumulative across reloads. Relaxed: statistics
 /// only, no other memory is published through them.
@@ -268,15 +271,18 @@ impl Verifier {
         let mut record = vec![0f32; self.record];
         let (mut want, mut want_state) = (vec![0f32; out_width], vec![0f32; self.memory]);
         let tolerance = self.tolerance;
+        let mut idle = IDLE_SHORTEST;
         loop {
             let req = match self.reqs.pop() {
                 Ok(req) => req,
                 Err(_) if self.reqs.is_abandoned() => return,
                 Err(_) => {
-                    std::thread::sleep(IDLE);
+                    std::thread::sleep(idle);
+                    idle = (idle * 2).min(IDLE_LONGEST);
                     continue;
                 }
             };
+            idle = IDLE_SHORTEST;
             let Ok(chunk) = self.floats.read_chunk(self.record) else {
                 log::error!("verifier: a request without its record (a bug): stopping");
                 return;
