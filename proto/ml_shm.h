@@ -78,6 +78,9 @@
  *            write(doorbell eventfd, 1).
  *   The two seq_cst fences make sure at least one side sees the other's store:
  *   either the server sees the new head, or the client sees waiting and rings.
+ *   The server only watches the eventfd (epoll, edge-triggered: every write is
+ *   a wake-up); it never reads or writes it, so what a client does to the
+ *   descriptor (clearing O_NONBLOCK, reading it) can only cost its own rings.
  * Response ring (a client may block instead of spinning):
  *   client, before blocking: store_relaxed(waiting, 1); fence(seq_cst);
  *            if load_acquire(head) == its tail: FUTEX_WAIT on &head (a shared,

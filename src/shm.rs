@@ -432,11 +432,18 @@ impl ServerEnd {
         head != self.req_tail
     }
 
-    /// Awake again: the client need not ring; clear a pending ring.
+    /// Awake again: the client need not ring.
+    ///
+    /// The doorbell is never read (nor written) here: its open file description is
+    /// the client's too, so the client can clear `O_NONBLOCK` on it (a read would
+    /// then block this thread for good) or read it first. Nothing needs reading:
+    /// epoll is edge-triggered and every write to an eventfd is a new edge, whatever
+    /// the counter holds. A counter left high costs only that client its own rings
+    /// (the client's write fails once it is full; the loop still reads every ring
+    /// each turn and wakes at least every 200 ms).
     pub fn disarm_doorbell(&self) {
         // Relaxed: only a hint to the client; a late ring costs one spurious wake-up.
         self.region.counter(REQUEST_RING_OFFSET + ring::WAITING).store(0, Ordering::Relaxed);
-        sys::eventfd_drain(self.doorbell.as_raw_fd());
     }
 }
 
@@ -704,6 +711,12 @@ impl ShmClient {
     /// pointer is `unsafe` and must go through atomics: the server reads it concurrently.
     pub fn raw_region(&self) -> (*mut u8, usize) {
         (self.region.base(), self.region.map.len())
+    }
+
+    /// The request doorbell's descriptor, for tests that misuse it as a hostile
+    /// client would (clear `O_NONBLOCK`, read it); the client itself only writes it.
+    pub fn doorbell_fd(&self) -> std::os::fd::RawFd {
+        self.doorbell.as_raw_fd()
     }
 
     /// Ring capacities (requests, responses).

@@ -188,12 +188,6 @@ pub fn eventfd_ring(fd: RawFd) -> io::Result<()> {
     }
 }
 
-/// Reset a non-blocking eventfd's counter to 0.
-pub fn eventfd_drain(fd: RawFd) {
-    let mut v = 0u64;
-    let _ = syscall!(read(fd, (&mut v as *mut u64).cast(), 8));
-}
-
 /// `FUTEX_WAKE` every waiter on the shared (not process-private) futex word at `word`.
 pub fn futex_wake(word: *const u32) {
     // SAFETY: FUTEX_WAKE only uses the address as a key; it never dereferences into our memory

@@ -1,7 +1,8 @@
 //! The shared-memory transport against the real server: order, ids, statuses
 //! and stamps; the in-flight bound; many shm and socket clients at once with
-//! random disconnects; a client that scribbles over its region; a client killed
-//! mid-stream; a drain with shm clients in flight; the C client.
+//! random disconnects; a client that scribbles over its region; one that clears its
+//! doorbell's non-blocking flag; a client killed mid-stream; a drain with shm clients
+//! in flight; the C client.
 mod util;
 
 use std::time::Duration;
@@ -306,6 +307,42 @@ fn a_client_scribbling_over_its_region_harms_nobody_else() {
     // Still serving.
     let mut c = connect(&server);
     assert_eq!({ exchange(&mut c, &[request(7)], 1)[0].status }, 0);
+}
+
+/// The doorbell eventfd is one open file description shared with the client: a client
+/// that clears `O_NONBLOCK` on it (or reads it) must block nobody. The server sleeps with
+/// the session's doorbell armed; a socket client must still be answered, the hostile
+/// client's own ring keeps working, and SIGTERM still drains.
+#[test]
+fn a_client_clearing_its_doorbells_nonblocking_flag_blocks_nobody() {
+    for poll in ["adaptive", "block"] {
+        let mut server = Server::start(&["--poll", poll, "--spin-us", "50"]);
+        let mut hostile = connect(&server);
+        let fd = hostile.doorbell_fd();
+        // SAFETY: fcntl on a descriptor this client owns, for the call only.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            assert!(flags >= 0 && flags & libc::O_NONBLOCK != 0, "passed non-blocking");
+            assert_eq!(libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK), 0);
+        }
+        for round in 0..3u64 {
+            // Long enough for the server to block in epoll with the doorbell armed.
+            std::thread::sleep(Duration::from_millis(100));
+            let mut sock = Client::connect(&server.socket)
+                .unwrap_or_else(|e| panic!("--poll {poll}: no ack ({e}):\n{}", server.log()));
+            sock.send(&[request(10 + round)]).unwrap();
+            let r =
+                sock.recv().unwrap_or_else(|e| panic!("--poll {poll}: unanswered ({e}):\n{}", server.log()));
+            assert_eq!(({ r.request_id }, { r.status }), (10 + round, 0));
+            std::thread::sleep(Duration::from_millis(100));
+            // The hostile client's own requests ring its (now blocking) doorbell and are answered.
+            let got = exchange(&mut hostile, &[request(20 + round), request(30 + round)], 1);
+            assert!(got.iter().all(|r| r.status == 0), "--poll {poll}: {got:?}");
+        }
+        let status = server.terminate();
+        assert!(status.success(), "--poll {poll}: exit {status}:\n{}", server.log());
+        assert!(server.log().contains("drained"), "{}", server.log());
+    }
 }
 
 #[test]

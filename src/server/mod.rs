@@ -16,9 +16,12 @@
 //! `max_inflight` runnable requests in flight; beyond that, requests are
 //! answered `ML_ERR_OVERLOADED` (in order) for up to one read buffer more, and
 //! then the connection is not read until answers drain (backpressure). That
-//! hard limit bounds the rings: `max_connections × hard limit` slots, so a push
-//! never fails. A connection whose unsent answers exceed `write_buffer_limit`
-//! is a slow reader: it is disconnected with a log line; others never wait on it.
+//! hard limit sizes the rings: `max_connections × hard limit` slots. A connection
+//! may close with requests in flight and its slot be reused at once, while its
+//! jobs are still in the pipeline: so the stage itself counts every job from its
+//! push until its answer is popped (orphans included) and takes no job past the
+//! rings' capacity (the reader waits, as on a full inline batch); a push never
+//! fails. A connection whose unsent answers exceed `write_buffer_limit` is a slow reader: it is disconnected with a log line; others never wait on it.
 //!
 //! # Admission
 //! A new connection is *pending* until its hello is accepted: pending ones live
@@ -372,7 +375,7 @@ impl Stage {
     fn has_room(&self) -> bool {
         match self {
             Stage::Inline { jobs, .. } => jobs.len() < jobs.capacity(),
-            Stage::Pipeline(w) => w.jobs_tx.slots() > 0,
+            Stage::Pipeline(w) => w.in_flight < w.capacity,
         }
     }
 
@@ -380,10 +383,12 @@ impl Stage {
         match self {
             Stage::Inline { jobs, .. } => jobs.push(job),
             Stage::Pipeline(w) => {
+                debug_assert!(w.in_flight < w.capacity, "admitted past has_room");
                 if w.jobs_tx.push(job).is_err() {
-                    // The hard in-flight limit sizes the ring so this cannot happen.
-                    unreachable!("request ring full despite the in-flight bound");
+                    // Every job is counted until its answer is popped: the ring cannot be full.
+                    unreachable!("request ring full with {} jobs counted in flight", w.in_flight);
                 }
+                w.in_flight += 1;
                 w.pushed = true;
             }
         }
