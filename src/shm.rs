@@ -589,6 +589,12 @@ impl ShmClient {
         })
     }
 
+    /// End the session from this side (shut the socket down) while keeping the
+    /// mappings: what a client that holds on to its region does. For tests.
+    pub fn hang_up(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+
     /// Whether the server hung up (drained, or died).
     pub fn server_gone(&self) -> bool {
         sys::hung_up(self.stream.as_raw_fd())
@@ -711,6 +717,12 @@ impl ShmClient {
     /// pointer is `unsafe` and must go through atomics: the server reads it concurrently.
     pub fn raw_region(&self) -> (*mut u8, usize) {
         (self.region.base(), self.region.map.len())
+    }
+
+    /// Every region this client maps (base, length): the one region of this layout.
+    /// For tools that misbehave on purpose (a hostile-client bench punches them).
+    pub fn raw_regions(&self) -> Vec<(*mut u8, usize)> {
+        vec![self.raw_region()]
     }
 
     /// The request doorbell's descriptor, for tests that misuse it as a hostile
