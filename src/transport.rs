@@ -245,6 +245,13 @@ impl Conn {
         }
     }
 
+    /// Take one received byte, if any (a shared-memory session's `ML_SHM_MAPPED`).
+    pub fn take_byte(&mut self) -> Option<u8> {
+        let byte = self.rbuf[..self.rlen].get(self.rpos).copied()?;
+        self.rpos += 1;
+        Some(byte)
+    }
+
     /// Decode the next frame from the received bytes and consume it.
     #[inline]
     pub fn decode_next(&mut self) -> Decoded {

@@ -127,19 +127,23 @@ impl IoLoop {
     }
 
     /// A connection that sent no hello within `HELLO_TIMEOUT` is closed, so idle
-    /// sockets cannot hold the connection slots other clients need.
+    /// sockets cannot hold the connection slots other clients need; so is a granted
+    /// shared-memory session whose client did not say it mapped its regions by then.
     pub(super) fn close_silent_connections(&mut self, now: u64) {
         let limit = HELLO_TIMEOUT.as_nanos() as u64;
+        let handshaking =
+            |c: &Conn| !c.decoder.is_open() || c.shm.as_deref().is_some_and(|end| !end.is_active());
         let silent: Vec<usize> = self
             .conns
             .iter()
-            .filter(|(_, c)| !c.decoder.is_open() && !c.close_after_flush && now - c.accepted_ns > limit)
+            .filter(|(_, c)| handshaking(c) && !c.close_after_flush && now - c.accepted_ns > limit)
             .map(|(k, _)| k)
             .collect();
         if let (Some(&first), n) = (silent.first(), silent.len()) {
             if let Some(c) = self.conns.get(first) {
                 log::warn!(
-                    "{n} connection(s) sent no hello within {HELLO_TIMEOUT:?}; closing them (first: pid {} uid {})",
+                    "{n} connection(s) sent no hello (or no ML_SHM_MAPPED) within {HELLO_TIMEOUT:?}; closing them \
+                     (first: pid {} uid {})",
                     c.peer.pid,
                     c.peer.uid,
                 );
@@ -160,7 +164,8 @@ impl IoLoop {
             debug_assert_eq!(self.established + self.pending, self.conns.len());
             let _ = self.poll.registry().deregister(&mut conn.stream);
             if let Some(end) = conn.shm.take() {
-                self.end_shm(slot, &end);
+                // Nothing is owed to a client that hung up or broke the protocol.
+                self.end_shm(slot, end, conn.peer_closed || conn.shm_fault.is_some());
             }
             log::debug!("connection {slot} closed ({} in flight dropped)", conn.inflight);
         }

@@ -86,6 +86,9 @@ const _: () = assert!(usize::BITS >= 64, "tokens: 64-bit Linux only (x86-64, AAr
 /// How long the loop blocks while a session has requests it cannot take yet
 /// (its client is not reading answers): no doorbell will say when it can.
 const SHM_STALLED_POLL: Duration = Duration::from_millis(1);
+/// How long a shared-memory session the server ended (not the client) keeps its
+/// answers readable before its pages are given back.
+const SHM_LINGER: Duration = Duration::from_secs(1);
 /// How long a drain may take before unsent answers are given up.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -312,6 +315,7 @@ pub fn run(
         resume: Vec::with_capacity(cfg.max_connections),
         deferred: Vec::with_capacity(cfg.max_connections),
         shm_slots: Vec::with_capacity(cfg.max_connections),
+        lingering: std::collections::VecDeque::with_capacity(cfg.max_connections),
         doorbells_armed: false,
         stats: Stats::default(),
         shared,
@@ -422,8 +426,11 @@ struct IoLoop {
     resume: Vec<usize>,
     /// Connections with bytes left after their turn; read first thing next iteration.
     deferred: Vec<usize>,
-    /// Connections with a shared-memory session (their rings are read every iteration).
+    /// Connections with an active shared-memory session (their rings are read every iteration).
     shm_slots: Vec<usize>,
+    /// Sessions the server ended with answers unread, until their pages are given back
+    /// (due time, ns); at most `max_connections`.
+    lingering: std::collections::VecDeque<(u64, Box<crate::shm::ServerEnd>)>,
     /// The last poll may have blocked with the sessions' doorbells armed.
     doorbells_armed: bool,
     stats: Stats,

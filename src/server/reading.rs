@@ -41,6 +41,27 @@ impl IoLoop {
                     blocked = true;
                     break;
                 }
+                if conn.shm.as_deref().is_some_and(|end| !end.is_active()) {
+                    // A granted session's one byte: the client mapped its regions.
+                    match conn.take_byte() {
+                        None => break,
+                        Some(crate::shm::MAPPED) => {
+                            self.activate_shm(slot);
+                            continue 'read;
+                        }
+                        Some(byte) => {
+                            log::warn!(
+                                "connection {slot} (pid {} uid {}): byte {byte:#04x} on the socket where a \
+                                 shared-memory session's ML_SHM_MAPPED was due; answering {} and closing",
+                                conn.peer.pid,
+                                conn.peer.uid,
+                                Status::BadFrame
+                            );
+                            admit_bad_frame(&mut self.stage, conn, slot, recv_ns);
+                            return;
+                        }
+                    }
+                }
                 match conn.decode_next() {
                     Decoded::NeedMore => break,
                     Decoded::Hello(hello) => {
