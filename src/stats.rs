@@ -37,6 +37,13 @@ pub struct Stats {
     /// Keep-warm runs done while idle (`--keep-warm-us`): model runs, or socket round trips
     /// on the pipeline's I/O thread.
     pub keep_warm_runs: u64,
+    /// Hellos refused because their uid held `--max-connections-per-uid` connections
+    /// (also counted in `connections_refused`).
+    pub uid_quota_refusals: u64,
+    /// Connections closed after `--idle-timeout-s` without a request.
+    pub idle_disconnects: u64,
+    /// Symbols whose state slot went to a new symbol after `--evict-idle-symbols-ms` idle.
+    pub symbols_evicted: u64,
 }
 
 fn histogram(max: u64) -> Histogram<u64> {
@@ -58,6 +65,9 @@ impl Default for Stats {
             shm_faults: 0,
             nonfinite_outputs: 0,
             keep_warm_runs: 0,
+            uid_quota_refusals: 0,
+            idle_disconnects: 0,
+            symbols_evicted: 0,
         }
     }
 }
@@ -80,6 +90,9 @@ impl Stats {
         self.shm_faults += other.shm_faults;
         self.nonfinite_outputs += other.nonfinite_outputs;
         self.keep_warm_runs += other.keep_warm_runs;
+        self.uid_quota_refusals += other.uid_quota_refusals;
+        self.idle_disconnects += other.idle_disconnects;
+        self.symbols_evicted += other.symbols_evicted;
     }
 
     /// Zero every recorder, keeping the allocations.
@@ -96,6 +109,9 @@ impl Stats {
         self.shm_faults = 0;
         self.nonfinite_outputs = 0;
         self.keep_warm_runs = 0;
+        self.uid_quota_refusals = 0;
+        self.idle_disconnects = 0;
+        self.symbols_evicted = 0;
     }
 
     /// Whether nothing was recorded since the last reset. Every recorder counts: the
@@ -113,6 +129,9 @@ impl Stats {
             && self.shm_faults == 0
             && self.nonfinite_outputs == 0
             && self.keep_warm_runs == 0
+            && self.uid_quota_refusals == 0
+            && self.idle_disconnects == 0
+            && self.symbols_evicted == 0
     }
 
     pub fn report(&self) -> StatsReport {
@@ -137,6 +156,9 @@ impl Stats {
             shm_faults: self.shm_faults,
             nonfinite_outputs: self.nonfinite_outputs,
             keep_warm_runs: self.keep_warm_runs,
+            uid_quota_refusals: self.uid_quota_refusals,
+            idle_disconnects: self.idle_disconnects,
+            symbols_evicted: self.symbols_evicted,
         }
     }
 }
@@ -196,22 +218,35 @@ pub struct StatsReport {
     /// Keep-warm runs done while idle (`--keep-warm-us`).
     #[serde(default)]
     pub keep_warm_runs: u64,
+    /// Hellos refused for `--max-connections-per-uid` (within `connections_refused`).
+    #[serde(default)]
+    pub uid_quota_refusals: u64,
+    /// Connections closed after `--idle-timeout-s` without a request.
+    #[serde(default)]
+    pub idle_disconnects: u64,
+    /// State slots that went to a new symbol after `--evict-idle-symbols-ms` idle.
+    #[serde(default)]
+    pub symbols_evicted: u64,
 }
 
 impl std::fmt::Display for StatsReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "responses {} (connections accepted {}, refused {}, slow-reader disconnects {}, shared-memory sessions {} \
-             (faults {}), non-finite model outputs {}, keep-warm runs {})",
+            "responses {} (connections accepted {}, refused {} ({} over the per-uid quota), idle disconnects {}, \
+             slow-reader disconnects {}, shared-memory sessions {} (faults {}), non-finite model outputs {}, \
+             keep-warm runs {}, symbols evicted {})",
             self.responses,
             self.connections_accepted,
             self.connections_refused,
+            self.uid_quota_refusals,
+            self.idle_disconnects,
             self.slow_reader_disconnects,
             self.shm_sessions,
             self.shm_faults,
             self.nonfinite_outputs,
-            self.keep_warm_runs
+            self.keep_warm_runs,
+            self.symbols_evicted
         )?;
         for (status, n) in &self.by_status {
             writeln!(f, "  status {status}: {n}")?;

@@ -399,3 +399,60 @@ fn orphaned_jobs_of_closed_connections_never_overflow_the_pipeline() {
     assert!(status.success(), "exit {status}:\n{}", server.log());
     assert!(!server.log().contains("panicked"), "{}", server.log());
 }
+
+/// One uid cannot hold every connection slot (`--max-connections-per-uid`), and
+/// connections that send nothing are closed after `--idle-timeout-s`: both counted and
+/// logged. Another uid still gets in while this one is at its quota (needs root to
+/// connect as another uid; that part says `skipped` otherwise).
+#[test]
+fn one_uid_cannot_hold_every_slot_and_silent_connections_time_out() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::start(&[
+        "--max-connections",
+        "4",
+        "--max-connections-per-uid",
+        "2",
+        "--idle-timeout-s",
+        "1",
+        "--socket-mode",
+        "666",
+    ]);
+    std::fs::set_permissions(server.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut held: Vec<Client> = (0..2).map(|_| Client::connect(&server.socket).unwrap()).collect();
+    held[1].send(&[request(1)]).unwrap(); // the one that will keep sending
+    assert_eq!({ held[1].recv().unwrap().status }, 0);
+    let e = Client::connect(&server.socket).err().expect("a third connection of this uid");
+    assert!(e.to_string().contains(&Status::TooManyConnections.code().to_string()), "{e}");
+    // Another uid is not locked out: its hello is acked (status 0 after the ack's magic).
+    let mut ok_ack = tickinfer::wire::HELLO_ACK_MAGIC.to_le_bytes().to_vec();
+    ok_ack.extend_from_slice(&0u16.to_le_bytes());
+    let hello = bytemuck::bytes_of(&MlHello::current()).to_vec();
+    match util::connections_as(65534, &server.socket, 2, &hello, Duration::from_millis(300), &ok_ack) {
+        Some(acked) => {
+            assert_eq!(acked, 2, "uid 65534 refused while uid 0 is at its quota:\n{}", server.log())
+        }
+        None => util::skip("one_uid_cannot_hold_every_slot", "connecting as another uid needs root"),
+    }
+    // A connection that keeps sending stays past the idle timeout; the silent ones are closed.
+    let mut busy = held.pop().unwrap();
+    let t0 = std::time::Instant::now();
+    let mut id = 1;
+    while t0.elapsed() < Duration::from_millis(2500) {
+        id += 1;
+        busy.send(&[request(id)]).unwrap();
+        assert_eq!({ busy.recv().expect("the busy connection was closed").status }, 0);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let silent = &mut held[0];
+    silent.stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(silent.stream.read(&mut [0u8; 64]).unwrap(), 0, "the silent connection was closed (EOF)");
+    let stats = server.stats_when(|s| s["idle_disconnects"].as_u64() >= Some(1));
+    assert!(stats["uid_quota_refusals"].as_u64() >= Some(1), "{stats}");
+    assert!(stats["connections_refused"].as_u64() >= Some(1), "{stats}");
+    // Its slot is free again for this uid.
+    let mut again = Client::connect(&server.socket).expect("the idle slot was given back");
+    again.send(&[request(7)]).unwrap();
+    assert_eq!({ again.recv().unwrap().status }, 0);
+    let log = server.log();
+    assert!(log.contains("(--max-connections-per-uid)") && log.contains("(--idle-timeout-s)"), "{log}");
+}

@@ -145,11 +145,20 @@ pub struct Shared {
     pub max_connections: AtomicU64,
     /// Jobs waiting in the request ring (pipeline mode; gauge, sampled every 200 ms).
     pub queue_depth: AtomicU64,
+    /// The model is loaded and the loop about to run: connections are answered.
+    serving: AtomicBool,
 }
 
 impl Shared {
     pub fn new() -> Arc<Shared> {
         Arc::new(Shared::default())
+    }
+
+    /// Whether the server serves (its model is loaded; until then connections wait in
+    /// the listen queue and control commands wait for this).
+    pub fn is_serving(&self) -> bool {
+        // Acquire: pairs with the Release store in `run`; the serving model is recorded before.
+        self.serving.load(Ordering::Acquire)
     }
 }
 
@@ -213,6 +222,18 @@ pub fn run(
         cfg.poll
     );
 
+    let euid = crate::sys::geteuid();
+    let others_may_connect = cfg.policy.mode & 0o077 != 0
+        || cfg.policy.allow_uids.iter().any(|&uid| uid != euid)
+        || !cfg.policy.allow_gids.is_empty();
+    if others_may_connect && cfg.max_connections_per_uid == cfg.max_connections {
+        log::warn!(
+            "other users may connect (socket mode {:o} or an allow list) and any one uid may hold all {} \
+             connection slots: consider --max-connections-per-uid (and --idle-timeout-s)",
+            cfg.policy.mode,
+            cfg.max_connections
+        );
+    }
     if let Some(every) = cfg.keep_warm {
         log::info!(
             "keep-warm: after {every:?} idle, a spinning hot thread runs the model on a made-up request and a \
@@ -254,7 +275,9 @@ pub fn run(
             let engine = Engine::load(&cfg.model, &cfg.engine)?;
             let model = engine.info().clone();
             let stage = Stage::Inline {
-                scorer: Box::new(Scorer::new(engine, cfg.max_symbols)),
+                scorer: Box::new(
+                    Scorer::new(engine, cfg.max_symbols).with_symbol_eviction(cfg.evict_idle_symbols),
+                ),
                 jobs: Vec::with_capacity(INLINE_JOBS),
                 dones: Vec::with_capacity(INLINE_JOBS),
             };
@@ -307,6 +330,9 @@ pub fn run(
         accept_retry_at: None,
         flood_log: RateLimited::new(1_000_000_000),
         refused_log: RateLimited::new(1_000_000_000),
+        quota_log: RateLimited::new(1_000_000_000),
+        idle_log: RateLimited::new(1_000_000_000),
+        uid_connections: std::collections::HashMap::new(),
         next_generation: 1,
         info,
         hard_limit,
@@ -348,6 +374,8 @@ pub fn run(
             .map_err(ServerError::Tuning)?;
     }
     log::info!("listening on {} (control: {}.ctl)", io.cfg.socket.display(), io.cfg.socket.display());
+    // Release: a control command that sees this sees the serving model recorded above.
+    io.shared.serving.store(true, Ordering::Release);
     on_ready(&ready);
     let ran = io.run();
     // Drained (or failed): no scoring thread will take a reload any more.
@@ -415,6 +443,12 @@ struct IoLoop {
     flood_log: RateLimited,
     /// Refused connections (permissions, full), logged once a second.
     refused_log: RateLimited,
+    /// Hellos refused for `--max-connections-per-uid`, logged once a second.
+    quota_log: RateLimited,
+    /// Connections closed for `--idle-timeout-s`, logged once a second.
+    idle_log: RateLimited,
+    /// Established connections per peer uid (uids holding none are absent).
+    uid_connections: std::collections::HashMap<u32, usize>,
     next_generation: u32,
     info: ServerInfo,
     /// In-flight requests past which a connection is not read (backpressure).

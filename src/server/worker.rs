@@ -52,6 +52,7 @@ impl Worker {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (model_path, engine_opts, poll, spin, max_symbols) =
             (cfg.model.clone(), cfg.engine.clone(), cfg.poll, cfg.spin, cfg.max_symbols);
+        let evict_idle_symbols = cfg.evict_idle_symbols;
         let keep_warm_ns = cfg.keep_warm.map(|d| d.as_nanos() as u64);
         let (wb, ib, st) = (worker_bell.clone(), io_bell.clone(), stop.clone());
         let control = shared.clone();
@@ -61,7 +62,7 @@ impl Worker {
             let mut scorer = match Engine::load(&model_path, &engine_opts) {
                 Ok(engine) => {
                     let _ = ready_tx.send(Ok(engine.info().clone()));
-                    Scorer::new(engine, max_symbols)
+                    Scorer::new(engine, max_symbols).with_symbol_eviction(evict_idle_symbols)
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
