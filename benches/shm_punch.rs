@@ -210,6 +210,6 @@ fn main() {
             r.punches_ok,
             r.punches_failed
         );
-        assert!(r.hist.len() > 0, "{}: the victim was never answered", r.phase);
+        assert!(!r.hist.is_empty(), "{}: the victim was never answered", r.phase);
     }
 }

@@ -278,8 +278,13 @@ fn commands_and_clients_sent_while_the_model_loads_wait_for_it() {
     let cache = tempfile::tempdir().unwrap();
     let lib_dir = cache.path().join(real_dir.file_name().unwrap());
     std::fs::DirBuilder::new().mode(0o700).create(&lib_dir).unwrap();
-    let lock =
-        std::fs::OpenOptions::new().write(true).create(true).mode(0o600).open(lib_dir.join(".lock")).unwrap();
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(lib_dir.join(".lock"))
+        .unwrap();
     // SAFETY: flock on a descriptor we own.
     assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) }, 0);
 
