@@ -585,10 +585,10 @@ mod tests {
         st.update(&req(1, 0, 100, 101, 1, 1), Scales::UNIT);
         assert_eq!(st.update(&req(2, 0, 50, 51, 1, 1), Scales::UNIT).count, 1, "symbols do not share state");
         st.reset(Some(1));
-        assert_eq!(st.update(&req(1, 0, 100, 101, 1, 1), Scales::UNIT).count, 1);
         assert_eq!(st.symbols(), 1, "a symbol's reset frees its slot");
         assert!(st.admit(3), "which a new symbol takes");
         assert!(!st.admit(1), "and the reset symbol has none now");
+        assert_eq!(st.update(&req(3, 0, 100, 101, 1, 1), Scales::UNIT).count, 1, "1's history is not 3's");
         st.reset(None);
         assert_eq!(st.symbols(), 0, "every slot freed");
         assert!(st.admit(2) && st.admit(1));

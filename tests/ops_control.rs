@@ -222,14 +222,14 @@ fn connections_at_100_hz_and_sighup_do_not_keep_the_server_from_draining() {
 }
 
 /// Peers the control socket refuses (a widened mode lets them connect) are answered at
-/// once and hold no slot: 40 of them connected and silent leave the owner's `stats` and
-/// `reload` working at once (they used to hold a slot for 2 s each, 16 locked the owner out).
+/// once and hold no slot: with 40 of them connected and silent, the owner's `stats` and
+/// `reload` work (they used to hold a slot for 2 s each: 16 locked the owner out).
 #[test]
 fn refused_control_peers_take_no_slot() {
     let server = Server::start(&["--control-socket-mode", "666"]);
     open_dir(&server);
     let path = ctl(&server);
-    let hold = Duration::from_secs(3);
+    let hold = Duration::from_secs(8);
     let refusals = std::thread::spawn(move || {
         util::connections_as(65534, &path, 40, b"", hold, b"permission denied: this uid may not use")
     });
@@ -240,15 +240,14 @@ fn refused_control_peers_take_no_slot() {
         }
         panic!("the refused peers' process ended early");
     }
-    let t0 = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_tickinfer"))
         .args(["stats", "--json", "--socket", server.socket.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(out.status.success(), "the owner was locked out: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!refusals.is_finished(), "the refused peers were still connected during the owner's stats");
     let (ok, text, _) = reload(&server, &repo_root().join("models/lobster_direction.toml"));
     assert!(ok, "{text}");
-    assert!(t0.elapsed() < hold, "the owner waited {:?} behind the refused peers", t0.elapsed());
     let answered = refusals.join().unwrap().unwrap();
     assert_eq!(answered, 40, "every refused peer was answered at once:\n{}", server.log());
     let refused_lines = server.log().lines().filter(|l| l.contains("control socket: refusing")).count();
@@ -314,10 +313,20 @@ fn commands_and_clients_sent_while_the_model_loads_wait_for_it() {
     let early = {
         let socket = socket.clone();
         std::thread::spawn(move || {
+            use tickinfer::wire::{MlHello, MlHelloAck, MlResponse, HELLO_ACK_SIZE, RESPONSE_SIZE};
             let t0 = Instant::now();
-            let mut c = Client::connect(&socket).expect("an early client's hello");
-            c.send(&[request(5)]).unwrap();
-            (c.recv().expect("an early client's request"), t0.elapsed())
+            let mut s = UnixStream::connect(&socket).expect("an early client's connect");
+            // As long as the load may take on a busy machine (the stats and reload wait 60 s).
+            s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            s.write_all(bytemuck::bytes_of(&MlHello::current())).unwrap();
+            let mut ack = [0u8; HELLO_ACK_SIZE];
+            s.read_exact(&mut ack).expect("an early client's hello ack");
+            let ack: MlHelloAck = bytemuck::pod_read_unaligned(&ack);
+            assert_eq!({ ack.status }, 0);
+            s.write_all(bytemuck::bytes_of(&request(5))).unwrap();
+            let mut answer = [0u8; RESPONSE_SIZE];
+            s.read_exact(&mut answer).expect("an early client's request");
+            (bytemuck::pod_read_unaligned::<MlResponse>(&answer), t0.elapsed())
         })
     };
     std::thread::sleep(Duration::from_millis(1000));
@@ -334,7 +343,8 @@ fn commands_and_clients_sent_while_the_model_loads_wait_for_it() {
     assert!(waited >= Duration::from_millis(900), "stats answered before the model loaded? {waited:?}");
     let (ok, text, _) = reloaded.join().unwrap();
     assert!(ok && text.contains("reloaded: now serving"), "{text}\n{}", server.log());
-    let (answer, waited) = early.join().unwrap();
+    let (answer, waited) =
+        early.join().unwrap_or_else(|_| panic!("the early client failed:\n{}", server.log()));
     assert_eq!(({ answer.request_id }, { answer.status }), (5, 0));
     assert!(waited >= Duration::from_millis(900), "{waited:?}");
 }

@@ -142,8 +142,8 @@ impl IoLoop {
         if let (Some(&first), n) = (silent.first(), silent.len()) {
             if let Some(c) = self.conns.get(first) {
                 log::warn!(
-                    "{n} connection(s) sent no hello (or no ML_SHM_MAPPED) within {HELLO_TIMEOUT:?}; closing them \
-                     (first: pid {} uid {})",
+                    "{n} connection(s) sent no hello within {HELLO_TIMEOUT:?} (or, granted shared memory, no \
+                     ML_SHM_MAPPED); closing them (first: pid {} uid {})",
                     c.peer.pid,
                     c.peer.uid,
                 );
