@@ -79,8 +79,10 @@ typedef struct ml_client_t {
     unsigned char rbuf[ML_CLIENT_RBUF_FRAMES * sizeof(ml_response_t)];
     char error[160];         /* last error message                           */
     /* Shared-memory session (ml_client_connect_shm); shm == NULL on the socket. */
-    unsigned char *shm;      /* the mapped region (proto/ml_shm.h)           */
+    unsigned char *shm;      /* the server region, mapped read-only (proto/ml_shm.h) */
     size_t shm_size;         /* its bytes                                    */
+    unsigned char *shm_client; /* the client region, mapped read-write       */
+    size_t shm_client_size;  /* its bytes                                    */
     int shm_doorbell;        /* request doorbell eventfd, -1 when none       */
     uint32_t req_mask, resp_mask;   /* capacity - 1 of each ring             */
     uint32_t req_head;       /* requests published (our counter)             */
@@ -181,8 +183,14 @@ static inline int ml__pop(ml_client_t *c, ml_response_t *out) {
 
 /* ---- shared memory (proto/ml_shm.h) ------------------------------------- */
 
-static inline uint32_t *ml__ring_word(ml_client_t *c, uint32_t ring_offset, size_t field) {
-    return (uint32_t *)(void *)(c->shm + ring_offset + field);
+/* A counter the server writes (server region, read-only here): load it only. */
+static inline uint32_t *ml__server_word(ml_client_t *c, size_t field) {
+    return (uint32_t *)(void *)(c->shm + ML_SHM_SERVER_COUNTERS_OFFSET + field);
+}
+
+/* A counter this client writes (client region). */
+static inline uint32_t *ml__client_word(ml_client_t *c, size_t field) {
+    return (uint32_t *)(void *)(c->shm_client + ML_SHM_CLIENT_COUNTERS_OFFSET + field);
 }
 
 /* The socket says the server hung up (drained or died). Readable bytes alone are not that. */
@@ -198,19 +206,18 @@ static inline int ml__hung_up(ml_client_t *c) {
 static inline int ml__shm_pop(ml_client_t *c, ml_response_t *out) {
     if (c->resp_tail == c->resp_seen) {
         /* Acquire: pairs with the server's release store of head; the slots below it are written. */
-        c->resp_seen = __atomic_load_n(ml__ring_word(c, ML_SHM_RESPONSE_RING_OFFSET, offsetof(ml_shm_ring_t, head)),
+        c->resp_seen = __atomic_load_n(ml__server_word(c, offsetof(ml_shm_server_counters_t, response_head)),
                                        __ATOMIC_ACQUIRE);
         if (c->resp_tail == c->resp_seen) return ML_CLIENT_ERR_WOULD_BLOCK;
         if (c->resp_seen - c->resp_tail > c->resp_mask + 1u) {
             return ml__fail(c, ML_CLIENT_ERR_PROTOCOL, "recv: response ring head out of range", 0);
         }
     }
-    memcpy(out, c->shm + ML_SHM_SLOTS_OFFSET + (size_t)(c->req_mask + 1u) * ML_SHM_REQUEST_SLOT +
-                    (size_t)(c->resp_tail & c->resp_mask) * ML_SHM_RESPONSE_SLOT,
+    memcpy(out, c->shm + ML_SHM_SLOTS_OFFSET + (size_t)(c->resp_tail & c->resp_mask) * ML_SHM_RESPONSE_SLOT,
            sizeof(*out));
     c->resp_tail++;
     /* Release: our copy is done before the server may reuse the slot. */
-    __atomic_store_n(ml__ring_word(c, ML_SHM_RESPONSE_RING_OFFSET, offsetof(ml_shm_ring_t, tail)), c->resp_tail,
+    __atomic_store_n(ml__client_word(c, offsetof(ml_shm_client_counters_t, response_tail)), c->resp_tail,
                      __ATOMIC_RELEASE);
     c->idle_polls = 0;
     if (out->frame_end != ML_RESPONSE_END) {
@@ -223,20 +230,20 @@ static inline int ml__shm_pop(ml_client_t *c, ml_response_t *out) {
 static inline int ml__shm_push(ml_client_t *c, const ml_request_t *req) {
     if (c->req_head == c->req_limit) {
         /* Acquire: pairs with the server's release store of tail (its copies are done). */
-        uint32_t tail = __atomic_load_n(ml__ring_word(c, ML_SHM_REQUEST_RING_OFFSET, offsetof(ml_shm_ring_t, tail)),
+        uint32_t tail = __atomic_load_n(ml__server_word(c, offsetof(ml_shm_server_counters_t, request_tail)),
                                         __ATOMIC_ACQUIRE);
         c->req_limit = tail + c->req_mask + 1u;
         if (c->req_head == c->req_limit) return ML_CLIENT_ERR_WOULD_BLOCK;
     }
-    memcpy(c->shm + ML_SHM_SLOTS_OFFSET + (size_t)(c->req_head & c->req_mask) * ML_SHM_REQUEST_SLOT, req,
+    memcpy(c->shm_client + ML_SHM_SLOTS_OFFSET + (size_t)(c->req_head & c->req_mask) * ML_SHM_REQUEST_SLOT, req,
            sizeof(*req));
     c->req_head++;
     /* Release: the frame's bytes are visible before the new head. */
-    __atomic_store_n(ml__ring_word(c, ML_SHM_REQUEST_RING_OFFSET, offsetof(ml_shm_ring_t, head)), c->req_head,
+    __atomic_store_n(ml__client_word(c, offsetof(ml_shm_client_counters_t, request_head)), c->req_head,
                      __ATOMIC_RELEASE);
     /* seq_cst fence: our head store before our load of `waiting` (the server fences the other way). */
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (__atomic_load_n(ml__ring_word(c, ML_SHM_REQUEST_RING_OFFSET, offsetof(ml_shm_ring_t, waiting)),
+    if (__atomic_load_n(ml__server_word(c, offsetof(ml_shm_server_counters_t, request_waiting)),
                         __ATOMIC_RELAXED) != 0) {
         uint64_t one = 1;
         ssize_t w = write(c->shm_doorbell, &one, sizeof(one)); /* EAGAIN: a ring is already pending */
@@ -272,8 +279,8 @@ static inline int ml__shm_try_recv(ml_client_t *c, ml_response_t *out) {
 
 /* Blocking receive: sleep on the response head (a shared futex) the server wakes. */
 static inline int ml__shm_recv_block(ml_client_t *c, ml_response_t *out, uint64_t deadline_ns) {
-    uint32_t *head = ml__ring_word(c, ML_SHM_RESPONSE_RING_OFFSET, offsetof(ml_shm_ring_t, head));
-    uint32_t *waiting = ml__ring_word(c, ML_SHM_RESPONSE_RING_OFFSET, offsetof(ml_shm_ring_t, waiting));
+    uint32_t *head = ml__server_word(c, offsetof(ml_shm_server_counters_t, response_head));
+    uint32_t *waiting = ml__client_word(c, offsetof(ml_shm_client_counters_t, response_waiting));
     for (;;) {
         int rc = ml__shm_pop(c, out);
         uint32_t seen;
@@ -295,14 +302,21 @@ static inline int ml__shm_recv_block(ml_client_t *c, ml_response_t *out, uint64_
     }
 }
 
-/* Map the region passed with the ack and check its header. */
-static inline int ml__shm_map(ml_client_t *c, int memfd) {
-    struct stat st;
+/* Map both regions passed with the ack (the server's read-only), check the header,
+ * write every page of the client region, then tell the server (ML_SHM_MAPPED). */
+static inline int ml__shm_map(ml_client_t *c, int server_fd, int client_fd, uint64_t deadline_ns) {
+    struct stat st_server, st_client;
     ml_shm_header_t h;
-    void *p;
-    if (fstat(memfd, &st) != 0) return ml__fail(c, ML_CLIENT_ERR_IO, "shm: fstat", errno);
-    if ((size_t)st.st_size < ML_SHM_SLOTS_OFFSET) return ml__fail(c, ML_CLIENT_ERR_PROTOCOL, "shm: region too small", 0);
-    p = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+    void *p, *q;
+    size_t off, page;
+    unsigned char mapped = (unsigned char)ML_SHM_MAPPED;
+    if (fstat(server_fd, &st_server) != 0 || fstat(client_fd, &st_client) != 0) {
+        return ml__fail(c, ML_CLIENT_ERR_IO, "shm: fstat", errno);
+    }
+    if ((size_t)st_server.st_size < ML_SHM_SLOTS_OFFSET || (size_t)st_client.st_size < ML_SHM_SLOTS_OFFSET) {
+        return ml__fail(c, ML_CLIENT_ERR_PROTOCOL, "shm: region too small", 0);
+    }
+    p = mmap(NULL, (size_t)st_server.st_size, PROT_READ, MAP_SHARED, server_fd, 0);
     if (p == MAP_FAILED) return ml__fail(c, ML_CLIENT_ERR_IO, "shm: mmap", errno);
     memcpy(&h, p, sizeof(h));
     if (h.magic != ML_SHM_MAGIC || h.version != ML_SHM_VERSION || h.header_size != sizeof(h) ||
@@ -310,20 +324,34 @@ static inline int ml__shm_map(ml_client_t *c, int memfd) {
         h.request_capacity == 0 || (h.request_capacity & (h.request_capacity - 1u)) != 0 ||
         h.response_capacity == 0 || (h.response_capacity & (h.response_capacity - 1u)) != 0 ||
         h.request_capacity > ML_SHM_MAX_CAPACITY || h.response_capacity > ML_SHM_MAX_CAPACITY ||
-        h.region_size != (uint64_t)st.st_size ||
-        ml_shm_region_size(h.request_capacity, h.response_capacity) != (uint64_t)st.st_size) {
-        munmap(p, (size_t)st.st_size);
+        h.server_counters_offset != ML_SHM_SERVER_COUNTERS_OFFSET || h.slots_offset != ML_SHM_SLOTS_OFFSET ||
+        h.server_region_size != (uint64_t)st_server.st_size || h.client_region_size != (uint64_t)st_client.st_size ||
+        ml_shm_server_region_size(h.response_capacity) != (uint64_t)st_server.st_size ||
+        ml_shm_client_region_size(h.request_capacity) != (uint64_t)st_client.st_size) {
+        munmap(p, (size_t)st_server.st_size);
         return ml__fail(c, ML_CLIENT_ERR_PROTOCOL, "shm: region header does not match ml_shm.h", 0);
     }
+    q = mmap(NULL, (size_t)st_client.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, client_fd, 0);
+    if (q == MAP_FAILED) {
+        int err = errno;
+        munmap(p, (size_t)st_server.st_size);
+        return ml__fail(c, ML_CLIENT_ERR_IO, "shm: mmap", err);
+    }
+    /* Every page of the client region is ours to write first (the server refuses a
+     * region it would fault in itself); it is fresh, so zeros keep it as it is. */
+    page = (size_t)sysconf(_SC_PAGESIZE);
+    for (off = 0; off < (size_t)st_client.st_size; off += page) ((volatile unsigned char *)q)[off] = 0;
     c->shm = (unsigned char *)p;
-    c->shm_size = (size_t)st.st_size;
+    c->shm_size = (size_t)st_server.st_size;
+    c->shm_client = (unsigned char *)q;
+    c->shm_client_size = (size_t)st_client.st_size;
     c->req_mask = h.request_capacity - 1u;
     c->resp_mask = h.response_capacity - 1u;
     c->req_head = 0;
     c->req_limit = h.request_capacity;
     c->resp_tail = 0;
     c->resp_seen = 0;
-    return 0;
+    return ml__write_all(c, &mapped, 1, deadline_ns);
 }
 
 /* Receive into buf, collecting SCM_RIGHTS descriptors (up to ML_SHM_FDS) into fds/nfds. */
@@ -367,7 +395,7 @@ static inline int ml__connect(ml_client_t *c, const char *path, int timeout_ms, 
     uint64_t deadline = ml_now_ns() + (uint64_t)(timeout_ms < 0 ? 0 : timeout_ms) * 1000000ull;
     ml_hello_t hello;
     size_t got = 0;
-    int fds[ML_SHM_FDS] = {-1, -1};
+    int fds[ML_SHM_FDS] = {-1, -1, -1};
     unsigned nfds = 0, k;
     int rc;
 
@@ -439,12 +467,13 @@ static inline int ml__connect(ml_client_t *c, const char *path, int timeout_ms, 
             rc = ml__fail(c, ML_CLIENT_ERR_NO_SHM, "hello", 0);
             goto fail;
         }
-        rc = ml__shm_map(c, fds[0]);
+        rc = ml__shm_map(c, fds[0], fds[1], deadline);
         if (rc != 0) goto fail;
-        close(fds[0]); /* the mapping keeps the region */
-        fds[0] = -1;
-        c->shm_doorbell = fds[1];
-        fds[1] = -1;
+        close(fds[0]); /* the mappings keep the regions */
+        close(fds[1]);
+        fds[0] = fds[1] = -1;
+        c->shm_doorbell = fds[2];
+        fds[2] = -1;
     }
     for (k = 0; k < nfds; k++) {
         if (fds[k] >= 0) close(fds[k]);
@@ -458,6 +487,9 @@ fail:
     for (k = 0; k < nfds; k++) {
         if (fds[k] >= 0) close(fds[k]);
     }
+    if (c->shm) munmap(c->shm, c->shm_size);
+    if (c->shm_client) munmap(c->shm_client, c->shm_client_size);
+    c->shm = c->shm_client = NULL;
     close(c->fd);
     c->fd = -1;
     return rc;
@@ -557,7 +589,9 @@ static inline int ml_client_recv(ml_client_t *c, ml_response_t *out, int timeout
 
 static inline void ml_client_close(ml_client_t *c) {
     if (c->shm) munmap(c->shm, c->shm_size);
+    if (c->shm_client) munmap(c->shm_client, c->shm_client_size);
     c->shm = NULL;
+    c->shm_client = NULL;
     if (c->shm_doorbell >= 0) close(c->shm_doorbell);
     c->shm_doorbell = -1;
     if (c->fd >= 0) close(c->fd);

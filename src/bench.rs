@@ -535,8 +535,12 @@ fn shm_pingpong(n: usize, echo_core: usize, client_core: usize) -> Result<Histog
     let crate::shm::Loopback { mut server, client, peer } =
         crate::shm::loopback(64).map_err(|e| format!("shm region: {e}"))?;
     let total = n + n / 10;
+    // The child uses its copy of the server end; this process keeps it until the child is
+    // done (dropping the server end gives the region's pages back).
+    let echo = &mut server;
     // The child only spins on atomics and copies frames: no allocation, no lock (fork rules).
     let pid = crate::sys::fork_child(move || {
+        let server = echo;
         crate::sys::pin_to_core(echo_core);
         let mut echoed = 0;
         while echoed < total {

@@ -13,10 +13,16 @@
 //! The control socket can make the server read any file it can, so it is guarded
 //! apart from the data socket: its own file mode (owner-only by default), and a
 //! `SO_PEERCRED` check on every connection (the server's uid, root, and the uids
-//! and gids the operator adds). Both endpoints bound what a client can hold: at
-//! most [`MAX_CLIENTS`] connections each (more are closed at once), the request
-//! must arrive within [`REQUEST_TIMEOUT`] and fit in [`MAX_REQUEST`] bytes, and the
-//! answer must be taken within [`REPLY_TIMEOUT`]. The loop's shutdown check runs on
+//! and gids the operator adds), made on accept, before anything else: a refused
+//! peer is answered at once and holds nothing. Both endpoints bound what a client
+//! can hold: at most [`MAX_CLIENTS`] connections each (more are closed at once),
+//! the request must arrive within [`REQUEST_TIMEOUT`] and fit in [`MAX_REQUEST`]
+//! bytes, and the answer must be taken within [`REPLY_TIMEOUT`].
+//!
+//! Readiness: the control socket is up before the model is loaded (a first ONNX
+//! Runtime download takes seconds). `stats`, `reload` and `reset` sent meanwhile
+//! wait for the server to serve, at most [`READY_WAIT`], then are answered as
+//! usual (or with an error saying it is still loading). The loop's shutdown check runs on
 //! an interval made once, so no rate of connections can starve it, and a SIGHUP
 //! reload runs beside the loop, never blocking SIGTERM.
 
@@ -43,6 +49,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 pub const MAX_REQUEST: usize = 4096;
 /// The answer must be taken within this.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a command waits for a server still loading its model.
+pub const READY_WAIT: Duration = Duration::from_secs(60);
 
 /// The control socket path of a server socket.
 pub fn control_path(socket: &Path) -> PathBuf {
@@ -85,7 +93,14 @@ pub fn spawn(
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        let control = Control { shared, policy, config_file, host: Default::default(), started };
+        let control = Control {
+            shared,
+            policy,
+            config_file,
+            host: Default::default(),
+            started,
+            ready_wait: READY_WAIT,
+        };
         rt.block_on(control.run(std_listener, file, metrics_listener));
         // A reload still loading a model must not hold up the exit (it is refused once the
         // server has drained: `ReloadSlot::close`).
@@ -130,6 +145,8 @@ struct Control {
     host: tokio::sync::Mutex<Option<(std::time::Instant, Arc<Vec<crate::doctor::Finding>>)>>,
     /// When the control plane started (Unix seconds), for `tickinfer_start_time_seconds`.
     started: f64,
+    /// [`READY_WAIT`] (shorter in tests).
+    ready_wait: Duration,
 }
 
 /// How long the doctor's findings are reused between scrapes.
@@ -153,6 +170,7 @@ impl Control {
         let (control_slots, metrics_slots) =
             (Arc::new(Semaphore::new(MAX_CLIENTS)), Arc::new(Semaphore::new(MAX_CLIENTS)));
         let mut refused = crate::ratelog::RateLimited::new(1_000_000_000);
+        let mut peer_refused = crate::ratelog::RateLimited::new(1_000_000_000);
         let mut term = signal(SignalKind::terminate()).ok();
         let mut int = signal(SignalKind::interrupt()).ok();
         let mut hup = signal(SignalKind::hangup()).ok();
@@ -170,7 +188,10 @@ impl Control {
                 }
                 accepted = listener.accept() => {
                     if let Ok((stream, _)) = accepted {
-                        if let Some(slot) = take_slot(&control_slots, &mut refused, "control socket") {
+                        // Credentials first: a refused peer is answered now and takes no slot.
+                        if let Some(refusal) = this.refusal(&stream, &mut peer_refused) {
+                            let _ = stream.try_write(format!("{refusal}\n").as_bytes());
+                        } else if let Some(slot) = take_slot(&control_slots, &mut refused, "control socket") {
                             tokio::spawn(this.clone().serve_control(stream, slot));
                         }
                     }
@@ -238,39 +259,42 @@ impl Control {
         result
     }
 
+    /// The answer to a peer the control socket refuses (`None`: admitted); logged at
+    /// most once a second.
+    fn refusal(
+        &self,
+        stream: &tokio::net::UnixStream,
+        log_limit: &mut crate::ratelog::RateLimited,
+    ) -> Option<String> {
+        let cred = match stream.peer_cred() {
+            Ok(cred) => cred,
+            Err(e) => return Some(json_error(&format!("cannot read peer credentials: {e}"))),
+        };
+        let peer = crate::sys::PeerCred { pid: cred.pid().unwrap_or(0), uid: cred.uid(), gid: cred.gid() };
+        if self.policy.admits(&peer) {
+            return None;
+        }
+        if let Some(left_out) = log_limit.event(crate::clock::now_ns()) {
+            log::warn!(
+                "control socket: refusing pid {} uid {} gid {} (not the server's uid, root, or \
+                 --control-allow-uid/gid) ({left_out} more refused since the last such line)",
+                peer.pid,
+                peer.uid,
+                peer.gid
+            );
+        }
+        Some(json_error("permission denied: this uid may not use the control socket (--control-allow-uid)"))
+    }
+
     async fn serve_control(
         self: Arc<Self>,
         stream: tokio::net::UnixStream,
         _slot: tokio::sync::OwnedSemaphorePermit,
     ) {
-        let answer = match stream.peer_cred() {
-            Ok(cred) => {
-                let peer =
-                    crate::sys::PeerCred { pid: cred.pid().unwrap_or(0), uid: cred.uid(), gid: cred.gid() };
-                if self.policy.admits(&peer) {
-                    None
-                } else {
-                    log::warn!(
-                        "control socket: refusing pid {} uid {} gid {} (not the server's uid, root, or --control-allow-uid/gid)",
-                        peer.pid,
-                        peer.uid,
-                        peer.gid
-                    );
-                    Some(json_error(
-                        "permission denied: this uid may not use the control socket (--control-allow-uid)",
-                    ))
-                }
-            }
-            Err(e) => Some(json_error(&format!("cannot read peer credentials: {e}"))),
-        };
         let (read, mut write) = stream.into_split();
-        // The request line is read (bounded) even from a refused peer, so the refusal is
-        // answered rather than racing the client's write into a closed socket.
-        let line = read_line(read).await;
-        let answer = match (answer, line) {
-            (Some(refusal), _) => refusal,
-            (None, Ok(line)) => self.command(line.trim()).await,
-            (None, Err(e)) => json_error(&e),
+        let answer = match read_line(read).await {
+            Ok(line) => self.command(line.trim()).await,
+            Err(e) => json_error(&e),
         };
         let reply = async {
             write.write_all(answer.as_bytes()).await?;
@@ -279,7 +303,33 @@ impl Control {
         let _ = tokio::time::timeout(REPLY_TIMEOUT, reply).await;
     }
 
+    /// Wait until the server serves (its model loaded), at most `ready_wait`; an error
+    /// past that, or once it is stopping.
+    async fn wait_ready(&self) -> Result<(), String> {
+        let t0 = std::time::Instant::now();
+        while !self.shared.is_serving() {
+            if self.shared.shutdown.is_triggered() {
+                return Err("the server is stopping".into());
+            }
+            if t0.elapsed() >= self.ready_wait {
+                return Err(format!(
+                    "the server is still loading its model after {:?} (a first ONNX Runtime download can take \
+                     a while); try again",
+                    self.ready_wait
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
     async fn command(&self, line: &str) -> String {
+        let known = ["stats", "reload", "reset"];
+        if known.iter().any(|c| line == *c || line.strip_prefix(c).is_some_and(|r| r.starts_with(' '))) {
+            if let Err(e) = self.wait_ready().await {
+                return json_error(&e);
+            }
+        }
         if line == "stats" {
             let mut report = self.shared.stats.lock().map(|s| s.report()).unwrap_or_default();
             let current = self.shared.reload.current();
@@ -521,6 +571,22 @@ pub fn prometheus_text(shared: &Shared, host: &[crate::doctor::Finding], started
             "Keep-warm round trips on a private socket pair done while idle (--keep-warm-us).",
             stats.keep_warm_socket_trips,
         ),
+        (
+            "uid_quota_refusals_total",
+            "Hellos refused because their uid held --max-connections-per-uid connections (also in \
+             connections_refused_total).",
+            stats.uid_quota_refusals,
+        ),
+        (
+            "idle_disconnects_total",
+            "Connections closed for sending no request within --idle-timeout-s.",
+            stats.idle_disconnects,
+        ),
+        (
+            "symbols_evicted_total",
+            "Per-symbol state slots given to a new symbol after the old one was idle --evict-idle-symbols-ms.",
+            stats.symbols_evicted,
+        ),
     ] {
         let _ = writeln!(
             out,
@@ -663,10 +729,15 @@ fn query(socket: &Path, command: &str) -> Result<String, String> {
     }
 }
 
-/// Ask a running server's control socket for its stats.
+/// Ask a running server's control socket for its stats (waiting, bounded, for a server
+/// still loading its model).
 pub fn query_stats(socket: &Path) -> Result<StatsReport, String> {
     let line = query(socket, "stats")?;
-    serde_json::from_str(&line).map_err(|e| format!("bad answer: {e}: {line}"))
+    let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| format!("bad answer: {e}: {line}"))?;
+    if v["ok"] == false {
+        return Err(v["error"].as_str().unwrap_or("stats failed").to_string());
+    }
+    serde_json::from_value(v).map_err(|e| format!("bad answer: {e}: {line}"))
 }
 
 /// Send a command whose answer is `{"ok":true,…}` or `{"ok":false,"error":…}`; the
@@ -699,4 +770,36 @@ pub fn request_reload(socket: &Path, model: Option<&Path>) -> Result<(String, u3
     };
     let v = command_ok(socket, &command, "reload")?;
     Ok((v["name"].as_str().unwrap_or_default().to_string(), v["version"].as_u64().unwrap_or(0) as u32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that never finishes loading: `stats`, `reload` and `reset` wait the bound,
+    /// then say so; an unknown command is answered at once.
+    #[test]
+    fn commands_wait_for_readiness_and_the_wait_is_bounded() {
+        let control = Control {
+            shared: Shared::new(),
+            policy: SocketPolicy::default(),
+            config_file: None,
+            host: Default::default(),
+            started: 0.0,
+            ready_wait: Duration::from_millis(150),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        for command in ["stats", "reload /tmp/m.toml", "reset", "reset 3"] {
+            let t0 = std::time::Instant::now();
+            let answer = rt.block_on(control.command(command));
+            assert!(answer.contains("still loading its model after 150ms"), "{command}: {answer}");
+            assert!(t0.elapsed() >= Duration::from_millis(150), "{command} waited {:?}", t0.elapsed());
+        }
+        let t0 = std::time::Instant::now();
+        let answer = rt.block_on(control.command("restart"));
+        assert!(answer.contains("unknown command") && t0.elapsed() < Duration::from_millis(100), "{answer}");
+        control.shared.shutdown.trigger();
+        let answer = rt.block_on(control.command("stats"));
+        assert!(answer.contains("stopping"), "{answer}");
+    }
 }

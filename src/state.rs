@@ -13,7 +13,10 @@
 //! window model's last `K` feature rows, or a recurrent model's state tensors
 //! (fed to each step and written back after it). A symbol gets a slot on its first
 //! request; once every slot is taken, a new symbol is refused (the scoring stage
-//! answers `ML_ERR_TOO_MANY_SYMBOLS`), never allocated for.
+//! answers `ML_ERR_TOO_MANY_SYMBOLS`), never allocated for — unless idle symbols
+//! may be evicted ([`State::set_eviction`]): the least recently seen symbol, idle
+//! at least that long, then gives its slot (and its history) to the new one. A
+//! reset frees the slots it clears.
 //!
 //! The definitions (formulas in README "Stateful features") live in
 //! [`crate::features`]; `scripts/tickfeatures.py` mirrors them operation for
@@ -107,16 +110,48 @@ struct SlotHead {
     dt_ms: f64,
 }
 
-/// Marks a symbol with no slot in [`State::index`].
+/// Marks a symbol with no slot in [`State::index`], and the ends of the recency list.
 const NO_SLOT: u32 = u32::MAX;
 
+/// What [`State::admit_at`] did for a request's symbol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admitted {
+    /// The symbol has a slot (it had one, or took a free one).
+    Yes,
+    /// The symbol took the slot of this one, the least recently seen, idle long enough.
+    Evicting(u16),
+    /// Every slot is taken (and none idle long enough): refuse the request.
+    No,
+}
+
 /// The per-symbol table.
+///
+/// Invariants: `index[s] == slot` exactly when `owner[slot] == s`; the slots in use
+/// are those not on `free` (`in_use + free.len() == max_symbols`); with an eviction
+/// policy, the slots in use form the recency list `newest → … → oldest` through
+/// `newer`/`older`, ordered by `last_seen`.
 pub struct State {
     spec: StateSpec,
     /// symbol_id → slot; [`NO_SLOT`] when the symbol has none. Empty when stateless.
     index: Vec<u32>,
-    /// Slot heads; `len()` is the slots in use, capacity `max_symbols` (never grows).
+    /// Slot heads, one per slot (`max_symbols`).
     heads: Vec<SlotHead>,
+    /// slot → the symbol holding it ([`NO_SLOT`] when free).
+    owner: Vec<u32>,
+    /// Free slots (a stack; every slot at first).
+    free: Vec<u32>,
+    /// Slots held by a symbol.
+    in_use: usize,
+    /// Idle time after which a symbol's slot may go to a new symbol (ns); `None`: never.
+    evict_idle_ns: Option<u64>,
+    /// Per slot: when its symbol was last admitted (ns, the scoring thread's clock).
+    last_seen: Vec<u64>,
+    /// The recency list: per slot, the next more recently seen slot and the next less.
+    newer: Vec<u32>,
+    older: Vec<u32>,
+    /// Most and least recently seen slots in use ([`NO_SLOT`] when none).
+    newest: u32,
+    oldest: u32,
     /// Ring entries, `capacity` per slot, allocated for all `max_symbols` up front.
     entries: Vec<Entry>,
     /// Accumulators, `ewma_alphas.len() + rate_taus_s.len()` per slot, likewise.
@@ -173,6 +208,15 @@ impl State {
                 spec,
                 index: vec![],
                 heads: vec![],
+                owner: vec![],
+                free: vec![],
+                in_use: 0,
+                evict_idle_ns: None,
+                last_seen: vec![],
+                newer: vec![],
+                older: vec![],
+                newest: NO_SLOT,
+                oldest: NO_SLOT,
                 entries: vec![],
                 accum: vec![],
                 sequence: vec![],
@@ -184,7 +228,17 @@ impl State {
         let per = spec.ewma_alphas.len() + spec.rate_taus_s.len();
         State {
             index: vec![NO_SLOT; 1 << 16],
-            heads: Vec::with_capacity(max_symbols),
+            heads: vec![SlotHead::default(); max_symbols],
+            owner: vec![NO_SLOT; max_symbols],
+            // Popped from the end: slot 0 first.
+            free: (0..max_symbols as u32).rev().collect(),
+            in_use: 0,
+            evict_idle_ns: None,
+            last_seen: vec![0; max_symbols],
+            newer: vec![NO_SLOT; max_symbols],
+            older: vec![NO_SLOT; max_symbols],
+            newest: NO_SLOT,
+            oldest: NO_SLOT,
             entries: vec![Entry::default(); max_symbols * spec.capacity],
             accum: vec![0.0; max_symbols * per],
             sequence: vec![0.0; max_symbols * spec.sequence_floats],
@@ -209,7 +263,18 @@ impl State {
 
     /// Symbols holding a slot.
     pub fn symbols(&self) -> usize {
-        self.heads.len()
+        self.in_use
+    }
+
+    /// Let a new symbol take the slot of the least recently seen one once that one has
+    /// been idle `idle` (`None`: never; a new symbol is refused when every slot is taken).
+    pub fn set_eviction(&mut self, idle: Option<std::time::Duration>) {
+        self.evict_idle_ns = idle.map(|d| d.as_nanos() as u64);
+    }
+
+    /// The eviction policy set with [`set_eviction`](Self::set_eviction).
+    pub fn eviction(&self) -> Option<std::time::Duration> {
+        self.evict_idle_ns.map(std::time::Duration::from_nanos)
     }
 
     /// Bytes allocated for the whole table.
@@ -220,19 +285,123 @@ impl State {
         self.index.len() * 4 + self.max_symbols * self.spec.bytes_per_symbol()
     }
 
-    /// Whether `symbol` has (or now gets) a slot. False only when every slot is taken.
+    /// Whether `symbol` has (or now gets) a free slot. False when every slot is taken.
+    /// Evicts nothing and does not count as the symbol being seen ([`admit_at`](Self::admit_at) does).
     #[inline]
     pub fn admit(&mut self, symbol: u16) -> bool {
         if self.is_stateless() || self.index[symbol as usize] != NO_SLOT {
             return true;
         }
-        if self.heads.len() == self.max_symbols {
-            return false;
+        match self.free.pop() {
+            Some(slot) => {
+                self.assign(slot, symbol, 0);
+                true
+            }
+            None => false,
         }
-        self.index[symbol as usize] = self.heads.len() as u32;
-        self.heads.push(SlotHead::default()); // within capacity: never reallocates
-        debug_assert!(self.heads.len() <= self.heads.capacity());
-        true
+    }
+
+    /// The scoring stage's admission of a request's symbol, seen at `now_ns`: a slot
+    /// it has, a free one, or — with an eviction policy, every slot taken — the slot of
+    /// the least recently seen symbol if that one has been idle long enough (its
+    /// history is lost). One branch more than [`admit`](Self::admit) without a policy;
+    /// with one, a few stores to keep the recency list.
+    #[inline]
+    pub fn admit_at(&mut self, symbol: u16, now_ns: u64) -> Admitted {
+        if self.is_stateless() {
+            return Admitted::Yes;
+        }
+        let slot = self.index[symbol as usize];
+        if slot != NO_SLOT {
+            if self.evict_idle_ns.is_some() {
+                self.touch(slot, now_ns);
+            }
+            return Admitted::Yes;
+        }
+        if let Some(slot) = self.free.pop() {
+            self.assign(slot, symbol, now_ns);
+            return Admitted::Yes;
+        }
+        let Some(idle_ns) = self.evict_idle_ns else { return Admitted::No };
+        let oldest = self.oldest;
+        if oldest == NO_SLOT || now_ns.saturating_sub(self.last_seen[oldest as usize]) < idle_ns {
+            return Admitted::No;
+        }
+        let evicted = self.owner[oldest as usize] as u16;
+        self.release(oldest);
+        let slot = self.free.pop().expect("the slot just released");
+        self.assign(slot, symbol, now_ns);
+        Admitted::Evicting(evicted)
+    }
+
+    /// Give free `slot` to `symbol`, its state empty, as the most recently seen.
+    fn assign(&mut self, slot: u32, symbol: u16, now_ns: u64) {
+        debug_assert_eq!(self.owner[slot as usize], NO_SLOT);
+        self.clear_slot(slot as usize);
+        self.index[symbol as usize] = slot;
+        self.owner[slot as usize] = symbol as u32;
+        self.in_use += 1;
+        self.last_seen[slot as usize] = now_ns;
+        self.push_newest(slot);
+        debug_assert_eq!(self.in_use + self.free.len(), self.max_symbols);
+    }
+
+    /// Take `slot` from its symbol (its history forgotten) and put it on the free list.
+    fn release(&mut self, slot: u32) {
+        let symbol = self.owner[slot as usize];
+        debug_assert_ne!(symbol, NO_SLOT, "release of a free slot");
+        self.index[symbol as usize] = NO_SLOT;
+        self.owner[slot as usize] = NO_SLOT;
+        self.unlink(slot);
+        self.clear_slot(slot as usize);
+        self.in_use -= 1;
+        self.free.push(slot);
+        debug_assert_eq!(self.in_use + self.free.len(), self.max_symbols);
+    }
+
+    /// `slot`'s symbol was seen at `now_ns`: it becomes the most recently seen.
+    #[inline]
+    fn touch(&mut self, slot: u32, now_ns: u64) {
+        self.last_seen[slot as usize] = now_ns;
+        if self.newest != slot {
+            self.unlink(slot);
+            self.push_newest(slot);
+        }
+    }
+
+    fn push_newest(&mut self, slot: u32) {
+        let s = slot as usize;
+        self.newer[s] = NO_SLOT;
+        self.older[s] = self.newest;
+        if self.newest != NO_SLOT {
+            self.newer[self.newest as usize] = slot;
+        } else {
+            self.oldest = slot;
+        }
+        self.newest = slot;
+    }
+
+    fn unlink(&mut self, slot: u32) {
+        let s = slot as usize;
+        let (newer, older) = (self.newer[s], self.older[s]);
+        match newer {
+            NO_SLOT => self.newest = older,
+            n => self.older[n as usize] = older,
+        }
+        match older {
+            NO_SLOT => self.oldest = newer,
+            o => self.newer[o as usize] = newer,
+        }
+        (self.newer[s], self.older[s]) = (NO_SLOT, NO_SLOT);
+    }
+
+    /// Empty `slot`'s history, accumulators and sequence memory.
+    fn clear_slot(&mut self, slot: usize) {
+        let per = self.spec.ewma_alphas.len() + self.spec.rate_taus_s.len();
+        let n = self.spec.sequence_floats;
+        self.heads[slot] = SlotHead::default();
+        self.accum[slot * per..(slot + 1) * per].iter_mut().for_each(|v| *v = 0.0);
+        self.sequence[slot * n..(slot + 1) * n].iter_mut().for_each(|v| *v = 0.0);
     }
 
     /// The slot of an admitted symbol.
@@ -330,24 +499,19 @@ impl State {
         (SymbolView { count: head.count, slot, warming, dt_ms, ring, newest: head.newest, accum }, sequence)
     }
 
-    /// Forget `symbol`'s history (it keeps its slot), or every symbol's (`None`).
+    /// Forget `symbol`'s history and free its slot, or every symbol's (`None`).
     pub fn reset(&mut self, symbol: Option<u16>) {
-        let per = self.spec.ewma_alphas.len() + self.spec.rate_taus_s.len();
-        let n = self.spec.sequence_floats;
-        let clear = |slot: usize, st: &mut State| {
-            st.heads[slot] = SlotHead::default();
-            st.accum[slot * per..(slot + 1) * per].iter_mut().for_each(|v| *v = 0.0);
-            st.sequence[slot * n..(slot + 1) * n].iter_mut().for_each(|v| *v = 0.0);
-        };
         match symbol {
             Some(s) => {
                 if let Some(slot) = self.slot_of(s) {
-                    clear(slot, self);
+                    self.release(slot as u32);
                 }
             }
             None => {
-                for slot in 0..self.heads.len() {
-                    clear(slot, self);
+                for slot in 0..self.owner.len() as u32 {
+                    if self.owner[slot as usize] != NO_SLOT {
+                        self.release(slot);
+                    }
                 }
             }
         }
@@ -421,11 +585,41 @@ mod tests {
         st.update(&req(1, 0, 100, 101, 1, 1), Scales::UNIT);
         assert_eq!(st.update(&req(2, 0, 50, 51, 1, 1), Scales::UNIT).count, 1, "symbols do not share state");
         st.reset(Some(1));
-        assert_eq!(st.update(&req(1, 0, 100, 101, 1, 1), Scales::UNIT).count, 1);
+        assert_eq!(st.symbols(), 1, "a symbol's reset frees its slot");
+        assert!(st.admit(3), "which a new symbol takes");
+        assert!(!st.admit(1), "and the reset symbol has none now");
+        assert_eq!(st.update(&req(3, 0, 100, 101, 1, 1), Scales::UNIT).count, 1, "1's history is not 3's");
         st.reset(None);
-        assert_eq!(st.update(&req(2, 0, 50, 51, 1, 1), Scales::UNIT).count, 1);
-        assert_eq!(st.symbols(), 2, "a reset keeps the slots");
+        assert_eq!(st.symbols(), 0, "every slot freed");
+        assert!(st.admit(2) && st.admit(1));
+        assert_eq!(st.update(&req(2, 0, 50, 51, 1, 1), Scales::UNIT).count, 1, "history forgotten");
         let stateless = State::new(StateSpec::stateless(), 10);
         assert_eq!(stateless.bytes(), 0);
+    }
+
+    #[test]
+    fn the_least_recently_seen_idle_symbol_gives_its_slot() {
+        let ms = 1_000_000;
+        let mut st = State::new(spec(2), 3);
+        for (symbol, t) in [(1, 0), (2, ms), (3, 2 * ms)] {
+            assert_eq!(st.admit_at(symbol, t), Admitted::Yes);
+        }
+        st.update(&req(1, 0, 100, 101, 1, 1), Scales::UNIT);
+        assert_eq!(st.admit_at(4, 10 * ms), Admitted::No, "no eviction policy: refused");
+        st.set_eviction(Some(std::time::Duration::from_millis(5)));
+        assert_eq!(st.admit_at(1, 3 * ms), Admitted::Yes, "symbol 1 seen again: 2 is now the oldest");
+        assert_eq!(st.admit_at(4, 6 * ms - 1), Admitted::No, "symbol 2, the oldest, idle just under 5 ms");
+        assert_eq!(st.admit_at(4, 7 * ms), Admitted::Evicting(2), "the least recently seen, idle 6 ms");
+        assert_eq!((st.slot_of(2), st.symbols()), (None, 3));
+        assert_eq!(st.admit_at(5, 8 * ms), Admitted::Evicting(3));
+        assert_eq!(st.admit_at(6, 9 * ms), Admitted::Evicting(1), "then 1 (seen at 3 ms)");
+        assert_eq!(st.update(&req(6, 0, 100, 101, 1, 1), Scales::UNIT).count, 1, "1's history is not 6's");
+        // The recency list stays whole through resets in its middle.
+        st.reset(Some(5));
+        assert_eq!(st.admit_at(7, 20 * ms), Admitted::Yes, "a freed slot first");
+        assert_eq!(st.admit_at(8, 20 * ms), Admitted::Evicting(4));
+        assert_eq!(st.admit_at(9, 30 * ms), Admitted::Evicting(6));
+        assert_eq!(st.admit_at(10, 40 * ms), Admitted::Evicting(7));
+        assert_eq!(st.symbols(), 3);
     }
 }

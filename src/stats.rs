@@ -38,6 +38,13 @@ pub struct Stats {
     pub keep_warm_runs: u64,
     /// Keep-warm round trips on the private socket pair, by the thread that owns the sockets.
     pub keep_warm_socket_trips: u64,
+    /// Hellos refused because their uid held `--max-connections-per-uid` connections
+    /// (also counted in `connections_refused`).
+    pub uid_quota_refusals: u64,
+    /// Connections closed after `--idle-timeout-s` without a request.
+    pub idle_disconnects: u64,
+    /// Symbols whose state slot went to a new symbol after `--evict-idle-symbols-ms` idle.
+    pub symbols_evicted: u64,
 }
 
 fn histogram(max: u64) -> Histogram<u64> {
@@ -60,6 +67,9 @@ impl Default for Stats {
             nonfinite_outputs: 0,
             keep_warm_runs: 0,
             keep_warm_socket_trips: 0,
+            uid_quota_refusals: 0,
+            idle_disconnects: 0,
+            symbols_evicted: 0,
         }
     }
 }
@@ -83,6 +93,9 @@ impl Stats {
         self.nonfinite_outputs += other.nonfinite_outputs;
         self.keep_warm_runs += other.keep_warm_runs;
         self.keep_warm_socket_trips += other.keep_warm_socket_trips;
+        self.uid_quota_refusals += other.uid_quota_refusals;
+        self.idle_disconnects += other.idle_disconnects;
+        self.symbols_evicted += other.symbols_evicted;
     }
 
     /// Zero every recorder, keeping the allocations.
@@ -100,6 +113,9 @@ impl Stats {
         self.nonfinite_outputs = 0;
         self.keep_warm_runs = 0;
         self.keep_warm_socket_trips = 0;
+        self.uid_quota_refusals = 0;
+        self.idle_disconnects = 0;
+        self.symbols_evicted = 0;
     }
 
     /// Whether nothing was recorded since the last reset. Every recorder counts: the
@@ -118,6 +134,9 @@ impl Stats {
             && self.nonfinite_outputs == 0
             && self.keep_warm_runs == 0
             && self.keep_warm_socket_trips == 0
+            && self.uid_quota_refusals == 0
+            && self.idle_disconnects == 0
+            && self.symbols_evicted == 0
     }
 
     pub fn report(&self) -> StatsReport {
@@ -145,6 +164,9 @@ impl Stats {
             keep_warm_socket_trips: self.keep_warm_socket_trips,
             verify: VerifyReport::default(),
             model: None,
+            uid_quota_refusals: self.uid_quota_refusals,
+            idle_disconnects: self.idle_disconnects,
+            symbols_evicted: self.symbols_evicted,
         }
     }
 }
@@ -207,6 +229,15 @@ pub struct StatsReport {
     /// Keep-warm socket round trips done while idle.
     #[serde(default)]
     pub keep_warm_socket_trips: u64,
+    /// Hellos refused for `--max-connections-per-uid` (within `connections_refused`).
+    #[serde(default)]
+    pub uid_quota_refusals: u64,
+    /// Connections closed after `--idle-timeout-s` without a request.
+    #[serde(default)]
+    pub idle_disconnects: u64,
+    /// State slots that went to a new symbol after `--evict-idle-symbols-ms` idle.
+    #[serde(default)]
+    pub symbols_evicted: u64,
     /// The live verifier of the native backend (filled in by the control plane).
     #[serde(default)]
     pub verify: VerifyReport,
@@ -248,17 +279,21 @@ impl std::fmt::Display for StatsReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "responses {} (connections accepted {}, refused {}, slow-reader disconnects {}, shared-memory sessions {} \
-             (faults {}), non-finite model outputs {}, keep-warm runs {} (socket round trips {}))",
+            "responses {} (connections accepted {}, refused {} ({} over the per-uid quota), idle disconnects {}, \
+             slow-reader disconnects {}, shared-memory sessions {} (faults {}), non-finite model outputs {}, \
+             keep-warm runs {} (socket round trips {}), symbols evicted {})",
             self.responses,
             self.connections_accepted,
             self.connections_refused,
+            self.uid_quota_refusals,
+            self.idle_disconnects,
             self.slow_reader_disconnects,
             self.shm_sessions,
             self.shm_faults,
             self.nonfinite_outputs,
             self.keep_warm_runs,
-            self.keep_warm_socket_trips
+            self.keep_warm_socket_trips,
+            self.symbols_evicted
         )?;
         for (status, n) in &self.by_status {
             writeln!(f, "  status {status}: {n}")?;

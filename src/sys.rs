@@ -188,10 +188,53 @@ pub fn eventfd_ring(fd: RawFd) -> io::Result<()> {
     }
 }
 
-/// Reset a non-blocking eventfd's counter to 0.
-pub fn eventfd_drain(fd: RawFd) {
-    let mut v = 0u64;
-    let _ = syscall!(read(fd, (&mut v as *mut u64).cast(), 8));
+/// A new descriptor of the file open at `fd`, read-only, from an inode made
+/// owner-read-only first: a process given it cannot write, punch, resize or seal the
+/// file, nor reopen it writable through `/proc/self/fd` (only root can). The caller's
+/// own descriptors keep their access.
+pub fn reopen_read_only(fd: RawFd) -> io::Result<OwnedFd> {
+    syscall!(fchmod(fd, 0o400))?;
+    let path = cpath(Path::new(&format!("/proc/self/fd/{fd}")))?;
+    let ro = syscall!(open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC))
+        .map_err(|e| io::Error::new(e.kind(), format!("reopening a region read-only through /proc: {e}")))?;
+    // SAFETY: a descriptor open just returned, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(ro) })
+}
+
+/// Give back the pages of `len` bytes from `offset` of the file at `fd`
+/// (`fallocate(PUNCH_HOLE)`; the size stays).
+pub fn punch_hole(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    syscall!(fallocate(fd, mode, offset as libc::off_t, len as libc::off_t)).map(drop)
+}
+
+/// The system's page size.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf reads a constant.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 {
+        n as usize
+    } else {
+        4096
+    }
+}
+
+/// Of the pages of the shared mapping `[base, base + len)`, how many are not in
+/// memory, and how many there are (`mincore`: reads the page cache, faults nothing in).
+pub fn pages_not_resident(base: *mut u8, len: usize) -> io::Result<(usize, usize)> {
+    let pages = len.div_ceil(page_size());
+    let mut vec = vec![0u8; pages];
+    syscall!(mincore(base.cast(), len, vec.as_mut_ptr()))?;
+    Ok((vec.iter().filter(|&&v| v & 1 == 0).count(), pages))
+}
+
+/// Fault every page of the mapping `[base, base + len)` in now (`MADV_POPULATE_WRITE`
+/// or `_READ`, Linux 5.14): best effort, a kernel without it faults them on first use.
+pub fn populate(base: *mut u8, len: usize, write: bool) {
+    const MADV_POPULATE_READ: libc::c_int = 22;
+    const MADV_POPULATE_WRITE: libc::c_int = 23;
+    let advice = if write { MADV_POPULATE_WRITE } else { MADV_POPULATE_READ };
+    let _ = syscall!(madvise(base.cast(), len, advice));
 }
 
 /// `FUTEX_WAKE` every waiter on the shared (not process-private) futex word at `word`.

@@ -157,6 +157,8 @@ pub struct Conn {
     pub read_deferred: bool,
     /// `CLOCK_MONOTONIC` ns of the accept (the hello must come within the server's hello timeout).
     pub accepted_ns: u64,
+    /// `CLOCK_MONOTONIC` ns of its hello, then of its latest request (`--idle-timeout-s`).
+    pub last_request_ns: u64,
     /// Its hello was accepted: it holds one of the server's `max_connections` slots.
     /// Until then it is pending (handshaking) and counts against `max_pending` instead.
     pub established: bool,
@@ -216,6 +218,7 @@ impl Conn {
             dirty: false,
             read_deferred: false,
             accepted_ns: crate::clock::now_ns(),
+            last_request_ns: crate::clock::now_ns(),
             established: false,
             shm: None,
             shm_fault: None,
@@ -243,6 +246,13 @@ impl Conn {
                 Err(_) => return ReadOutcome::Closed,
             }
         }
+    }
+
+    /// Take one received byte, if any (a shared-memory session's `ML_SHM_MAPPED`).
+    pub fn take_byte(&mut self) -> Option<u8> {
+        let byte = self.rbuf[..self.rlen].get(self.rpos).copied()?;
+        self.rpos += 1;
+        Some(byte)
     }
 
     /// Decode the next frame from the received bytes and consume it.

@@ -223,3 +223,131 @@ fn connections_at_100_hz_and_sighup_do_not_keep_the_server_from_draining() {
     assert!(knocks > 20, "the knocker connected {knocks} times");
     assert!(server.log().contains("SIGTERM: draining"), "{}", server.log());
 }
+
+/// Peers the control socket refuses (a widened mode lets them connect) are answered at
+/// once and hold no slot: with 40 of them connected and silent, the owner's `stats` and
+/// `reload` work (they used to hold a slot for 2 s each: 16 locked the owner out).
+#[test]
+fn refused_control_peers_take_no_slot() {
+    let server = Server::start(&["--control-socket-mode", "666"]);
+    open_dir(&server);
+    let path = ctl(&server);
+    let hold = Duration::from_secs(8);
+    let refusals = std::thread::spawn(move || {
+        util::connections_as(65534, &path, 40, b"", hold, b"permission denied: this uid may not use")
+    });
+    std::thread::sleep(Duration::from_millis(500)); // they are connected and held
+    if refusals.is_finished() {
+        if let Ok(None) = refusals.join() {
+            return util::skip("refused_control_peers_take_no_slot", "connecting as another uid needs root");
+        }
+        panic!("the refused peers' process ended early");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_tickinfer"))
+        .args(["stats", "--json", "--socket", server.socket.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the owner was locked out: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!refusals.is_finished(), "the refused peers were still connected during the owner's stats");
+    let (ok, text, _) = reload(&server, &repo_root().join("models/lobster_direction.toml"));
+    assert!(ok, "{text}");
+    let answered = refusals.join().unwrap().unwrap();
+    assert_eq!(answered, 40, "every refused peer was answered at once:\n{}", server.log());
+    let refused_lines = server.log().lines().filter(|l| l.contains("control socket: refusing")).count();
+    assert!((1..=3).contains(&refused_lines), "refusals logged at most once a second: {refused_lines}");
+}
+
+/// The sockets are up before the model is loaded (here the ONNX Runtime "download" is
+/// held up: the server's library cache is empty and its provisioning lock is ours).
+/// `stats` and `reload` sent meanwhile wait and are answered once it serves (they were
+/// refused "not serving yet"); a data client connecting early gets its hello acked and
+/// its request answered then.
+#[test]
+fn commands_and_clients_sent_while_the_model_loads_wait_for_it() {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use tickinfer::engine::runtime::{locate, pin_for, Flavor};
+    let Ok(real) = locate(None, Flavor::Cpu) else {
+        return util::skip("commands_and_clients_sent_while_the_model_loads", "no ONNX Runtime to copy");
+    };
+    let pin = pin_for(Flavor::Cpu, std::env::consts::ARCH).expect("a pinned CPU runtime");
+    let real_dir = real.parent().unwrap().to_path_buf();
+    if pin.libs.iter().any(|(name, _)| !real_dir.join(name).is_file()) {
+        return util::skip(
+            "commands_and_clients_sent_while_the_model_loads",
+            "no pinned runtime cache to copy",
+        );
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let lib_dir = cache.path().join(real_dir.file_name().unwrap());
+    std::fs::DirBuilder::new().mode(0o700).create(&lib_dir).unwrap();
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(lib_dir.join(".lock"))
+        .unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) }, 0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("tickinfer.sock");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tickinfer"));
+    cmd.env("TICKINFER_CACHE_DIR", cache.path()).env_remove("TICKINFER_ORT_LIB").env_remove("ORT_DYLIB_PATH");
+    let server = Server::spawn_with(dir, socket.clone(), &[], cmd);
+    let t0 = Instant::now();
+    while !(socket.exists() && ctl(&server).exists()) {
+        assert!(t0.elapsed() < Duration::from_secs(20), "sockets never bound:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let cli = |args: Vec<String>| {
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let out = Command::new(env!("CARGO_BIN_EXE_tickinfer")).args(&args).output().unwrap();
+            let text =
+                format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            (out.status.success(), text, t0.elapsed())
+        })
+    };
+    let sock = socket.to_str().unwrap().to_string();
+    let model = repo_root().join("models/lobster_direction.toml").to_str().unwrap().to_string();
+    let stats = cli(vec!["stats".into(), "--json".into(), "--socket".into(), sock.clone()]);
+    let reloaded = cli(vec!["reload".into(), "--socket".into(), sock.clone(), "--model".into(), model]);
+    let early = {
+        let socket = socket.clone();
+        std::thread::spawn(move || {
+            use tickinfer::wire::{MlHello, MlHelloAck, MlResponse, HELLO_ACK_SIZE, RESPONSE_SIZE};
+            let t0 = Instant::now();
+            let mut s = UnixStream::connect(&socket).expect("an early client's connect");
+            // As long as the load may take on a busy machine (the stats and reload wait 60 s).
+            s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            s.write_all(bytemuck::bytes_of(&MlHello::current())).unwrap();
+            let mut ack = [0u8; HELLO_ACK_SIZE];
+            s.read_exact(&mut ack).expect("an early client's hello ack");
+            let ack: MlHelloAck = bytemuck::pod_read_unaligned(&ack);
+            assert_eq!({ ack.status }, 0);
+            s.write_all(bytemuck::bytes_of(&request(5))).unwrap();
+            let mut answer = [0u8; RESPONSE_SIZE];
+            s.read_exact(&mut answer).expect("an early client's request");
+            (bytemuck::pod_read_unaligned::<MlResponse>(&answer), t0.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(!server.log().contains("ready: model"), "the load was not held up:\n{}", server.log());
+    assert!(!stats.is_finished() && !reloaded.is_finished() && !early.is_finished(), "{}", server.log());
+    // The "download" finishes: the pinned libraries appear, the lock is released.
+    for (name, _) in pin.libs {
+        std::fs::copy(real_dir.join(name), lib_dir.join(name)).unwrap();
+    }
+    drop(lock);
+    server.wait_ready();
+    let (ok, text, waited) = stats.join().unwrap();
+    assert!(ok && text.contains("\"responses\""), "{text}");
+    assert!(waited >= Duration::from_millis(900), "stats answered before the model loaded? {waited:?}");
+    let (ok, text, _) = reloaded.join().unwrap();
+    assert!(ok && text.contains("reloaded: now serving"), "{text}\n{}", server.log());
+    let (answer, waited) =
+        early.join().unwrap_or_else(|_| panic!("the early client failed:\n{}", server.log()));
+    assert_eq!(({ answer.request_id }, { answer.status }), (5, 0));
+    assert!(waited >= Duration::from_millis(900), "{waited:?}");
+}

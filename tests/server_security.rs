@@ -18,8 +18,14 @@ fn socket_mode_default_and_configured() {
     let server = Server::start(&[]);
     assert_eq!(mode_of(&server.socket), 0o600);
     assert_eq!(mode_of(&tickinfer::control::control_path(&server.socket)), 0o600);
+    let quota_hint = "consider --max-connections-per-uid";
+    assert!(!server.log().contains(quota_hint), "owner-only: no quota hint\n{}", server.log());
     let server = Server::start(&["--socket-mode", "660"]);
     assert_eq!(mode_of(&server.socket), 0o660);
+    // Others may connect now, and any one uid could hold every slot: the log says so.
+    assert!(server.log().contains(quota_hint), "{}", server.log());
+    let server = Server::start(&["--socket-mode", "660", "--max-connections-per-uid", "8"]);
+    assert!(!server.log().contains(quota_hint), "{}", server.log());
     // A group we belong to (our own primary group) is applied to the socket file.
     // SAFETY: getgid cannot fail.
     let gid = unsafe { libc::getgid() };

@@ -1,7 +1,8 @@
 //! The shared-memory transport against the real server: order, ids, statuses
 //! and stamps; the in-flight bound; many shm and socket clients at once with
-//! random disconnects; a client that scribbles over its region; a client killed
-//! mid-stream; a drain with shm clients in flight; the C client.
+//! random disconnects; a client that scribbles over its region; one that clears its
+//! doorbell's non-blocking flag; a client killed mid-stream; a drain with shm clients
+//! in flight; the C client.
 mod util;
 
 use std::time::Duration;
@@ -202,11 +203,20 @@ fn many_shm_and_socket_clients_with_random_disconnects() {
     eprintln!("{answered} answered, {dropped} dropped with their connection");
 }
 
-/// The 32-bit word at `offset` of a client's region, as the server would see it.
+/// The 32-bit word at `offset` of a client's region (the one it writes), as the server sees it.
 fn word(c: &ShmClient, offset: usize) -> &std::sync::atomic::AtomicU32 {
-    let (base, len) = c.raw_region();
+    region_word(c.raw_client_region(), offset)
+}
+
+/// The 32-bit word at `offset` of a client's mapping of the server region (read-only: load it).
+fn server_word(c: &ShmClient, offset: usize) -> &std::sync::atomic::AtomicU32 {
+    region_word(c.raw_server_region(), offset)
+}
+
+fn region_word<'a>((base, len): (*mut u8, usize), offset: usize) -> &'a std::sync::atomic::AtomicU32 {
     assert!(offset % 4 == 0 && offset + 4 <= len);
-    // SAFETY: in bounds of the live mapping, 4-aligned; accessed only atomically while `c` lives.
+    // SAFETY: in bounds of a live mapping, 4-aligned; accessed only atomically while its client lives
+    // (the tests keep the client alive while they use the word).
     unsafe { std::sync::atomic::AtomicU32::from_ptr(base.add(offset).cast()) }
 }
 
@@ -232,7 +242,7 @@ fn hung_up_on(c: &mut ShmClient, server: &Server) {
 #[test]
 fn a_client_scribbling_over_its_region_harms_nobody_else() {
     use std::sync::atomic::Ordering::{Relaxed, Release};
-    use tickinfer::shm::{ring, REQUEST_RING_OFFSET, RESPONSE_RING_OFFSET};
+    use tickinfer::shm::client_counters::{REQUEST_HEAD, RESPONSE_TAIL};
     let server = Server::start(&["--poll", "adaptive"]);
     // A well-behaved client streams the whole time.
     let socket = server.socket.clone();
@@ -246,7 +256,7 @@ fn a_client_scribbling_over_its_region_harms_nobody_else() {
     let mut c = connect(&server);
     c.send(&request(1), T).unwrap();
     scribble_slot(&c, 1, 0xA5);
-    word(&c, REQUEST_RING_OFFSET + ring::HEAD).store(2, Release);
+    word(&c, REQUEST_HEAD).store(2, Release);
     assert_eq!({ c.recv_spin(T).unwrap().status }, 0);
     assert_eq!(Status::from_code(c.recv_spin(T).unwrap().status), Some(Status::BadFrame));
     hung_up_on(&mut c, &server);
@@ -266,24 +276,22 @@ fn a_client_scribbling_over_its_region_harms_nobody_else() {
         assert_ne!(Status::from_code(resp.status), Some(Status::Ok), "garbage must not score");
     }
 
-    // 3. The server's own counters and the header scribbled over: it never reads them back.
-    word(&c, REQUEST_RING_OFFSET + ring::TAIL).store(0xDEAD, Relaxed);
-    word(&c, RESPONSE_RING_OFFSET + ring::HEAD).store(0xBEEF, Relaxed);
-    word(&c, 0).store(0, Relaxed);
-    word(&c, 8).store(3, Relaxed);
-    // (this client's own view of the response ring is now garbage; the server's is not)
+    // 3. The client region's unused words and its own waiting flag scribbled over: no fault
+    // (the server's counters are out of its reach: tests/c/shm_hostile.c tries).
+    word(&c, 192).store(0xDEAD, Relaxed);
+    word(&c, tickinfer::shm::client_counters::RESPONSE_WAITING).store(7, Relaxed);
     c.send(&request(99), T).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
-    assert!(!c.server_gone(), "scribbling over server-owned words is no protocol fault");
+    assert_eq!({ c.recv_spin(T).unwrap().request_id }, 99);
+    assert!(!c.server_gone(), "scribbling over unused words is no protocol fault");
 
     // 4. A request head far beyond the ring: disconnected with a log line.
     let mut c = connect(&server);
-    word(&c, REQUEST_RING_OFFSET + ring::HEAD).store(c.capacities().0 * 3 + 5, Release);
+    word(&c, REQUEST_HEAD).store(c.capacities().0 * 3 + 5, Release);
     hung_up_on(&mut c, &server);
 
     // 5. A response tail ahead of the server's head: disconnected.
     let mut c = connect(&server);
-    word(&c, RESPONSE_RING_OFFSET + ring::TAIL).store(1_000_000, Release);
+    word(&c, RESPONSE_TAIL).store(1_000_000, Release);
     c.send(&request(5), T).unwrap();
     hung_up_on(&mut c, &server);
 
@@ -293,7 +301,7 @@ fn a_client_scribbling_over_its_region_harms_nobody_else() {
     for i in 0..cap {
         scribble_slot(&c, i, (i % 251) as u8);
     }
-    word(&c, REQUEST_RING_OFFSET + ring::HEAD).store(cap, Release);
+    word(&c, REQUEST_HEAD).store(cap, Release);
     hung_up_on(&mut c, &server);
     drop(c);
 
@@ -306,6 +314,118 @@ fn a_client_scribbling_over_its_region_harms_nobody_else() {
     // Still serving.
     let mut c = connect(&server);
     assert_eq!({ exchange(&mut c, &[request(7)], 1)[0].status }, 0);
+}
+
+/// The doorbell eventfd is one open file description shared with the client: a client
+/// that clears `O_NONBLOCK` on it (or reads it) must block nobody. The server sleeps with
+/// the session's doorbell armed; a socket client must still be answered, the hostile
+/// client's own ring keeps working, and SIGTERM still drains.
+#[test]
+fn a_client_clearing_its_doorbells_nonblocking_flag_blocks_nobody() {
+    for poll in ["adaptive", "block"] {
+        let mut server = Server::start(&["--poll", poll, "--spin-us", "50"]);
+        let mut hostile = connect(&server);
+        let fd = hostile.doorbell_fd();
+        // SAFETY: fcntl on a descriptor this client owns, for the call only.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            assert!(flags >= 0 && flags & libc::O_NONBLOCK != 0, "passed non-blocking");
+            assert_eq!(libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK), 0);
+        }
+        for round in 0..3u64 {
+            // Long enough for the server to block in epoll with the doorbell armed.
+            std::thread::sleep(Duration::from_millis(100));
+            let mut sock = Client::connect(&server.socket)
+                .unwrap_or_else(|e| panic!("--poll {poll}: no ack ({e}):\n{}", server.log()));
+            sock.send(&[request(10 + round)]).unwrap();
+            let r =
+                sock.recv().unwrap_or_else(|e| panic!("--poll {poll}: unanswered ({e}):\n{}", server.log()));
+            assert_eq!(({ r.request_id }, { r.status }), (10 + round, 0));
+            std::thread::sleep(Duration::from_millis(100));
+            // The hostile client's own requests ring its (now blocking) doorbell and are answered.
+            let got = exchange(&mut hostile, &[request(20 + round), request(30 + round)], 1);
+            assert!(got.iter().all(|r| r.status == 0), "--poll {poll}: {got:?}");
+        }
+        let status = server.terminate();
+        assert!(status.success(), "--poll {poll}: exit {status}:\n{}", server.log());
+        assert!(server.log().contains("drained"), "{}", server.log());
+    }
+}
+
+/// The pages the server wrote (its header, counters and answers) must not outlive the
+/// session in a client that keeps its mapping and descriptor: they are the server's
+/// memory, and one client reconnecting in a loop would pile them up (shown on protocol
+/// version 1: the answers stayed readable). Once a session ends the server region holds
+/// no page (its blocks are 0 while nobody touches it) and reads back as zero in every
+/// kept mapping.
+#[test]
+fn pages_the_server_wrote_do_not_outlive_the_session() {
+    use std::os::unix::fs::MetadataExt;
+    let server = Server::start(&[]);
+    let mut kept = Vec::new();
+    for session in 0..8u64 {
+        let mut c = connect(&server);
+        let reqs: Vec<MlRequest> = (0..64).map(|i| request((session << 32) | i)).collect();
+        exchange(&mut c, &reqs, 16);
+        assert_ne!(answer_words_written(&c), 0, "session {session}: answers are in the region");
+        assert!(c.region_files().0.metadata().unwrap().blocks() > 0);
+        c.hang_up();
+        kept.push(c);
+    }
+    let t0 = std::time::Instant::now();
+    for (session, c) in kept.iter().enumerate() {
+        // Only the descriptor is looked at while waiting: a read through the mapping would
+        // fault a (zero) page back in, on this process's account.
+        while c.region_files().0.metadata().unwrap().blocks() != 0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "session {session} ended, and the server region still holds its pages"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            answer_words_written(c),
+            0,
+            "session {session}: the answers are gone from the kept mapping"
+        );
+        assert_eq!(server_word(c, 0).load(std::sync::atomic::Ordering::Relaxed), 0, "and the header");
+    }
+}
+
+/// Non-zero 32-bit words among the response slots, as a client mapping reads them.
+fn answer_words_written(c: &ShmClient) -> usize {
+    use std::sync::atomic::Ordering::Relaxed;
+    let first = tickinfer::shm::SLOTS_OFFSET;
+    let last = first + c.capacities().1 as usize * tickinfer::shm::RESPONSE_SLOT;
+    (first..last).step_by(4).filter(|&o| server_word(c, o).load(Relaxed) != 0).count()
+}
+
+/// A client that misuses the descriptors and mappings it was given (tests/c/shm_hostile.c):
+/// every way to write, punch, resize or re-seal memory the server touches is refused by
+/// the kernel, and the session keeps working; requests published before the client says
+/// it mapped its regions are answered once it does; a client that says so without having
+/// written its own region's pages, or never says so, is disconnected.
+#[test]
+fn a_client_cannot_write_punch_resize_or_reseal_what_the_server_touches() {
+    let (_dir, exe) = c_program("shm_hostile", "tests/c/shm_hostile.c");
+    let server = Server::start(&["--poll", "adaptive"]);
+    let sock = server.socket.to_str().unwrap();
+    let out = run_c(&exe, &[sock, "misuse"]);
+    assert!(out.contains("all refused") && out.contains("ok answered after the misuse"), "{out}");
+    assert!(out.matches("refused ").count() >= 12, "{out}");
+    let out = run_c(&exe, &[sock, "early"]);
+    assert!(out.contains("ok early requests answered in order"), "{out}");
+    let out = run_c(&exe, &[sock, "unmapped"]);
+    assert!(out.contains("closed after"), "{out}");
+    let out = run_c(&exe, &[sock, "silent"]);
+    let ms: u64 = out.trim().rsplit(' ').nth(1).and_then(|m| m.parse().ok()).unwrap_or(0);
+    assert!(out.contains("closed after") && ms >= 4_000, "{out}");
+    let log = server.log();
+    assert!(log.contains("pages never written"), "{log}");
+    assert!(log.contains("no ML_SHM_MAPPED"), "{log}");
+    // Still serving.
+    let mut c = connect(&server);
+    assert_eq!({ exchange(&mut c, &[request(8)], 1)[0].status }, 0);
 }
 
 #[test]

@@ -5,6 +5,7 @@ mod util;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use tickinfer::wire::{MlRequest, MlResponse, Status, RESPONSE_WARMING};
 use util::repo_root;
@@ -142,4 +143,69 @@ fn reset_and_reload_keep_or_clear_the_state() {
     assert!(!warming(&next(&mut c, 1)));
     control(&server, &["reset"]);
     assert!(warming(&next(&mut c, 1)) && warming(&next(&mut c, 2)), "every symbol starts over");
+}
+
+/// One client sending new symbol ids cannot fill the table for good: `reset` frees the
+/// slots it clears, and with `--evict-idle-symbols-ms` a new symbol takes the slot of the
+/// least recently seen one once that one is idle that long (its history is lost; counted
+/// and logged). State is per symbol, whichever connection sends it.
+#[test]
+fn reset_frees_slots_and_idle_symbols_give_theirs_up() {
+    let server = Server::start(&["--model", model().to_str().unwrap(), "--max-symbols", "2"]);
+    let mut c = Client::connect(&server.socket).unwrap();
+    let status = |r: MlResponse| Status::from_code(r.status);
+    assert_eq!(status(one(&mut c, tick(1, 1))), Some(Status::Ok));
+    assert_eq!(status(one(&mut c, tick(2, 2))), Some(Status::Ok));
+    assert_eq!(status(one(&mut c, tick(3, 3))), Some(Status::TooManySymbols), "the table is full");
+    control(&server, &["reset", "--symbol", "1"]);
+    assert_eq!(status(one(&mut c, tick(4, 3))), Some(Status::Ok), "the reset freed symbol 1's slot");
+    assert_eq!(status(one(&mut c, tick(5, 1))), Some(Status::TooManySymbols), "which symbol 3 now holds");
+    control(&server, &["reset"]);
+    let mut other = Client::connect(&server.socket).unwrap();
+    assert_eq!(status(one(&mut other, tick(6, 4))), Some(Status::Ok), "every slot freed");
+    assert_eq!(status(one(&mut c, tick(7, 5))), Some(Status::Ok));
+    // Shared across connections, by symbol: symbol 4's events alternate between the two
+    // connections, and its history counts them all (warm after HISTORY events in all).
+    for i in 1..HISTORY {
+        let conn = if i % 2 == 0 { &mut other } else { &mut c };
+        assert!(warming(&one(conn, tick(10 + i, 4))), "event {} of symbol 4", i + 1);
+    }
+    assert!(!warming(&one(&mut other, tick(40, 4))), "one history per symbol, across connections");
+
+    let server = Server::start(&[
+        "--model",
+        model().to_str().unwrap(),
+        "--max-symbols",
+        "2",
+        "--evict-idle-symbols-ms",
+        "300",
+    ]);
+    let mut c = Client::connect(&server.socket).unwrap();
+    let mut id = 100;
+    let mut send = |c: &mut Client, symbol: u16| {
+        id += 1;
+        status(one(c, tick(id, symbol)))
+    };
+    for _ in 0..HISTORY + 1 {
+        send(&mut c, 1);
+        send(&mut c, 2);
+    }
+    assert!(!warming(&one(&mut c, tick(500, 1))), "symbol 1 is warm");
+    assert_eq!(send(&mut c, 3), Some(Status::TooManySymbols), "nobody idle 300 ms yet");
+    // Symbol 2 keeps trading; symbol 1 goes quiet.
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(send(&mut c, 2), Some(Status::Ok));
+    }
+    assert_eq!(send(&mut c, 3), Some(Status::Ok), "symbol 1, idle 480 ms, gave its slot");
+    assert_eq!(send(&mut c, 2), Some(Status::Ok), "symbol 2 kept its own");
+    assert_eq!(send(&mut c, 1), Some(Status::TooManySymbols), "symbol 1 lost its slot (2 and 3 are recent)");
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(send(&mut c, 3), Some(Status::Ok));
+    let r = one(&mut c, tick(900, 1));
+    assert_eq!(status(r), Some(Status::Ok), "symbol 1 back in symbol 2's slot (2 idle longest)");
+    assert!(warming(&r), "its history was lost: warming again");
+    let stats = server.stats_when(|s| s["symbols_evicted"].as_u64() >= Some(2));
+    assert_eq!(stats["symbols_evicted"], 2, "{stats}");
+    assert!(server.log().contains("takes the state slot of symbol 1"), "{}", server.log());
 }

@@ -44,10 +44,12 @@ fn c_program() -> String {
         "#include <stdio.h>\n#include <string.h>\n#include \"ml_wire.h\"\n#include \"ml_shm.h\"\nint main(void) {{\n{rows}{statuses}    \
          printf(\"status_count %u\\n\", ML_STATUS_COUNT);\n    \
          printf(\"response_warming %u\\n\", ML_RESPONSE_WARMING);\n    \
-         printf(\"shm_constants %u %u %u %u %u %u %u %u %u %u %u\\n\", ML_SHM_MAGIC, ML_SHM_VERSION, ML_SHM_LINE, \
-         ML_SHM_REQUEST_SLOT, ML_SHM_RESPONSE_SLOT, ML_SHM_REQUEST_RING_OFFSET, ML_SHM_RESPONSE_RING_OFFSET, \
-         ML_SHM_SLOTS_OFFSET, ML_SHM_MAX_CAPACITY, ML_SHM_FDS, ML_HELLO_FLAG_SHM);\n    \
-         printf(\"shm_region_size %llu\\n\", (unsigned long long)ml_shm_region_size(1024, 512));\n{depth}    return 0;\n}}\n"
+         printf(\"shm_constants %u %u %u %u %u %u %u %u %u %u %u %u\\n\", ML_SHM_MAGIC, ML_SHM_VERSION, \
+         ML_SHM_LINE, ML_SHM_REQUEST_SLOT, ML_SHM_RESPONSE_SLOT, ML_SHM_SERVER_COUNTERS_OFFSET, \
+         ML_SHM_CLIENT_COUNTERS_OFFSET, ML_SHM_SLOTS_OFFSET, ML_SHM_MAX_CAPACITY, ML_SHM_FDS, ML_SHM_MAPPED, \
+         ML_HELLO_FLAG_SHM);\n    \
+         printf(\"shm_region_sizes %llu %llu\\n\", (unsigned long long)ml_shm_server_region_size(512), \
+         (unsigned long long)ml_shm_client_region_size(1024));\n{depth}    return 0;\n}}\n"
     )
 }
 
@@ -106,21 +108,20 @@ fn c_and_rust_agree_on_every_size_and_offset() {
                 LINE as u64,
                 REQUEST_SLOT as u64,
                 RESPONSE_SLOT as u64,
-                REQUEST_RING_OFFSET as u64,
-                RESPONSE_RING_OFFSET as u64,
+                SERVER_COUNTERS_OFFSET as u64,
+                CLIENT_COUNTERS_OFFSET as u64,
                 SLOTS_OFFSET as u64,
                 MAX_CAPACITY as u64,
                 FDS as u64,
+                MAPPED as u64,
                 tickinfer::wire::HELLO_FLAG_SHM as u64,
             ];
             assert_eq!(v, rust, "ml_shm.h constants (left) vs src/shm.rs (right)");
             checked_lines += 1;
-        } else if let Some(n) = line.strip_prefix("shm_region_size ") {
-            assert_eq!(
-                n.parse::<usize>().unwrap(),
-                tickinfer::shm::region_size(1024, 512),
-                "ml_shm_region_size"
-            );
+        } else if let Some(rest) = line.strip_prefix("shm_region_sizes ") {
+            let v: Vec<usize> = rest.split(' ').map(|x| x.parse().unwrap()).collect();
+            let rust = [tickinfer::shm::server_region_size(512), tickinfer::shm::client_region_size(1024)];
+            assert_eq!(v, rust, "ml_shm_server_region_size, ml_shm_client_region_size");
             checked_lines += 1;
         } else if let Some(n) = line.strip_prefix("depth_levels ") {
             assert_eq!(n.parse::<usize>().unwrap(), tickinfer::wire::DEPTH_LEVELS, "ML_DEPTH_LEVELS");

@@ -127,19 +127,23 @@ impl IoLoop {
     }
 
     /// A connection that sent no hello within `HELLO_TIMEOUT` is closed, so idle
-    /// sockets cannot hold the connection slots other clients need.
+    /// sockets cannot hold the connection slots other clients need; so is a granted
+    /// shared-memory session whose client did not say it mapped its regions by then.
     pub(super) fn close_silent_connections(&mut self, now: u64) {
         let limit = HELLO_TIMEOUT.as_nanos() as u64;
+        let handshaking =
+            |c: &Conn| !c.decoder.is_open() || c.shm.as_deref().is_some_and(|end| !end.is_active());
         let silent: Vec<usize> = self
             .conns
             .iter()
-            .filter(|(_, c)| !c.decoder.is_open() && !c.close_after_flush && now - c.accepted_ns > limit)
+            .filter(|(_, c)| handshaking(c) && !c.close_after_flush && now - c.accepted_ns > limit)
             .map(|(k, _)| k)
             .collect();
         if let (Some(&first), n) = (silent.first(), silent.len()) {
             if let Some(c) = self.conns.get(first) {
                 log::warn!(
-                    "{n} connection(s) sent no hello within {HELLO_TIMEOUT:?}; closing them (first: pid {} uid {})",
+                    "{n} connection(s) sent no hello within {HELLO_TIMEOUT:?} (or, granted shared memory, no \
+                     ML_SHM_MAPPED); closing them (first: pid {} uid {})",
                     c.peer.pid,
                     c.peer.uid,
                 );
@@ -148,19 +152,62 @@ impl IoLoop {
         for slot in silent {
             self.close(slot);
         }
+        if let Some(idle) = self.cfg.idle_timeout {
+            self.close_idle_connections(now, idle.as_nanos() as u64);
+        }
+    }
+
+    /// `--idle-timeout-s`: an established connection with nothing in flight that sent no
+    /// request for that long is closed (counted, logged at most once a second), so a
+    /// client that connects and never sends cannot hold a slot for good.
+    fn close_idle_connections(&mut self, now: u64, idle_ns: u64) {
+        let idle: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.established
+                    && !c.close_after_flush
+                    && c.inflight == 0
+                    && c.queued() == 0
+                    && now.saturating_sub(c.last_request_ns) > idle_ns
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for slot in idle {
+            if let Some(c) = self.conns.get(slot) {
+                if let Some(left_out) = self.idle_log.event(now) {
+                    log::warn!(
+                        "closing connection {slot} (pid {} uid {}): no request for {:?} (--idle-timeout-s) \
+                         ({left_out} more closed since the last such line)",
+                        c.peer.pid,
+                        c.peer.uid,
+                        std::time::Duration::from_nanos(idle_ns)
+                    );
+                }
+            }
+            self.stats.idle_disconnects += 1;
+            self.close(slot);
+        }
     }
 
     pub(super) fn close(&mut self, slot: usize) {
         if let Some(mut conn) = self.conns.try_remove(slot) {
             if conn.established {
                 self.established -= 1;
+                if let Some(held) = self.uid_connections.get_mut(&conn.peer.uid) {
+                    *held -= 1;
+                    if *held == 0 {
+                        self.uid_connections.remove(&conn.peer.uid);
+                    }
+                }
             } else {
                 self.pending -= 1;
             }
             debug_assert_eq!(self.established + self.pending, self.conns.len());
             let _ = self.poll.registry().deregister(&mut conn.stream);
             if let Some(end) = conn.shm.take() {
-                self.end_shm(slot, &end);
+                // Nothing is owed to a client that hung up or broke the protocol.
+                self.end_shm(slot, end, conn.peer_closed || conn.shm_fault.is_some());
             }
             log::debug!("connection {slot} closed ({} in flight dropped)", conn.inflight);
         }

@@ -92,6 +92,14 @@ pub struct ServeOptions {
     /// established ones; when full, the oldest is dropped for a new one [default: 128].
     #[arg(long)]
     pub max_pending: Option<usize>,
+    /// Most connections one peer uid may hold; its next hello is refused
+    /// ML_ERR_TOO_MANY_CONNECTIONS, so no uid can take every slot [default: --max-connections].
+    #[arg(long)]
+    pub max_connections_per_uid: Option<usize>,
+    /// Close an established connection that sent no request for this many seconds (since
+    /// its hello or its last request) [default: off].
+    #[arg(long)]
+    pub idle_timeout_s: Option<u64>,
     /// Requests in flight per connection before ML_ERR_OVERLOADED answers [default: 256].
     #[arg(long)]
     pub max_inflight: Option<u32>,
@@ -129,6 +137,11 @@ pub struct ServeOptions {
     /// beyond them is answered ML_ERR_TOO_MANY_SYMBOLS [default: 1024].
     #[arg(long)]
     pub max_symbols: Option<usize>,
+    /// With every --max-symbols slot taken, a new symbol takes the slot of the least
+    /// recently seen symbol if that one was idle this many milliseconds (its history is
+    /// lost; counted) [default: off: the new symbol is refused].
+    #[arg(long)]
+    pub evict_idle_symbols_ms: Option<u64>,
     /// Symbol table: the symbol_ids served (others get ML_ERR_UNKNOWN_SYMBOL); repeatable.
     #[arg(long = "symbol")]
     pub symbols: Option<Vec<u16>>,
@@ -242,6 +255,19 @@ impl ServeOptions {
         if max_pending == 0 || max_pending > 65_536 {
             return Err("--max-pending must be in 1..=65536".into());
         }
+        let max_connections_per_uid = self.max_connections_per_uid.unwrap_or(max_connections);
+        if max_connections_per_uid == 0 || max_connections_per_uid > max_connections {
+            return Err(format!(
+                "--max-connections-per-uid must be in 1..=--max-connections ({max_connections})"
+            ));
+        }
+        let seconds = |flag: &str, v: Option<u64>, unit: fn(u64) -> Duration| match v {
+            Some(0) => Err(format!("{flag} must be at least 1 (leave it out to turn it off)")),
+            v => Ok(v.map(unit)),
+        };
+        let idle_timeout = seconds("--idle-timeout-s", self.idle_timeout_s, Duration::from_secs)?;
+        let evict_idle_symbols =
+            seconds("--evict-idle-symbols-ms", self.evict_idle_symbols_ms, Duration::from_millis)?;
         if max_inflight == 0 || max_inflight > 65_536 {
             return Err("--max-inflight must be in 1..=65536".into());
         }
@@ -288,6 +314,8 @@ impl ServeOptions {
             shm: !self.no_shm.unwrap_or(false),
             max_connections,
             max_pending,
+            max_connections_per_uid,
+            idle_timeout,
             max_inflight,
             write_buffer_limit: self.write_buffer_limit.unwrap_or(4 << 20).max(64 * 1024),
             policy: SocketPolicy {
@@ -298,6 +326,7 @@ impl ServeOptions {
             },
             control_policy,
             max_symbols,
+            evict_idle_symbols,
             symbols: self.symbols,
             stats_interval: Duration::from_secs(self.stats_interval_s.unwrap_or(10)),
             engine: EngineOptions {
@@ -353,6 +382,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Handshaking connections held apart from the established ones (oldest dropped when full).
     pub max_pending: usize,
+    /// Established connections one peer uid may hold (≤ `max_connections`).
+    pub max_connections_per_uid: usize,
+    /// Close an established connection after this long without a request (`None`: never).
+    pub idle_timeout: Option<Duration>,
     pub max_inflight: u32,
     pub write_buffer_limit: usize,
     pub policy: SocketPolicy,
@@ -360,6 +393,8 @@ pub struct ServerConfig {
     pub control_policy: SocketPolicy,
     /// State slots of a stateful model.
     pub max_symbols: usize,
+    /// A new symbol may take the slot of the least recently seen one idle this long.
+    pub evict_idle_symbols: Option<Duration>,
     pub symbols: Option<Vec<u16>>,
     /// Zero: no periodic stats log line.
     pub stats_interval: Duration,
@@ -429,6 +464,9 @@ mod tests {
         ("max_connections", "9"),
         ("max_inflight", "17"),
         ("max_pending", "33"),
+        ("max_connections_per_uid", "4"),
+        ("idle_timeout_s", "30"),
+        ("evict_idle_symbols_ms", "60000"),
         ("max_batch", "5"),
         ("write_buffer_limit", "1048576"),
         ("socket_mode", "\"660\""),
@@ -513,6 +551,10 @@ mod tests {
         assert_eq!((cfg.io_core, cfg.worker_core, cfg.pin), (Some(1), Some(0), false));
         assert_eq!((cfg.max_connections, cfg.max_inflight, cfg.engine.max_batch), (9, 17, 5));
         assert_eq!((cfg.max_pending, cfg.max_symbols), (33, 77));
+        assert_eq!(
+            (cfg.max_connections_per_uid, cfg.idle_timeout, cfg.evict_idle_symbols),
+            (4, Some(Duration::from_secs(30)), Some(Duration::from_secs(60)))
+        );
         assert_eq!((cfg.write_buffer_limit, cfg.policy.mode, cfg.policy.group), (1 << 20, 0o660, Some(0)));
         assert_eq!((cfg.policy.allow_uids.clone(), cfg.policy.allow_gids.clone()), (vec![0, 1000], vec![0]));
         assert_eq!((cfg.symbols.clone(), cfg.stats_interval), (Some(vec![3, 4]), Duration::from_secs(3)));
@@ -549,5 +591,13 @@ mod tests {
         assert!(e.contains("--keep-warm-us") && e.contains("--poll spin or adaptive"), "{e}");
         let e = ServeOptions { model: None, ..base() }.resolve().unwrap_err();
         assert!(e.contains("--model"), "{e}");
+        let e = ServeOptions { max_connections_per_uid: Some(65), ..base() }.resolve().unwrap_err();
+        assert!(e.contains("--max-connections-per-uid") && e.contains("(64)"), "{e}");
+        let e = ServeOptions { idle_timeout_s: Some(0), ..base() }.resolve().unwrap_err();
+        assert!(e.contains("--idle-timeout-s"), "{e}");
+        let e = ServeOptions { evict_idle_symbols_ms: Some(0), ..base() }.resolve().unwrap_err();
+        assert!(e.contains("--evict-idle-symbols-ms"), "{e}");
+        let defaults = base().resolve().unwrap();
+        assert_eq!((defaults.max_connections_per_uid, defaults.idle_timeout), (64, None));
     }
 }

@@ -26,7 +26,7 @@ impl IoLoop {
             self.advance();
             // A shared-memory session's requests still in its ring count too (a faulty ring counts none).
             let in_ring = |c: &crate::transport::Conn| match (&c.shm, c.shm_fault, c.peer_closed) {
-                (Some(end), None, false) => end.requests_ready().unwrap_or(0) as usize,
+                (Some(end), None, false) if end.is_active() => end.requests_ready().unwrap_or(0) as usize,
                 _ => 0,
             };
             let pending: usize =
@@ -48,6 +48,10 @@ impl IoLoop {
         let slots: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for slot in slots {
             self.close(slot);
+        }
+        // This process exits: sessions still lingering keep their last answers readable.
+        for (_, end) in self.lingering.iter_mut() {
+            end.keep_pages();
         }
         if let Stage::Pipeline(w) = &mut self.stage {
             w.stop();

@@ -211,6 +211,7 @@ impl IoLoop {
             self.publish(false);
             self.last_publish = now;
             self.close_silent_connections(now);
+            self.end_lingering_sessions(now);
         }
         let every = self.cfg.stats_interval.as_nanos() as u64;
         if every > 0 && now - self.last_log > every {

@@ -16,9 +16,12 @@
 //! `max_inflight` runnable requests in flight; beyond that, requests are
 //! answered `ML_ERR_OVERLOADED` (in order) for up to one read buffer more, and
 //! then the connection is not read until answers drain (backpressure). That
-//! hard limit bounds the rings: `max_connections × hard limit` slots, so a push
-//! never fails. A connection whose unsent answers exceed `write_buffer_limit`
-//! is a slow reader: it is disconnected with a log line; others never wait on it.
+//! hard limit sizes the rings: `max_connections × hard limit` slots. A connection
+//! may close with requests in flight and its slot be reused at once, while its
+//! jobs are still in the pipeline: so the stage itself counts every job from its
+//! push until its answer is popped (orphans included) and takes no job past the
+//! rings' capacity (the reader waits, as on a full inline batch); a push never
+//! fails. A connection whose unsent answers exceed `write_buffer_limit` is a slow reader: it is disconnected with a log line; others never wait on it.
 //!
 //! # Admission
 //! A new connection is *pending* until its hello is accepted: pending ones live
@@ -83,6 +86,9 @@ const _: () = assert!(usize::BITS >= 64, "tokens: 64-bit Linux only (x86-64, AAr
 /// How long the loop blocks while a session has requests it cannot take yet
 /// (its client is not reading answers): no doorbell will say when it can.
 const SHM_STALLED_POLL: Duration = Duration::from_millis(1);
+/// How long a shared-memory session the server ended (not the client) keeps its
+/// answers readable before its pages are given back.
+const SHM_LINGER: Duration = Duration::from_secs(1);
 /// How long a drain may take before unsent answers are given up.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -141,11 +147,20 @@ pub struct Shared {
     pub queue_depth: AtomicU64,
     /// The live verifier's counters (`crate::verify`), across reloads.
     pub verify: Arc<crate::verify::Counters>,
+    /// The model is loaded and the loop about to run: connections are answered.
+    serving: AtomicBool,
 }
 
 impl Shared {
     pub fn new() -> Arc<Shared> {
         Arc::new(Shared::default())
+    }
+
+    /// Whether the server serves (its model is loaded; until then connections wait in
+    /// the listen queue and control commands wait for this).
+    pub fn is_serving(&self) -> bool {
+        // Acquire: pairs with the Release store in `run`; the serving model is recorded before.
+        self.serving.load(Ordering::Acquire)
     }
 }
 
@@ -213,6 +228,18 @@ pub fn run(
         cfg.poll
     );
 
+    let euid = crate::sys::geteuid();
+    let others_may_connect = cfg.policy.mode & 0o077 != 0
+        || cfg.policy.allow_uids.iter().any(|&uid| uid != euid)
+        || !cfg.policy.allow_gids.is_empty();
+    if others_may_connect && cfg.max_connections_per_uid == cfg.max_connections {
+        log::warn!(
+            "other users may connect (socket mode {:o} or an allow list) and any one uid may hold all {} \
+             connection slots: consider --max-connections-per-uid (and --idle-timeout-s)",
+            cfg.policy.mode,
+            cfg.max_connections
+        );
+    }
     if let Some(every) = cfg.keep_warm {
         log::info!(
             "keep-warm: after {every:?} idle, a spinning hot thread runs the model on a made-up request and a \
@@ -257,7 +284,9 @@ pub fn run(
             let engine = Engine::load(&cfg.model, &cfg.engine)?;
             let model = engine.info().clone();
             let stage = Stage::Inline {
-                scorer: Box::new(Scorer::new(engine, cfg.max_symbols)),
+                scorer: Box::new(
+                    Scorer::new(engine, cfg.max_symbols).with_symbol_eviction(cfg.evict_idle_symbols),
+                ),
                 jobs: Vec::with_capacity(INLINE_JOBS),
                 dones: Vec::with_capacity(INLINE_JOBS),
             };
@@ -310,6 +339,9 @@ pub fn run(
         accept_retry_at: None,
         flood_log: RateLimited::new(1_000_000_000),
         refused_log: RateLimited::new(1_000_000_000),
+        quota_log: RateLimited::new(1_000_000_000),
+        idle_log: RateLimited::new(1_000_000_000),
+        uid_connections: std::collections::HashMap::new(),
         next_generation: 1,
         info,
         hard_limit,
@@ -318,6 +350,7 @@ pub fn run(
         resume: Vec::with_capacity(cfg.max_connections),
         deferred: Vec::with_capacity(cfg.max_connections),
         shm_slots: Vec::with_capacity(cfg.max_connections),
+        lingering: std::collections::VecDeque::with_capacity(cfg.max_connections),
         doorbells_armed: false,
         stats: Stats::default(),
         shared,
@@ -350,6 +383,8 @@ pub fn run(
             .map_err(ServerError::Tuning)?;
     }
     log::info!("listening on {} (control: {}.ctl)", io.cfg.socket.display(), io.cfg.socket.display());
+    // Release: a control command that sees this sees the serving model recorded above.
+    io.shared.serving.store(true, Ordering::Release);
     on_ready(&ready);
     let ran = io.run();
     // Drained (or failed): no scoring thread will take a reload any more.
@@ -381,7 +416,7 @@ impl Stage {
     fn has_room(&self) -> bool {
         match self {
             Stage::Inline { jobs, .. } => jobs.len() < jobs.capacity(),
-            Stage::Pipeline(w) => w.jobs_tx.slots() > 0,
+            Stage::Pipeline(w) => w.in_flight < w.capacity,
         }
     }
 
@@ -389,10 +424,12 @@ impl Stage {
         match self {
             Stage::Inline { jobs, .. } => jobs.push(job),
             Stage::Pipeline(w) => {
+                debug_assert!(w.in_flight < w.capacity, "admitted past has_room");
                 if w.jobs_tx.push(job).is_err() {
-                    // The hard in-flight limit sizes the ring so this cannot happen.
-                    unreachable!("request ring full despite the in-flight bound");
+                    // Every job is counted until its answer is popped: the ring cannot be full.
+                    unreachable!("request ring full with {} jobs counted in flight", w.in_flight);
                 }
+                w.in_flight += 1;
                 w.pushed = true;
             }
         }
@@ -415,6 +452,12 @@ struct IoLoop {
     flood_log: RateLimited,
     /// Refused connections (permissions, full), logged once a second.
     refused_log: RateLimited,
+    /// Hellos refused for `--max-connections-per-uid`, logged once a second.
+    quota_log: RateLimited,
+    /// Connections closed for `--idle-timeout-s`, logged once a second.
+    idle_log: RateLimited,
+    /// Established connections per peer uid (uids holding none are absent).
+    uid_connections: std::collections::HashMap<u32, usize>,
     next_generation: u32,
     info: ServerInfo,
     /// In-flight requests past which a connection is not read (backpressure).
@@ -426,8 +469,11 @@ struct IoLoop {
     resume: Vec<usize>,
     /// Connections with bytes left after their turn; read first thing next iteration.
     deferred: Vec<usize>,
-    /// Connections with a shared-memory session (their rings are read every iteration).
+    /// Connections with an active shared-memory session (their rings are read every iteration).
     shm_slots: Vec<usize>,
+    /// Sessions the server ended with answers unread, until their pages are given back
+    /// (due time, ns); at most `max_connections`.
+    lingering: std::collections::VecDeque<(u64, Box<crate::shm::ServerEnd>)>,
     /// The last poll may have blocked with the sessions' doorbells armed.
     doorbells_armed: bool,
     stats: Stats,

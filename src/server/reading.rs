@@ -41,6 +41,27 @@ impl IoLoop {
                     blocked = true;
                     break;
                 }
+                if conn.shm.as_deref().is_some_and(|end| !end.is_active()) {
+                    // A granted session's one byte: the client mapped its regions.
+                    match conn.take_byte() {
+                        None => break,
+                        Some(crate::shm::MAPPED) => {
+                            self.activate_shm(slot);
+                            continue 'read;
+                        }
+                        Some(byte) => {
+                            log::warn!(
+                                "connection {slot} (pid {} uid {}): byte {byte:#04x} on the socket where a \
+                                 shared-memory session's ML_SHM_MAPPED was due; answering {} and closing",
+                                conn.peer.pid,
+                                conn.peer.uid,
+                                Status::BadFrame
+                            );
+                            admit_bad_frame(&mut self.stage, conn, slot, recv_ns);
+                            return;
+                        }
+                    }
+                }
                 match conn.decode_next() {
                     Decoded::NeedMore => break,
                     Decoded::Hello(hello) => {
@@ -60,7 +81,26 @@ impl IoLoop {
                             }
                             return;
                         }
+                        let held = self.uid_connections.get(&conn.peer.uid).copied().unwrap_or(0);
+                        if held >= self.cfg.max_connections_per_uid {
+                            conn.queue_ack(Status::TooManyConnections, &self.info);
+                            conn.close_after_flush = true;
+                            conn.mark_dirty(slot, &mut self.dirty);
+                            self.stats.connections_refused += 1;
+                            self.stats.uid_quota_refusals += 1;
+                            if let Some(left_out) = self.quota_log.event(recv_ns) {
+                                log::warn!(
+                                    "refusing connection from pid {} uid {}: that uid holds {held} connections \
+                                     (--max-connections-per-uid) ({left_out} more refused since the last such line)",
+                                    conn.peer.pid,
+                                    conn.peer.uid
+                                );
+                            }
+                            return;
+                        }
+                        *self.uid_connections.entry(conn.peer.uid).or_insert(0) += 1;
                         conn.established = true;
+                        conn.last_request_ns = recv_ns;
                         self.pending -= 1;
                         self.established += 1;
                         if hello.wants_shm() && self.cfg.shm {
@@ -170,6 +210,7 @@ impl Intake {
         if let Some(r) = &mut self.recorder {
             r.record(recv_ns, &req);
         }
+        conn.last_request_ns = recv_ns;
         let status = if conn.inflight >= self.max_inflight {
             Status::Overloaded
         } else {

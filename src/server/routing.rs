@@ -47,6 +47,7 @@ impl IoLoop {
             Stage::Inline { dones, .. } => dones.drain(..).for_each(&mut deliver),
             Stage::Pipeline(w) => {
                 while let Ok(done) = w.done_rx.pop() {
+                    w.in_flight -= 1; // delivered or, for a closed connection, dropped
                     deliver(done);
                 }
             }

@@ -1,6 +1,6 @@
 //! Shared-memory sessions (`proto/ml_shm.h`): granting one in the hello,
-//! reading each session's request ring every loop iteration, doorbells around
-//! blocking polls.
+//! starting it once the client says it mapped its regions, reading each active
+//! session's request ring every loop iteration, doorbells around blocking polls.
 //!
 //! Cost per iteration: one acquire load of each session's request head (a
 //! cache line its client writes), plus one of its response tail when requests
@@ -15,7 +15,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Token};
 
 use super::reading::admit_bad_frame;
-use super::{IoLoop, SHM_DOORBELL};
+use super::{IoLoop, SHM_DOORBELL, SHM_LINGER};
 use crate::clock::now_ns;
 use crate::shm::{ServerEnd, ShmError};
 use crate::wire::{MlHelloAck, Status, HELLO_ACK_SIZE, REQUEST_END};
@@ -70,14 +70,34 @@ impl IoLoop {
         }
         log::info!(
             "connection {slot} (pid {} uid {}): shared-memory session, rings of {capacity} requests and {capacity} \
-             responses ({} KiB)",
+             responses (server region {} KiB, client region {} KiB)",
             conn.peer.pid,
             conn.peer.uid,
-            crate::shm::region_size(capacity, capacity) / 1024
+            crate::shm::server_region_size(capacity) / 1024,
+            crate::shm::client_region_size(capacity) / 1024
         );
         conn.shm = Some(Box::new(end));
-        self.shm_slots.push(slot);
         self.stats.shm_sessions += 1;
+        // Its rings are read once the client says it mapped them (`activate_shm`).
+    }
+
+    /// The client sent `ML_SHM_MAPPED`: seal and check its region, then serve its rings
+    /// (a region that fails is a fault: the session is closed at the flush, logged).
+    pub(super) fn activate_shm(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get_mut(slot) else { return };
+        let Some(end) = conn.shm.as_deref_mut() else { return };
+        match end.activate() {
+            Ok(()) => {
+                self.shm_slots.push(slot);
+                if self.cfg.poll == super::PollMode::Adaptive {
+                    self.last_work = now_ns();
+                }
+            }
+            Err(fault) => {
+                conn.shm_fault = Some(fault);
+                conn.mark_dirty(slot, &mut self.dirty);
+            }
+        }
     }
 
     /// Take what every session's request ring holds (within the bounds) into the stage.
@@ -180,13 +200,35 @@ impl IoLoop {
         }
     }
 
-    /// A closing connection's session: stop watching its doorbell (the region is
-    /// unmapped when the connection drops).
-    pub(super) fn end_shm(&mut self, slot: usize, end: &ServerEnd) {
+    /// A closing connection's session: stop watching its doorbell, and give the server
+    /// region's pages back (`ServerEnd`'s drop punches them) — at once when nothing is
+    /// owed to the client (it left, or broke the protocol, or read every answer), else
+    /// after [`SHM_LINGER`]: answers published before the server hung up stay readable
+    /// that long (at most `max_connections` sessions linger; a draining server leaves
+    /// them, it exits).
+    pub(super) fn end_shm(&mut self, slot: usize, mut end: Box<ServerEnd>, client_left: bool) {
         let fd = end.doorbell_fd();
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
         if let Some(i) = self.shm_slots.iter().position(|&s| s == slot) {
             self.shm_slots.swap_remove(i);
+        }
+        if client_left || !end.answers_unread() {
+            return; // dropped here: unmapped and punched
+        }
+        if self.shared.shutdown.is_triggered() {
+            end.keep_pages();
+            return;
+        }
+        if self.lingering.len() == self.cfg.max_connections {
+            self.lingering.pop_front(); // the oldest goes early: the list never grows
+        }
+        self.lingering.push_back((now_ns() + SHM_LINGER.as_nanos() as u64, end));
+    }
+
+    /// Give back the pages of sessions whose linger time is over (from `tick`).
+    pub(super) fn end_lingering_sessions(&mut self, now: u64) {
+        while self.lingering.front().is_some_and(|(due, _)| *due <= now) {
+            self.lingering.pop_front();
         }
     }
 }

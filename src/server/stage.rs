@@ -7,7 +7,7 @@ use crate::clock::now_ns;
 use crate::engine::Engine;
 use crate::manifest::Prediction;
 use crate::ratelog::RateLimited;
-use crate::state::State;
+use crate::state::{Admitted, State};
 use crate::stats::Stats;
 use crate::wire::{MlRequest, MlResponse, Status, RESPONSE_END, RESPONSE_WARMING};
 
@@ -50,6 +50,8 @@ pub struct Scorer {
     preds: Vec<Option<Prediction>>,
     /// Non-finite outputs are logged at most once a second.
     nonfinite_log: RateLimited,
+    /// Symbol evictions (`--evict-idle-symbols-ms`) likewise.
+    eviction_log: RateLimited,
     /// `--keep-warm-us`: the made-up request a keep-warm run scores, and that run's own
     /// one-symbol state (the serving state never sees it).
     warm_req: MlRequest,
@@ -82,7 +84,15 @@ impl Scorer {
             batch: Vec::with_capacity(max_batch),
             preds: vec![None; max_batch],
             nonfinite_log: RateLimited::new(1_000_000_000),
+            eviction_log: RateLimited::new(1_000_000_000),
         }
+    }
+
+    /// `--evict-idle-symbols-ms`: a new symbol may take the slot of the least recently
+    /// seen one idle that long, when every slot is taken ([`State::set_eviction`]).
+    pub fn with_symbol_eviction(mut self, idle: Option<std::time::Duration>) -> Scorer {
+        self.state.set_eviction(idle);
+        self
     }
 
     pub fn engine(&self) -> &Engine {
@@ -115,7 +125,9 @@ impl Scorer {
             log::warn!(
                 "reload: the stateful features or sequence memory changed: every symbol's state starts empty"
             );
+            let eviction = self.state.eviction();
             self.state = self.engine.new_state(self.state.max_symbols());
+            self.state.set_eviction(eviction);
         }
         self.model_version = self.engine.info().version;
         self.warm_req = self.engine.warm_request(0);
@@ -146,6 +158,8 @@ impl Scorer {
     /// run in batches of up to `max_batch` (a batch spans the error answers
     /// between them). No allocation.
     pub fn score(&mut self, jobs: &[Job], stats: &mut Stats, mut emit: impl FnMut(Done)) {
+        // One clock for the whole call: a symbol admitted in it is never idle within it.
+        let seen_ns = if self.state.is_stateless() { 0 } else { now_ns() };
         let mut start = 0;
         while start < jobs.len() {
             // Take jobs until max_batch runnable ones are collected (at most SPAN looked at).
@@ -156,7 +170,22 @@ impl Scorer {
                 let job = &jobs[end];
                 let status = match job.status {
                     // A stateful model gives a new symbol a slot, or refuses it when none is left.
-                    Status::Ok if !self.state.admit(job.req.symbol_id) => Status::TooManySymbols,
+                    Status::Ok => match self.state.admit_at(job.req.symbol_id, seen_ns) {
+                        Admitted::Yes => Status::Ok,
+                        Admitted::No => Status::TooManySymbols,
+                        Admitted::Evicting(old) => {
+                            stats.symbols_evicted += 1;
+                            if let Some(left_out) = self.eviction_log.event(seen_ns) {
+                                log::info!(
+                                    "symbol {} takes the state slot of symbol {old}, the least recently seen \
+                                     (idle past --evict-idle-symbols-ms) ({left_out} more evictions since the \
+                                     last such line)",
+                                    { job.req.symbol_id }
+                                );
+                            }
+                            Status::Ok
+                        }
+                    },
                     s => s,
                 };
                 if status == Status::Ok {

@@ -28,6 +28,12 @@ pub(super) struct Worker {
     pub(super) thread: Option<JoinHandle<()>>,
     /// Jobs were pushed since the last doorbell check.
     pub(super) pushed: bool,
+    /// Jobs pushed whose answers are not popped yet: in the request ring, being scored,
+    /// or in the response ring, whether or not their connection is still open.
+    /// Invariant: `in_flight <= capacity`, so neither ring can overflow.
+    pub(super) in_flight: usize,
+    /// Slots of each ring.
+    pub(super) capacity: usize,
 }
 
 impl Worker {
@@ -46,6 +52,7 @@ impl Worker {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (model_path, engine_opts, poll, spin, max_symbols) =
             (cfg.model.clone(), cfg.engine.clone(), cfg.poll, cfg.spin, cfg.max_symbols);
+        let evict_idle_symbols = cfg.evict_idle_symbols;
         let keep_warm_ns = cfg.keep_warm.map(|d| d.as_nanos() as u64);
         let (wb, ib, st) = (worker_bell.clone(), io_bell.clone(), stop.clone());
         let control = shared.clone();
@@ -56,7 +63,7 @@ impl Worker {
             let mut scorer = match Engine::load(&model_path, &engine_opts) {
                 Ok(engine) => {
                     let _ = ready_tx.send(Ok(engine.info().clone()));
-                    Scorer::new(engine, max_symbols)
+                    Scorer::new(engine, max_symbols).with_symbol_eviction(evict_idle_symbols)
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -106,7 +113,9 @@ impl Worker {
                 }
                 scorer.score(&jobs, &mut stats, |done| {
                     if done_tx.push(done).is_err() {
-                        unreachable!("response ring is as large as the request ring");
+                        // The I/O thread counts every job until its answer is popped and
+                        // keeps that count within the capacity of each ring.
+                        unreachable!("response ring full: more jobs in flight than its capacity");
                     }
                 });
                 last_work = now_ns();
@@ -125,8 +134,17 @@ impl Worker {
         };
         let worker_thread = thread.thread().clone();
         control.reload.set_waker(move || worker_thread.unpark());
-        let worker =
-            Worker { jobs_tx, done_rx, worker_bell, io_bell, stop, thread: Some(thread), pushed: false };
+        let worker = Worker {
+            jobs_tx,
+            done_rx,
+            worker_bell,
+            io_bell,
+            stop,
+            thread: Some(thread),
+            pushed: false,
+            in_flight: 0,
+            capacity,
+        };
         Ok((Stage::Pipeline(worker), model))
     }
 

@@ -146,3 +146,75 @@ pub fn stream_request(i: u64, symbol: u16) -> MlRequest {
         ..MlRequest::new()
     }
 }
+
+/// Whether this process runs as root (tests that act as another uid need it; they say
+/// `skipped` otherwise).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// In a forked child running as `uid` (and gid `uid`), open `connections` connections to the
+/// Unix socket at `path`, send each `first_bytes` (if any), keep them open `hold`, then read
+/// what each was sent; the child's exit status is how many were sent something containing
+/// `expect` (at most 100). Waits for the child. `None` when this process is not root.
+/// The child makes only raw system calls (the fork of a threaded process allows no more).
+pub fn connections_as(
+    uid: u32,
+    path: &Path,
+    connections: usize,
+    first_bytes: &[u8],
+    hold: std::time::Duration,
+    expect: &[u8],
+) -> Option<i32> {
+    if !is_root() {
+        return None;
+    }
+    assert!(connections <= 100);
+    // SAFETY: sockaddr_un is plain data; zeroed is a valid empty address.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    assert!(bytes.len() < addr.sun_path.len());
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    let pause = libc::timespec { tv_sec: hold.as_secs() as libc::time_t, tv_nsec: hold.subsec_nanos() as _ };
+    // SAFETY: fork in a test process; the child below only makes async-signal-safe system calls
+    // on memory prepared before the fork, and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: the child: plain system calls on stack memory, then _exit.
+        unsafe {
+            if libc::setgid(uid) != 0 || libc::setuid(uid) != 0 {
+                libc::_exit(101);
+            }
+            let mut fds = [-1i32; 100];
+            for fd in fds.iter_mut().take(connections) {
+                *fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+                if libc::connect(*fd, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
+                    libc::_exit(102);
+                }
+                if !first_bytes.is_empty() {
+                    libc::write(*fd, first_bytes.as_ptr().cast(), first_bytes.len());
+                }
+            }
+            libc::nanosleep(&pause, std::ptr::null_mut());
+            let mut matched = 0;
+            let mut buf = [0u8; 512];
+            for &fd in fds.iter().take(connections) {
+                let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT);
+                if n > 0 && buf[..n as usize].windows(expect.len().max(1)).any(|w| w == expect) {
+                    matched += 1;
+                }
+            }
+            libc::_exit(matched);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waitpid on our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    Some(if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 })
+}
