@@ -37,6 +37,8 @@ pub struct Stats {
     /// Keep-warm runs done while idle (`--keep-warm-us`): model runs, or socket round trips
     /// on the pipeline's I/O thread.
     pub keep_warm_runs: u64,
+    /// Live signal quality (the scoring thread's; taken whole, never added: see [`crate::quality::Tally`]).
+    pub quality: crate::quality::Tally,
 }
 
 fn histogram(max: u64) -> Histogram<u64> {
@@ -58,6 +60,7 @@ impl Default for Stats {
             shm_faults: 0,
             nonfinite_outputs: 0,
             keep_warm_runs: 0,
+            quality: Default::default(),
         }
     }
 }
@@ -80,6 +83,7 @@ impl Stats {
         self.shm_faults += other.shm_faults;
         self.nonfinite_outputs += other.nonfinite_outputs;
         self.keep_warm_runs += other.keep_warm_runs;
+        self.quality.merge(&other.quality);
     }
 
     /// Zero every recorder, keeping the allocations.
@@ -96,6 +100,7 @@ impl Stats {
         self.shm_faults = 0;
         self.nonfinite_outputs = 0;
         self.keep_warm_runs = 0;
+        self.quality.mark_published();
     }
 
     /// Whether nothing was recorded since the last reset. Every recorder counts: the
@@ -113,6 +118,7 @@ impl Stats {
             && self.shm_faults == 0
             && self.nonfinite_outputs == 0
             && self.keep_warm_runs == 0
+            && !self.quality.unpublished()
     }
 
     pub fn report(&self) -> StatsReport {
@@ -137,6 +143,7 @@ impl Stats {
             shm_faults: self.shm_faults,
             nonfinite_outputs: self.nonfinite_outputs,
             keep_warm_runs: self.keep_warm_runs,
+            signal_quality: self.quality.report(),
         }
     }
 }
@@ -196,6 +203,9 @@ pub struct StatsReport {
     /// Keep-warm runs done while idle (`--keep-warm-us`).
     #[serde(default)]
     pub keep_warm_runs: u64,
+    /// Live signal quality of the serving model (`None` before its first answer).
+    #[serde(default)]
+    pub signal_quality: Option<crate::quality::QualityReport>,
 }
 
 impl std::fmt::Display for StatsReport {
@@ -230,6 +240,14 @@ impl std::fmt::Display for StatsReport {
                 p.p50, p.p90, p.p99, p.p999, p.p9999, p.max
             )?;
         }
-        write!(f, "batch size   mean {:.2}, p50 {}, max {}", self.batch.mean, self.batch.p50, self.batch.max)
+        write!(
+            f,
+            "batch size   mean {:.2}, p50 {}, max {}",
+            self.batch.mean, self.batch.p50, self.batch.max
+        )?;
+        if let Some(q) = &self.signal_quality {
+            write!(f, "\n{q}")?;
+        }
+        Ok(())
     }
 }

@@ -126,7 +126,11 @@ fn every_metric_the_dashboard_and_rules_name_is_exported_and_promtool_agrees() {
     let scratch = tempfile::tempdir().unwrap();
     let mut file = String::from("groups:\n  - name: dashboard\n    rules:\n");
     for (i, expr) in dashboard_exprs(&d).iter().filter(|e| !e.starts_with("label_values(")).enumerate() {
-        let filled = expr.replace("$__rate_interval", "1m").replace("$job", ".*").replace("$instance", ".*");
+        let filled = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$__range", "1h")
+            .replace("$job", ".*")
+            .replace("$instance", ".*");
         file += &format!(
             "      - record: dashboard:query{i}\n        expr: {}\n",
             serde_json::to_string(&filled).unwrap()
@@ -170,9 +174,17 @@ fn dashboard_queries_are_filtered_and_latency_is_in_seconds() {
     // The panels a desk looks for.
     let titles: Vec<&str> =
         d["panels"].as_array().unwrap().iter().map(|p| p["title"].as_str().unwrap()).collect();
-    for want in
-        ["Server time", "Inference", "Answers per second by status", "Batch size", "Connections", "Cut-offs"]
-    {
+    for want in [
+        "Server time",
+        "Inference",
+        "Answers per second by status",
+        "Batch size",
+        "Connections",
+        "Cut-offs",
+        "Macro-F1, live vs reference",
+        "Hit rate and IC",
+        "Coverage",
+    ] {
         assert!(titles.iter().any(|t| t.starts_with(want)), "no `{want}` panel in {titles:?}");
     }
 }
@@ -191,4 +203,7 @@ fn recording_rules_used_are_defined() {
     assert!(undefined.is_empty(), "recording rules used but not defined: {undefined:?}");
     let alerts = rules.lines().filter(|l| l.trim().starts_with("- alert: ")).count();
     assert!(alerts >= 5, "scrape down, p99 budget, error ratio, no answers, reload failed at least");
+    for want in ["TickinferSignalBelowReference", "TickinferSignalCoverageLow"] {
+        assert!(rules.contains(&format!("- alert: {want}")), "no {want} alert");
+    }
 }
