@@ -193,7 +193,7 @@ table("Predicted x realised (the dashboard's range)",
 ts("Target error (regression models)",
    "Mean absolute error of the target's return against the realised return, bps per scored answer, beside the "
    "no-change baseline (target = mid). A classifier's target is the mid: the two coincide.",
-   [(f'sum by (model, of) (rate(tickinfer_signal_target_error_bps_sum{{{SEL}}}[$__rate_interval])) / ignoring (of) '
+   [(f'sum by (model, of) (rate(tickinfer_signal_target_abs_error_bps_total{{{SEL}}}[$__rate_interval])) / ignoring (of) '
      f'group_left sum by (model) (rate(tickinfer_signal_scored_total{{{SEL}}}[$__rate_interval]))', "{{model}} {{of}}")],
    "none", 8, y)
 ts("Pending answers", "Answers waiting for their symbol's mid at the model's horizon (bounded: horizon_events per symbol).",

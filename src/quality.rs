@@ -674,11 +674,11 @@ pub fn write_prometheus(out: &mut String, tally: &Tally, serving: Option<&str>) 
     let e = &t.errors;
     let _ = writeln!(
         out,
-        "# HELP tickinfer_signal_target_error_bps_sum Absolute error of the target's return against the realised one, bps, \
+        "# HELP tickinfer_signal_target_abs_error_bps_total Absolute error of the target's return against the realised one, bps, \
          summed over scored answers: the model's, and the no-change baseline's (target = mid).\n\
-         # TYPE tickinfer_signal_target_error_bps_sum counter\n\
-         tickinfer_signal_target_error_bps_sum{{model=\"{model}\",of=\"model\"}} {}\n\
-         tickinfer_signal_target_error_bps_sum{{model=\"{model}\",of=\"no_change\"}} {}",
+         # TYPE tickinfer_signal_target_abs_error_bps_total counter\n\
+         tickinfer_signal_target_abs_error_bps_total{{model=\"{model}\",of=\"model\"}} {}\n\
+         tickinfer_signal_target_abs_error_bps_total{{model=\"{model}\",of=\"no_change\"}} {}",
         e.abs as f64 / s,
         e.baseline_abs as f64 / s
     );

@@ -69,6 +69,8 @@ fn live_metrics() -> String {
     for _ in 0..8 {
         c.recv().unwrap();
     }
+    // Published (every 200 ms): the live signal quality names the model's label rule and reference.
+    server.stats_when(|r| r["signal_quality"]["answers"] == 8);
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
     write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut text = String::new();
