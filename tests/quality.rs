@@ -287,3 +287,39 @@ fn stats_show_the_last_window_beside_since_load() {
         assert!(text.contains(want), "`{want}` not in:\n{text}");
     }
 }
+
+/// A reload starts the counts afresh for the new model: the old model's pending answers
+/// are dropped, and the new manifest's rule (here none) applies from its first answer.
+#[test]
+fn a_reload_starts_the_counts_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let unlabelled = manifest_with_label(dir.path(), "");
+    let server = Server::start(&[]);
+    let socket = server.socket.to_str().unwrap();
+    let mut c = Client::connect(&server.socket).unwrap();
+    let reqs: Vec<_> = (0..60).map(|i| util::stream_request(i, 1)).collect();
+    c.send(&reqs[..40]).unwrap();
+    for _ in 0..40 {
+        c.recv().unwrap();
+    }
+    let before = server.stats_when(|r| r["signal_quality"]["answers"] == 40);
+    assert_eq!(
+        (
+            before["signal_quality"]["since_load"]["scored"].as_u64(),
+            before["signal_quality"]["pending"].as_u64()
+        ),
+        (Some(30), Some(10))
+    );
+    tickinfer(&["reload", "--socket", socket, "--model", unlabelled.to_str().unwrap()]);
+    c.send(&reqs[40..]).unwrap();
+    for _ in 0..20 {
+        c.recv().unwrap();
+    }
+    let after = server.stats_when(|r| r["signal_quality"]["answers"] == 20);
+    let q = &after["signal_quality"];
+    assert_eq!(q["rule"], serde_json::Value::Null, "the new manifest has no [label]");
+    assert_eq!(
+        (q["unscored"]["no_label_rule"].as_u64(), q["since_load"]["scored"].as_u64(), q["pending"].as_u64()),
+        (Some(20), Some(0), Some(0))
+    );
+}
