@@ -24,15 +24,15 @@
 //! unscored (`no_label_rule`). Counts: the confusion of predicted × realised direction,
 //! hit rate on non-flat calls, macro-F1, IC (Pearson, confidence-signed prediction
 //! against the realised return), the target's error in bps (regression models) and the
-//! always-majority baseline beside each; since load, and over the last [`WINDOW`]
-//! resolved answers (what `tickinfer stats` shows).
+//! always-majority baseline beside each; since load, and over the last [`WINDOW`] to
+//! [`WINDOW`] + [`WINDOW_STEP`] resolved answers (what `tickinfer stats` shows).
 //!
 //! Memory is allocated when the model is loaded: a symbol table of `max_symbols` slots
 //! (as the per-symbol state's), each with a pending ring of `horizon_events` answers
-//! (or [`PENDING_PER_MS_HORIZON`] for a horizon in ms alone), and the window's ring.
-//! Nothing is allocated per request; every sum is an integer (returns in fixed point,
-//! [`RET_SCALE`] per bps), so the rolling window's sums never drift and replay's
-//! offline IC equals the server's exactly.
+//! (or [`PENDING_PER_MS_HORIZON`] for a horizon in ms alone), and the window's snapshots
+//! of the counts. Nothing is allocated per request; every sum is an integer (returns in
+//! fixed point, [`RET_SCALE`] per bps), so a window (the counts now minus a snapshot)
+//! is exact and replay's offline IC equals the server's to the last bit.
 
 use std::sync::Arc;
 
@@ -56,8 +56,13 @@ pub const MAX_HORIZON_MS: f64 = 86_400_000.0;
 /// Pending answers per symbol for a horizon in ms alone (more within one horizon are
 /// counted unscored, `pending_full`).
 pub const PENDING_PER_MS_HORIZON: usize = 64;
-/// Resolved answers in the rolling window `tickinfer stats` shows.
+/// Resolved answers in the rolling window `tickinfer stats` shows (at least; it moves in
+/// steps of [`WINDOW_STEP`]: the counts now minus a snapshot taken every step).
 pub const WINDOW: usize = 10_000;
+/// The window's step, in resolved answers.
+pub const WINDOW_STEP: usize = 1_000;
+/// Snapshots kept: the window's start and every step since.
+const SNAPSHOTS: usize = WINDOW / WINDOW_STEP + 1;
 /// Fixed point of returns: units per bps (returns are kept as integers).
 pub const RET_SCALE: f64 = 10_000.0;
 /// Returns are clamped to ± this many fixed-point units (10⁸ bps): hostile prices
@@ -118,8 +123,19 @@ impl LabelRule {
 #[inline]
 fn return_of(mid2_then: i128, mid2_now: i128) -> (f64, i64) {
     // The difference first, in i128: an unchanged mid is exactly 0, whatever the price.
-    let bps = (mid2_now - mid2_then) as f64 / mid2_then as f64 * 1e4;
-    (bps, ((bps * RET_SCALE).round() as i64).clamp(-RET_LIMIT, RET_LIMIT))
+    let bps = to_f64(mid2_now - mid2_then) / to_f64(mid2_then) * 1e4;
+    // Rounded half away from zero by hand: `f64::round` is a libm call on baseline x86-64.
+    let v = (bps * RET_SCALE).clamp(-RET_LIMIT as f64, RET_LIMIT as f64);
+    (bps, (v + 0.5f64.copysign(v)) as i64) // NaN (never: mid2_then > 0) would give 0
+}
+
+/// `v` as f64 through i64 when it fits (one instruction; i128 → f64 is a library call).
+#[inline]
+fn to_f64(v: i128) -> f64 {
+    match i64::try_from(v) {
+        Ok(v) => v as f64,
+        Err(_) => v as f64,
+    }
 }
 
 /// Why an answer with status OK was not scored.
@@ -226,7 +242,7 @@ impl Confusion {
 }
 
 /// Sums for the Pearson IC of x = direction × confidence against y = realised return
-/// (fixed point): exact integers, so a window can subtract what leaves it.
+/// (fixed point): exact integers, so a window (now minus a snapshot) is exact.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Moments {
     pub n: u64,
@@ -238,15 +254,26 @@ pub struct Moments {
 }
 
 impl Moments {
+    /// |x| <= 100 and |y| <= [`RET_LIMIT`]: x·x and x·y fit i64.
     #[inline]
-    fn add(&mut self, x: i64, y: i64, sign: i64) {
-        let (x, y, s) = (x as i128, y as i128, sign as i128);
-        self.n = (self.n as i64 + sign) as u64;
-        self.sx += s * x;
-        self.sy += s * y;
-        self.sxx += s * x * x;
-        self.syy += s * y * y;
-        self.sxy += s * x * y;
+    fn add(&mut self, x: i64, y: i64) {
+        self.n += 1;
+        self.sx += x as i128;
+        self.sy += y as i128;
+        self.sxx += (x * x) as i128;
+        self.syy += y as i128 * y as i128;
+        self.sxy += (x * y) as i128;
+    }
+
+    fn minus(&self, base: &Moments) -> Moments {
+        Moments {
+            n: self.n - base.n,
+            sx: self.sx - base.sx,
+            sy: self.sy - base.sy,
+            sxx: self.sxx - base.sxx,
+            syy: self.syy - base.syy,
+            sxy: self.sxy - base.sxy,
+        }
     }
 
     /// Pearson correlation; `None` with fewer than two points or no variance on a side.
@@ -264,24 +291,37 @@ impl Moments {
 }
 
 /// Error of the predicted return (target price against the answer's mid) against the
-/// realised one, fixed point; the no-change baseline (target = mid) beside it.
+/// realised one, fixed point, kept as its excess over the no-change baseline's (target =
+/// mid): a classifier (whose target is the mid) adds nothing there. The baseline's
+/// absolute error is Σ|y|; its squared error Σy² is [`Moments::syy`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Errors {
-    pub abs: i128,
-    pub sq: i128,
+    /// Σ|y|: the baseline's absolute error.
     pub baseline_abs: i128,
-    pub baseline_sq: i128,
+    /// Σ(|e| − |y|) and Σ(e² − y²), e = predicted − y.
+    pub abs_excess: i128,
+    pub sq_excess: i128,
 }
 
 impl Errors {
+    /// Both within ±[`RET_LIMIT`]: their difference fits i64.
     #[inline]
-    fn add(&mut self, predicted: i64, realised: i64, sign: i64) {
-        let e = predicted as i128 - realised as i128;
-        let (r, s) = (realised as i128, sign as i128);
-        self.abs += s * e.abs();
-        self.sq += s * e * e;
-        self.baseline_abs += s * r.abs();
-        self.baseline_sq += s * r * r;
+    fn add(&mut self, predicted: i64, realised: i64) {
+        let r = realised.unsigned_abs() as i128;
+        self.baseline_abs += r;
+        if predicted != 0 {
+            let e = predicted - realised;
+            self.abs_excess += e.unsigned_abs() as i128 - r;
+            self.sq_excess += e as i128 * e as i128 - r * r;
+        }
+    }
+
+    fn minus(&self, base: &Errors) -> Errors {
+        Errors {
+            baseline_abs: self.baseline_abs - base.baseline_abs,
+            abs_excess: self.abs_excess - base.abs_excess,
+            sq_excess: self.sq_excess - base.sq_excess,
+        }
     }
 }
 
@@ -318,7 +358,12 @@ impl Resolved {
             why: 0,
             x: (direction as i16 * confidence.min(100) as i16) as i8,
             y,
-            predicted_ret: return_of(mid2_then, 2 * target_price as i128).1,
+            // A classifier's target is the mid: no division for it.
+            predicted_ret: if 2 * target_price as i128 == mid2_then {
+                0
+            } else {
+                return_of(mid2_then, 2 * target_price as i128).1
+            },
         }
     }
 
@@ -341,24 +386,37 @@ impl Counts {
     /// One resolved answer more.
     #[inline]
     pub fn add(&mut self, r: &Resolved) {
-        self.apply(r, 1);
-    }
-
-    /// One resolved answer in (`sign` 1) or out (-1) of the set.
-    #[inline]
-    fn apply(&mut self, r: &Resolved, sign: i64) {
         match r.realised {
             Some(t) => {
-                let cell = &mut self.outcomes.0[(t + 1) as usize][(r.predicted + 1) as usize];
-                *cell = (*cell as i64 + sign) as u64;
-                self.moments.add(r.x as i64, r.y, sign);
-                self.errors.add(r.predicted_ret, r.y, sign);
+                self.outcomes.0[(t + 1) as usize][(r.predicted + 1) as usize] += 1;
+                self.moments.add(r.x as i64, r.y);
+                self.errors.add(r.predicted_ret, r.y);
             }
-            None => {
-                let n = &mut self.unscored[r.why as usize];
-                *n = (*n as i64 + sign) as u64;
-            }
+            None => self.unscored[r.why as usize] += 1,
         }
+    }
+
+    /// What these counts hold beyond `base` (an earlier snapshot of them).
+    pub fn minus(&self, base: &Counts) -> Counts {
+        let mut outcomes = self.outcomes;
+        for (a, b) in outcomes.0.iter_mut().flatten().zip(base.outcomes.0.iter().flatten()) {
+            *a -= b;
+        }
+        let mut unscored = self.unscored;
+        for (a, b) in unscored.iter_mut().zip(base.unscored) {
+            *a -= b;
+        }
+        Counts {
+            outcomes,
+            unscored,
+            moments: self.moments.minus(&base.moments),
+            errors: self.errors.minus(&base.errors),
+        }
+    }
+
+    /// Answers resolved (scored or not).
+    pub fn resolved(&self) -> u64 {
+        self.scored() + self.unscored.iter().sum::<u64>()
     }
 
     pub fn scored(&self) -> u64 {
@@ -387,10 +445,10 @@ impl Counts {
             majority_accuracy,
             majority_macro_f1,
             majority_hit_rate: always.hit_rate(),
-            target_mae_bps: per(self.errors.abs),
-            target_rmse_bps: rms(self.errors.sq),
+            target_mae_bps: per(self.errors.baseline_abs + self.errors.abs_excess),
+            target_rmse_bps: rms(self.moments.syy + self.errors.sq_excess),
             baseline_mae_bps: per(self.errors.baseline_abs),
-            baseline_rmse_bps: rms(self.errors.baseline_sq),
+            baseline_rmse_bps: rms(self.moments.syy),
         }
     }
 }
@@ -451,8 +509,8 @@ pub struct Tally {
     pub answers: u64,
     /// Since load.
     pub total: Counts,
-    /// The last [`WINDOW`] resolved answers.
-    pub window: Counts,
+    /// `total` when the window starts: the window is `total - window_base`.
+    pub window_base: Counts,
     /// Answers waiting for their horizon (gauge).
     pub pending: u64,
 }
@@ -485,6 +543,11 @@ impl Tally {
         };
     }
 
+    /// The counts of the last [`WINDOW`] (to [`WINDOW`] + [`WINDOW_STEP`]) resolved answers.
+    pub fn window(&self) -> Counts {
+        self.total.minus(&self.window_base)
+    }
+
     /// What `tickinfer stats` shows.
     pub fn report(&self) -> Option<QualityReport> {
         let id = self.identity.as_ref()?;
@@ -501,8 +564,7 @@ impl Tally {
                 .collect(),
             outcomes: self.total.outcomes,
             since_load: self.total.scores(),
-            window: WINDOW,
-            last: self.window.scores(),
+            last: self.window().scores(),
         })
     }
 }
@@ -522,9 +584,7 @@ pub struct QualityReport {
     /// Since load, `[realised + 1][predicted + 1]`.
     pub outcomes: Confusion,
     pub since_load: Scores,
-    /// The rolling window's size, in resolved answers.
-    pub window: usize,
-    /// Over the last `window` resolved answers.
+    /// Over the last 10 000 to 11 000 resolved answers (`scored + unscored` says how many).
     pub last: Scores,
 }
 
@@ -558,9 +618,10 @@ impl std::fmt::Display for QualityReport {
             "  {:<14} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} | always-majority: {:>8} {:>8}",
             "", "scored", "coverage", "macro-F1", "hit rate", "IC", "accuracy", "macro-F1", "hit rate"
         )?;
-        for (name, s) in
-            [(format!("last {}", self.window), &self.last), ("since load".to_string(), &self.since_load)]
-        {
+        for (name, s) in [
+            (format!("last {}", self.last.scored + self.last.unscored), &self.last),
+            ("since load".to_string(), &self.since_load),
+        ] {
             write!(
                 f,
                 "\n  {name:<14} {:>8} {:>8} {:>8.3} {:>8} {:>8} {:>8.3} | {:<4} {:>11.3} {:>8}",
@@ -580,7 +641,7 @@ impl std::fmt::Display for QualityReport {
             write!(
                 f,
                 "\n  target error, last {}: MAE {} bps, RMSE {} bps (no change: MAE {} bps, RMSE {} bps)",
-                self.window,
+                s.scored,
                 opt(s.target_mae_bps),
                 opt(s.target_rmse_bps),
                 opt(s.baseline_mae_bps),
@@ -679,7 +740,7 @@ pub fn write_prometheus(out: &mut String, tally: &Tally, serving: Option<&str>) 
          # TYPE tickinfer_signal_target_abs_error_bps_total counter\n\
          tickinfer_signal_target_abs_error_bps_total{{model=\"{model}\",of=\"model\"}} {}\n\
          tickinfer_signal_target_abs_error_bps_total{{model=\"{model}\",of=\"no_change\"}} {}",
-        e.abs as f64 / s,
+        (e.baseline_abs + e.abs_excess) as f64 / s,
         e.baseline_abs as f64 / s
     );
     if let Some(id) = id {
@@ -734,6 +795,8 @@ const NO_SLOT: u32 = u32::MAX;
 /// The scoring thread's signal quality: pending answers per symbol, scored at the horizon.
 pub struct Quality {
     identity: Arc<Identity>,
+    /// `identity.generation`, read on the hot path without the `Arc`.
+    generation: u64,
     rule: Option<LabelRule>,
     /// `rule`'s horizon in ns (`None`: events only).
     horizon_ns: Option<u64>,
@@ -747,9 +810,11 @@ pub struct Quality {
     pending: Vec<Pending>,
     cap: usize,
     max_symbols: usize,
-    /// The last [`WINDOW`] resolved answers (a ring; `window_next` is the next write).
-    window: Vec<Resolved>,
-    window_next: usize,
+    /// Snapshots of the counts every [`WINDOW_STEP`] resolved answers (a ring; the first is
+    /// the empty start): where the window starts.
+    snapshots: Vec<Counts>,
+    /// Answers resolved since load.
+    resolved: u64,
     pending_total: u64,
 }
 
@@ -789,6 +854,7 @@ impl Quality {
         }
         let tracked = rule.is_some();
         Quality {
+            generation,
             identity,
             horizon_ns: rule.and_then(|r| r.horizon_ns()),
             horizon_events: rule.and_then(|r| r.horizon_events.map(u64::from)),
@@ -798,8 +864,8 @@ impl Quality {
             pending: vec![Pending::default(); if tracked { max_symbols * cap } else { 0 }],
             cap,
             max_symbols,
-            window: if tracked { Vec::with_capacity(WINDOW) } else { vec![] },
-            window_next: 0,
+            snapshots: if tracked { vec![Counts::default(); SNAPSHOTS] } else { vec![] },
+            resolved: 0,
             pending_total: 0,
         }
     }
@@ -813,7 +879,7 @@ impl Quality {
     /// One job the scoring stage answered with `resp`, in the stage's order. No allocation.
     #[inline]
     pub fn observe(&mut self, req: &MlRequest, resp: &MlResponse, tally: &mut Tally) {
-        if tally.generation != self.identity.generation {
+        if tally.generation != self.generation {
             tally.restart(&self.identity);
         }
         let answered = resp.status == Status::Ok.code();
@@ -864,7 +930,8 @@ impl Quality {
                 (true, _) => None,
             };
             let h = &mut self.heads[slot];
-            h.first = ((h.first as usize + 1) % self.cap) as u32;
+            // Ring arithmetic without a division: first < cap.
+            h.first = if h.first as usize + 1 == self.cap { 0 } else { h.first + 1 };
             h.len -= 1;
             self.pending_total -= 1;
             let resolved = match realised_mid {
@@ -881,7 +948,8 @@ impl Quality {
         h.last_mid2 = mid2;
         if answered {
             if (h.len as usize) < self.cap {
-                let at = slot * self.cap + (h.first as usize + h.len as usize) % self.cap;
+                let end = h.first as usize + h.len as usize; // < 2 × cap
+                let at = slot * self.cap + if end >= self.cap { end - self.cap } else { end };
                 self.pending[at] = Pending {
                     event: h.events,
                     ts_ns: ts,
@@ -920,18 +988,19 @@ impl Quality {
         Some(self.heads.len() - 1)
     }
 
-    /// Count a resolved answer, since load and in the window (the oldest leaves a full one).
+    /// Count a resolved answer; every [`WINDOW_STEP`], snapshot the counts and move the
+    /// window's start to the snapshot [`WINDOW`] answers back (a copy, no allocation).
     #[inline]
     fn resolve(&mut self, tally: &mut Tally, r: Resolved) {
-        tally.total.apply(&r, 1);
-        tally.window.apply(&r, 1);
-        if self.window.len() < WINDOW {
-            self.window.push(r);
-        } else {
-            let old = std::mem::replace(&mut self.window[self.window_next], r);
-            tally.window.apply(&old, -1);
+        tally.total.add(&r);
+        self.resolved += 1;
+        if self.resolved % WINDOW_STEP as u64 == 0 {
+            let step = (self.resolved / WINDOW_STEP as u64) as usize;
+            self.snapshots[step % SNAPSHOTS] = tally.total;
+            if let Some(start) = step.checked_sub(WINDOW / WINDOW_STEP) {
+                tally.window_base = self.snapshots[start % SNAPSHOTS];
+            }
         }
-        self.window_next = (self.window_next + 1) % WINDOW;
     }
 }
 
@@ -985,7 +1054,7 @@ mod tests {
         assert_eq!((t.answers, t.total.scored()), (5, 2));
         let s = t.total.scores();
         assert_eq!(s.hit_rate, Some(0.5));
-        assert_eq!(t.window, t.total, "fewer than WINDOW resolved: the window is everything");
+        assert_eq!(t.window(), t.total, "fewer than WINDOW resolved: the window is everything");
     }
 
     #[test]
@@ -1060,22 +1129,64 @@ mod tests {
         let mut q = Quality::new(&manifest("[label]\nhorizon_events = 1\nflat_bps = 0"), 1);
         let mut t = Tally::default();
         let mut mid = 1_000_000;
-        for i in 0..(WINDOW as u64 + 500) {
-            // The first 500 predictions are right, the rest wrong.
+        let (right, n) = (2 * WINDOW_STEP as u64, (WINDOW + 3 * WINDOW_STEP) as u64);
+        for i in 0..=n {
+            // The first `right` calls are right, the rest wrong.
             let up = i % 3 != 0;
-            let call = if (i < 500) == up { 1 } else { -1 };
+            let call = if (i < right) == up { 1 } else { -1 };
             q.observe(&req(1, i, mid), &ok(call, (i % 101) as u8), &mut t);
             mid += if up { 100 } else { -100 };
         }
-        assert_eq!(t.window.scored(), WINDOW as u64);
-        assert_eq!(t.total.scored(), WINDOW as u64 + 499);
-        // Recount the window from scratch: the incremental sums are exact.
+        // n resolved, a multiple of the step: the window is exactly the last WINDOW, all wrong.
+        let (total, window) = (t.total.scores(), t.window().scores());
+        assert_eq!((total.scored, window.scored), (n, WINDOW as u64));
+        assert_eq!(window.hit_rate, Some(0.0));
+        assert_eq!(total.hit_rate, Some(right as f64 / n as f64));
+        // Its sums are the window's own: recount them from its answers alone.
         let mut again = Counts::default();
-        for r in &q.window {
-            again.apply(r, 1);
+        let mut m =
+            1_000_000 + (0..n - WINDOW as u64).map(|i| if i % 3 != 0 { 100 } else { -100 }).sum::<i128>();
+        for i in n - WINDOW as u64..n {
+            let up = i % 3 != 0;
+            let next = m + if up { 100 } else { -100 };
+            let call = if (i < right) == up { 1 } else { -1 };
+            again.add(&Resolved::scored(
+                &q.rule.unwrap(),
+                2 * m,
+                (call, (i % 101) as u8, 0), // `ok` answers target 0
+                2 * next,
+            ));
+            m = next;
         }
-        assert_eq!(t.window, again);
-        assert!(t.window.scores().hit_rate.unwrap() < t.total.scores().hit_rate.unwrap());
+        assert_eq!(t.window(), again);
+        // One more step's worth: the window moves on by a step, never more than WINDOW + a step.
+        for i in n + 1..n + WINDOW_STEP as u64 {
+            q.observe(&req(1, i, mid), &ok(1, 50), &mut t);
+        }
+        assert_eq!(t.window().resolved(), (WINDOW + WINDOW_STEP - 1) as u64);
+        assert!(q.snapshots.len() == SNAPSHOTS, "allocated once");
+    }
+
+    #[test]
+    fn a_regression_models_target_error_beside_no_change() {
+        let text = "[model]\nname = \"r\"\nversion = 1\nonnx = \"r.onnx\"\nprice_scale = 10000\n\
+                    [label]\nhorizon_events = 1\nflat_bps = 0\n[input]\nname = \"x\"\nfeatures = [\"spread_bps\"]\n\
+                    [output]\nkind = \"regression\"\nname = \"y\"\ntarget = \"mid_return_bps\"\n\
+                    flat_threshold = 0.5\nfull_confidence = 2.0\n";
+        let mut q = Quality::new(&Manifest::parse(text, std::path::Path::new("r.toml")).unwrap(), 1);
+        let mut t = Tally::default();
+        let answer = |target_price| MlResponse { target_price, ..ok(1, 50) };
+        // Predicts +2 bps, sees +1: error 1 bps. Then predicts the -0.9999 bps it sees: error 0.
+        q.observe(&req(1, 0, 1_000_000), &answer(1_000_200), &mut t);
+        q.observe(&req(1, 1, 1_000_100), &answer(1_000_000), &mut t);
+        q.observe(&req(1, 2, 1_000_000), &answer(1_000_000), &mut t);
+        let s = t.total.scores();
+        let back = 200.0 / 2_000_200.0 * 1e4;
+        assert!((s.target_mae_bps.unwrap() - 0.5).abs() < 1e-4, "{s:?}");
+        assert!((s.target_rmse_bps.unwrap() - 0.5f64.sqrt()).abs() < 1e-4, "{s:?}");
+        assert!((s.baseline_mae_bps.unwrap() - (1.0 + back) / 2.0).abs() < 1e-4, "{s:?}");
+        assert!((s.baseline_rmse_bps.unwrap() - ((1.0 + back * back) / 2.0f64).sqrt()).abs() < 1e-4, "{s:?}");
+        assert!(t.report().unwrap().to_string().contains("target error, last 2: MAE 0.500 bps"));
     }
 
     #[test]
@@ -1092,7 +1203,7 @@ mod tests {
         assert_eq!(c.hit_rate(), Some(3.0 / 5.0));
         let mut m = Moments::default();
         for (x, y) in [(1, 2), (2, 4), (3, 7)] {
-            m.add(x, y, 1);
+            m.add(x, y);
         }
         // numpy.corrcoef([1,2,3],[2,4,7])[0,1]
         assert!((m.pearson().unwrap() - 0.9933992677987828).abs() < 1e-12);
