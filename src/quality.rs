@@ -65,9 +65,9 @@ pub const WINDOW_STEP: usize = 1_000;
 const SNAPSHOTS: usize = WINDOW / WINDOW_STEP + 1;
 /// Fixed point of returns: units per bps (returns are kept as integers).
 pub const RET_SCALE: f64 = 10_000.0;
-/// Returns are clamped to ± this many fixed-point units (10⁸ bps): hostile prices
-/// cannot overflow the sums.
-const RET_LIMIT: i64 = 1_000_000_000_000;
+/// Returns are clamped to ± this many fixed-point units (10⁴ bps: a move of 100 %), so a
+/// product of two fits i64 and hostile prices cannot overflow the sums.
+const RET_LIMIT: i64 = 100_000_000;
 
 impl LabelRule {
     /// The rule checked: a horizon, in range; a finite flat threshold.
@@ -129,12 +129,19 @@ fn return_of(mid2_then: i128, mid2_now: i128) -> (f64, i64) {
     (bps, (v + 0.5f64.copysign(v)) as i64) // NaN (never: mid2_then > 0) would give 0
 }
 
-/// `v` as f64 through i64 when it fits (one instruction; i128 → f64 is a library call).
+/// `v` as f64 through i64 when it fits (one instruction; i128 → f64 is a library call,
+/// kept out of line: LLVM would otherwise merge both paths into the call).
 #[inline]
 fn to_f64(v: i128) -> f64 {
-    match i64::try_from(v) {
-        Ok(v) => v as f64,
-        Err(_) => v as f64,
+    #[cold]
+    #[inline(never)]
+    fn wide(v: i128) -> f64 {
+        v as f64
+    }
+    if v as i64 as i128 == v {
+        v as i64 as f64
+    } else {
+        wide(v)
     }
 }
 
@@ -246,22 +253,23 @@ impl Confusion {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Moments {
     pub n: u64,
-    pub sx: i128,
+    /// Σx and Σx² (|x| <= 100: i64 holds 10¹⁴ answers of them).
+    pub sx: i64,
+    pub sxx: i64,
     pub sy: i128,
-    pub sxx: i128,
     pub syy: i128,
     pub sxy: i128,
 }
 
 impl Moments {
-    /// |x| <= 100 and |y| <= [`RET_LIMIT`]: x·x and x·y fit i64.
+    /// |x| <= 100 and |y| <= [`RET_LIMIT`]: every product fits i64.
     #[inline]
     fn add(&mut self, x: i64, y: i64) {
         self.n += 1;
-        self.sx += x as i128;
+        self.sx += x;
+        self.sxx += x * x;
         self.sy += y as i128;
-        self.sxx += (x * x) as i128;
-        self.syy += y as i128 * y as i128;
+        self.syy += (y * y) as i128;
         self.sxy += (x * y) as i128;
     }
 
@@ -304,15 +312,15 @@ pub struct Errors {
 }
 
 impl Errors {
-    /// Both within ±[`RET_LIMIT`]: their difference fits i64.
+    /// Both within ±[`RET_LIMIT`]: their difference and its square fit i64.
     #[inline]
     fn add(&mut self, predicted: i64, realised: i64) {
-        let r = realised.unsigned_abs() as i128;
-        self.baseline_abs += r;
+        let r = realised.abs();
+        self.baseline_abs += r as i128;
         if predicted != 0 {
             let e = predicted - realised;
-            self.abs_excess += e.unsigned_abs() as i128 - r;
-            self.sq_excess += e as i128 * e as i128 - r * r;
+            self.abs_excess += (e.abs() - r) as i128;
+            self.sq_excess += (e * e - realised * realised) as i128;
         }
     }
 
@@ -343,7 +351,7 @@ pub struct Resolved {
 impl Resolved {
     /// An answer (direction, confidence, target price) given at mid `mid2_then` (bid + ask),
     /// scored against `mid2_now` with `rule`.
-    #[inline]
+    #[inline(always)]
     pub fn scored(
         rule: &LabelRule,
         mid2_then: i128,
@@ -384,7 +392,7 @@ pub struct Counts {
 
 impl Counts {
     /// One resolved answer more.
-    #[inline]
+    #[inline(always)]
     pub fn add(&mut self, r: &Resolved) {
         match r.realised {
             Some(t) => {
@@ -782,7 +790,6 @@ struct Pending {
 struct Head {
     /// Events of the symbol seen (with a usable quote).
     events: u64,
-    last_ts: u64,
     last_mid2: i128,
     /// Ring position of the oldest pending answer, and how many there are.
     first: u32,
@@ -798,10 +805,10 @@ pub struct Quality {
     /// `identity.generation`, read on the hot path without the `Arc`.
     generation: u64,
     rule: Option<LabelRule>,
-    /// `rule`'s horizon in ns (`None`: events only).
-    horizon_ns: Option<u64>,
-    /// `rule`'s horizon in events (`None`: ms only).
-    horizon_events: Option<u64>,
+    /// `rule`'s horizon in ns (`u64::MAX`: events only, never expires).
+    horizon_ns: u64,
+    /// `rule`'s horizon in events (`u64::MAX`: ms only, never reached).
+    horizon_events: u64,
     /// symbol_id → slot; [`NO_SLOT`] when the symbol has none. Empty when there is no rule.
     index: Vec<u32>,
     /// Slot heads; `len()` is the slots in use, capacity `max_symbols` (never grows).
@@ -856,8 +863,8 @@ impl Quality {
         Quality {
             generation,
             identity,
-            horizon_ns: rule.and_then(|r| r.horizon_ns()),
-            horizon_events: rule.and_then(|r| r.horizon_events.map(u64::from)),
+            horizon_ns: rule.and_then(|r| r.horizon_ns()).unwrap_or(u64::MAX),
+            horizon_events: rule.and_then(|r| r.horizon_events).map_or(u64::MAX, u64::from),
             rule,
             index: if tracked { vec![NO_SLOT; 1 << 16] } else { vec![] },
             heads: Vec::with_capacity(if tracked { max_symbols } else { 0 }),
@@ -910,41 +917,41 @@ impl Quality {
         };
         let mid2 = bid as i128 + ask as i128;
         let ts = req.timestamp_ns;
+        let ring = slot * self.cap;
         // This event resolves the symbol's oldest answers whose horizon it reaches.
         loop {
-            let head = self.heads[slot];
-            if head.len == 0 {
+            let Head { events, last_mid2, first, len } = self.heads[slot];
+            if len == 0 {
                 break;
             }
-            let p = self.pending[slot * self.cap + head.first as usize];
-            let expired = self.horizon_ns.is_some_and(|h| ts > p.ts_ns.saturating_add(h));
-            let reached = self.horizon_events.is_some_and(|k| head.events + 1 - p.event >= k);
+            let p = &self.pending[ring + first as usize];
+            let expired = ts > p.ts_ns.saturating_add(self.horizon_ns);
+            let reached = events + 1 - p.event >= self.horizon_events;
             if !(expired || reached) {
                 break;
             }
             // The realised mid: this event's (the k-th), or the one in force at the horizon
             // (the previous event, when there was one after the answer's own).
-            let realised_mid = match (expired, self.horizon_events) {
+            let realised_mid = match (expired, rule.horizon_events) {
                 (false, _) => Some(mid2),
-                (true, None) if head.events > p.event => Some(head.last_mid2),
+                (true, None) if events > p.event => Some(last_mid2),
                 (true, _) => None,
             };
-            let h = &mut self.heads[slot];
-            // Ring arithmetic without a division: first < cap.
-            h.first = if h.first as usize + 1 == self.cap { 0 } else { h.first + 1 };
-            h.len -= 1;
-            self.pending_total -= 1;
             let resolved = match realised_mid {
                 Some(now) => {
                     Resolved::scored(&rule, p.mid2, (p.direction, p.confidence, p.target_price), now)
                 }
                 None => Resolved::unscored(Unscored::NotSeen),
             };
+            let h = &mut self.heads[slot];
+            // Ring arithmetic without a division: first < cap.
+            h.first = if first as usize + 1 == self.cap { 0 } else { first + 1 };
+            h.len = len - 1;
+            self.pending_total -= 1;
             self.resolve(tally, resolved);
         }
         let h = &mut self.heads[slot];
         h.events += 1;
-        h.last_ts = ts;
         h.last_mid2 = mid2;
         if answered {
             if (h.len as usize) < self.cap {
@@ -988,18 +995,25 @@ impl Quality {
         Some(self.heads.len() - 1)
     }
 
-    /// Count a resolved answer; every [`WINDOW_STEP`], snapshot the counts and move the
-    /// window's start to the snapshot [`WINDOW`] answers back (a copy, no allocation).
-    #[inline]
+    /// Count a resolved answer; every [`WINDOW_STEP`], move the window ([`Quality::step`]).
+    #[inline(always)]
     fn resolve(&mut self, tally: &mut Tally, r: Resolved) {
         tally.total.add(&r);
         self.resolved += 1;
         if self.resolved % WINDOW_STEP as u64 == 0 {
-            let step = (self.resolved / WINDOW_STEP as u64) as usize;
-            self.snapshots[step % SNAPSHOTS] = tally.total;
-            if let Some(start) = step.checked_sub(WINDOW / WINDOW_STEP) {
-                tally.window_base = self.snapshots[start % SNAPSHOTS];
-            }
+            self.step(tally);
+        }
+    }
+
+    /// Snapshot the counts and move the window's start to the snapshot [`WINDOW`] answers
+    /// back (copies, no allocation; once per [`WINDOW_STEP`] resolved answers).
+    #[cold]
+    #[inline(never)]
+    fn step(&mut self, tally: &mut Tally) {
+        let step = (self.resolved / WINDOW_STEP as u64) as usize;
+        self.snapshots[step % SNAPSHOTS] = tally.total;
+        if let Some(start) = step.checked_sub(WINDOW / WINDOW_STEP) {
+            tally.window_base = self.snapshots[start % SNAPSHOTS];
         }
     }
 }
