@@ -114,7 +114,9 @@ def check_step_equals_window(step_path, window_path, rows, window, tol=1e-5):
 
 
 def write_pair(model, features, window, out_dir, name, description, mean=None, std=None, warmup=None,
-               horizon=None, check_rows=None, writer="export_lstm.py", ranges=None):
+               horizon=None, check_rows=None, writer="export_lstm.py", reference_macro_f1=(None, None), ranges=None):
+    """Export `model` as a step and a window model with their manifests; `reference_macro_f1`:
+    the (step, window) test-set macro-F1 for their [label] sections (with `horizon`)."""
     step_path, window_path = export(model, len(features), window, out_dir, name)
     if check_rows is not None:
         worst = check_step_equals_window(step_path, window_path, check_rows, window)
@@ -124,12 +126,13 @@ def write_pair(model, features, window, out_dir, name, description, mean=None, s
            f"warmup_events = {warm}")
     with open(os.path.join(out_dir, f"{name}_step.toml"), "w") as f:
         f.write(classifier_manifest(writer, f"{name}_step", f"{name}_step.onnx", f"{description}, one recurrent step",
-                                    features, mean, std, sequence=rec, horizon=horizon, ranges=ranges))
+                                    features, mean, std, sequence=rec, horizon=horizon,
+                                    reference_macro_f1=reference_macro_f1[0], ranges=ranges))
     with open(os.path.join(out_dir, f"{name}_window.toml"), "w") as f:
         f.write(classifier_manifest(writer, f"{name}_window", f"{name}_window.onnx",
                                     f"{description}, window of {window}", features, mean, std,
                                     sequence=f'kind = "window"\nwindow = {window}', horizon=horizon,
-                                    ranges=ranges))
+                                    reference_macro_f1=reference_macro_f1[1], ranges=ranges))
     return step_path, window_path
 
 

@@ -145,6 +145,79 @@ stat("Fallbacks to ONNX Runtime", "Models switched from native to ONNX Runtime a
 stat("Verifying 1 answer in", "verify_every of the serving model (0: not verified: it runs on ONNX Runtime).",
      [(f'max(tickinfer_backend_verify_every{{{SEL}}})', "")], "none", 16, y)
 y += 8
+row("Signal quality (answers scored against the realised move at the model's label horizon; README \"Signal quality\")", y)
+y += 1
+QW = "10m"  # the window of the quality panels (the alert's)
+
+
+def outcomes(labels=""):
+    return f'tickinfer_signal_outcomes_total{{{SEL}{labels}}}'
+
+
+def per_class(by):
+    """Scored answers in the window by predicted or realised direction, as a `class` label."""
+    return (f'sum by (model, class) (label_replace(increase({outcomes()}[{QW}]), "class", "$1", "{by}", "(.*)"))')
+
+
+def hits(c):
+    """Scored answers in the window that called `c` and saw it."""
+    return f'increase({outcomes(", predicted=" + chr(34) + c + chr(34) + ", realised=" + chr(34) + c + chr(34))}[{QW}])'
+
+
+TP = " or ".join(hits(c) for c in ("sell", "flat", "buy"))
+F1_BY_CLASS = (f'2 * sum by (model, class) (label_replace({TP}, "class", "$1", "predicted", "(.*)")) '
+               f'/ (({per_class("predicted")} + {per_class("realised")}) > 0)')
+REALISED = per_class("realised")
+N = f'sum by (model) (increase({outcomes()}[{QW}]))'
+ts("Macro-F1, live vs reference",
+   f"Macro-F1 of the answers scored in the last {QW} (per class 2·tp / (predicted + realised), averaged over the classes "
+   "present); the model's test-set figure from its manifest ([label] reference_macro_f1); always calling the window's "
+   "most frequent realised direction. TickinferSignalBelowReference fires after 30 m below the reference.",
+   [(f'avg by (model) ({F1_BY_CLASS})', "{{model}} live"),
+    (f'max by (model) (tickinfer_signal_reference_macro_f1{{{SEL}}})', "{{model}} reference"),
+    # Always calling the majority m: F1_m = 2·r_m / (n + r_m) = 2x / (1 + x), x = r_m / n (the largest x
+    # gives the largest F1), the other classes present 0.
+    (f'max by (model) (2 * ({REALISED} / ignoring (class) group_left {N}) / (1 + {REALISED} / ignoring (class) '
+     f'group_left {N})) / count by (model) ({REALISED} > 0)', "{{model}} always-majority")], "none", 0, y)
+NOT_FLAT = ', predicted!="flat"'
+HITS = " + ".join(f"sum by (model) ({hits(c)})" for c in ("sell", "buy"))
+ts("Hit rate and IC",
+   f"Hit rate: of the non-flat calls scored in the last {QW}, the share whose direction came true. IC: Pearson "
+   "correlation of direction x confidence with the realised return (bps), from the deltas of tickinfer_signal_ic_state "
+   f"over {QW}.",
+   [(f'({HITS}) / sum by (model) (increase({outcomes(NOT_FLAT)}[{QW}]))', "{{model}} hit rate"),
+    (f'(sum by (model) (delta(tickinfer_signal_ic_state{{{SEL}, sum="xy"}}[{QW}])) - '
+     f'sum by (model) (delta(tickinfer_signal_ic_state{{{SEL}, sum="x"}}[{QW}])) * '
+     f'sum by (model) (delta(tickinfer_signal_ic_state{{{SEL}, sum="y"}}[{QW}])) / '
+     f'sum by (model) (delta(tickinfer_signal_ic_state{{{SEL}, sum="n"}}[{QW}]))) / sqrt('
+     f'(sum by (model) (delta(tickinfer_signal_ic_state{{{SEL}, sum="xx"}}[{QW}])) - '
+     f'sum by (model) (delta(tickinfer_signal_ic_state{{{SEL}, sum="x"}}[{QW}])) ^ 2 / '
+     f'sum by (model) (delta(tickinfer_signal_ic_state{{{SEL}, sum="n"}}[{QW}]))) * '
+     f'(sum by (model) (delta(tickinfer_signal_ic_state{{{SEL}, sum="yy"}}[{QW}])) - '
+     f'sum by (model) (delta(tickinfer_signal_ic_state{{{SEL}, sum="y"}}[{QW}])) ^ 2 / '
+     f'sum by (model) (delta(tickinfer_signal_ic_state{{{SEL}, sum="n"}}[{QW}]))))', "{{model}} IC"),
+    (f'max by (model) (tickinfer_signal_ic{{{SEL}}})', "{{model}} IC since load")], "none", 8, y)
+ts("Coverage and unscored",
+   f"Coverage: answers scored / answers with status ok in the last {QW} (falls when symbols are not seen again within "
+   "the horizon; TickinferSignalCoverageLow). Unscored answers per second by reason: no_label_rule (the manifest has "
+   "no [label]), not_seen, no_slot (--max-symbols), pending_full.",
+   [(f'sum by (model) (increase(tickinfer_signal_scored_total{{{SEL}}}[{QW}])) / '
+     f'sum by (model) (increase(tickinfer_signal_answers_total{{{SEL}}}[{QW}]))', "{{model}} coverage"),
+    (f'sum by (model, reason) (rate(tickinfer_signal_unscored_total{{{SEL}}}[$__rate_interval]))',
+     "{{model}} unscored {{reason}} /s")], "none", 16, y)
+y += 8
+table("Predicted x realised (the dashboard's range)",
+      "tickinfer_signal_outcomes_total increased over the dashboard's time range, by predicted and realised direction.",
+      f'sum by (model, predicted, realised) (increase({outcomes()}[$__range]))', 0, y, 8, 8)
+ts("Target error (regression models)",
+   "Mean absolute error of the target's return against the realised return, bps per scored answer, beside the "
+   "no-change baseline (target = mid). A classifier's target is the mid: the two coincide.",
+   [(f'sum by (model, of) (rate(tickinfer_signal_target_abs_error_bps_total{{{SEL}}}[$__rate_interval])) / ignoring (of) '
+     f'group_left sum by (model) (rate(tickinfer_signal_scored_total{{{SEL}}}[$__rate_interval]))', "{{model}} {{of}}")],
+   "none", 8, y)
+ts("Pending answers", "Answers waiting for their symbol's mid at the model's horizon (bounded: horizon_events per symbol).",
+   [(f'sum by (model) (tickinfer_signal_pending{{{SEL}}})', "{{model}}")], "none", 16, y)
+y += 8
 row("Host readiness (tickinfer doctor, as the server's process sees it)", y); y += 1
 stat("Doctor warnings", "Findings of level warn: each costs latency; `tickinfer doctor` on the host prints the fix.",
      [(f'count(tickinfer_doctor_finding{{{SEL}, level="warn"}}) or vector(0)', "")], "none", 0, y, w=4, h=8,

@@ -78,25 +78,39 @@ BENCH_FEATURES = ["spread_bps", "size_imbalance", "microprice_offset_bps", "log_
                   "log_bid_size", "log_ask_size"]
 
 
+def label_section(horizon, reference_macro_f1=None, flat_bps=0.0):
+    """The manifest's `[label]` section: how the training labels were made (the sign of the mid
+    change `horizon` events ahead; a move of at most `flat_bps` is flat) and the test-set macro-F1,
+    which the server's live signal quality scores answers against (README "Signal quality")."""
+    ref = f"reference_macro_f1 = {reference_macro_f1:.4f}\n" if reference_macro_f1 is not None else ""
+    return f"""
+[label]
+horizon_events = {horizon}
+flat_bps = {float(flat_bps)}
+{ref}"""
+
+
 def classifier_manifest(writer, name, onnx, description, features, mean=None, std=None, output="probabilities",
-                        sequence=None, horizon=None, price_scale=10_000, size_scale=1, ranges=None):
+                        sequence=None, horizon=None, price_scale=10_000, size_scale=1, reference_macro_f1=None,
+                        ranges=None):
     """A tickinfer manifest (TOML text) for a sell/flat/buy classifier with input `x`;
-    `sequence`: the body of a `[sequence]` section, if any; `writer`: the script's name;
+    `sequence`: the body of a `[sequence]` section, if any; `horizon`: the labels' horizon in
+    events (a `[label]` section, with `reference_macro_f1`); `writer`: the script's name;
     `ranges`: (min, max) of each feature in training (`feature_ranges`), the scale the
     server's load-time gate tests a model at."""
     norm = f"mean = {toml_list(mean)}\nstd = {toml_list(std)}\n" if mean is not None else ""
     if ranges is not None:
         norm += f"min = {toml_list(ranges[0])}\nmax = {toml_list(ranges[1])}\n"
-    hz = f"horizon_events = {horizon}\n" if horizon else ""
     sz = f"size_scale = {size_scale}\n" if size_scale != 1 else ""
     seq = f"\n[sequence]\n{sequence}\n" if sequence else ""
+    label = label_section(horizon, reference_macro_f1) if horizon else ""
     return f"""# Written by scripts/{writer}.
 [model]
 name = "{name}"
 version = 1
 onnx = "{onnx}"
 price_scale = {price_scale}
-{sz}{hz}description = "{description}"
+{sz}description = "{description}"
 
 [input]
 name = "x"
@@ -106,7 +120,7 @@ features = {toml_list(features)}
 kind = "classes"
 name = "{output}"
 classes = ["sell", "flat", "buy"]
-{seq}"""
+{seq}{label}"""
 
 
 def feature_ranges(names, requests, price_scale, size_scale=1):

@@ -6,7 +6,9 @@
 
 Label: direction of the mid price k events ahead (sell / flat / buy). Split by time:
 first 60% train, next 10% validation (model choice), last 30% test (reported once).
-Writes models/<name>.onnx, models/<name>.toml (manifest) and models/<name>.report.md.
+Writes models/<name>.onnx, models/<name>.toml (manifest, with the label rule and the test-set
+macro-F1 in its [label] section: the server's live signal quality scores against them) and
+models/<name>.report.md.
 Needs: numpy scikit-learn skl2onnx onnx onnxruntime (see scripts/requirements.txt).
 """
 import argparse
@@ -21,7 +23,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.neural_network import MLPClassifier
 
 sys.path.insert(0, os.path.dirname(__file__))
-from tickfeatures import feature_matrix, toml_list  # noqa: E402
+from tickfeatures import feature_matrix, label_section, toml_list  # noqa: E402
 
 PRICE_SCALE = 10_000  # LOBSTER prices are USD x 10000
 DUMMY = 9_999_999_999
@@ -121,7 +123,6 @@ name = "{args.name}"
 version = 1
 onnx = "{args.name}.onnx"
 price_scale = {PRICE_SCALE}
-horizon_events = {args.k}
 description = "{best} direction classifier, LOBSTER top of book, label = mid direction {args.k} events ahead"
 
 [input]
@@ -134,7 +135,7 @@ std = {toml_list(std)}
 kind = "classes"
 name = "probabilities"
 classes = {toml_list(CLASSES)}
-"""
+{label_section(args.k, f1)}"""
     with open(os.path.join(args.out, f"{args.name}.toml"), "w") as f:
         f.write(manifest)
 

@@ -16,6 +16,8 @@ Candidates, all scored on the same split:
 The best stateful candidate on validation is refit on train+validation and shipped as
 models/lobster_stateful.{onnx,toml,report.md}; the LSTM is shipped as
 models/lobster_lstm_{step,window}.{onnx,toml} whatever its rank, for the sequence-model demo.
+Each manifest's [label] section carries the label rule and the model's own test-set macro-F1
+(the server's live signal quality scores against them).
 
 Needs: numpy scikit-learn skl2onnx lightgbm onnxmltools torch onnx onnxruntime (scripts/requirements.txt).
 """
@@ -90,6 +92,16 @@ def lstm_stream_predict(m, x):
         return m.head(y[0]).argmax(dim=1).numpy()
 
 
+def lstm_window_predict(m, x, window, start):
+    """Class of every event from `start` on as the window model serves it: the LSTM run from zero
+    state over the event's last `window` rows (its own included)."""
+    import torch
+    idx = np.arange(start, len(x))[:, None] + np.arange(-window + 1, 1)[None, :]
+    with torch.no_grad():
+        y, _ = m.lstm(torch.tensor(x[idx]))
+        return m.head(y[:, -1]).argmax(dim=1).numpy()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("input", help="LOBSTER zip or *_message_N.csv")
@@ -127,6 +139,9 @@ def main():
     lstm = train_lstm(x1, y, i_va)
     p = lstm_stream_predict(lstm, x1)[i_va:]
     test["lstm"] = (accuracy_score(y[i_va:], p), f1(y[i_va:], p))
+    # The window model's own test score (the same weights over the last LSTM_WINDOW rows only):
+    # the reference its manifest carries for live signal quality.
+    lstm_window_f1 = f1(y[i_va:], lstm_window_predict(lstm, x1, LSTM_WINDOW, i_va)[:n - i_va])
     best = max((k for k in val if k != "stateless logistic"), key=val.get)
     if best == "lstm":  # the LSTM ships anyway as its own pair; the single-row default stays a table model
         best = max((k for k in val if k not in ("stateless logistic", "lstm")), key=val.get)
@@ -155,13 +170,14 @@ def main():
         fh.write(classifier_manifest(
             "train_stateful_model.py", name, f"{name}.onnx",
             f"{best} direction classifier on stateful LOBSTER features, label = mid direction {args.k} events ahead",
-            STATEFUL, mean1, std1, output=out_name, horizon=args.k))
+            STATEFUL, mean1, std1, output=out_name, horizon=args.k, reference_macro_f1=test[best][1]))
 
     from export_lstm import write_pair
     write_pair(lstm, STATEFUL, LSTM_WINDOW, args.out, "lobster_lstm",
                f"LSTM {LSTM_HIDDEN} on stateful LOBSTER features, label = mid direction {args.k} events ahead",
                mean=list(mean1), std=list(std1), warmup=LSTM_WINDOW, horizon=args.k,
-               check_rows=x1[i_va:i_va + 4 * LSTM_WINDOW], writer="train_stateful_model.py")
+               check_rows=x1[i_va:i_va + 4 * LSTM_WINDOW], writer="train_stateful_model.py",
+               reference_macro_f1=(test["lstm"][1], lstm_window_f1))
 
     table = "\n".join(f"| {k}{' (shipped)' if k == best else ''} | {val[k]:.3f} | {test[k][0]:.3f} | {test[k][1]:.3f} |"
                       for k in val)
@@ -182,7 +198,8 @@ Written by `scripts/train_stateful_model.py` from `{os.path.basename(args.input)
 {table}
 
 Shipped as `{name}`: **{best}**, the best stateful table model on validation.
-The LSTM ships as `lobster_lstm_step` / `lobster_lstm_window` (window {LSTM_WINDOW}) for the sequence-model demo.
+The LSTM ships as `lobster_lstm_step` / `lobster_lstm_window` (window {LSTM_WINDOW}) for the sequence-model demo;
+the window model, the same weights over the last {LSTM_WINDOW} rows only, scores test macro-F1 {lstm_window_f1:.3f}.
 
 ONNX export agrees with the trained model on {agree:.2%} of test predictions (onnxruntime {ort.__version__}).
 """

@@ -142,6 +142,9 @@ pub struct Ratios {
     /// with both ends kept warm (target ≤ 2, the open-loop replay acceptance).
     pub sparse_p50: f64,
     pub sparse_kept_warm_p50: f64,
+    /// The scoring stage with live signal quality on minus off, p50 ns, same run (target
+    /// ≤ 50); `None` when the model has no `[label]`.
+    pub quality_cost_p50_ns: Option<i64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -354,6 +357,22 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
             Err(why) => rows.push(Row::skipped(&format!("engine: {name}"), format!("skipped: {why}"))),
         }
     }
+    eprintln!("bench: (b'') the scoring stage with live signal quality on and off, interleaved");
+    let quality_cost_p50_ns = match scoring_stage(&opts.model, n, server_core) {
+        Ok((on, off, backend)) => {
+            let cost = on.value_at_quantile(0.5) as i64 - off.value_at_quantile(0.5) as i64;
+            let note = format!(
+                "core {server_core}; backend {backend}; one job per call, the two scorers alternating in one loop"
+            );
+            rows.push(Row::of("scoring stage, signal quality off", off, note.clone()));
+            rows.push(Row::of("scoring stage, signal quality on", on, note));
+            Some(cost)
+        }
+        Err(why) => {
+            rows.push(Row::skipped("scoring stage, signal quality on/off", format!("skipped: {why}")));
+            None
+        }
+    };
     for poll in [PollMode::Spin, PollMode::Adaptive, PollMode::Block] {
         eprintln!("bench: (c) tickinfer end to end, --poll {poll:?}");
         let h = e2e(
@@ -457,6 +476,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
         shm_minus_engine_p99_ns: shm.p99 as i64 - engine.p99 as i64,
         sparse_p50: get("tickinfer e2e sparse").unwrap().p50 as f64 / e2e.p50 as f64,
         sparse_kept_warm_p50: get("tickinfer e2e sparse, kept warm").unwrap().p50 as f64 / e2e.p50 as f64,
+        quality_cost_p50_ns,
     };
     let report = BenchReport { host, rows, ratios };
     write_outputs(&report, &opts.out)?;
@@ -715,6 +735,61 @@ fn bare_ort(
     })
     .join()
     .map_err(|_| "bare ORT thread panicked".to_string())?
+}
+
+/// The scoring stage (`Scorer::score`: engine, answer, signal quality) on one job per
+/// call, with the model's `[label]` and without it (the same model on the same backend),
+/// the two alternating in one loop so that both see the same machine: what scoring every
+/// answer live costs. Jobs of one symbol, 250 µs apart, moving quotes. (on, off, backend)
+fn scoring_stage(
+    model: &Path,
+    n: usize,
+    core: usize,
+) -> Result<(Histogram<u64>, Histogram<u64>, String), String> {
+    use crate::server::stage::{Job, Scorer};
+    let model = model.to_path_buf();
+    std::thread::spawn(move || {
+        pin(core);
+        let manifest = Manifest::load(&model).map_err(|e| e.to_string())?;
+        if manifest.label.is_none() {
+            return Err(format!("{} has no [label] section: nothing to score", model.display()));
+        }
+        let reqs = bench_requests(&manifest, 1000);
+        let unlabelled = Manifest { label: None, ..manifest.clone() };
+        let on = Engine::from_manifest(manifest, &EngineOptions::default()).map_err(|e| e.to_string())?;
+        let backend = on.info().backend.clone();
+        let same = match backend.split(' ').next() {
+            Some("native") => crate::manifest::Backend::Native,
+            _ => crate::manifest::Backend::Ort,
+        };
+        let off_opts = EngineOptions { backend: Some(same), ..EngineOptions::default() };
+        let off = Engine::from_manifest(unlabelled, &off_opts).map_err(|e| e.to_string())?;
+        let mut scorers = [
+            (Scorer::new(on, 1024), crate::stats::Stats::default(), hist()),
+            (Scorer::new(off, 1024), crate::stats::Stats::default(), hist()),
+        ];
+        for i in 0..n + n / 10 {
+            let mut req = reqs[i % reqs.len()];
+            req.timestamp_ns = 1_000_000_000 + i as u64 * 250_000;
+            let job = Job { slot: 0, generation: 1, recv_ns: now_ns(), status: crate::wire::Status::Ok, req };
+            // Alternate which goes first: neither always finds the other's cache state.
+            for k in [i % 2, 1 - i % 2] {
+                let (scorer, stats, h) = &mut scorers[k];
+                let t0 = now_ns();
+                scorer.score(std::slice::from_ref(&job), stats, |done| {
+                    std::hint::black_box(done);
+                });
+                if i >= n / 10 {
+                    h.saturating_record(now_ns() - t0);
+                }
+            }
+        }
+        let [(_, on_stats, on), (_, _, off)] = scorers;
+        debug_assert!(on_stats.quality.answers > 0, "the labelled scorer counted its answers");
+        Ok((on, off, backend))
+    })
+    .join()
+    .map_err(|_| "scoring stage thread panicked".to_string())?
 }
 
 /// One request in flight on a pinned client thread: `open` connects, `round_trip`
@@ -1056,6 +1131,9 @@ pub fn markdown(r: &BenchReport) -> String {
         "One request per ms / back to back, p50: {:.2} as is, {:.2} with both ends kept warm (target ≤ 2)\n",
         r.ratios.sparse_p50, r.ratios.sparse_kept_warm_p50
     );
+    if let Some(cost) = r.ratios.quality_cost_p50_ns {
+        s += &format!("Scoring stage with live signal quality − without, p50: {cost:+} ns (target ≤ +50)\n");
+    }
     s
 }
 

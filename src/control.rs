@@ -692,6 +692,11 @@ pub fn prometheus_text(shared: &Shared, host: &[crate::doctor::Finding], started
         let sum = h.mean() * h.len() as f64 / 1e9;
         let _ = writeln!(out, "tickinfer_{name}_sum {sum}\ntickinfer_{name}_count {}", h.len());
     }
+    crate::quality::write_prometheus(
+        &mut out,
+        &stats.quality,
+        shared.reload.current().map(|(info, _)| info.name).as_deref(),
+    );
     let _ = writeln!(
         out,
         "# HELP tickinfer_batch_size Requests per model run.\n# TYPE tickinfer_batch_size histogram"

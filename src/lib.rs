@@ -17,6 +17,7 @@ pub mod engine;
 pub mod features;
 pub mod keep_warm;
 pub mod manifest;
+pub mod quality;
 pub mod ratelog;
 pub mod record;
 pub mod replay;

@@ -156,9 +156,17 @@ struct ReplayArgs {
     /// Symbol mapping NAME=ID (ticker, DBN instrument id or CSV symbol); repeatable. Default: ids by first appearance.
     #[arg(long = "symbols")]
     symbols: Vec<String>,
-    /// Events ahead (same symbol) for the realised direction [default: the manifest's horizon_events, else 10].
+    /// Events ahead (same symbol) for the realised direction [default: the manifest's [label]
+    /// rule (the one a server scores live), else 10 events, flat within 0 bps].
     #[arg(long)]
-    horizon: Option<usize>,
+    horizon: Option<u32>,
+    /// The realised mid is the one in force this many ms later (request timestamps); with
+    /// --horizon, the k-th later event counts only within it.
+    #[arg(long)]
+    horizon_ms: Option<f64>,
+    /// A move of at most this many bps is flat [default: the manifest's flat_bps, else 0].
+    #[arg(long)]
+    flat_bps: Option<f64>,
     /// Leave out the first N events (e.g. the model's training period).
     #[arg(long, default_value_t = 0)]
     skip: usize,
@@ -372,8 +380,19 @@ fn bundled(rel: &str) -> PathBuf {
     }
 }
 
-fn horizon_of(model: &std::path::Path) -> Option<usize> {
-    tickinfer::manifest::Manifest::load(model).ok().and_then(|m| m.horizon_events)
+/// The label rule of `model`'s manifest: its `[label]`, else an older manifest's
+/// `[model] horizon_events` with flat within 0 bps, else 10 events.
+fn label_of(model: Option<&std::path::Path>) -> tickinfer::quality::LabelRule {
+    let manifest = model.and_then(|m| tickinfer::manifest::Manifest::load(m).ok());
+    let events = |k: Option<usize>| tickinfer::quality::LabelRule {
+        horizon_events: Some(k.unwrap_or(10) as u32),
+        horizon_ms: None,
+        flat_bps: 0.0,
+    };
+    match manifest {
+        Some(m) => m.label.map_or_else(|| events(m.horizon_events), |l| l.rule),
+        None => events(None),
+    }
 }
 
 fn replay(args: ReplayArgs) -> Result<(), String> {
@@ -392,7 +411,14 @@ fn replay(args: ReplayArgs) -> Result<(), String> {
         symbols: args.symbols,
         columns: tickinfer::replay::source::LoadOptions::parse_columns(&args.columns)?,
         time_unit: args.time_unit,
-        horizon: args.horizon.or_else(|| args.model.as_deref().and_then(horizon_of)).unwrap_or(10),
+        label: {
+            let mut rule = label_of(args.model.as_deref());
+            if args.horizon.is_some() || args.horizon_ms.is_some() {
+                (rule.horizon_events, rule.horizon_ms) = (args.horizon, args.horizon_ms);
+            }
+            rule.flat_bps = args.flat_bps.unwrap_or(rule.flat_bps);
+            rule.checked().map_err(|e| format!("--horizon, --horizon-ms, --flat-bps: {e}"))?
+        },
         skip: args.skip,
         score_from: args.score_from,
         limit: args.limit,
@@ -524,7 +550,7 @@ fn demo_replay(
         symbols: vec![],
         columns: vec![],
         time_unit: None,
-        horizon: horizon_of(model).unwrap_or(10),
+        label: label_of(Some(model)),
         skip: 0,
         score_from,
         limit: None,

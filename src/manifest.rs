@@ -9,10 +9,15 @@
 //! onnx = "lobster_direction.onnx"      # relative to this file
 //! price_scale = 10000                   # fixed point of every price on the wire
 //! size_scale = 1                        # fixed point of sizes (power of ten; default 1)
-//! horizon_events = 10                   # optional: the label's horizon (replay's signal quality)
 //! backend = "auto"                      # optional: "ort" | "native" | "auto" (README "Backends")
 //! verify_every = 1000                   # optional: re-run 1 in N native answers on ONNX Runtime (0: off)
 //! on_disagreement = "fallback"          # optional: "fallback" (switch to ONNX Runtime) | "log"
+//!
+//! [label]                               # optional: how the training labels were made (README
+//! horizon_events = 10                   # "Signal quality"): the mid k same-symbol events later,
+//! # horizon_ms = 500                    # and/or the mid in force h ms later (request timestamps);
+//! flat_bps = 0.0                        # |move| <= this is flat (0: only an unchanged mid)
+//! reference_macro_f1 = 0.368            # optional: the test-set macro-F1 of the training script
 //!
 //! [input]
 //! name = "input"                        # the model's input tensor, float32 [batch, n]
@@ -64,6 +69,25 @@ struct File {
     input: InputSection,
     output: OutputSection,
     sequence: Option<SequenceSection>,
+    label: Option<LabelSection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LabelSection {
+    horizon_events: Option<u32>,
+    horizon_ms: Option<f64>,
+    flat_bps: Option<f64>,
+    reference_macro_f1: Option<f64>,
+}
+
+/// How the model's training labels were made (`[label]`): what live signal quality and
+/// replay's report score its answers against.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Label {
+    pub rule: crate::quality::LabelRule,
+    /// The training script's test-set macro-F1 (the live alert's bar).
+    pub reference_macro_f1: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -109,7 +133,7 @@ struct ModelSection {
     size_scale: i64,
     #[serde(default)]
     description: String,
-    /// Label horizon in events, if the model predicts a direction over one (replay's signal quality).
+    /// Label horizon in events (older manifests; `[label]` says it with the flat threshold).
     horizon_events: Option<usize>,
     #[serde(default)]
     backend: Backend,
@@ -271,8 +295,10 @@ pub struct Manifest {
     pub name: String,
     pub version: u32,
     pub description: String,
-    /// Label horizon in events (`[model] horizon_events`), if given.
+    /// Label horizon in events (`[label]`, or an older manifest's `[model] horizon_events`), if given.
     pub horizon_events: Option<usize>,
+    /// The training labels' rule (`[label]`); `None`: live answers are not scored.
+    pub label: Option<Label>,
     /// The `.onnx`, resolved relative to the manifest.
     pub onnx: PathBuf,
     pub price_scale: i64,
@@ -464,12 +490,46 @@ impl Manifest {
         } else {
             path.parent().unwrap_or(Path::new(".")).join(file.model.onnx)
         };
+        let label = match file.label {
+            None => None,
+            Some(l) => {
+                let flat_bps = l.flat_bps.ok_or_else(|| {
+                    invalid(
+                        "[label] needs flat_bps: the flat threshold of the training labels in bps (0: only an \
+                         unchanged mid is flat)"
+                            .into(),
+                    )
+                })?;
+                let rule = crate::quality::LabelRule {
+                    horizon_events: l.horizon_events,
+                    horizon_ms: l.horizon_ms,
+                    flat_bps,
+                }
+                .checked()
+                .map_err(invalid)?;
+                if let Some(r) = l.reference_macro_f1.filter(|r| !(0.0..=1.0).contains(r)) {
+                    return Err(invalid(format!("[label] reference_macro_f1 {r} must be in 0..=1")));
+                }
+                if let (Some(old), Some(new)) = (file.model.horizon_events, l.horizon_events) {
+                    if old != new as usize {
+                        return Err(invalid(format!(
+                            "[model] horizon_events {old} and [label] horizon_events {new} disagree (keep [label]'s)"
+                        )));
+                    }
+                }
+                Some(Label { rule, reference_macro_f1: l.reference_macro_f1 })
+            }
+        };
         Ok(Manifest {
             path: path.to_path_buf(),
             name: file.model.name,
             version: file.model.version,
             description: file.model.description,
-            horizon_events: file.model.horizon_events,
+            horizon_events: label
+                .as_ref()
+                .and_then(|l| l.rule.horizon_events.map(|k| k as usize))
+                .or(file.model.horizon_events),
+            label,
             onnx,
             price_scale: file.model.price_scale,
             size_scale: file.model.size_scale,
@@ -800,6 +860,42 @@ classes = ["sell", "flat", "buy"]
         assert!(e(&TEXT.replace("price_scale = 10000", "price_scale = 0")).contains("price_scale"));
         assert!(e(&TEXT.replace("version = 4", "version = 4\nbogus = 1")).contains("bogus"));
         assert!(e(&TEXT.replace("\"flat\", ", "\"sell\", ")).contains("distinct"));
+    }
+
+    #[test]
+    fn label_section_gives_the_rule_or_says_why_not() {
+        use crate::quality::LabelRule;
+        let with =
+            |text: &str, label: &str| Manifest::parse(&format!("{text}\n{label}"), Path::new("m.toml"));
+        let m = with(TEXT, "[label]\nhorizon_events = 10\nflat_bps = 0\nreference_macro_f1 = 0.47").unwrap();
+        let rule = LabelRule { horizon_events: Some(10), horizon_ms: None, flat_bps: 0.0 };
+        assert_eq!(m.label, Some(Label { rule, reference_macro_f1: Some(0.47) }));
+        assert_eq!(m.horizon_events, Some(10), "replay's default horizon");
+        let m = with(TEXT, "[label]\nhorizon_ms = 250\nflat_bps = 0.5").unwrap();
+        assert_eq!(m.label.unwrap().rule.horizon_ns(), Some(250_000_000));
+        assert!(
+            Manifest::parse(TEXT, Path::new("m.toml")).unwrap().label.is_none(),
+            "no [label]: not scored"
+        );
+
+        let e = |label: &str| with(TEXT, label).unwrap_err().to_string();
+        assert!(e("[label]\nhorizon_events = 10").contains("[label] needs flat_bps"));
+        assert!(e("[label]\nflat_bps = 0").contains("needs horizon_events and/or horizon_ms"));
+        assert!(
+            e("[label]\nhorizon_events = 0\nflat_bps = 0").contains("horizon_events 0 must be in 1..=4096")
+        );
+        assert!(e("[label]\nhorizon_ms = -1\nflat_bps = 0").contains("horizon_ms -1 must be > 0"));
+        assert!(e("[label]\nhorizon_ms = 5\nflat_bps = nan").contains("flat_bps NaN must be finite"));
+        assert!(e("[label]\nhorizon_events = 5\nflat_bps = 0\nreference_macro_f1 = 1.5")
+            .contains("reference_macro_f1 1.5 must be in 0..=1"));
+        assert!(e("[label]\nhorizon_event = 5\nflat_bps = 0").contains("horizon_event"));
+        // An older manifest's [model] horizon_events: replay's horizon, not a label rule; a
+        // [label] beside it must agree.
+        let older = TEXT.replace("version = 4", "version = 4\nhorizon_events = 7");
+        let m = Manifest::parse(&older, Path::new("m.toml")).unwrap();
+        assert_eq!((m.label, m.horizon_events), (None, Some(7)));
+        let e = with(&older, "[label]\nhorizon_events = 5\nflat_bps = 0").unwrap_err().to_string();
+        assert!(e.contains("[model] horizon_events 7 and [label] horizon_events 5 disagree"), "{e}");
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct Stats {
     pub idle_disconnects: u64,
     /// Symbols whose state slot went to a new symbol after `--evict-idle-symbols-ms` idle.
     pub symbols_evicted: u64,
+    /// Live signal quality (the scoring thread's; taken whole, never added: see [`crate::quality::Tally`]).
+    pub quality: crate::quality::Tally,
 }
 
 fn histogram(max: u64) -> Histogram<u64> {
@@ -70,6 +72,7 @@ impl Default for Stats {
             uid_quota_refusals: 0,
             idle_disconnects: 0,
             symbols_evicted: 0,
+            quality: Default::default(),
         }
     }
 }
@@ -96,6 +99,7 @@ impl Stats {
         self.uid_quota_refusals += other.uid_quota_refusals;
         self.idle_disconnects += other.idle_disconnects;
         self.symbols_evicted += other.symbols_evicted;
+        self.quality.merge(&other.quality);
     }
 
     /// Zero every recorder, keeping the allocations.
@@ -116,6 +120,7 @@ impl Stats {
         self.uid_quota_refusals = 0;
         self.idle_disconnects = 0;
         self.symbols_evicted = 0;
+        self.quality.mark_published();
     }
 
     /// Whether nothing was recorded since the last reset. Every recorder counts: the
@@ -137,6 +142,7 @@ impl Stats {
             && self.uid_quota_refusals == 0
             && self.idle_disconnects == 0
             && self.symbols_evicted == 0
+            && !self.quality.unpublished()
     }
 
     pub fn report(&self) -> StatsReport {
@@ -167,6 +173,7 @@ impl Stats {
             uid_quota_refusals: self.uid_quota_refusals,
             idle_disconnects: self.idle_disconnects,
             symbols_evicted: self.symbols_evicted,
+            signal_quality: self.quality.report(),
         }
     }
 }
@@ -244,6 +251,9 @@ pub struct StatsReport {
     /// The serving model (filled in by the control plane).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelReport>,
+    /// Live signal quality of the serving model (`None` before its first answer).
+    #[serde(default)]
+    pub signal_quality: Option<crate::quality::QualityReport>,
 }
 
 /// The serving model, its backend now and why.
@@ -324,6 +334,14 @@ impl std::fmt::Display for StatsReport {
                 p.p50, p.p90, p.p99, p.p999, p.p9999, p.max
             )?;
         }
-        write!(f, "batch size   mean {:.2}, p50 {}, max {}", self.batch.mean, self.batch.p50, self.batch.max)
+        write!(
+            f,
+            "batch size   mean {:.2}, p50 {}, max {}",
+            self.batch.mean, self.batch.p50, self.batch.max
+        )?;
+        if let Some(q) = &self.signal_quality {
+            write!(f, "\n{q}")?;
+        }
+        Ok(())
     }
 }

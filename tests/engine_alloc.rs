@@ -116,3 +116,52 @@ fn steady_state_requests_allocate_nothing() {
         assert!(preds.iter().all(|p| p.is_some_and(|p| p.confidence <= 100 && p.target_price > 0)));
     }
 }
+
+/// The scoring stage with live signal quality (answers pending per symbol, scored at the
+/// horizon, counted since load and in the rolling window) allocates nothing per request:
+/// a horizon in events and one in ms (its window ring wraps too).
+#[test]
+fn scoring_with_signal_quality_allocates_nothing() {
+    use tickinfer::server::stage::{Job, Scorer};
+    use tickinfer::stats::Stats;
+    use tickinfer::wire::Status;
+    for label in [
+        "[label]\nhorizon_events = 10\nflat_bps = 0.0",
+        "[label]\nhorizon_ms = 5\nflat_bps = 0.5",
+        "[label]\nhorizon_events = 3\nhorizon_ms = 1\nflat_bps = 0.0",
+    ] {
+        let path = util::repo_root().join("models/lobster_direction.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = format!("{}\n{label}\n", text.split("\n[label]").next().unwrap());
+        let manifest = tickinfer::manifest::Manifest::parse(&text, &path).unwrap();
+        assert!(manifest.label.is_some());
+        let engine = Engine::from_manifest(manifest, &util::test_engine_options()).unwrap();
+        let mut scorer = Scorer::new(engine, 64);
+        let mut stats = Stats::default();
+        let jobs: Vec<Job> = (0..4096u64)
+            .map(|i| Job {
+                slot: 0,
+                generation: 1,
+                recv_ns: i,
+                status: if i % 17 == 0 { Status::Overloaded } else { Status::Ok },
+                req: util::stream_request(i, (i % 8) as u16),
+            })
+            .collect();
+        let mut answers = 0u64;
+        // Warm: every symbol has its slot.
+        scorer.score(&jobs[..64], &mut stats, |_| {});
+        let n = allocations_during(|| {
+            for round in 0..4 {
+                for one in jobs.chunks(if round % 2 == 0 { 1 } else { 16 }) {
+                    scorer.score(one, &mut stats, |_| answers += 1);
+                }
+            }
+        });
+        assert_eq!(n, 0, "{label}: the scoring stage allocated {n} times in {answers} requests");
+        let q = stats.quality.report().unwrap();
+        assert!(
+            q.since_load.scored + q.since_load.unscored > tickinfer::quality::WINDOW as u64,
+            "{label}: {q:?}"
+        );
+    }
+}

@@ -69,6 +69,8 @@ fn live_metrics() -> String {
     for _ in 0..8 {
         c.recv().unwrap();
     }
+    // Published (every 200 ms): the live signal quality names the model's label rule and reference.
+    server.stats_when(|r| r["signal_quality"]["answers"] == 8);
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
     write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut text = String::new();
@@ -174,9 +176,17 @@ fn dashboard_queries_are_filtered_and_latency_is_in_seconds() {
     // The panels a desk looks for.
     let titles: Vec<&str> =
         d["panels"].as_array().unwrap().iter().map(|p| p["title"].as_str().unwrap()).collect();
-    for want in
-        ["Server time", "Inference", "Answers per second by status", "Batch size", "Connections", "Cut-offs"]
-    {
+    for want in [
+        "Server time",
+        "Inference",
+        "Answers per second by status",
+        "Batch size",
+        "Connections",
+        "Cut-offs",
+        "Macro-F1, live vs reference",
+        "Hit rate and IC",
+        "Coverage",
+    ] {
         assert!(titles.iter().any(|t| t.starts_with(want)), "no `{want}` panel in {titles:?}");
     }
 }
@@ -195,4 +205,7 @@ fn recording_rules_used_are_defined() {
     assert!(undefined.is_empty(), "recording rules used but not defined: {undefined:?}");
     let alerts = rules.lines().filter(|l| l.trim().starts_with("- alert: ")).count();
     assert!(alerts >= 5, "scrape down, p99 budget, error ratio, no answers, reload failed at least");
+    for want in ["TickinferSignalBelowReference", "TickinferSignalCoverageLow"] {
+        assert!(rules.contains(&format!("- alert: {want}")), "no {want} alert");
+    }
 }

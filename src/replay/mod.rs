@@ -21,8 +21,8 @@
 //! Memory is bounded whatever the input's size: the source is streamed
 //! ([`source::open`]); this thread reads ahead into per-connection job rings
 //! (2^18 events in all), collects answers back into event order and hands them to
-//! [`report::Sink`] (the signals file, counts, signal quality with `horizon`
-//! events of look-ahead per symbol), sleeping whenever there is nothing to move.
+//! [`report::Sink`] (the signals file, counts, signal quality at the label rule's
+//! horizon per symbol), sleeping whenever there is nothing to move.
 
 pub mod drive;
 pub mod report;
@@ -100,8 +100,8 @@ pub struct ReplayOptions {
     pub columns: Vec<(String, String)>,
     /// CSV: the timestamp column's unit (`--time-unit`).
     pub time_unit: Option<source::TimeUnit>,
-    /// Events ahead for the realised direction (signal quality).
-    pub horizon: usize,
+    /// The realised direction's rule (signal quality): the model's `[label]`, as the server scores live.
+    pub label: crate::quality::LabelRule,
     /// Leave out the first N events (e.g. a model's training period).
     pub skip: usize,
     /// Score signal quality only from this event on (the earlier ones are sent: they warm
@@ -241,7 +241,7 @@ pub fn run(socket: &Path, opts: &ReplayOptions, signals: Option<&Path>) -> Resul
 
     // This thread reads ahead and collects, off the measured path: it sleeps whenever
     // there is nothing to move (the senders never wait on it while read-ahead remains).
-    let mut sink = report::Sink::new(signals, opts.horizon, opts.score_from)?;
+    let mut sink = report::Sink::new(signals, opts.label, opts.score_from)?;
     let progress = feed.progress_bar(opts.progress);
     // At most the total read-ahead between the oldest unanswered event and the newest
     // read: the reorder queue never grows past its first allocation.
@@ -363,6 +363,9 @@ pub struct Meta {
     pub symbol: u16,
     /// bid + ask, at the server's price scale (the mid × 2: its sign of change is the label).
     pub mid2: i128,
+    /// The quote passes the server's price checks (bid > 0, ask > bid): an event of its
+    /// symbol's history for the label.
+    pub quoted: bool,
 }
 
 /// Sent events in order, waiting for their answers (at most the read-ahead of them).
@@ -486,6 +489,7 @@ impl Feed {
             ts_ns: { e.req.timestamp_ns },
             symbol,
             mid2: e.req.bid_price as i128 + e.req.ask_price as i128,
+            quoted: e.req.bid_price > 0 && e.req.ask_price > e.req.bid_price,
         };
         Ok(Some((symbol as usize % self.connections, drive::Job { i, req: e.req, due }, meta)))
     }

@@ -8,6 +8,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::{ReplayRun, Speed};
+use crate::quality::{LabelRule, Resolved, Unscored};
 use crate::stats::Percentiles;
 use crate::wire::Status;
 
@@ -34,14 +35,21 @@ fn styled_bar(total: u64, wanted: bool, template: &str) -> indicatif::ProgressBa
     bar
 }
 
-/// Direction accuracy against the realised mid move `horizon` events ahead (same symbol).
+/// Direction accuracy against the realised mid move at the label rule's horizon (same
+/// symbol): the rule and the counts the server's live signal quality keeps (`crate::quality`).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Quality {
-    pub horizon_events: usize,
+    pub horizon_events: Option<u32>,
+    pub horizon_ms: Option<f64>,
+    pub flat_bps: f64,
     /// Answered requests with a realised label.
     pub evaluated: u64,
     pub accuracy: f64,
     pub macro_f1: f64,
+    /// Share of non-flat calls whose direction came true.
+    pub hit_rate: Option<f64>,
+    /// Pearson IC of direction × confidence against the realised return.
+    pub ic: Option<f64>,
     /// Always predicting the most frequent realised class of this replay.
     pub majority_class: i8,
     pub majority_accuracy: f64,
@@ -50,6 +58,12 @@ pub struct Quality {
     pub realised_balance: [f64; 3],
     /// Share of predicted sell / flat / buy.
     pub predicted_balance: [f64; 3],
+    /// `[realised + 1][predicted + 1]`: what a server's `tickinfer_signal_outcomes_total` counts.
+    pub confusion: crate::quality::Confusion,
+    /// Answered requests whose symbol was not seen again (k times) within the horizon in ms.
+    pub not_seen: u64,
+    /// Answered requests still waiting for their horizon when the input ended.
+    pub pending: u64,
 }
 
 /// The JSON summary.
@@ -167,23 +181,35 @@ pub fn summarize(run: &ReplayRun, opts: &super::ReplayOptions) -> Summary {
 }
 
 /// Where answers go as they complete, in event order: the signals file, the counts by
-/// status, and the signal-quality evaluation, which needs only `horizon` events of
-/// look-ahead per symbol (bounded memory whatever the input's size).
+/// status, and the signal-quality evaluation, which keeps only the events each symbol's
+/// oldest unresolved answer still waits on (bounded memory whatever the input's size).
 pub struct Sink {
     signals: Option<std::io::BufWriter<std::fs::File>>,
     pub events: u64,
     by_status: Vec<u64>,
     lost: u64,
-    horizon: usize,
+    rule: LabelRule,
+    horizon_ns: Option<u64>,
     score_from: u64,
-    /// Per symbol, the last `horizon` events: (index, mid × 2, the model's direction if answered ok).
-    recent: std::collections::HashMap<u16, std::collections::VecDeque<(u64, i128, Option<i8>)>>,
-    /// `confusion[truth + 1][predicted + 1]`.
-    confusion: [[u64; 3]; 3],
+    /// Per symbol, its events from the oldest one not yet resolved on.
+    recent: std::collections::HashMap<u16, std::collections::VecDeque<Recent>>,
+    counts: crate::quality::Counts,
+}
+
+/// One event of a symbol, waiting for the horizon.
+struct Recent {
+    /// Index in the replay.
+    i: u64,
+    ts_ns: u64,
+    /// bid + ask.
+    mid2: i128,
+    /// The model's (direction, confidence, target price) if answered ok.
+    answer: Option<(i8, u8, i64)>,
 }
 
 impl Sink {
-    pub fn new(signals: Option<&Path>, horizon: usize, score_from: usize) -> Result<Sink, String> {
+    pub fn new(signals: Option<&Path>, rule: LabelRule, score_from: usize) -> Result<Sink, String> {
+        let rule = rule.checked()?;
         let signals = match signals {
             Some(p) => {
                 let mut w = std::io::BufWriter::new(
@@ -200,10 +226,11 @@ impl Sink {
             events: 0,
             by_status: vec![0; Status::COUNT + 1],
             lost: 0,
-            horizon: horizon.max(1),
+            horizon_ns: rule.horizon_ns(),
+            rule,
             score_from: score_from as u64,
             recent: Default::default(),
-            confusion: [[0; 3]; 3],
+            counts: Default::default(),
         })
     }
 
@@ -227,27 +254,42 @@ impl Sink {
                 None => writeln!(w, "{},{},,,,,lost", meta.ts_ns, meta.symbol)?,
             }
         }
-        let pred = match &outcome {
+        let answer = match &outcome {
             Some(o) => {
                 self.by_status[(o.status as usize).min(Status::COUNT)] += 1;
-                (o.status == Status::Ok.code()).then_some(o.direction.clamp(-1, 1))
+                (o.status == Status::Ok.code()).then_some((o.direction, o.confidence, o.target_price))
             }
             None => {
                 self.lost += 1;
                 None
             }
         };
-        // The event `horizon` same-symbol events back gets its realised label now.
-        let recent = self.recent.entry(meta.symbol).or_default();
-        if recent.len() == self.horizon {
-            if let Some((j, mid2, Some(p))) = recent.pop_front() {
-                if j >= self.score_from {
-                    let truth = ((meta.mid2 - mid2).signum() + 1) as usize;
-                    self.confusion[truth][(p + 1) as usize] += 1;
-                }
-            }
+        if !meta.quoted {
+            return Ok(()); // no usable mid: not an event of its symbol's history
         }
-        recent.push_back((i, meta.mid2, pred));
+        // This event resolves the symbol's oldest events whose horizon it reaches.
+        let recent = self.recent.entry(meta.symbol).or_default();
+        while let Some(oldest) = recent.front() {
+            let expired = self.horizon_ns.is_some_and(|h| meta.ts_ns > oldest.ts_ns.saturating_add(h));
+            let reached = self.rule.horizon_events.is_some_and(|k| recent.len() >= k as usize);
+            if !(expired || reached) {
+                break;
+            }
+            let Some(e) = recent.pop_front() else { break };
+            let Some(answer) = e.answer.filter(|_| e.i >= self.score_from) else { continue };
+            // Reached: this event is the k-th later one. Expired: the mid in force at the
+            // horizon is the last event before this one (ms alone), if any came after it.
+            let realised_mid = match (expired, self.rule.horizon_events) {
+                (false, _) => Some(meta.mid2),
+                (true, None) => recent.back().map(|later| later.mid2),
+                (true, Some(_)) => None,
+            };
+            self.counts.add(&match realised_mid {
+                Some(now) => Resolved::scored(&self.rule, e.mid2, answer, now),
+                None => Resolved::unscored(Unscored::NotSeen),
+            });
+        }
+        recent.push_back(Recent { i, ts_ns: meta.ts_ns, mid2: meta.mid2, answer });
         Ok(())
     }
 
@@ -256,7 +298,10 @@ impl Sink {
         if let Some(w) = &mut self.signals {
             w.flush()?;
         }
-        let quality = quality_of(&self.confusion, self.horizon);
+        let pending =
+            self.recent.values().flatten().filter(|e| e.answer.is_some() && e.i >= self.score_from).count()
+                as u64;
+        let quality = quality_of(&self.counts, &self.rule, pending);
         Ok((self.events, self.by_status, self.lost, quality))
     }
 }
@@ -270,60 +315,30 @@ pub fn test_period_start(report: &str) -> Option<usize> {
     Some(after("train ")? + after("validation ")?)
 }
 
-/// Accuracy and macro-F1 (over the classes present in truth or prediction, as scikit-learn does).
-pub fn scores(truth: &[i8], pred: &[i8]) -> (f64, f64) {
-    let mut confusion = [[0u64; 3]; 3];
-    for (&t, &p) in truth.iter().zip(pred) {
-        confusion[(t + 1) as usize][(p + 1) as usize] += 1;
-    }
-    scores_of(&confusion)
-}
-
-/// [`scores`] from a confusion matrix `[truth + 1][predicted + 1]`.
-fn scores_of(c: &[[u64; 3]; 3]) -> (f64, f64) {
-    let total: u64 = c.iter().flatten().sum();
-    if total == 0 {
-        return (0.0, 0.0);
-    }
-    let acc = (0..3).map(|k| c[k][k]).sum::<u64>() as f64 / total as f64;
-    let mut f1s = Vec::new();
-    for (k, row) in c.iter().enumerate() {
-        let tp = row[k] as f64;
-        let fp = (0..3).filter(|&t| t != k).map(|t| c[t][k]).sum::<u64>() as f64;
-        let fneg = (0..3).filter(|&p| p != k).map(|p| row[p]).sum::<u64>() as f64;
-        if tp + fp + fneg == 0.0 {
-            continue; // class absent from both
-        }
-        f1s.push(if tp == 0.0 { 0.0 } else { 2.0 * tp / (2.0 * tp + fp + fneg) });
-    }
-    (acc, f1s.iter().sum::<f64>() / f1s.len().max(1) as f64)
-}
-
-/// Quality from the confusion matrix of the evaluated events (answered ok, with a
-/// realised label), beside always predicting this replay's most frequent realised class.
-fn quality_of(c: &[[u64; 3]; 3], horizon: usize) -> Quality {
-    let total: u64 = c.iter().flatten().sum();
+/// Quality from the counts of the evaluated events (answered ok, with a realised label),
+/// beside always predicting this replay's most frequent realised class.
+fn quality_of(counts: &crate::quality::Counts, rule: &LabelRule, pending: u64) -> Quality {
+    let c = &counts.outcomes;
+    let total = c.total();
     let share = |counts: [u64; 3]| counts.map(|n| if total == 0 { 0.0 } else { n as f64 / total as f64 });
-    let truth = [0, 1, 2].map(|t| c[t].iter().sum::<u64>());
-    let pred = [0, 1, 2].map(|p| (0..3).map(|t| c[t][p]).sum::<u64>());
-    let balance = share(truth);
-    let m = (0..3).max_by(|&a, &b| balance[a].total_cmp(&balance[b])).unwrap_or(0);
-    let (accuracy, macro_f1) = scores_of(c);
-    let mut always = [[0u64; 3]; 3];
-    for (row, &n) in always.iter_mut().zip(&truth) {
-        row[m] = n;
-    }
-    let (majority_accuracy, majority_macro_f1) = scores_of(&always);
+    let scores = counts.scores();
     Quality {
-        horizon_events: horizon,
+        horizon_events: rule.horizon_events,
+        horizon_ms: rule.horizon_ms,
+        flat_bps: rule.flat_bps,
         evaluated: total,
-        accuracy,
-        macro_f1,
-        majority_class: m as i8 - 1,
-        majority_accuracy,
-        majority_macro_f1,
-        realised_balance: balance,
-        predicted_balance: share(pred),
+        accuracy: scores.accuracy,
+        macro_f1: scores.macro_f1,
+        hit_rate: scores.hit_rate,
+        ic: scores.ic,
+        majority_class: c.majority(),
+        majority_accuracy: scores.majority_accuracy,
+        majority_macro_f1: scores.majority_macro_f1,
+        realised_balance: share(c.realised()),
+        predicted_balance: share(c.predicted()),
+        confusion: *c,
+        not_seen: counts.unscored[Unscored::NotSeen as usize],
+        pending,
     }
 }
 
@@ -391,15 +406,21 @@ pub fn print(s: &Summary) -> String {
     }
     let q = &s.quality;
     let names = ["sell", "flat", "buy"];
+    let rule = LabelRule { horizon_events: q.horizon_events, horizon_ms: q.horizon_ms, flat_bps: q.flat_bps };
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
     out += &format!(
-        "signals      vs realised mid direction {} events ahead ({} evaluated):\n\
-         \x20 model          accuracy {:.3}  macro-F1 {:.3}\n\
+        "signals      vs realised direction: {} ({} evaluated, {} not seen within the horizon, {} pending at the end):\n\
+         \x20 model          accuracy {:.3}  macro-F1 {:.3}  hit rate {}  IC {}\n\
          \x20 always-{:<7} accuracy {:.3}  macro-F1 {:.3}\n\
          \x20 realised balance sell {:.1}% flat {:.1}% buy {:.1}%; predicted sell {:.1}% flat {:.1}% buy {:.1}%\n",
-        q.horizon_events,
+        rule.describe(),
         q.evaluated,
+        q.not_seen,
+        q.pending,
         q.accuracy,
         q.macro_f1,
+        opt(q.hit_rate),
+        opt(q.ic),
         names[(q.majority_class + 1) as usize],
         q.majority_accuracy,
         q.majority_macro_f1,
@@ -542,18 +563,4 @@ pub fn svg_to_png(svg: &str, path: &Path) -> Result<(), String> {
     let mut pixmap = tiny_skia::Pixmap::new(size.width(), size.height()).ok_or("empty plot")?;
     resvg::render(&tree, tiny_skia::Transform::default(), &mut pixmap.as_mut());
     pixmap.save_png(path).map_err(|e| e.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn scores_match_sklearn_conventions() {
-        // sklearn: accuracy_score / f1_score(average="macro") on these give 0.6 and 0.5555…
-        let truth = [1, 1, -1, 0, 1];
-        let pred = [1, -1, -1, 1, 1];
-        let (acc, f1) = super::scores(&truth, &pred);
-        assert!((acc - 0.6).abs() < 1e-12);
-        // F1: class -1: tp1 fp1 fn0 → 2/3; class 0: tp0 → 0; class 1: tp2 fp1 fn1 → 4/6.
-        assert!((f1 - (2.0 / 3.0 + 0.0 + 4.0 / 6.0) / 3.0).abs() < 1e-12, "{f1}");
-    }
 }

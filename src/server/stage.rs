@@ -6,6 +6,7 @@
 use crate::clock::now_ns;
 use crate::engine::Engine;
 use crate::manifest::Prediction;
+use crate::quality::Quality;
 use crate::ratelog::RateLimited;
 use crate::state::{Admitted, State};
 use crate::stats::Stats;
@@ -57,6 +58,8 @@ pub struct Scorer {
     warm_req: MlRequest,
     warm_state: State,
     warm_log: RateLimited,
+    /// Live signal quality: every answer scored when its symbol's mid reaches the horizon.
+    quality: Quality,
 }
 
 impl Scorer {
@@ -73,6 +76,7 @@ impl Scorer {
             );
         }
         Scorer {
+            quality: Quality::new(engine.manifest(), max_symbols),
             state,
             warm_req: engine.warm_request(0),
             warm_state: engine.new_state(1),
@@ -130,6 +134,7 @@ impl Scorer {
             self.state.set_eviction(eviction);
         }
         self.model_version = self.engine.info().version;
+        self.quality.reload(self.engine.manifest());
         self.warm_req = self.engine.warm_request(0);
         if self.engine.state_spec() != self.warm_state.spec() {
             self.warm_state = self.engine.new_state(1);
@@ -243,6 +248,7 @@ impl Scorer {
                     k += 1;
                 }
                 debug_assert_eq!({ resp.frame_end }, RESPONSE_END);
+                self.quality.observe(&job.req, &resp, &mut stats.quality);
                 emit(Done { slot: job.slot, generation: job.generation, resp });
             }
             start = end;
