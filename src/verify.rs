@@ -214,10 +214,11 @@ pub fn start(
             if let Err(e) = crate::sys::run_on_cores(&cores) {
                 log::warn!("verifier: cannot keep off the hot cores ({e})");
             }
-            let _ = crate::sys::set_thread_nice(10);
             crate::engine::fpenv::denormals_as_zero();
             match Engine::from_manifest(job.manifest.clone(), &reference_opts) {
                 Ok(reference) => {
+                    // Lowered once built: the load (which a reload waits for) runs at full priority.
+                    let _ = crate::sys::set_thread_nice(10);
                     let _ = ready_tx.send(Ok(()));
                     job.run(reference);
                 }

@@ -575,7 +575,10 @@ fn demo_runs_end_to_end() {
         .lines()
         .find(|l| l.trim_start().starts_with("lobster_lstm_step: "))
         .unwrap_or_else(|| panic!("{text}"));
-    assert!(text.contains("backends:") && lstm.contains("agrees with ONNX Runtime"), "{lstm}");
+    assert!(
+        text.contains("backends:") && lstm.contains("gate:") && lstm.contains("agrees on every row"),
+        "{lstm}"
+    );
     for f in ["signals.csv", "summary.json", "latency.svg", "latency.png"] {
         assert!(out.join(f).metadata().map(|m| m.len() > 0).unwrap_or(false), "{f} missing");
     }

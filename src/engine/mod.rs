@@ -229,6 +229,14 @@ static ENVIRONMENT: OnceLock<(PathBuf, Environment)> = OnceLock::new();
 /// the library as [`Engine::load`] does). For tools that build their own
 /// sessions beside an engine, e.g. the bare-ORT baseline in `benches/engine.rs`.
 pub fn ort_environment(opts: &EngineOptions) -> Result<&'static Environment, EngineError> {
+    // One runtime per process, loaded once: later engines (a reload, the live verifier's
+    // reference) take it as it is, without locating and hashing the library again (the
+    // loaded library is what runs, whatever the file on disk has become).
+    if let Some((loaded, env)) = ENVIRONMENT.get() {
+        if opts.ort_lib.as_deref().is_none_or(|p| p == loaded) {
+            return Ok(env);
+        }
+    }
     let flavor = match opts.provider {
         ExecutionProvider::Cpu => runtime::Flavor::Cpu,
         _ => runtime::Flavor::Gpu,

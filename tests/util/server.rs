@@ -209,7 +209,13 @@ impl Client {
     pub fn connect(path: &Path) -> io::Result<Client> {
         let mut stream = UnixStream::connect(path)?;
         stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-        stream.write_all(bytemuck::bytes_of(&MlHello::current()))?;
+        // A server refusing the peer at accept writes its ack and closes at once: the hello may
+        // then meet a closed socket (EPIPE) while the ack waits in ours to be read.
+        if let Err(e) = stream.write_all(bytemuck::bytes_of(&MlHello::current())) {
+            if !matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset) {
+                return Err(e);
+            }
+        }
         let mut ack = [0u8; HELLO_ACK_SIZE];
         stream.read_exact(&mut ack)?;
         let ack: MlHelloAck = bytemuck::pod_read_unaligned(&ack);
