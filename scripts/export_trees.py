@@ -28,7 +28,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "..")
 sys.path.insert(0, HERE)
-from tickfeatures import BENCH_FEATURES as FEATURES, classifier_manifest, feature_ranges, read_lobster, stateful_rows  # noqa: E402
+from tickfeatures import (BENCH_FEATURES as FEATURES, classifier_manifest, feature_ranges, fixture_manifest,  # noqa: E402
+                          read_lobster, stateful_rows)
 
 
 def bench_model():
@@ -114,22 +115,9 @@ def write_fixture(name, node, outputs, manifest_output, extras):
     ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(["out"], {"x": probe})
     with open(os.path.join(out_dir, f"{name}.onnx"), "wb") as fh:
         fh.write(data)
-    feats = ", ".join(f'"extra:{i}"' for i in range(extras))
     with open(os.path.join(out_dir, f"{name}.toml"), "w") as fh:
-        fh.write(f"""# Written by scripts/export_trees.py --fixtures (hand-built ensemble, every node mode).
-[model]
-name = "{name}"
-version = 1
-onnx = "{name}.onnx"
-price_scale = 10000
-
-[input]
-name = "x"
-features = [{feats}]
-
-[output]
-name = "out"
-{manifest_output}""")
+        fh.write(fixture_manifest("Written by scripts/export_trees.py --fixtures (hand-built ensemble, every node mode).",
+                                  name, extras, "out", manifest_output))
     print(f"wrote tests/fixtures/models/{name}.onnx ({len(data)} bytes)")
 
 

@@ -24,11 +24,15 @@ Features are `extra:<i>`, so a test can feed any value. Each model must run in
 onnxruntime before it is written. Needs: onnx onnxruntime numpy (scripts/requirements.txt).
 """
 import os
+import sys
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tickfeatures import fixture_manifest  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 OUT = os.path.join(ROOT, "tests", "fixtures", "models")
@@ -62,22 +66,9 @@ def save(name, graph, n_features, output, opsets, what):
     sess.run(None, {"x": probe})
     with open(os.path.join(OUT, f"{name}.onnx"), "wb") as fh:
         fh.write(data)
-    feats = ", ".join(f'"extra:{i}"' for i in range(n_features))
     with open(os.path.join(OUT, f"{name}.toml"), "w") as fh:
-        fh.write(f"""# Written by scripts/make_trust_fixtures.py: {what}
-[model]
-name = "{name}"
-version = 1
-onnx = "{name}.onnx"
-price_scale = 10000
-
-[input]
-name = "x"
-features = [{feats}]
-
-[output]
-name = "scores"
-{output}""")
+        fh.write(fixture_manifest(f"Written by scripts/make_trust_fixtures.py: {what}", name, n_features, "scores",
+                                  output))
     print(f"wrote tests/fixtures/models/{name}.onnx ({len(data)} bytes)")
 
 

@@ -123,6 +123,26 @@ classes = ["sell", "flat", "buy"]
 {seq}{label}"""
 
 
+def fixture_manifest(comment, name, n_features, output_name, output_body):
+    """A test fixture's manifest: features `extra:0..n` (a test feeds any value), input `x`,
+    price scale 10000; `comment` says what wrote it."""
+    feats = ", ".join(f'"extra:{i}"' for i in range(n_features))
+    return f"""# {comment}
+[model]
+name = "{name}"
+version = 1
+onnx = "{name}.onnx"
+price_scale = 10000
+
+[input]
+name = "x"
+features = [{feats}]
+
+[output]
+name = "{output_name}"
+{output_body}"""
+
+
 def feature_ranges(names, requests, price_scale, size_scale=1):
     """Each feature's (min, max) over `requests` (raw units, as the server computes them),
     rounded outward to 6 significant digits: what a manifest's `[input] min`/`max` record."""

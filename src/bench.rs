@@ -376,8 +376,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
     for poll in [PollMode::Spin, PollMode::Adaptive, PollMode::Block] {
         eprintln!("bench: (c) tickinfer end to end, --poll {poll:?}");
         let h = e2e(
-            &opts.model,
-            poll,
+            polling(&opts.model, poll),
             crate::replay::Transport::Socket,
             n,
             server_core,
@@ -393,9 +392,9 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
     }
     if get_backend(&rows).is_some_and(|b| b.starts_with("native")) {
         eprintln!("bench: (c) tickinfer end to end, --poll spin, live verification off");
-        let mut cfg = ServerConfig::new(&opts.model, "unused");
+        let mut cfg = polling(&opts.model, PollMode::Spin);
         cfg.engine.verify.every = Some(0);
-        let h = e2e_with(cfg, crate::replay::Transport::Socket, n, server_core, client_core, scale, extras)?;
+        let h = e2e(cfg, crate::replay::Transport::Socket, n, server_core, client_core, scale, extras)?;
         rows.push(Row::of(
             "tickinfer e2e --poll spin, verify off",
             h,
@@ -409,8 +408,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
     rows.push(Row::of(
         "tickinfer e2e shm",
         e2e(
-            &opts.model,
-            PollMode::Spin,
+            polling(&opts.model, PollMode::Spin),
             crate::replay::Transport::Shm,
             n,
             server_core,
@@ -863,14 +861,20 @@ fn sync_client(
     })
 }
 
+/// The defaults for `model`, polling `poll`.
+fn polling(model: &Path, poll: PollMode) -> ServerConfig {
+    let mut cfg = ServerConfig::new(model, "unused");
+    cfg.poll = poll;
+    cfg
+}
+
 fn local_server(
     model: &Path,
     poll: PollMode,
     core: usize,
     keep_warm: Option<Duration>,
 ) -> Result<crate::replay::LocalServer, String> {
-    let mut cfg = ServerConfig::new(model, "unused");
-    cfg.poll = poll;
+    let mut cfg = polling(model, poll);
     cfg.keep_warm = keep_warm;
     local_server_with(cfg, core)
 }
@@ -890,26 +894,10 @@ fn get_backend(rows: &[Row]) -> Option<String> {
     row.note.split("backend ").nth(1).map(|b| b.to_string())
 }
 
-/// (c) tickinfer end to end, one request in flight, busy-polling client: over the
-/// socket, or (c') over shared memory (`transport`).
-#[allow(clippy::too_many_arguments)]
+/// (c) tickinfer end to end, one request in flight, busy-polling client, against a server
+/// configured as `cfg` (inline on `server_core`): over the socket, or (c') over shared
+/// memory (`transport`).
 fn e2e(
-    model: &Path,
-    poll: PollMode,
-    transport: crate::replay::Transport,
-    n: usize,
-    server_core: usize,
-    client_core: usize,
-    scale: i64,
-    extras: u16,
-) -> Result<Histogram<u64>, String> {
-    let mut cfg = ServerConfig::new(model, "unused");
-    cfg.poll = poll;
-    e2e_with(cfg, transport, n, server_core, client_core, scale, extras)
-}
-
-/// [`e2e`] of a server configured as `cfg` (spin unless it says otherwise).
-fn e2e_with(
     cfg: ServerConfig,
     transport: crate::replay::Transport,
     n: usize,
