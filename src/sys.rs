@@ -335,6 +335,13 @@ pub fn run_on_cores(cores: &[usize]) -> io::Result<()> {
     syscall!(sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)).map(|_| ())
 }
 
+/// CPUs online (`sysconf(_SC_NPROCESSORS_ONLN)`), at least 1.
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    n.max(1) as usize
+}
+
 /// Lower the calling thread's scheduling priority to `nice` (Linux: per thread).
 pub fn set_thread_nice(nice: i32) -> io::Result<()> {
     // SAFETY: gettid has no preconditions.

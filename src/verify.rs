@@ -207,7 +207,8 @@ pub fn start(
         tolerance: if exact { 0.0 } else { gate::TOLERANCE },
         log: RateLimited::new(1_000_000_000),
     };
-    let cores = opts.verify.cores.clone();
+    let cores =
+        if opts.verify.cores.is_empty() { off_this_threads_cores() } else { opts.verify.cores.clone() };
     std::thread::Builder::new()
         .name("tickinfer-verify".into())
         .spawn(move || {
@@ -248,6 +249,21 @@ pub fn start(
         switch,
     };
     Ok(Some((tap, verification)))
+}
+
+/// The online cores but the calling thread's own when it is pinned to some of them (a
+/// thread inherits its creator's affinity: a verifier started from a pinned hot thread must
+/// not share its core); empty (any) when it is not pinned.
+fn off_this_threads_cores() -> Vec<usize> {
+    let mine: Vec<usize> =
+        core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
+    let online = std::thread::available_parallelism().map_or(1, |n| n.get()).max(crate::sys::online_cpus());
+    let others: Vec<usize> = (0..online).filter(|c| !mine.contains(c)).collect();
+    if mine.is_empty() || others.is_empty() {
+        Vec::new()
+    } else {
+        others
+    }
 }
 
 /// The verifier thread's state.
@@ -338,6 +354,31 @@ impl Verifier {
                 "verifier: switching {} to ONNX Runtime between two requests (on_disagreement = \"fallback\")",
                 self.manifest.name
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::off_this_threads_cores;
+
+    #[test]
+    fn a_verifier_started_from_a_pinned_thread_keeps_off_its_core() {
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let Some(&first) = cores.first() else { return };
+        if cores.len() < 2 {
+            return; // one core: nowhere else to go
+        }
+        std::thread::spawn(move || {
+            assert!(core_affinity::set_for_current(first));
+            let off = off_this_threads_cores();
+            assert!(!off.is_empty() && !off.contains(&first.id), "{off:?}");
+        })
+        .join()
+        .unwrap();
+        // Unpinned (the test thread's whole mask): any core.
+        if core_affinity::get_core_ids().unwrap_or_default().len() == crate::sys::online_cpus() {
+            assert!(off_this_threads_cores().is_empty());
         }
     }
 }
