@@ -393,7 +393,7 @@ fn bench(c: &mut Criterion) {
     if let Some(last) = cores.last() {
         core_affinity::set_for_current(*last);
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = tickinfer::source_root();
     let mut table = format!(
         "# Engine study (per call, µs; pinned to core {} of {})\n\n| model | batch | runtime / setting | p50 | p99 | vs `ort tickinfer settings` p50 |\n|---|---|---|---|---|---|\n",
         cores.last().map_or(0, |c| c.id),

@@ -8,7 +8,7 @@ use tickinfer::server::{Mode, PollMode, ServerConfig};
 use tickinfer::wire::{MlHello, MlRequest, MlResponse, HELLO_ACK_SIZE, RESPONSE_SIZE};
 
 fn bench(c: &mut Criterion) {
-    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/lobster_direction.toml");
+    let model = tickinfer::source_root().join("models/lobster_direction.toml");
     let mut cfg = ServerConfig::new(&model, "unused");
     cfg.mode = Mode::Inline;
     cfg.poll = PollMode::Spin;

@@ -119,7 +119,7 @@ fn main() {
     let secs: f64 =
         arg(&args, "--secs").and_then(|s| s.parse().ok()).unwrap_or(if measuring { 5.0 } else { 0.2 });
     let bin = std::env::var("TICKINFER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tickinfer").to_string());
-    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/lobster_direction.toml");
+    let model = tickinfer::source_root().join("models/lobster_direction.toml");
     let model = if model.exists() { model } else { "models/lobster_direction.toml".into() };
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("punch.sock");

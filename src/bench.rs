@@ -215,7 +215,7 @@ pub fn bench_requests(manifest: &Manifest, n: u64) -> Vec<MlRequest> {
 /// model's scale. With what was read, for the rows' notes.
 pub fn real_stream(manifest: &Manifest, limit: usize) -> Result<(Vec<MlRequest>, String), String> {
     use crate::replay::source::{self, Format, SymbolTable};
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = crate::source_root();
     let shared = root.join("../shared/data/lobster/LOBSTER_SampleFile_AMZN_2012-06-21_1.zip");
     let (path, what) = match std::env::var_os("TICKINFER_BENCH_DATA") {
         Some(p) => (PathBuf::from(p), "TICKINFER_BENCH_DATA"),
@@ -1046,13 +1046,11 @@ fn python_sidecar(
         Ok(_) => return Err(format!("{python} cannot import onnxruntime and numpy (pip install onnxruntime numpy, or set TICKINFER_PYTHON)")),
         Err(e) => return Err(format!("cannot run {python}: {e}")),
     }
-    let script = [
-        PathBuf::from("scripts/python_sidecar.py"),
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/python_sidecar.py"),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
-    .ok_or("scripts/python_sidecar.py not found")?;
+    let script =
+        [PathBuf::from("scripts/python_sidecar.py"), crate::source_root().join("scripts/python_sidecar.py")]
+            .into_iter()
+            .find(|p| p.exists())
+            .ok_or("scripts/python_sidecar.py not found")?;
     let dir = std::env::temp_dir().join(format!("tickinfer-py-{}-{}", std::process::id(), now_ns()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let socket = dir.join("py.sock");

@@ -31,3 +31,14 @@ pub mod systemd;
 pub mod transport;
 pub mod verify;
 pub mod wire;
+
+/// The source tree the bundled files (models, sample data, scripts) come from: the
+/// `CARGO_MANIFEST_DIR` cargo sets for `cargo run`/`test`/`bench` when it names this crate's
+/// tree (another crate's build may set it too), else the one this crate was built in. Read at run time first because a build directory
+/// moved with its checkout keeps the old path compiled in (cargo does not rebuild for it).
+pub fn source_root() -> std::path::PathBuf {
+    match std::env::var_os("CARGO_MANIFEST_DIR").map(std::path::PathBuf::from) {
+        Some(dir) if dir.join("models/lobster_direction.toml").is_file() => dir,
+        _ => std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+    }
+}

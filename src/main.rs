@@ -376,7 +376,7 @@ fn bundled(rel: &str) -> PathBuf {
     if here.exists() {
         here
     } else {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+        tickinfer::source_root().join(rel)
     }
 }
 
