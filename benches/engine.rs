@@ -24,7 +24,7 @@
 //!     cargo bench --bench engine                          # ORT settings + engine per backend
 //!     cargo bench --bench engine --features bench-tract   # + tract
 //!     TICKINFER_STUDY_MODELS=LightGBM cargo bench --bench engine   # one model
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};

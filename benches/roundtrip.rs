@@ -3,7 +3,6 @@
 //! mean; `tickinfer bench` gives the percentiles.
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use tickinfer::server::{Mode, PollMode, ServerConfig};
 use tickinfer::wire::{MlHello, MlRequest, MlResponse, HELLO_ACK_SIZE, RESPONSE_SIZE};
 
