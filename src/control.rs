@@ -324,7 +324,7 @@ impl Control {
     }
 
     async fn command(&self, line: &str) -> String {
-        let known = ["stats", "reload", "reset"];
+        let known = ["stats", "reload", "reset", "shadow", "promote"];
         if known.iter().any(|c| line == *c || line.strip_prefix(c).is_some_and(|r| r.starts_with(' '))) {
             if let Err(e) = self.wait_ready().await {
                 return json_error(&e);
@@ -345,6 +345,7 @@ impl Control {
                 provider: info.provider.to_string(),
                 backend_report: info.backend_report,
             });
+            report.shadows = self.shared.shadows.reports();
             serde_json::to_string(&report).unwrap_or_default()
         } else if line == "reload" || line.starts_with("reload ") {
             let path = match line.strip_prefix("reload").map(str::trim).filter(|p| !p.is_empty()) {
@@ -376,9 +377,59 @@ impl Control {
                 Ok(Err(e)) => json_error(&e),
                 Err(e) => json_error(&e.to_string()),
             }
+        } else if let Some(args) = line.strip_prefix("shadow ").map(str::trim) {
+            self.shadow_command(args).await
+        } else if let Some(args) = line.strip_prefix("promote ").map(str::trim) {
+            let (name, force) = match args.strip_suffix(" force") {
+                Some(name) => (name.trim().to_string(), true),
+                None => (args.to_string(), false),
+            };
+            let s = self.shared.clone();
+            match tokio::task::spawn_blocking(move || s.shadows.promote(&s.reload, &name, force)).await {
+                Ok(Ok((name, version))) => {
+                    serde_json::json!({ "ok": true, "name": name, "version": version }).to_string()
+                }
+                Ok(Err(e)) => json_error(&e),
+                Err(e) => json_error(&e.to_string()),
+            }
         } else {
             let shown: String = line.chars().take(40).collect();
-            json_error(&format!("unknown command `{shown}` (known: stats, reload [PATH], reset [SYMBOL])"))
+            json_error(&format!(
+                "unknown command `{shown}` (known: stats, reload [PATH], reset [SYMBOL], shadow add PATH | remove NAME \
+                 | list, promote NAME [force])"
+            ))
+        }
+    }
+}
+
+impl Control {
+    /// `shadow add PATH`, `shadow remove NAME`, `shadow list`.
+    async fn shadow_command(&self, args: &str) -> String {
+        let s = self.shared.clone();
+        let (verb, arg) = args.split_once(' ').map_or((args, ""), |(v, a)| (v, a.trim()));
+        let arg = arg.to_string();
+        let outcome = match verb {
+            "list" => return serde_json::json!({ "ok": true, "shadows": s.shadows.reports() }).to_string(),
+            "add" if !arg.is_empty() => {
+                tokio::task::spawn_blocking(move || {
+                    s.shadows
+                        .add(&s.reload, std::path::Path::new(&arg))
+                        .map(|r| serde_json::json!({ "ok": true, "shadow": r }))
+                })
+                .await
+            }
+            "remove" if !arg.is_empty() => {
+                tokio::task::spawn_blocking(move || {
+                    s.shadows.remove(&s.reload, &arg).map(|()| serde_json::json!({ "ok": true }))
+                })
+                .await
+            }
+            _ => return json_error("shadow takes: add PATH, remove NAME, or list"),
+        };
+        match outcome {
+            Ok(Ok(v)) => v.to_string(),
+            Ok(Err(e)) => json_error(&e),
+            Err(e) => json_error(&e.to_string()),
         }
     }
 }
@@ -692,11 +743,17 @@ pub fn prometheus_text(shared: &Shared, host: &[crate::doctor::Finding], started
         let sum = h.mean() * h.len() as f64 / 1e9;
         let _ = writeln!(out, "tickinfer_{name}_sum {sum}\ntickinfer_{name}_count {}", h.len());
     }
-    crate::quality::write_prometheus(
-        &mut out,
-        &stats.quality,
-        shared.reload.current().map(|(info, _)| info.name).as_deref(),
-    );
+    let serving = shared.reload.current().map(|(info, _)| info.name);
+    let shadows = shared.shadows.reports_and_tallies();
+    let mut exposed =
+        vec![crate::quality::Exposed { tally: &stats.quality, serving: serving.as_deref(), role: "primary" }];
+    exposed.extend(shadows.iter().map(|(r, t)| crate::quality::Exposed {
+        tally: t,
+        serving: Some(&r.name),
+        role: "shadow",
+    }));
+    crate::quality::write_prometheus(&mut out, &exposed);
+    write_shadow_metrics(&mut out, serving.as_deref(), &stats.inference, &shadows);
     let _ = writeln!(
         out,
         "# HELP tickinfer_batch_size Requests per model run.\n# TYPE tickinfer_batch_size histogram"
@@ -713,6 +770,114 @@ pub fn prometheus_text(shared: &Shared, host: &[crate::doctor::Finding], started
         stats.batch.len()
     );
     out
+}
+
+/// The shadows' series (`crate::shadow`), and the primary's and shadows' model-run latency
+/// side by side (labels `model`, `role`).
+fn write_shadow_metrics(
+    out: &mut String,
+    serving: Option<&str>,
+    primary: &hdrhistogram::Histogram<u64>,
+    shadows: &[(crate::stats::ShadowReport, crate::quality::Tally)],
+) {
+    use std::fmt::Write as _;
+    let clean = |m: &str| m.replace(['"', '\\', '\n'], "_");
+    let _ = writeln!(
+        out,
+        "# HELP tickinfer_shadows Shadow candidates attached.\n# TYPE tickinfer_shadows gauge\ntickinfer_shadows {}",
+        shadows.len()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP tickinfer_model_run_seconds Model run time per run, by model and role (primary: since start; shadow: \
+         since attached or promoted).\n# TYPE tickinfer_model_run_seconds gauge"
+    );
+    let q = |p: &crate::stats::Percentiles| [("0.5", p.p50), ("0.99", p.p99), ("0.999", p.p999)];
+    if let Some(m) = serving {
+        for (quantile, ns) in q(&crate::stats::Percentiles::of(primary)) {
+            let _ = writeln!(
+                out,
+                "tickinfer_model_run_seconds{{model=\"{}\",role=\"primary\",quantile=\"{quantile}\"}} {}",
+                clean(m),
+                ns as f64 / 1e9
+            );
+        }
+    }
+    for (r, _) in shadows {
+        for (quantile, ns) in q(&r.inference_ns) {
+            let _ = writeln!(
+                out,
+                "tickinfer_model_run_seconds{{model=\"{}\",role=\"shadow\",quantile=\"{quantile}\"}} {}",
+                clean(&r.name),
+                ns as f64 / 1e9
+            );
+        }
+    }
+    if shadows.is_empty() {
+        return;
+    }
+    type Of = fn(&crate::stats::ShadowReport) -> u64;
+    let per_shadow: [(&str, &str, &str, Of); 6] = [
+        ("shadow_scored_total", "counter", "Requests a shadow scored.", |r| r.scored),
+        (
+            "shadow_dropped_total",
+            "counter",
+            "Requests not queued for a shadow because it was behind (its state then starts again).",
+            |r| r.dropped,
+        ),
+        ("shadow_queued", "gauge", "Requests queued for a shadow.", |r| r.queued),
+        (
+            "shadow_stale",
+            "gauge",
+            "1 while a shadow re-warms after dropped requests (promote refuses it without --force).",
+            |r| r.stale as u64,
+        ),
+        ("shadow_warming_symbols", "gauge", "Symbols whose last answer from a shadow was warming.", |r| {
+            r.warming_symbols
+        }),
+        ("shadow_broken", "gauge", "1 when a promotion gave up on a shadow's handover (remove it).", |r| {
+            r.broken as u64
+        }),
+    ];
+    for (name, kind, help, of) in per_shadow {
+        let _ = writeln!(out, "# HELP tickinfer_{name} {help}\n# TYPE tickinfer_{name} {kind}");
+        for (r, _) in shadows {
+            let _ =
+                writeln!(out, "tickinfer_{name}{{model=\"{}\",role=\"shadow\"}} {}", clean(&r.name), of(r));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP tickinfer_shadow_agreement_total Requests both the primary and a shadow answered ok, by the primary's \
+         direction and the shadow's.\n# TYPE tickinfer_shadow_agreement_total counter"
+    );
+    const DIRS: [&str; 3] = ["-1", "0", "1"];
+    for (r, _) in shadows {
+        for (i, p) in DIRS.iter().enumerate() {
+            for (j, s) in DIRS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "tickinfer_shadow_agreement_total{{model=\"{}\",role=\"shadow\",primary=\"{p}\",shadow=\"{s}\"}} {}",
+                    clean(&r.name),
+                    r.agreement[i][j]
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP tickinfer_shadow_failed_total Requests only one of the primary and a shadow answered ok, by which \
+         failed.\n# TYPE tickinfer_shadow_failed_total counter"
+    );
+    for (r, _) in shadows {
+        for (which, n) in [("shadow", r.shadow_only_failed), ("primary", r.primary_only_failed)] {
+            let _ = writeln!(
+                out,
+                "tickinfer_shadow_failed_total{{model=\"{}\",role=\"shadow\",failed=\"{which}\"}} {n}",
+                clean(&r.name)
+            );
+        }
+    }
 }
 
 fn query(socket: &Path, command: &str) -> Result<String, String> {
@@ -761,6 +926,32 @@ fn command_ok(socket: &Path, command: &str, what: &str) -> Result<serde_json::Va
 pub fn request_reset(socket: &Path, symbol: Option<u16>) -> Result<(), String> {
     let command = symbol.map_or("reset".to_string(), |s| format!("reset {s}"));
     command_ok(socket, &command, "reset").map(|_| ())
+}
+
+/// Ask a running server to load `model` as a shadow candidate beside its primary.
+pub fn request_shadow_add(socket: &Path, model: &Path) -> Result<crate::stats::ShadowReport, String> {
+    let abs = std::fs::canonicalize(model).map_err(|e| format!("{}: {e}", model.display()))?;
+    let v = command_ok(socket, &format!("shadow add {}", abs.display()), "shadow add")?;
+    serde_json::from_value(v["shadow"].clone()).map_err(|e| format!("bad answer: {e}"))
+}
+
+/// Ask a running server to detach its shadow named `name`.
+pub fn request_shadow_remove(socket: &Path, name: &str) -> Result<(), String> {
+    command_ok(socket, &format!("shadow remove {name}"), "shadow remove").map(|_| ())
+}
+
+/// A running server's shadows.
+pub fn request_shadow_list(socket: &Path) -> Result<Vec<crate::stats::ShadowReport>, String> {
+    let v = command_ok(socket, "shadow list", "shadow list")?;
+    serde_json::from_value(v["shadows"].clone()).map_err(|e| format!("bad answer: {e}"))
+}
+
+/// Ask a running server to promote its shadow `name` to primary (`force`: even while it is
+/// stale or warming); `Ok((name, version))` of the model serving now.
+pub fn request_promote(socket: &Path, name: &str, force: bool) -> Result<(String, u32), String> {
+    let command = if force { format!("promote {name} force") } else { format!("promote {name}") };
+    let v = command_ok(socket, &command, "promote")?;
+    Ok((v["name"].as_str().unwrap_or_default().to_string(), v["version"].as_u64().unwrap_or(0) as u32))
 }
 
 /// Ask a running server to load `model` (its configured model when `None`) and swap it

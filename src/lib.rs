@@ -23,6 +23,7 @@ pub mod record;
 pub mod replay;
 pub mod ring;
 pub mod server;
+pub mod shadow;
 pub mod shm;
 pub mod state;
 pub mod stats;

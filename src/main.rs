@@ -34,6 +34,24 @@ enum Command {
         #[arg(long)]
         symbol: Option<u16>,
     },
+    /// Shadow candidates: models that see a copy of every request the primary scores, off the
+    /// hot path, compared and scored side by side; their answers are never sent.
+    Shadow {
+        #[command(subcommand)]
+        action: ShadowAction,
+    },
+    /// Make a shadow the primary between two requests, with its warm state; the primary
+    /// becomes that shadow (rollback: promote it back).
+    Promote {
+        #[arg(long)]
+        socket: PathBuf,
+        /// The shadow's name (its manifest's `name`; `tickinfer shadow list`).
+        #[arg(long)]
+        model: String,
+        /// Promote even while the shadow is stale (dropped requests) or warming symbols.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print the latency and status statistics of a running server.
     Stats {
         /// The server's socket (its control socket is PATH.ctl).
@@ -185,6 +203,62 @@ struct ReplayArgs {
     json: bool,
 }
 
+#[derive(Subcommand)]
+enum ShadowAction {
+    /// Load a model beside the primary (at most 4 shadows).
+    Add {
+        #[arg(long)]
+        socket: PathBuf,
+        /// The candidate's manifest.
+        #[arg(long)]
+        model: PathBuf,
+    },
+    /// Detach a shadow.
+    Remove {
+        #[arg(long)]
+        socket: PathBuf,
+        /// The shadow's name.
+        #[arg(long)]
+        model: String,
+    },
+    /// The shadows beside the primary: agreement, latency, signal quality.
+    List {
+        #[arg(long)]
+        socket: PathBuf,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn shadow(action: ShadowAction) -> ExitCode {
+    use tickinfer::control;
+    let result = match action {
+        ShadowAction::Add { socket, model } => control::request_shadow_add(&socket, &model).map(|r| {
+            println!("shadow attached: {} v{} ({}) from {}", r.name, r.version, r.backend, r.path);
+        }),
+        ShadowAction::Remove { socket, model } => {
+            control::request_shadow_remove(&socket, &model).map(|()| println!("shadow {model} removed"))
+        }
+        ShadowAction::List { socket, json } => control::request_shadow_list(&socket).map(|list| {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list).expect("reports serialise"));
+            } else if list.is_empty() {
+                println!("no shadow attached");
+            } else {
+                list.iter().for_each(|r| println!("{}", tickinfer::stats::shadow_summary(r)));
+            }
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tickinfer shadow: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_micros()
@@ -200,6 +274,19 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("tickinfer reload: refused, the old model keeps serving: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Shadow { action } => shadow(action),
+        Command::Promote { socket, model, force } => {
+            match tickinfer::control::request_promote(&socket, &model, force) {
+                Ok((name, version)) => {
+                    println!("promoted: now serving {name} v{version}; the old primary is a shadow");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tickinfer promote: refused, the primary keeps serving: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -531,6 +531,14 @@ impl Tally {
         }
     }
 
+    /// This tally takes the place of `before` in a scoring thread's stats (a promoted
+    /// shadow's counts, with the `Quality` they belong to): numbered after it, so the shared
+    /// copy, which took `before`, takes this one.
+    pub fn succeed(&mut self, before: &Tally) {
+        self.seq = self.seq.max(before.seq) + 1;
+        self.published = 0;
+    }
+
     /// Published: nothing new until the next update.
     pub fn mark_published(&mut self) {
         self.published = self.seq;
@@ -660,115 +668,169 @@ impl std::fmt::Display for QualityReport {
     }
 }
 
-/// The Prometheus exposition of a tally (`model`: the serving model, for a tally that
-/// has seen no answer yet).
-pub fn write_prometheus(out: &mut String, tally: &Tally, serving: Option<&str>) {
+/// One tally in the metrics: its counts, the model to name when it has seen no answer yet,
+/// and its role (`primary`, or `shadow`: `crate::shadow`).
+pub struct Exposed<'a> {
+    pub tally: &'a Tally,
+    pub serving: Option<&'a str>,
+    pub role: &'a str,
+}
+
+/// The Prometheus exposition of the tallies: one HELP/TYPE per metric, one series per tally
+/// (labels `model` and `role`).
+pub fn write_prometheus(out: &mut String, tallies: &[Exposed<'_>]) {
     use std::fmt::Write as _;
-    let (model, id) = match (&tally.identity, serving) {
-        (Some(id), _) => (id.model.as_str(), Some(id.as_ref())),
-        (None, Some(m)) => (m, None),
-        (None, None) => return,
-    };
-    let model = model.replace(['"', '\\', '\n'], "_");
-    let t = &tally.total;
-    let _ = writeln!(
-        out,
-        "# HELP tickinfer_signal_answers_total Answers with status ok seen by signal quality (scored + unscored + pending).\n\
-         # TYPE tickinfer_signal_answers_total counter\ntickinfer_signal_answers_total{{model=\"{model}\"}} {}",
-        tally.answers
-    );
-    let _ = writeln!(
-        out,
-        "# HELP tickinfer_signal_outcomes_total Scored answers by predicted and realised direction (the model's label rule).\n\
-         # TYPE tickinfer_signal_outcomes_total counter"
-    );
-    for (p, predicted) in DIRECTIONS.iter().enumerate() {
-        for (r, realised) in DIRECTIONS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "tickinfer_signal_outcomes_total{{model=\"{model}\",predicted=\"{predicted}\",realised=\"{realised}\"}} {}",
-                t.outcomes.0[r][p]
-            );
-        }
+    // (labels, tally, identity)
+    let rows: Vec<(String, &Tally, Option<&Identity>)> = tallies
+        .iter()
+        .filter_map(|e| {
+            let (model, id) = match (&e.tally.identity, e.serving) {
+                (Some(id), _) => (id.model.as_str(), Some(id.as_ref())),
+                (None, Some(m)) => (m, None),
+                (None, None) => return None,
+            };
+            let model = model.replace(['"', '\\', '\n'], "_");
+            Some((format!("model=\"{model}\",role=\"{}\"", e.role), e.tally, id))
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
     }
-    let _ = writeln!(
+    let metric =
+        |out: &mut String, name: &str, kind: &str, help: &str, line: &dyn Fn(&str, &Tally) -> String| {
+            let _ = writeln!(out, "# HELP tickinfer_{name} {help}\n# TYPE tickinfer_{name} {kind}");
+            for (labels, tally, _) in &rows {
+                let _ = writeln!(out, "{}", line(labels, tally));
+            }
+        };
+    metric(
         out,
-        "# HELP tickinfer_signal_scored_total Answers scored against the realised move.\n\
-         # TYPE tickinfer_signal_scored_total counter\ntickinfer_signal_scored_total{{model=\"{model}\"}} {}",
-        t.scored()
+        "signal_answers_total",
+        "counter",
+        "Answers with status ok seen by signal quality (scored + unscored + pending).",
+        &|l, t| format!("tickinfer_signal_answers_total{{{l}}} {}", t.answers),
     );
-    let _ = writeln!(
+    metric(
         out,
-        "# HELP tickinfer_signal_unscored_total Answers never scored, by why: no_label_rule (the manifest has no [label]), \
-         not_seen (the symbol not seen again within the horizon), no_slot (--max-symbols), pending_full.\n\
-         # TYPE tickinfer_signal_unscored_total counter"
+        "signal_outcomes_total",
+        "counter",
+        "Scored answers by predicted and realised direction (the model's label rule).",
+        &|l, t| {
+            let mut lines = Vec::new();
+            for (p, predicted) in DIRECTIONS.iter().enumerate() {
+                for (r, realised) in DIRECTIONS.iter().enumerate() {
+                    lines.push(format!(
+                        "tickinfer_signal_outcomes_total{{{l},predicted=\"{predicted}\",realised=\"{realised}\"}} {}",
+                        t.total.outcomes.0[r][p]
+                    ));
+                }
+            }
+            lines.join("\n")
+        },
     );
-    for u in Unscored::ALL {
-        let _ = writeln!(
-            out,
-            "tickinfer_signal_unscored_total{{model=\"{model}\",reason=\"{}\"}} {}",
-            u.as_str(),
-            t.unscored[u as usize]
-        );
-    }
-    let _ = writeln!(
+    metric(out, "signal_scored_total", "counter", "Answers scored against the realised move.", &|l, t| {
+        format!("tickinfer_signal_scored_total{{{l}}} {}", t.total.scored())
+    });
+    metric(
         out,
-        "# HELP tickinfer_signal_pending Answers waiting for their symbol's mid at the horizon.\n\
-         # TYPE tickinfer_signal_pending gauge\ntickinfer_signal_pending{{model=\"{model}\"}} {}",
-        tally.pending
+        "signal_unscored_total",
+        "counter",
+        "Answers never scored, by why: no_label_rule (the manifest has no [label]), not_seen (the symbol not seen \
+         again within the horizon), no_slot (--max-symbols), pending_full.",
+        &|l, t| {
+            Unscored::ALL
+                .iter()
+                .map(|&u| {
+                    format!(
+                        "tickinfer_signal_unscored_total{{{l},reason=\"{}\"}} {}",
+                        u.as_str(),
+                        t.total.unscored[u as usize]
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
     );
-    let m = &t.moments;
-    let _ = writeln!(
+    metric(
         out,
-        "# HELP tickinfer_signal_ic_state Sums for the IC since load: x = direction x confidence, y = realised return in bps \
-         (a window's IC from delta() of each).\n# TYPE tickinfer_signal_ic_state gauge"
+        "signal_pending",
+        "gauge",
+        "Answers waiting for their symbol's mid at the horizon.",
+        &|l, t| format!("tickinfer_signal_pending{{{l}}} {}", t.pending),
     );
     let s = RET_SCALE;
-    for (term, v) in [
-        ("n", m.n as f64),
-        ("x", m.sx as f64),
-        ("y", m.sy as f64 / s),
-        ("xx", m.sxx as f64),
-        ("yy", m.syy as f64 / (s * s)),
-        ("xy", m.sxy as f64 / s),
-    ] {
-        let _ = writeln!(out, "tickinfer_signal_ic_state{{model=\"{model}\",sum=\"{term}\"}} {v}");
-    }
-    let _ = writeln!(
+    metric(
         out,
-        "# HELP tickinfer_signal_ic Pearson IC since load (direction x confidence against the realised return; NaN before two scores).\n\
-         # TYPE tickinfer_signal_ic gauge\ntickinfer_signal_ic{{model=\"{model}\"}} {}",
-        m.pearson().unwrap_or(f64::NAN)
+        "signal_ic_state",
+        "gauge",
+        "Sums for the IC since load: x = direction x confidence, y = realised return in bps (a window's IC from \
+         delta() of each).",
+        &|l, t| {
+            let m = &t.total.moments;
+            [
+                ("n", m.n as f64),
+                ("x", m.sx as f64),
+                ("y", m.sy as f64 / s),
+                ("xx", m.sxx as f64),
+                ("yy", m.syy as f64 / (s * s)),
+                ("xy", m.sxy as f64 / s),
+            ]
+            .iter()
+            .map(|(term, v)| format!("tickinfer_signal_ic_state{{{l},sum=\"{term}\"}} {v}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+        },
     );
-    let e = &t.errors;
-    let _ = writeln!(
+    metric(
         out,
-        "# HELP tickinfer_signal_target_abs_error_bps_total Absolute error of the target's return against the realised one, bps, \
-         summed over scored answers: the model's, and the no-change baseline's (target = mid).\n\
-         # TYPE tickinfer_signal_target_abs_error_bps_total counter\n\
-         tickinfer_signal_target_abs_error_bps_total{{model=\"{model}\",of=\"model\"}} {}\n\
-         tickinfer_signal_target_abs_error_bps_total{{model=\"{model}\",of=\"no_change\"}} {}",
-        (e.baseline_abs + e.abs_excess) as f64 / s,
-        e.baseline_abs as f64 / s
+        "signal_ic",
+        "gauge",
+        "Pearson IC since load (direction x confidence against the realised return; NaN before two scores).",
+        &|l, t| format!("tickinfer_signal_ic{{{l}}} {}", t.total.moments.pearson().unwrap_or(f64::NAN)),
     );
-    if let Some(id) = id {
-        if let Some(rule) = &id.rule {
+    metric(
+        out,
+        "signal_target_abs_error_bps_total",
+        "counter",
+        "Absolute error of the target's return against the realised one, bps, summed over scored answers: the \
+         model's, and the no-change baseline's (target = mid).",
+        &|l, t| {
+            let e = &t.total.errors;
+            format!(
+                "tickinfer_signal_target_abs_error_bps_total{{{l},of=\"model\"}} {}\n\
+                 tickinfer_signal_target_abs_error_bps_total{{{l},of=\"no_change\"}} {}",
+                (e.baseline_abs + e.abs_excess) as f64 / s,
+                e.baseline_abs as f64 / s
+            )
+        },
+    );
+    let labelled: Vec<_> = rows.iter().filter_map(|(l, _, id)| Some((l, (*id)?.rule?))).collect();
+    if !labelled.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP tickinfer_signal_label_info The model's label rule (its manifest's [label]).\n\
+             # TYPE tickinfer_signal_label_info gauge"
+        );
+        for (l, rule) in labelled {
             let _ = writeln!(
                 out,
-                "# HELP tickinfer_signal_label_info The serving model's label rule (its manifest's [label]).\n\
-                 # TYPE tickinfer_signal_label_info gauge\n\
-                 tickinfer_signal_label_info{{model=\"{model}\",horizon_events=\"{}\",horizon_ms=\"{}\",flat_bps=\"{}\"}} 1",
+                "tickinfer_signal_label_info{{{l},horizon_events=\"{}\",horizon_ms=\"{}\",flat_bps=\"{}\"}} 1",
                 rule.horizon_events.map_or(String::new(), |k| k.to_string()),
                 rule.horizon_ms.map_or(String::new(), |h| h.to_string()),
                 rule.flat_bps
             );
         }
-        if let Some(r) = id.reference_macro_f1 {
-            let _ = writeln!(
-                out,
-                "# HELP tickinfer_signal_reference_macro_f1 The model's test-set macro-F1, from its manifest (the training script's).\n\
-                 # TYPE tickinfer_signal_reference_macro_f1 gauge\ntickinfer_signal_reference_macro_f1{{model=\"{model}\"}} {r}"
-            );
+    }
+    let references: Vec<_> =
+        rows.iter().filter_map(|(l, _, id)| Some((l, (*id)?.reference_macro_f1?))).collect();
+    if !references.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP tickinfer_signal_reference_macro_f1 The model's test-set macro-F1, from its manifest (the training \
+             script's).\n# TYPE tickinfer_signal_reference_macro_f1 gauge"
+        );
+        for (l, r) in references {
+            let _ = writeln!(out, "tickinfer_signal_reference_macro_f1{{{l}}} {r}");
         }
     }
 }
@@ -794,6 +856,14 @@ struct Head {
     /// Ring position of the oldest pending answer, and how many there are.
     first: u32,
     len: u32,
+}
+
+/// A new model's generation: unique in the process, so a tally never takes another model's
+/// counts for its own (a reload, or a shadow promoted with its own `Quality`). Relaxed: a
+/// counter, nothing published through it.
+fn next_generation() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Marks a symbol with no slot in [`Quality::index`].
@@ -828,7 +898,7 @@ pub struct Quality {
 impl Quality {
     /// For the model of `manifest` (its `[label]`), `max_symbols` slots, allocated now.
     pub fn new(manifest: &crate::manifest::Manifest, max_symbols: usize) -> Quality {
-        Quality::with_generation(manifest, max_symbols, 1)
+        Quality::with_generation(manifest, max_symbols, next_generation())
     }
 
     fn with_generation(manifest: &crate::manifest::Manifest, max_symbols: usize, generation: u64) -> Quality {
@@ -880,7 +950,7 @@ impl Quality {
     /// A reloaded model: counts start afresh for it (the old model's pending answers are
     /// dropped). Allocates, once per reload, on the scoring thread.
     pub fn reload(&mut self, manifest: &crate::manifest::Manifest) {
-        *self = Quality::with_generation(manifest, self.max_symbols, self.identity.generation + 1);
+        *self = Quality::with_generation(manifest, self.max_symbols, next_generation());
     }
 
     /// One job the scoring stage answered with `resp`, in the stage's order. No allocation.

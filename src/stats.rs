@@ -174,6 +174,7 @@ impl Stats {
             idle_disconnects: self.idle_disconnects,
             symbols_evicted: self.symbols_evicted,
             signal_quality: self.quality.report(),
+            shadows: Vec::new(),
         }
     }
 }
@@ -254,6 +255,45 @@ pub struct StatsReport {
     /// Live signal quality of the serving model (`None` before its first answer).
     #[serde(default)]
     pub signal_quality: Option<crate::quality::QualityReport>,
+    /// Shadow candidates (`crate::shadow`), in the order they were attached (filled in by the
+    /// control plane).
+    #[serde(default)]
+    pub shadows: Vec<ShadowReport>,
+}
+
+/// One shadow candidate beside the primary.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShadowReport {
+    pub name: String,
+    pub version: u32,
+    /// Its manifest.
+    pub path: String,
+    pub backend: String,
+    /// Requests it scored (every one the primary admitted to its model, but those dropped).
+    pub scored: u64,
+    /// Requests not queued for it because it was behind (its state then starts again).
+    pub dropped: u64,
+    /// Requests queued for it now.
+    pub queued: u64,
+    /// Holes in its stream (runs of dropped requests).
+    pub gaps: u64,
+    /// After a hole, until every symbol it had seen has warmed again.
+    pub stale: bool,
+    /// A promotion gave up on its handover: out of step for good (remove it).
+    pub broken: bool,
+    /// Symbols whose last answer from it carried the warming flag.
+    pub warming_symbols: u64,
+    /// Its model runs, per run.
+    pub inference_ns: Percentiles,
+    /// Rows: the primary's direction (−1, 0, +1); columns: the shadow's (both answered ok).
+    pub agreement: [[u64; 3]; 3],
+    /// Of those, the share with the same direction.
+    pub agreement_rate: Option<f64>,
+    /// The primary answered ok and the shadow did not, and the other way round.
+    pub shadow_only_failed: u64,
+    pub primary_only_failed: u64,
+    /// Its live signal quality (`None` before its first answer).
+    pub quality: Option<crate::quality::QualityReport>,
 }
 
 /// The serving model, its backend now and why.
@@ -342,6 +382,40 @@ impl std::fmt::Display for StatsReport {
         if let Some(q) = &self.signal_quality {
             write!(f, "\n{q}")?;
         }
+        for s in &self.shadows {
+            write!(f, "\n{}", shadow_summary(s))?;
+        }
         Ok(())
     }
+}
+
+/// A shadow in a few lines: what it runs, its state, latency, agreement and quality.
+pub fn shadow_summary(s: &ShadowReport) -> String {
+    let mut out = format!(
+        "shadow {} v{} ({}) from {}: scored {}, dropped {} ({} holes), queued {}{}{}",
+        s.name,
+        s.version,
+        s.backend,
+        s.path,
+        s.scored,
+        s.dropped,
+        s.gaps,
+        s.queued,
+        if s.stale { ", STALE until re-warmed" } else { "" },
+        if s.broken { ", BROKEN (remove it)" } else { "" },
+    );
+    out += &format!(
+        "\n  warming symbols {}; model run p50 {} ns, p99 {} ns, p99.9 {} ns",
+        s.warming_symbols, s.inference_ns.p50, s.inference_ns.p99, s.inference_ns.p999
+    );
+    let rate = s.agreement_rate.map_or("n/a".to_string(), |r| format!("{:.2} %", 100.0 * r));
+    out += &format!(
+        "\n  agreement with the primary {rate} (rows: primary -1/0/+1, columns: shadow) {:?} {:?} {:?}; \
+         only the shadow failed {}, only the primary {}",
+        s.agreement[0], s.agreement[1], s.agreement[2], s.shadow_only_failed, s.primary_only_failed
+    );
+    if let Some(q) = &s.quality {
+        out += &format!("\n  {}", q.to_string().replace('\n', "\n  "));
+    }
+    out
 }

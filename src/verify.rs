@@ -254,7 +254,7 @@ pub fn start(
 /// The online cores but the calling thread's own when it is pinned to some of them (a
 /// thread inherits its creator's affinity: a verifier started from a pinned hot thread must
 /// not share its core); empty (any) when it is not pinned.
-fn off_this_threads_cores() -> Vec<usize> {
+pub(crate) fn off_this_threads_cores() -> Vec<usize> {
     let mine: Vec<usize> =
         core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
     let online = std::thread::available_parallelism().map_or(1, |n| n.get()).max(crate::sys::online_cpus());

@@ -1,6 +1,9 @@
-//! Open-loop replay tells the server's latency, not the client's: benchmark-style
-//! (prints every number; asserts only ratios: twice the acceptance target in a release
-//! build, looser in a debug one).
+//! Open-loop replay tells the server's latency, not the client's: benchmark-style. It
+//! asserts what does not depend on the machine's load (every event answered once, in order,
+//! the open-loop and keep-warm settings reported) and prints every number; the latency
+//! ratios are asserted only when asked (`TICKINFER_TIMED_ASSERTS=1`, on a quiet machine:
+//! twice the acceptance target in a release build, looser in a debug one). A timed
+//! assertion in CI measured the machine instead: 864× on a VM busy with two builds.
 //!
 //! In one run, against an in-process server on the bundled model, `--server-poll spin`,
 //! each open loop twice: as is, and with both ends kept warm while idle
@@ -135,6 +138,14 @@ fn open_loop_latency_matches_closed_loop_at_light_load_and_in_bursts() {
     // VM (README), but a run without it must not be unexplainably worse either.
     let (light_bound, burst_bound) = if cfg!(debug_assertions) { (20.0, 10.0) } else { (4.0, 6.0) };
     eprintln!("bounds: {light_bound}× and {burst_bound}× (debug build: {})", cfg!(debug_assertions));
+    if std::env::var_os("TICKINFER_TIMED_ASSERTS").is_none() {
+        util::skip(
+            "the open/closed latency ratios",
+            "printed above, asserted only with TICKINFER_TIMED_ASSERTS=1 on a quiet machine (speed targets \
+             belong in benchmarks)",
+        );
+        return;
+    }
     for (kept, (ratio, warned)) in ["", ", both ends kept warm"].iter().zip(light) {
         assert!(
             ratio <= light_bound || warned,

@@ -145,6 +145,11 @@ pub struct ServeOptions {
     /// Symbol table: the symbol_ids served (others get ML_ERR_UNKNOWN_SYMBOL); repeatable.
     #[arg(long = "symbol")]
     pub symbols: Option<Vec<u16>>,
+    /// A shadow candidate beside the model (at most 4; repeatable): sees a copy of every
+    /// request the model scores, off the hot path; its answers are compared, never sent
+    /// (`tickinfer shadow`, `tickinfer promote`).
+    #[arg(long = "shadow")]
+    pub shadows: Option<Vec<PathBuf>>,
     /// Seconds between stats log lines; 0 turns them off [default: 10].
     #[arg(long)]
     pub stats_interval_s: Option<u64>,
@@ -266,6 +271,13 @@ impl ServeOptions {
             v => Ok(v.map(unit)),
         };
         let idle_timeout = seconds("--idle-timeout-s", self.idle_timeout_s, Duration::from_secs)?;
+        let shadows = self.shadows.unwrap_or_default();
+        if shadows.len() > crate::shadow::MAX_SHADOWS {
+            return Err(format!("--shadow: at most {} shadows", crate::shadow::MAX_SHADOWS));
+        }
+        if let Some(missing) = shadows.iter().find(|p| !p.is_file()) {
+            return Err(format!("--shadow {}: no such manifest", missing.display()));
+        }
         let evict_idle_symbols =
             seconds("--evict-idle-symbols-ms", self.evict_idle_symbols_ms, Duration::from_millis)?;
         if max_inflight == 0 || max_inflight > 65_536 {
@@ -328,6 +340,7 @@ impl ServeOptions {
             max_symbols,
             evict_idle_symbols,
             symbols: self.symbols,
+            shadows,
             stats_interval: Duration::from_secs(self.stats_interval_s.unwrap_or(10)),
             engine: EngineOptions {
                 ort_lib: self.ort_lib,
@@ -396,6 +409,8 @@ pub struct ServerConfig {
     /// A new symbol may take the slot of the least recently seen one idle this long.
     pub evict_idle_symbols: Option<Duration>,
     pub symbols: Option<Vec<u16>>,
+    /// Shadow candidates attached once the server serves (`crate::shadow`).
+    pub shadows: Vec<PathBuf>,
     /// Zero: no periodic stats log line.
     pub stats_interval: Duration,
     pub engine: EngineOptions,

@@ -147,6 +147,8 @@ pub struct Shared {
     pub queue_depth: AtomicU64,
     /// The live verifier's counters (`crate::verify`), across reloads.
     pub verify: Arc<crate::verify::Counters>,
+    /// Shadow candidates (`crate::shadow`).
+    pub shadows: crate::shadow::Registry,
     /// The model is loaded and the loop about to run: connections are answered.
     serving: AtomicBool,
 }
@@ -161,6 +163,25 @@ impl Shared {
     pub fn is_serving(&self) -> bool {
         // Acquire: pairs with the Release store in `run`; the serving model is recorded before.
         self.serving.load(Ordering::Acquire)
+    }
+}
+
+/// `--shadow`: attach each, off the hot path, once the loop runs (a shadow that cannot load
+/// is logged; the primary serves regardless).
+fn attach_shadows(shared: &Arc<Shared>, paths: &[std::path::PathBuf]) {
+    if paths.is_empty() {
+        return;
+    }
+    let (shared, paths) = (shared.clone(), paths.to_vec());
+    let spawned = std::thread::Builder::new().name("tickinfer-shadows".into()).spawn(move || {
+        for path in paths {
+            if let Err(e) = shared.shadows.add(&shared.reload, &path) {
+                log::error!("--shadow {}: not attached: {e}", path.display());
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        log::error!("--shadow: cannot start the thread that attaches them: {e}");
     }
 }
 
@@ -324,6 +345,7 @@ pub fn run(
         None => None,
     };
     shared.reload.set_current(model.clone(), cfg.model.clone(), cfg.engine.clone());
+    shared.shadows.set_layout(cfg.max_symbols, cfg.evict_idle_symbols);
     // Relaxed: a configuration value for the metrics endpoint, nothing else hangs on it.
     shared.max_connections.store(cfg.max_connections as u64, Ordering::Relaxed);
     let ready = Ready { mode, poll: cfg.poll, io_core, worker_core, model };
@@ -386,6 +408,7 @@ pub fn run(
     // Release: a control command that sees this sees the serving model recorded above.
     io.shared.serving.store(true, Ordering::Release);
     on_ready(&ready);
+    attach_shadows(&io.shared, &io.cfg.shadows);
     let ran = io.run();
     // Drained (or failed): no scoring thread will take a reload any more.
     io.shared.reload.close();

@@ -97,6 +97,39 @@ impl ReloadSlot {
         self.closed.store(true, Ordering::Release);
     }
 
+    /// Wake the scoring thread (something waits for it: a shadow change).
+    pub fn wake(&self) {
+        if let Some(wake) = self.wake.get() {
+            wake();
+        }
+    }
+
+    /// The scoring thread has stopped.
+    pub fn is_closed(&self) -> bool {
+        // Acquire: pairs with `close`'s Release store.
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The serving model's info and the engine options it was loaded with.
+    pub fn current_with_options(&self) -> Option<(ModelInfo, EngineOptions)> {
+        self.current.lock().ok()?.as_ref().map(|(i, _, o)| (i.clone(), o.clone()))
+    }
+
+    /// Scoring thread, at a promotion (`crate::shadow`): `info` from `path` serves now (with
+    /// the same engine options); the old record is returned. New connections learn it as
+    /// after a reload.
+    pub fn promoted(&self, info: ModelInfo, path: PathBuf) -> Option<(ModelInfo, PathBuf)> {
+        let old = {
+            let mut c = self.current.lock().ok()?;
+            let (old_info, old_path, opts) = c.take()?;
+            *c = Some((info, path, opts));
+            (old_info, old_path)
+        };
+        // Release: whoever sees the count move reads the new `current`.
+        self.swaps.fetch_add(1, Ordering::Release);
+        Some(old)
+    }
+
     /// Record the model the server started with.
     pub fn set_current(&self, info: ModelInfo, path: PathBuf, opts: EngineOptions) {
         if let Ok(mut c) = self.current.lock() {
@@ -253,24 +286,7 @@ impl ReloadSlot {
             self.current.lock().map_err(|_| "poisoned")?.clone().ok_or("the server is not serving yet")?;
         let engine = Engine::load(manifest, &opts).map_err(|e| e.to_string())?;
         let new = engine.info().clone();
-        if new.size_scale != serving.size_scale {
-            return Err(format!(
-                "size_scale {} differs from the serving model's {} (clients were told {}); restart the server to change it",
-                new.size_scale, serving.size_scale, serving.size_scale
-            ));
-        }
-        if new.price_scale != serving.price_scale {
-            return Err(format!(
-                "price_scale {} differs from the serving model's {} (clients were told {}); restart the server to change it",
-                new.price_scale, serving.price_scale, serving.price_scale
-            ));
-        }
-        if new.extra_features != serving.extra_features {
-            return Err(format!(
-                "the model reads {} extra features, the serving one {} (clients were told {}); restart the server to change it",
-                new.extra_features, serving.extra_features, serving.extra_features
-            ));
-        }
+        same_wire(&serving, &new)?;
         let next = (new.clone(), manifest.to_path_buf(), opts);
         *self.incoming.lock().map_err(|_| "poisoned")? = Some((engine, next));
         // Release: the scoring thread's Acquire load of `pending` sees `incoming` filled.
@@ -297,4 +313,29 @@ impl ReloadSlot {
         drop(self.retired.lock().map_err(|_| "poisoned")?.take());
         Ok(new)
     }
+}
+
+/// Whether `new` keeps the wire contract the clients of a server serving `serving` were
+/// given in their hello ack (the same size scale, price scale and extra features): what a
+/// reload, and a shadow that may be promoted, must keep.
+pub fn same_wire(serving: &ModelInfo, new: &ModelInfo) -> Result<(), String> {
+    if new.size_scale != serving.size_scale {
+        return Err(format!(
+            "size_scale {} differs from the serving model's {} (clients were told {}); restart the server to change it",
+            new.size_scale, serving.size_scale, serving.size_scale
+        ));
+    }
+    if new.price_scale != serving.price_scale {
+        return Err(format!(
+            "price_scale {} differs from the serving model's {} (clients were told {}); restart the server to change it",
+            new.price_scale, serving.price_scale, serving.price_scale
+        ));
+    }
+    if new.extra_features != serving.extra_features {
+        return Err(format!(
+            "the model reads {} extra features, the serving one {} (clients were told {}); restart the server to change it",
+            new.extra_features, serving.extra_features, serving.extra_features
+        ));
+    }
+    Ok(())
 }

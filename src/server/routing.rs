@@ -19,6 +19,7 @@ impl IoLoop {
             Stage::Inline { scorer, jobs, dones } => {
                 // Every turn, jobs or not: an idle server takes a reload at once (one atomic load).
                 scorer.poll_reload(&self.shared.reload);
+                scorer.poll_shadows(&self.shared.shadows, &self.shared.reload, &mut self.stats);
                 if !jobs.is_empty() {
                     scorer.score(jobs, &mut self.stats, |done| dones.push(done));
                     jobs.clear();

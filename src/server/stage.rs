@@ -8,6 +8,7 @@ use crate::engine::Engine;
 use crate::manifest::Prediction;
 use crate::quality::Quality;
 use crate::ratelog::RateLimited;
+use crate::shadow::{Primary, Registry, Taps};
 use crate::state::{Admitted, State};
 use crate::stats::Stats;
 use crate::wire::{MlRequest, MlResponse, Status, RESPONSE_END, RESPONSE_WARMING};
@@ -60,6 +61,9 @@ pub struct Scorer {
     warm_log: RateLimited,
     /// Live signal quality: every answer scored when its symbol's mid reaches the horizon.
     quality: Quality,
+    /// Shadow candidates: each request admitted to the model, with its answer, queued for
+    /// each (never waited for).
+    shadows: Taps,
 }
 
 impl Scorer {
@@ -89,6 +93,7 @@ impl Scorer {
             preds: vec![None; max_batch],
             nonfinite_log: RateLimited::new(1_000_000_000),
             eviction_log: RateLimited::new(1_000_000_000),
+            shadows: Taps::default(),
         }
     }
 
@@ -133,8 +138,42 @@ impl Scorer {
             self.state = self.engine.new_state(self.state.max_symbols());
             self.state.set_eviction(eviction);
         }
-        self.model_version = self.engine.info().version;
         self.quality.reload(self.engine.manifest());
+        self.model_changed();
+    }
+
+    /// Between two runs: apply a pending shadow change (`crate::shadow`); a promotion swaps
+    /// in the shadow's engine, state and quality (its counts into `stats`), warm.
+    #[inline]
+    pub fn poll_shadows(
+        &mut self,
+        shadows: &Registry,
+        serving: &super::reload::ReloadSlot,
+        stats: &mut Stats,
+    ) {
+        if !shadows.is_pending() {
+            return;
+        }
+        let primary = Primary {
+            engine: &mut self.engine,
+            state: &mut self.state,
+            quality: &mut self.quality,
+            tally: &mut stats.quality,
+        };
+        if shadows.poll(&mut self.shadows, primary, serving) {
+            log::info!(
+                "promoted: {} v{} serves from the next request, with its warm state ({} symbols)",
+                self.engine.info().name,
+                self.engine.info().version,
+                self.state.symbols()
+            );
+            self.model_changed();
+        }
+    }
+
+    /// After the engine changed (a reload or a promotion): what follows from the model.
+    fn model_changed(&mut self) {
+        self.model_version = self.engine.info().version;
         self.warm_req = self.engine.warm_request(0);
         if self.engine.state_spec() != self.warm_state.spec() {
             self.warm_state = self.engine.new_state(1);
@@ -164,7 +203,8 @@ impl Scorer {
     /// between them). No allocation.
     pub fn score(&mut self, jobs: &[Job], stats: &mut Stats, mut emit: impl FnMut(Done)) {
         // One clock for the whole call: a symbol admitted in it is never idle within it.
-        let seen_ns = if self.state.is_stateless() { 0 } else { now_ns() };
+        // Shadows admit symbols at the same instant (their state may be stateful).
+        let seen_ns = if self.state.is_stateless() && self.shadows.is_empty() { 0 } else { now_ns() };
         let mut start = 0;
         while start < jobs.len() {
             // Take jobs until max_batch runnable ones are collected (at most SPAN looked at).
@@ -249,6 +289,9 @@ impl Scorer {
                 }
                 debug_assert_eq!({ resp.frame_end }, RESPONSE_END);
                 self.quality.observe(&job.req, &resp, &mut stats.quality);
+                if !self.shadows.is_empty() && job.status == Status::Ok {
+                    self.shadows.offer(&job.req, seen_ns, &resp);
+                }
                 emit(Done { slot: job.slot, generation: job.generation, resp });
             }
             start = end;

@@ -79,6 +79,7 @@ impl Worker {
             loop {
                 // Every turn, jobs or not: an idle worker takes a reload at once (one atomic load).
                 scorer.poll_reload(&shared.reload);
+                scorer.poll_shadows(&shared.shadows, &shared.reload, &mut stats);
                 jobs.clear();
                 if ring::pop_into(&mut jobs_rx, &mut jobs, max_batch) == 0 {
                     // Acquire: pairs with the I/O thread's Release store after its last push.
@@ -100,7 +101,11 @@ impl Worker {
                         std::hint::spin_loop();
                     } else {
                         wb.announce_sleep();
-                        if jobs_rx.is_empty() && !st.load(Ordering::Acquire) && !shared.reload.is_pending() {
+                        if jobs_rx.is_empty()
+                            && !st.load(Ordering::Acquire)
+                            && !shared.reload.is_pending()
+                            && !shared.shadows.is_pending()
+                        {
                             std::thread::park_timeout(Duration::from_millis(100));
                         }
                         wb.wake_pending();
