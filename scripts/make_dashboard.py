@@ -218,6 +218,26 @@ ts("Target error (regression models)",
 ts("Pending answers", "Answers waiting for their symbol's mid at the model's horizon (bounded: horizon_events per symbol).",
    [(f'sum by (model) (tickinfer_signal_pending{{{SEL}}})', "{{model}}")], "none", 16, y)
 y += 8
+row("Shadow candidates beside the primary (README \"Shadow candidates\")", y); y += 1
+ts("Agreement with the primary",
+   "Share of requests both answered ok on which a shadow gave the primary's direction, per interval, by shadow.",
+   [(f'sum by (model) (increase(tickinfer_shadow_agreement_total{{{SEL}, primary="-1", shadow="-1"}}[$__rate_interval]) '
+     f'or ignoring (primary, shadow) increase(tickinfer_shadow_agreement_total{{{SEL}, primary="0", shadow="0"}}[$__rate_interval]) '
+     f'or ignoring (primary, shadow) increase(tickinfer_shadow_agreement_total{{{SEL}, primary="1", shadow="1"}}[$__rate_interval])) '
+     f'/ sum by (model) (increase(tickinfer_shadow_agreement_total{{{SEL}}}[$__rate_interval]))', "{{model}}")],
+   "percentunit", 0, y)
+ts("Model run time, primary and shadows",
+   "p50 and p99 of each model's run (per run), by model and role: a candidate's cost before it serves.",
+   [(f'max by (model, role) (tickinfer_model_run_seconds{{{SEL}, quantile="0.5"}})', "{{model}} ({{role}}) p50"),
+    (f'max by (model, role) (tickinfer_model_run_seconds{{{SEL}, quantile="0.99"}})', "{{model}} ({{role}}) p99")],
+   "s", 8, y)
+ts("Shadow drops and staleness",
+   "Requests dropped per interval because a shadow was behind (alert TickinferShadowDropping), requests queued for "
+   "it, and whether it is stale (re-warming after a hole; promote refuses it without --force).",
+   [(f'sum by (model) (increase(tickinfer_shadow_dropped_total{{{SEL}}}[$__rate_interval]))', "{{model}} dropped"),
+    (f'max by (model) (tickinfer_shadow_queued{{{SEL}}})', "{{model}} queued"),
+    (f'max by (model) (tickinfer_shadow_stale{{{SEL}}})', "{{model}} stale")], "none", 16, y)
+y += 8
 row("Host readiness (tickinfer doctor, as the server's process sees it)", y); y += 1
 stat("Doctor warnings", "Findings of level warn: each costs latency; `tickinfer doctor` on the host prints the fix.",
      [(f'count(tickinfer_doctor_finding{{{SEL}, level="warn"}}) or vector(0)', "")], "none", 0, y, w=4, h=8,

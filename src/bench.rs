@@ -404,6 +404,13 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
             ),
         ));
     }
+    eprintln!("bench: (c) tickinfer end to end, --poll spin, one shadow candidate attached");
+    rows.push(match shadowed(&opts.model, n, server_core, client_core, scale, extras) {
+        Ok((h, note)) => {
+            Row::of("tickinfer e2e --poll spin, one shadow", h, format!("inline, {place}; {note}"))
+        }
+        Err(why) => Row::skipped("tickinfer e2e --poll spin, one shadow", format!("skipped: {why}")),
+    });
     eprintln!("bench: (c') tickinfer end to end over shared memory");
     rows.push(Row::of(
         "tickinfer e2e shm",
@@ -434,7 +441,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
         ));
     }
     eprintln!("bench: (d) throughput");
-    let (per_s, h) = throughput(&opts.model, opts, server_core, client_core, scale, extras)?;
+    let (per_s, h, _) = throughput(&opts.model, opts, server_core, client_core, scale, extras, None)?;
     let mut row = Row::of(
         "tickinfer throughput (pipelined)",
         h,
@@ -442,6 +449,27 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
     );
     row.throughput_per_s = Some(per_s);
     rows.push(row);
+    eprintln!("bench: (d) throughput, one shadow candidate attached");
+    match shadow_copy(&opts.model)
+        .and_then(|(_dir, m)| throughput(&opts.model, opts, server_core, client_core, scale, extras, Some(m)))
+    {
+        Ok((per_s, h, report)) => {
+            let mut row = Row::of(
+                "tickinfer throughput (pipelined), one shadow",
+                h,
+                format!(
+                    "as the row above, with the same model as a shadow: it scored {}, dropped {} (behind: it \
+                     runs on the cores the server leaves free)",
+                    report.scored, report.dropped
+                ),
+            );
+            row.throughput_per_s = Some(per_s);
+            rows.push(row);
+        }
+        Err(why) => {
+            rows.push(Row::skipped("tickinfer throughput (pipelined), one shadow", format!("skipped: {why}")))
+        }
+    }
     eprintln!("bench: (e) Python sidecar");
     rows.push(
         match python_sidecar(
@@ -969,7 +997,84 @@ fn sparse(
     h
 }
 
-/// (d) Pipelined throughput: each connection keeps two windows in flight.
+/// A copy of `model`'s manifest named `<name>_shadow` (the same .onnx, by absolute path), in
+/// a temporary directory (kept while the directory lives): the bench's shadow candidate.
+fn shadow_copy(model: &Path) -> Result<(ScratchDir, PathBuf), String> {
+    let text = std::fs::read_to_string(model).map_err(|e| format!("{}: {e}", model.display()))?;
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| format!("{}: {e}", model.display()))?;
+    let m = table.get_mut("model").and_then(|m| m.as_table_mut()).ok_or("the manifest has no [model]")?;
+    let name = m.get("name").and_then(|n| n.as_str()).unwrap_or("model").to_string();
+    let onnx = m.get("onnx").and_then(|o| o.as_str()).ok_or("the manifest names no onnx")?;
+    let onnx = model.parent().unwrap_or(Path::new(".")).join(onnx);
+    let onnx = std::fs::canonicalize(&onnx).map_err(|e| format!("{}: {e}", onnx.display()))?;
+    m.insert("name".into(), toml::Value::String(format!("{name}_shadow")));
+    m.insert("onnx".into(), toml::Value::String(onnx.display().to_string()));
+    let dir = ScratchDir(std::env::temp_dir().join(format!(
+        "tickinfer-shadow-{}-{}",
+        std::process::id(),
+        now_ns()
+    )));
+    std::fs::create_dir_all(&dir.0).map_err(|e| format!("{}: {e}", dir.0.display()))?;
+    let path = dir.0.join("shadow.toml");
+    std::fs::write(&path, toml::to_string(&table).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    Ok((dir, path))
+}
+
+/// A directory removed when dropped.
+struct ScratchDir(PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Wait (at most 60 s) until `server` has its shadow attached.
+fn shadow_attached(server: &crate::replay::LocalServer) -> Result<(), String> {
+    let t0 = Instant::now();
+    while server.shadows().is_empty() {
+        if t0.elapsed() > Duration::from_secs(60) {
+            return Err("the shadow was not attached within 60 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// (c) with a copy of the model attached as a shadow candidate: the primary's round trip,
+/// and a note of what the shadow did meanwhile.
+fn shadowed(
+    model: &Path,
+    n: usize,
+    server_core: usize,
+    client_core: usize,
+    scale: i64,
+    extras: u16,
+) -> Result<(Histogram<u64>, String), String> {
+    let (_dir, shadow) = shadow_copy(model)?;
+    let mut cfg = polling(model, PollMode::Spin);
+    cfg.shadows = vec![shadow];
+    let server = local_server_with(cfg, server_core)?;
+    shadow_attached(&server)?;
+    let h = sync_client(&server.socket, n, client_core, scale, extras)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let r = server.shadows().pop().unwrap_or_default();
+    server.stop()?;
+    Ok((
+        h,
+        format!(
+            "busy-poll client, 1 in flight; the same model as a shadow ({}): scored {}, dropped {}, agreement {}",
+            r.backend,
+            r.scored,
+            r.dropped,
+            r.agreement_rate.map_or("n/a".into(), |a| format!("{:.2} %", 100.0 * a))
+        ),
+    ))
+}
+
+/// (d) Pipelined throughput: each connection keeps two windows in flight; with `shadow`
+/// attached when given (its report returned).
+#[allow(clippy::too_many_arguments)]
 fn throughput(
     model: &Path,
     opts: &BenchOptions,
@@ -977,8 +1082,15 @@ fn throughput(
     client_core: usize,
     scale: i64,
     extras: u16,
-) -> Result<(f64, Histogram<u64>), String> {
-    let server = local_server(model, PollMode::Spin, server_core, None)?;
+    shadow: Option<PathBuf>,
+) -> Result<(f64, Histogram<u64>, crate::stats::ShadowReport), String> {
+    let mut cfg = polling(model, PollMode::Spin);
+    let shadowed = shadow.is_some();
+    cfg.shadows = shadow.into_iter().collect();
+    let server = local_server_with(cfg, server_core)?;
+    if shadowed {
+        shadow_attached(&server)?;
+    }
     let deadline = Instant::now() + Duration::from_secs_f64(opts.throughput_secs);
     let window = opts.window.max(1);
     let threads: Vec<_> = (0..opts.connections.max(1))
@@ -1025,9 +1137,13 @@ fn throughput(
         let _ = h.add(&th);
     }
     let secs = t0.elapsed().as_secs_f64();
+    if shadowed {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let report = server.shadows().pop().unwrap_or_default();
     let stats = server.stop()?;
     log::info!("throughput run: server batch mean {:.1}", stats.batch.mean);
-    Ok((total as f64 / secs, h))
+    Ok((total as f64 / secs, h, report))
 }
 
 /// (e) The quick alternative: a Python socket server calling onnxruntime.

@@ -790,28 +790,29 @@ fn write_shadow_metrics(
     let _ = writeln!(
         out,
         "# HELP tickinfer_model_run_seconds Model run time per run, by model and role (primary: since start; shadow: \
-         since attached or promoted).\n# TYPE tickinfer_model_run_seconds gauge"
+         since attached or promoted).\n# TYPE tickinfer_model_run_seconds summary"
     );
-    let q = |p: &crate::stats::Percentiles| [("0.5", p.p50), ("0.99", p.p99), ("0.999", p.p999)];
-    if let Some(m) = serving {
-        for (quantile, ns) in q(&crate::stats::Percentiles::of(primary)) {
+    let mut summary = |model: &str, role: &str, p: &crate::stats::Percentiles| {
+        let labels = format!("model=\"{}\",role=\"{role}\"", clean(model));
+        for (quantile, ns) in [("0.5", p.p50), ("0.99", p.p99), ("0.999", p.p999)] {
             let _ = writeln!(
                 out,
-                "tickinfer_model_run_seconds{{model=\"{}\",role=\"primary\",quantile=\"{quantile}\"}} {}",
-                clean(m),
+                "tickinfer_model_run_seconds{{{labels},quantile=\"{quantile}\"}} {}",
                 ns as f64 / 1e9
             );
         }
+        let _ = writeln!(
+            out,
+            "tickinfer_model_run_seconds_sum{{{labels}}} {}\ntickinfer_model_run_seconds_count{{{labels}}} {}",
+            p.mean * p.count as f64 / 1e9,
+            p.count
+        );
+    };
+    if let Some(m) = serving {
+        summary(m, "primary", &crate::stats::Percentiles::of(primary));
     }
     for (r, _) in shadows {
-        for (quantile, ns) in q(&r.inference_ns) {
-            let _ = writeln!(
-                out,
-                "tickinfer_model_run_seconds{{model=\"{}\",role=\"shadow\",quantile=\"{quantile}\"}} {}",
-                clean(&r.name),
-                ns as f64 / 1e9
-            );
-        }
+        summary(&r.name, "shadow", &r.inference_ns);
     }
     if shadows.is_empty() {
         return;

@@ -79,6 +79,8 @@ struct Record {
     gap: bool,
 }
 
+// Every ring slot is a record's size either way; boxing would allocate per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy, Debug)]
 enum Msg {
     Score(Record),
@@ -433,6 +435,13 @@ impl Registry {
         let info = engine.info().clone();
         // A shadow may become the primary: it must keep the contract the clients were given.
         crate::server::reload::same_wire(&primary, &info)?;
+        if info.name == primary.name {
+            return Err(format!(
+                "`{}` is the serving model's name: give the candidate its own `name` in its manifest (names pick \
+                 shadows and label their metrics)",
+                info.name
+            ));
+        }
         if self.list().iter().any(|s| s.name() == info.name) {
             return Err(format!("a shadow named `{}` is attached already (names pick shadows)", info.name));
         }

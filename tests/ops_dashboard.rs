@@ -60,9 +60,20 @@ fn dashboard_exprs(d: &serde_json::Value) -> Vec<String> {
     exprs
 }
 
-/// A live server's `/metrics` after some traffic and a reload.
+/// A live server's `/metrics` after some traffic and a reload, with a shadow candidate
+/// attached (the bundled model under another name).
 fn live_metrics() -> String {
-    let server = Server::start(&["--metrics", "127.0.0.1:0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = std::fs::read_to_string(util::repo_root().join("models/lobster_direction.toml")).unwrap();
+    let onnx = util::repo_root().join("models/lobster_direction.onnx");
+    let candidate = dir.path().join("candidate.toml");
+    let text = manifest
+        .replacen("name = \"lobster_direction\"", "name = \"candidate\"", 1)
+        .replace("onnx = \"lobster_direction.onnx\"", &format!("onnx = \"{}\"", onnx.display()));
+    assert!(text.contains("name = \"candidate\""));
+    std::fs::write(&candidate, text).unwrap();
+    let server = Server::start(&["--metrics", "127.0.0.1:0", "--shadow", candidate.to_str().unwrap()]);
+    server.stats_when(|r| r["shadows"].as_array().is_some_and(|l| l.len() == 1));
     let addr = server.metrics_address();
     let mut c = Client::connect(&server.socket).unwrap();
     c.send(&(1..=8).map(request).collect::<Vec<_>>()).unwrap();
@@ -70,7 +81,7 @@ fn live_metrics() -> String {
         c.recv().unwrap();
     }
     // Published (every 200 ms): the live signal quality names the model's label rule and reference.
-    server.stats_when(|r| r["signal_quality"]["answers"] == 8);
+    server.stats_when(|r| r["signal_quality"]["answers"] == 8 && r["shadows"][0]["quality"]["answers"] == 8);
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
     write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut text = String::new();
@@ -98,6 +109,25 @@ fn every_metric_the_dashboard_and_rules_name_is_exported_and_promtool_agrees() {
     let missing: Vec<_> = named.iter().filter(|n| !exported.contains(*n)).collect();
     assert!(missing.is_empty(), "named but not exported: {missing:?}\nexported: {exported:?}");
     eprintln!("{} metrics named ({dashboard_count} by the dashboard), all exported", named.len());
+    // The labels the shadow panels and alert select on, each role side by side.
+    for series in [
+        r#"tickinfer_signal_answers_total{model="lobster_direction",role="primary"} 8"#,
+        r#"tickinfer_signal_answers_total{model="candidate",role="shadow"} 8"#,
+        r#"tickinfer_model_run_seconds{model="lobster_direction",role="primary",quantile="0.5"} "#,
+        r#"tickinfer_model_run_seconds{model="candidate",role="shadow",quantile="0.99"} "#,
+        r#"tickinfer_shadow_dropped_total{model="candidate",role="shadow"} 0"#,
+        r#"tickinfer_shadow_scored_total{model="candidate",role="shadow"} 8"#,
+    ] {
+        assert!(body.contains(series), "no `{series}` in\n{body}");
+    }
+    let agreement: u64 = body
+        .lines()
+        .filter(|l| {
+            l.starts_with(r#"tickinfer_shadow_agreement_total{model="candidate",role="shadow",primary=""#)
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(agreement, 8, "both answered the 8 requests:\n{body}");
 
     let Some(mut check) = promtool() else {
         return skip(

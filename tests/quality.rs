@@ -140,7 +140,7 @@ fn live_equals_replay(
                 "tickinfer stats: predicted {predicted}, realised {realised}"
             );
             let key = format!(
-                "tickinfer_signal_outcomes_total{{model=\"{model_name}\",predicted=\"{predicted}\",realised=\"{realised}\"}}"
+                "tickinfer_signal_outcomes_total{{model=\"{model_name}\",role=\"primary\",predicted=\"{predicted}\",realised=\"{realised}\"}}"
             );
             assert_eq!(metrics[&key], want as f64, "{key}");
         }
@@ -148,7 +148,10 @@ fn live_equals_replay(
     let scored = q["evaluated"].as_u64().unwrap();
     assert!(scored > 1000, "a real test scores many answers: {q}");
     assert_eq!(live["since_load"]["scored"].as_u64(), Some(scored));
-    assert_eq!(metrics[&format!("tickinfer_signal_scored_total{{model=\"{model_name}\"}}")], scored as f64);
+    assert_eq!(
+        metrics[&format!("tickinfer_signal_scored_total{{model=\"{model_name}\",role=\"primary\"}}")],
+        scored as f64
+    );
     assert_eq!(live["pending"], q["pending"]);
     assert_eq!(live["unscored"]["not_seen"], q["not_seen"]);
     assert_eq!(live["since_load"]["unscored"], q["not_seen"], "nothing else unscored");

@@ -119,7 +119,7 @@ fn a_twin_shadow_sees_every_request_in_order_and_agrees_on_every_answer() {
     for key in ["answers", "pending", "outcomes", "unscored", "since_load"] {
         assert_eq!(p[key], q[key], "{key}: primary {p} vs shadow {q}");
     }
-    assert!(p["outcomes"].to_string() != "[[0,0,0],[0,0,0],[0,0,0]]", "nothing was scored: {p}");
+    assert!(p["since_load"]["scored"].as_u64().unwrap() > 1_000, "a real test scores many answers: {p}");
     // Side by side in `tickinfer stats` and `shadow list`.
     let (ok, text) = cli(&server, &["stats"]);
     assert!(

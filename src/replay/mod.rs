@@ -595,6 +595,11 @@ impl LocalServer {
         }
     }
 
+    /// Its shadow candidates now (`crate::shadow`).
+    pub fn shadows(&self) -> Vec<crate::stats::ShadowReport> {
+        self.shared.shadows.reports()
+    }
+
     /// Drain and stop; returns the server's own stats.
     pub fn stop(mut self) -> Result<crate::stats::StatsReport, String> {
         self.stop_inner()
