@@ -568,6 +568,10 @@ fn promote(
     serving: &crate::server::reload::ReloadSlot,
 ) -> Result<(), String> {
     let shadow = tap.shadow.clone();
+    if tap.gap {
+        // Requests dropped just now and the shadow not told yet (the next record carries it).
+        return Err("requests were dropped for the shadow just now; not promoted (try again)".into());
+    }
     // Release: the shadow's Acquire load sees the handover asked before it pops the message.
     shadow.handover.store(ASKED, Ordering::Release);
     let t0 = now_ns();
@@ -582,10 +586,6 @@ fn promote(
             return give_up("the shadow's queue stayed full");
         }
         std::thread::yield_now();
-    }
-    if tap.gap {
-        // A record dropped just before the handover: the shadow's state has a hole.
-        return give_up("requests were dropped just before the handover");
     }
     shadow.wake();
     loop {

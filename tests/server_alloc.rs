@@ -1,7 +1,8 @@
 //! Zero heap allocations on the serving threads in steady state: the whole server loop,
 //! not the engine alone — reading, decoding, admitting, scoring (native with every answer
 //! sampled for the live verifier, or ONNX Runtime), routing and writing — over a Unix
-//! socket and over shared memory, in inline and pipeline mode.
+//! socket and over shared memory, in inline and pipeline mode, with a shadow candidate
+//! attached (each request copied into its ring on the counted path).
 //!
 //! The server runs in this process (`replay::LocalServer`); a global allocator counts the
 //! allocations made by its hot threads, found by name (`tickinfer-server`: the inline or
@@ -81,8 +82,16 @@ fn hot_allocations_during(f: impl FnOnce()) -> u64 {
     COUNT.load(Ordering::Relaxed)
 }
 
-fn start(mode: Mode, backend: &str) -> LocalServer {
+fn start(mode: Mode, backend: &str, scratch: &std::path::Path) -> LocalServer {
     let model = util::repo_root().join("models/lobster_direction.toml");
+    // The same model as a shadow, under another name.
+    let onnx = util::repo_root().join("models/lobster_direction.onnx");
+    let shadow = scratch.join("shadow.toml");
+    let text = std::fs::read_to_string(&model)
+        .unwrap()
+        .replacen("name = \"lobster_direction\"", "name = \"shadow\"", 1)
+        .replace("onnx = \"lobster_direction.onnx\"", &format!("onnx = \"{}\"", onnx.display()));
+    std::fs::write(&shadow, text).unwrap();
     let opts = ServeOptions {
         model: Some(model),
         socket: Some("unused.sock".into()),
@@ -95,9 +104,15 @@ fn start(mode: Mode, backend: &str) -> LocalServer {
         }),
         // Every native answer sampled: the verifier's tap is on the counted path.
         verify_every: Some(1),
+        shadows: Some(vec![shadow]),
         ..Default::default()
     };
     let server = LocalServer::start(opts.resolve().unwrap()).unwrap();
+    let t0 = std::time::Instant::now();
+    while server.shadows().is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the shadow was never attached");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // Threads started from these inherit their names (ONNX Runtime's own, which allocate
     // through malloc, not Rust's allocator): counted too, harmlessly.
     let mut hot = threads_named("tickinfer-server");
@@ -145,7 +160,8 @@ fn the_serving_threads_allocate_nothing_per_request() {
     let _ = env_logger::builder().is_test(true).try_init();
     for mode in [Mode::Inline, Mode::Pipeline] {
         for backend in ["native", "ort"] {
-            let server = start(mode, backend);
+            let scratch = tempfile::tempdir().unwrap();
+            let server = start(mode, backend, scratch.path());
             assert!(server.model.backend.starts_with(backend), "{}", server.model.backend);
             let what = format!("{mode:?} mode, {backend}");
 
@@ -162,6 +178,16 @@ fn the_serving_threads_allocate_nothing_per_request() {
             let n = hot_allocations_during(|| shm_traffic(&mut shm, 40_000, 20_000));
             assert_eq!(n, 0, "{what}, shared memory: the hot threads allocated {n} times in 20 000 requests");
 
+            // Every request reached the shadow's ring (scored, or dropped when it was behind).
+            let t0 = std::time::Instant::now();
+            loop {
+                let s = server.shadows().pop().unwrap();
+                if s.scored + s.dropped == 44_000 {
+                    break;
+                }
+                assert!(t0.elapsed() < Duration::from_secs(60), "{what}: the shadow saw {s:?}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let stats = server.stop().unwrap();
             if backend == "native" {
                 assert!(stats.responses >= 44_000, "{what}: {}", stats.responses);

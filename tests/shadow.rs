@@ -16,6 +16,14 @@ use tickinfer::wire::{MlRequest, RESPONSE_WARMING};
 use util::server::{Client, Server};
 use util::{repo_root, stream_request};
 
+/// The tests of this file one at a time: each loads the machine with a server, clients and
+/// a shadow thread that runs at lowered priority on the cores left over.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A copy of the bundled stateful model's manifest named `name`, version `version` (the same
 /// .onnx, by absolute path).
 fn stateful_as(dir: &Path, name: &str, version: u32) -> PathBuf {
@@ -86,6 +94,7 @@ fn agreement(s: &serde_json::Value) -> (u64, u64) {
 
 #[test]
 fn a_twin_shadow_sees_every_request_in_order_and_agrees_on_every_answer() {
+    let _one = serial();
     let dir = tempfile::tempdir().unwrap();
     let primary = stateful_as(dir.path(), "primary", 1);
     let twin = stateful_as(dir.path(), "twin", 1);
@@ -132,6 +141,7 @@ fn a_twin_shadow_sees_every_request_in_order_and_agrees_on_every_answer() {
 
 #[test]
 fn promotion_under_pipelined_load_answers_every_request_once_and_warm() {
+    let _one = serial();
     let dir = tempfile::tempdir().unwrap();
     let v1 = stateful_as(dir.path(), "incumbent", 1);
     let v2 = stateful_as(dir.path(), "candidate", 2);
@@ -168,9 +178,10 @@ fn promotion_under_pipelined_load_answers_every_request_once_and_warm() {
                     }
                     i += 32;
                     sent.fetch_add(32, Ordering::Relaxed);
-                    // A load the shadow keeps up with on two cores in a debug build (a shadow
-                    // works on the cores the primary leaves free; under saturation it drops).
-                    std::thread::sleep(Duration::from_millis(4));
+                    // A load the shadow keeps up with on two busy cores in a debug build (a
+                    // shadow works on the cores the primary leaves free; under saturation it
+                    // drops, the next test): 8 x 32 requests per 20 ms.
+                    std::thread::sleep(Duration::from_millis(20));
                 }
                 (switches, warm_after)
             })
@@ -224,6 +235,7 @@ fn promotion_under_pipelined_load_answers_every_request_once_and_warm() {
 
 #[test]
 fn a_shadow_that_falls_behind_drops_and_the_primary_answers_everything() {
+    let _one = serial();
     let dir = tempfile::tempdir().unwrap();
     let v1 = stateful_as(dir.path(), "primary", 1);
     let slow = stateful_as(dir.path(), "slow", 1);
@@ -275,6 +287,7 @@ fn a_shadow_that_falls_behind_drops_and_the_primary_answers_everything() {
 
 #[test]
 fn a_reload_of_the_primary_keeps_its_shadow() {
+    let _one = serial();
     let dir = tempfile::tempdir().unwrap();
     let v1 = stateful_as(dir.path(), "primary", 1);
     let v3 = stateful_as(dir.path(), "primary", 3);
@@ -297,6 +310,7 @@ fn a_reload_of_the_primary_keeps_its_shadow() {
 
 #[test]
 fn shadows_are_limited_named_and_checked() {
+    let _one = serial();
     let dir = tempfile::tempdir().unwrap();
     let v1 = stateful_as(dir.path(), "primary", 1);
     let server = Server::start(&["--model", v1.to_str().unwrap()]);
