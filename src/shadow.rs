@@ -773,14 +773,7 @@ impl Runner {
             let mut resp = MlResponse::error(r.req.request_id, r.req.symbol_id, status, 0);
             if status == Status::Ok {
                 match preds[k] {
-                    Some(p) if ran => {
-                        resp.direction = p.direction;
-                        resp.confidence = p.confidence;
-                        resp.target_price = p.target_price;
-                        if p.warming {
-                            resp.flags |= RESPONSE_WARMING;
-                        }
-                    }
+                    Some(p) if ran => crate::server::stage::signal_into(&mut resp, &p),
                     _ => resp.status = Status::ModelFailure.code(),
                 }
                 k += 1;

@@ -34,6 +34,17 @@ pub struct Done {
     pub resp: MlResponse,
 }
 
+/// A prediction's signal into its answer (direction, confidence, target, warming flag).
+#[inline]
+pub fn signal_into(resp: &mut MlResponse, p: &Prediction) {
+    resp.direction = p.direction;
+    resp.confidence = p.confidence;
+    resp.target_price = p.target_price;
+    if p.warming {
+        resp.flags |= RESPONSE_WARMING;
+    }
+}
+
 /// Jobs one call of [`Scorer::score`] looks at per batch at most (runnable or not).
 const SPAN: usize = 1024;
 
@@ -259,14 +270,7 @@ impl Scorer {
                 let mut resp = MlResponse::error(job.req.request_id, job.req.symbol_id, status, job.recv_ns);
                 if status == Status::Ok {
                     match self.preds[k] {
-                        Some(p) if outcome => {
-                            resp.direction = p.direction;
-                            resp.confidence = p.confidence;
-                            resp.target_price = p.target_price;
-                            if p.warming {
-                                resp.flags |= RESPONSE_WARMING;
-                            }
-                        }
+                        Some(p) if outcome => signal_into(&mut resp, &p),
                         None if outcome => {
                             resp.status = Status::ModelFailure.code();
                             stats.nonfinite_outputs += 1;
