@@ -4,6 +4,7 @@
 //! socket is a Unix stream or, from another host, a TCP stream ([`tcp`]): the
 //! same frames and the same path after accept.
 
+pub mod netns;
 pub mod tcp;
 
 use std::io::{self, Read, Write};
