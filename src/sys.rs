@@ -440,6 +440,15 @@ pub fn busy_poll(fd: RawFd) -> io::Result<u32> {
     Ok(v.max(0) as u32)
 }
 
+/// Move the calling thread into the network namespace whose file is `ns` (e.g.
+/// `/var/run/netns/NAME`, or a saved `/proc/thread-self/ns/net`): sockets it creates
+/// from now on live there. Needs CAP_SYS_ADMIN.
+pub fn enter_netns(ns: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(ns)?;
+    syscall!(setns(f.as_raw_fd(), libc::CLONE_NEWNET)).map(drop)
+}
+
 /// Wait until `fd` is readable (and, with `writable`, writable) or `timeout` passes
 /// (`None`: no limit); `Interrupted` counts as a spurious return.
 pub fn wait_fd(fd: RawFd, writable: bool, timeout: Option<std::time::Duration>) -> io::Result<()> {

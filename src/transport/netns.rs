@@ -93,6 +93,27 @@ impl Pair {
         }
     }
 
+    /// Run `f` on this thread inside namespace `ns` (the server's or the client's): the
+    /// sockets it creates, and the threads it starts, live there. The thread is moved back
+    /// after, whatever `f` returned.
+    pub fn within<T>(ns: &str, f: impl FnOnce() -> T) -> Result<T, String> {
+        let home = std::path::PathBuf::from("/proc/thread-self/ns/net");
+        // Keep our own namespace open: the path would name the new one once we moved.
+        let saved = std::fs::File::open(&home).map_err(|e| format!("{}: {e}", home.display()))?;
+        let saved_path =
+            std::path::PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&saved)));
+        Pair::enter(ns)?;
+        let out = f();
+        crate::sys::enter_netns(&saved_path).map_err(|e| format!("back to this thread's namespace: {e}"))?;
+        Ok(out)
+    }
+
+    /// Move this thread into namespace `ns` for good (a thread of its own).
+    pub fn enter(ns: &str) -> Result<(), String> {
+        let path = std::path::PathBuf::from(format!("/var/run/netns/{ns}"));
+        crate::sys::enter_netns(&path).map_err(|e| format!("enter network namespace {ns}: {e}"))
+    }
+
     /// A command run inside the server's namespace (`ip netns exec`).
     pub fn in_server(&self, program: &str) -> Command {
         let mut c = Command::new("ip");

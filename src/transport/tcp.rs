@@ -154,6 +154,11 @@ impl Token {
         (1..=AUTH_TOKEN_MAX).contains(&bytes.len()).then(|| Token(bytes.to_vec()))
     }
 
+    /// The token's bytes (for a client sending it).
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// Whether the hello's auth frame carries this token (constant time in the token bytes).
     pub fn admits(&self, auth: Option<&MlAuth>) -> bool {
         auth.is_some_and(|a| a.token_matches(&self.0))
