@@ -117,7 +117,7 @@ typedef enum ml_status {
     ML_ERR_MODEL_FAILURE = 13,       /* the model run failed; server stays up       */
     ML_ERR_SHUTTING_DOWN = 14,       /* server draining: request not run            */
     ML_ERR_TOO_MANY_CONNECTIONS = 15,/* hello: connection limit reached             */
-    ML_ERR_PERMISSION_DENIED = 16,   /* hello: peer uid/gid not allowed             */
+    ML_ERR_PERMISSION_DENIED = 16,   /* hello: peer uid/gid or TCP token not allowed */
     ML_ERR_INTERNAL = 17,            /* a server bug; please report                 */
     ML_ERR_TOO_MANY_SYMBOLS = 18     /* stateful model: every --max-symbols slot is
                                         taken; this symbol gets no state or answer */
@@ -159,7 +159,7 @@ static inline const char *ml_status_str(int code) {
     case ML_ERR_MODEL_FAILURE: return "model run failed";
     case ML_ERR_SHUTTING_DOWN: return "server shutting down";
     case ML_ERR_TOO_MANY_CONNECTIONS: return "too many connections";
-    case ML_ERR_PERMISSION_DENIED: return "peer credentials not allowed";
+    case ML_ERR_PERMISSION_DENIED: return "peer not allowed (credentials, or the TCP token)";
     case ML_ERR_INTERNAL: return "internal server error";
     case ML_ERR_TOO_MANY_SYMBOLS: return "no state slot left for this symbol (--max-symbols)";
     case ML_CLIENT_ERR_CONNECT: return "connect failed";

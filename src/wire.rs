@@ -139,7 +139,7 @@ impl Status {
             Status::ModelFailure => "model run failed",
             Status::ShuttingDown => "server shutting down",
             Status::TooManyConnections => "too many connections",
-            Status::PermissionDenied => "peer credentials not allowed",
+            Status::PermissionDenied => "peer not allowed (credentials, or the TCP token)",
             Status::Internal => "internal server error",
             Status::TooManySymbols => "no state slot left for this symbol (--max-symbols)",
         }
