@@ -3,8 +3,9 @@
 //! order; the hostile-frame cases over TCP; the allowlist (a refused address is
 //! closed at accept, counted, logged; a non-loopback bind without one is refused);
 //! the pre-shared token; the drain on SIGTERM with TCP clients in flight; a client
-//! finding a restarted server again; and, as root with iproute2, a real L2 path
-//! between two network namespaces joined by a veth pair.
+//! finding a restarted server again; `--record` and a hot reload over TCP; and, as
+//! root with iproute2, a real L2 path between two network namespaces joined by a veth
+//! pair.
 mod util;
 
 use std::io::{Read, Write};
@@ -392,4 +393,42 @@ fn across_network_namespaces_over_veth() {
     assert!(!refused.status.success(), "a peer outside --tcp-allow is refused");
     let stats = server.stats_when(|s| s["tcp_peers_refused"].as_u64() >= Some(1));
     assert!(stats["tcp_connections"].as_u64() >= Some(1), "{stats}");
+}
+
+/// `--record` and a hot reload with a TCP client: its requests are captured in order, its
+/// answers switch model version exactly once, and a new TCP connection is told the new one.
+#[test]
+fn record_and_reload_over_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = util::repo_root();
+    let manifest = |version: u32| {
+        let text = std::fs::read_to_string(root.join("models/lobster_direction.toml")).unwrap();
+        let onnx = root.join("models/lobster_direction.onnx");
+        let text = text
+            .replace("version = 1", &format!("version = {version}"))
+            .replace("onnx = \"lobster_direction.onnx\"", &format!("onnx = \"{}\"", onnx.display()));
+        let path = dir.path().join(format!("v{version}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (v1, v2) = (manifest(1), manifest(2));
+    let capture = dir.path().join("tcp.tkcap");
+    let mut server = tcp_server(&["--model", v1.to_str().unwrap(), "--record", capture.to_str().unwrap()]);
+    let mut c = Client::connect_tcp(server.tcp_addr()).unwrap();
+    assert_eq!({ c.ack.model_version }, 1);
+    exchange(&mut c, 0, 100, 10);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tickinfer"))
+        .args(["reload", "--socket", server.socket.to_str().unwrap(), "--model", v2.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let versions: Vec<u32> = (100..200).map(|i| c.roundtrip(&request(i)).unwrap().model_version).collect();
+    assert_eq!(versions.last(), Some(&2), "{versions:?}");
+    assert!(versions.windows(2).all(|w| w[0] <= w[1]), "one switch: {versions:?}");
+    assert_eq!({ Client::connect_tcp(server.tcp_addr()).unwrap().ack.model_version }, 2);
+    drop(c);
+    assert!(server.terminate().success());
+    let records = tickinfer::record::read_capture(&capture).unwrap().records;
+    let ids: Vec<u64> = records.iter().map(|r| r.request.request_id).collect();
+    assert_eq!(ids, (0..200).collect::<Vec<u64>>(), "every TCP request captured, in order");
 }
