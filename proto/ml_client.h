@@ -2,14 +2,19 @@
  * ml_client.h — header-only C client for tickinfer (C11 / C++11 and later).
  *
  * Drop proto/ml_wire.h, proto/ml_shm.h and proto/ml_client.h into your tree;
- * link nothing. Linux (AF_UNIX SOCK_STREAM, poll, MSG_NOSIGNAL; memfd + futex
- * for shared memory).
+ * link nothing. Linux (AF_UNIX or TCP SOCK_STREAM, poll, MSG_NOSIGNAL; memfd +
+ * futex for shared memory). Plain sockets: a kernel-bypass stack that works by
+ * LD_PRELOAD (Onload) accelerates the TCP client unchanged.
  *
  *   ml_client_t c;
  *   if (ml_client_connect(&c, "/tmp/tickinfer.sock", 1000) != 0) { puts(c.error); }
  *   // or, on the server's host: requests and answers through shared memory
  *   // (proto/ml_shm.h), the same calls below; ML_CLIENT_ERR_NO_SHM if not granted.
  *   if (ml_client_connect_shm(&c, "/tmp/tickinfer.sock", 1000) != 0) { ... }
+ *   // or, from another host (serve --listen-tcp): the same frames over TCP, the same calls.
+ *   if (ml_client_connect_tcp(&c, "10.0.0.1", 7001, 1000) != 0) { ... }
+ *   // a server with --tcp-token-file wants its token in the hello:
+ *   if (ml_client_connect_tcp_auth(&c, "10.0.0.1", 7001, "s3cret", 1000) != 0) { ... }
  *   ml_request_t req; ml_request_init(&req); req.request_id = 1; ...
  *   ml_client_send(&c, &req);                         // one frame, one syscall
  *   ml_client_send_batch(&c, reqs, n);                // n frames, one syscall
@@ -56,6 +61,9 @@
 #include <stdio.h>
 #include <string.h>
 #include <linux/futex.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -390,18 +398,9 @@ static inline ssize_t ml__recv_fds(int sock, void *buf, size_t len, int *fds, un
     return n;
 }
 
-static inline int ml__connect(ml_client_t *c, const char *path, int timeout_ms, uint16_t flags) {
+/* Connect a Unix socket at `path`, retrying while it is missing or refuses (server starting). */
+static inline int ml__open_unix(ml_client_t *c, const char *path, uint64_t deadline) {
     struct sockaddr_un addr;
-    uint64_t deadline = ml_now_ns() + (uint64_t)(timeout_ms < 0 ? 0 : timeout_ms) * 1000000ull;
-    ml_hello_t hello;
-    size_t got = 0;
-    int fds[ML_SHM_FDS] = {-1, -1, -1};
-    unsigned nfds = 0, k;
-    int rc;
-
-    memset(c, 0, sizeof(*c));
-    c->fd = -1;
-    c->shm_doorbell = -1;
     if (strlen(path) >= sizeof(addr.sun_path)) {
         return ml__fail(c, ML_CLIENT_ERR_INVALID_ARG, "connect: socket path too long", 0);
     }
@@ -413,7 +412,7 @@ static inline int ml__connect(ml_client_t *c, const char *path, int timeout_ms, 
         int err;
         c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (c->fd < 0) return ml__fail(c, ML_CLIENT_ERR_CONNECT, "socket", errno);
-        if (connect(c->fd, (const struct sockaddr *)&addr, sizeof(addr)) == 0) break;
+        if (connect(c->fd, (const struct sockaddr *)&addr, sizeof(addr)) == 0) return 0;
         err = errno;
         close(c->fd);
         c->fd = -1;
@@ -425,11 +424,93 @@ static inline int ml__connect(ml_client_t *c, const char *path, int timeout_ms, 
         return ml__fail(c, err == ENOENT || err == ECONNREFUSED ? ML_CLIENT_ERR_CONNECT : ML_CLIENT_ERR_TIMEOUT,
                         "connect", err);
     }
+}
 
-    ml_hello_init(&hello);
-    hello.flags = flags;
-    rc = ml__write_all(c, &hello, sizeof(hello), deadline);
-    if (rc != 0) goto fail;
+/* Connect TCP to host:port (TCP_NODELAY), retrying while refused (a server starting or
+ * restarting: a client reconnecting finds it again) until the deadline. */
+static inline int ml__open_tcp(ml_client_t *c, const char *host, uint16_t port, uint64_t deadline) {
+    struct addrinfo hints, *res = NULL, *ai;
+    char service[8];
+    int rc, last_err = 0;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_protocol = IPPROTO_TCP;
+    snprintf(service, sizeof(service), "%u", (unsigned)port);
+    rc = getaddrinfo(host, service, &hints, &res);
+    if (rc != 0) {
+        snprintf(c->error, sizeof(c->error), "connect: %s: cannot resolve %s", ml_status_str(ML_CLIENT_ERR_CONNECT),
+                 host);
+        return ML_CLIENT_ERR_CONNECT;
+    }
+    for (;;) {
+        for (ai = res; ai != NULL; ai = ai->ai_next) {
+            int one = 1, soerr = 0;
+            socklen_t len = sizeof(soerr);
+            c->fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+            if (c->fd < 0) {
+                last_err = errno;
+                continue;
+            }
+            /* A 194-byte request must never wait for Nagle. */
+            setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+            if (connect(c->fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+                freeaddrinfo(res);
+                return 0;
+            }
+            last_err = errno;
+            if (last_err == EINPROGRESS || last_err == EINTR) {
+                rc = ml__wait(c, POLLOUT, deadline, "connect");
+                if (rc == 0 && getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 && soerr == 0) {
+                    freeaddrinfo(res);
+                    return 0;
+                }
+                last_err = rc != 0 ? ETIMEDOUT : soerr;
+            }
+            close(c->fd);
+            c->fd = -1;
+        }
+        if ((last_err == ECONNREFUSED || last_err == EAGAIN || last_err == ENETUNREACH) && ml_now_ns() < deadline) {
+            struct timespec pause = {0, 1000000}; /* 1 ms: the server may be (re)starting */
+            nanosleep(&pause, NULL);
+            continue;
+        }
+        freeaddrinfo(res);
+        return ml__fail(c, last_err == ETIMEDOUT ? ML_CLIENT_ERR_TIMEOUT : ML_CLIENT_ERR_CONNECT, "connect",
+                        last_err);
+    }
+}
+
+/* Send the hello (and the auth frame after it, in the same write, when `token` is set),
+ * read the ack (and, for shared memory, map the regions). Closes the socket on failure. */
+static inline int ml__handshake(ml_client_t *c, uint64_t deadline, uint16_t flags, const char *token) {
+    struct {
+        ml_hello_t hello;
+        ml_auth_t auth;
+    } out;
+    size_t out_len = sizeof(ml_hello_t);
+    size_t got = 0;
+    int fds[ML_SHM_FDS] = {-1, -1, -1};
+    unsigned nfds = 0, k;
+    int rc;
+
+    memset(&out, 0, sizeof(out));
+    ml_hello_init(&out.hello);
+    out.hello.flags = flags;
+    if (token != NULL) {
+        size_t n = strlen(token);
+        if (n == 0 || n > ML_AUTH_TOKEN_MAX) {
+            rc = ml__fail(c, ML_CLIENT_ERR_INVALID_ARG, "connect: token must be 1..ML_AUTH_TOKEN_MAX bytes", 0);
+            goto fail;
+        }
+        out.hello.flags = (uint16_t)(out.hello.flags | ML_HELLO_FLAG_AUTH);
+        out.auth.magic = ML_AUTH_MAGIC;
+        out.auth.token_len = (uint16_t)n;
+        memcpy(out.auth.token, token, n);
+        out_len += sizeof(ml_auth_t);
+    }
+    rc = ml__write_all(c, &out, out_len, deadline);
+    if (rc != 0 && rc != ML_CLIENT_ERR_CLOSED) goto fail;
 
     /* The ack is read straight into c->ack; nothing else arrives before it. A granted
      * shared-memory session's descriptors ride on its bytes (recvmsg). */
@@ -495,12 +576,62 @@ fail:
     return rc;
 }
 
+static inline uint64_t ml__deadline(int timeout_ms) {
+    return ml_now_ns() + (uint64_t)(timeout_ms < 0 ? 0 : timeout_ms) * 1000000ull;
+}
+
+static inline int ml__connect(ml_client_t *c, const char *path, int timeout_ms, uint16_t flags) {
+    uint64_t deadline = ml__deadline(timeout_ms);
+    int rc;
+    memset(c, 0, sizeof(*c));
+    c->fd = -1;
+    c->shm_doorbell = -1;
+    rc = ml__open_unix(c, path, deadline);
+    if (rc != 0) return rc;
+    return ml__handshake(c, deadline, flags, NULL);
+}
+
 /**
  * Connect to the server at `path`, exchange hellos. Retries while the socket
  * does not exist yet or refuses (server starting) until timeout_ms passes.
  */
 static inline int ml_client_connect(ml_client_t *c, const char *path, int timeout_ms) {
     return ml__connect(c, path, timeout_ms, 0);
+}
+
+/**
+ * Connect over TCP to a server started with --listen-tcp (host: a name or an IPv4/IPv6
+ * address), exchange hellos: then the same send/recv calls as on the Unix socket.
+ * TCP_NODELAY is set. Retries while refused (server starting or restarting) until
+ * timeout_ms passes. A peer not in the server's --tcp-allow is closed at accept
+ * (ML_CLIENT_ERR_CLOSED).
+ */
+static inline int ml_client_connect_tcp(ml_client_t *c, const char *host, uint16_t port, int timeout_ms) {
+    uint64_t deadline = ml__deadline(timeout_ms);
+    int rc;
+    memset(c, 0, sizeof(*c));
+    c->fd = -1;
+    c->shm_doorbell = -1;
+    rc = ml__open_tcp(c, host, port, deadline);
+    if (rc != 0) return rc;
+    return ml__handshake(c, deadline, 0, NULL);
+}
+
+/**
+ * As ml_client_connect_tcp, with the pre-shared token (1..ML_AUTH_TOKEN_MAX bytes, NUL-
+ * terminated) a server started with --tcp-token-file wants; a wrong one is refused
+ * ML_ERR_PERMISSION_DENIED (ML_CLIENT_ERR_REFUSED, c.ack.status).
+ */
+static inline int ml_client_connect_tcp_auth(ml_client_t *c, const char *host, uint16_t port, const char *token,
+                                             int timeout_ms) {
+    uint64_t deadline = ml__deadline(timeout_ms);
+    int rc;
+    memset(c, 0, sizeof(*c));
+    c->fd = -1;
+    c->shm_doorbell = -1;
+    rc = ml__open_tcp(c, host, port, deadline);
+    if (rc != 0) return rc;
+    return ml__handshake(c, deadline, 0, token);
 }
 
 /**

@@ -8,7 +8,8 @@
  * Transport and framing
  * ---------------------------------------------------------------------------
  * A Unix-domain SOCK_STREAM socket carrying fixed-size packed frames (or, on
- * the same host, shared-memory rings negotiated in the hello: proto/ml_shm.h):
+ * the same host, shared-memory rings negotiated in the hello: proto/ml_shm.h;
+ * or, from another host, a TCP connection carrying the very same bytes):
  *
  *   client -> server : ml_hello_t, then ml_request_t * N   (pipelining allowed)
  *   server -> client : ml_hello_ack_t, then ml_response_t * N (one per request,
@@ -116,7 +117,7 @@ typedef enum ml_status {
     ML_ERR_MODEL_FAILURE = 13,       /* the model run failed; server stays up       */
     ML_ERR_SHUTTING_DOWN = 14,       /* server draining: request not run            */
     ML_ERR_TOO_MANY_CONNECTIONS = 15,/* hello: connection limit reached             */
-    ML_ERR_PERMISSION_DENIED = 16,   /* hello: peer uid/gid not allowed             */
+    ML_ERR_PERMISSION_DENIED = 16,   /* hello: peer uid/gid or TCP token not allowed */
     ML_ERR_INTERNAL = 17,            /* a server bug; please report                 */
     ML_ERR_TOO_MANY_SYMBOLS = 18     /* stateful model: every --max-symbols slot is
                                         taken; this symbol gets no state or answer */
@@ -158,7 +159,7 @@ static inline const char *ml_status_str(int code) {
     case ML_ERR_MODEL_FAILURE: return "model run failed";
     case ML_ERR_SHUTTING_DOWN: return "server shutting down";
     case ML_ERR_TOO_MANY_CONNECTIONS: return "too many connections";
-    case ML_ERR_PERMISSION_DENIED: return "peer credentials not allowed";
+    case ML_ERR_PERMISSION_DENIED: return "peer not allowed (credentials, or the TCP token)";
     case ML_ERR_INTERNAL: return "internal server error";
     case ML_ERR_TOO_MANY_SYMBOLS: return "no state slot left for this symbol (--max-symbols)";
     case ML_CLIENT_ERR_CONNECT: return "connect failed";
@@ -190,6 +191,20 @@ static inline const char *ml_status_str(int code) {
  */
 #define ML_HELLO_FLAG_SHM 0x0001u
 
+/*
+ * ML_HELLO_FLAG_AUTH: an ml_auth_t frame (a pre-shared token) follows the hello
+ * at once, in the same write. A TCP server started with a token refuses a hello
+ * without it (or with another token) ML_ERR_PERMISSION_DENIED; the comparison
+ * takes the same time wherever the tokens differ. A server without a token, and
+ * every Unix-socket connection (peer credentials decide there), ignore the token.
+ * Bad magic or token_len > ML_AUTH_TOKEN_MAX: ML_ERR_BAD_FRAME, closed.
+ */
+#define ML_HELLO_FLAG_AUTH 0x0002u
+/** Magic of ml_auth_t: "TKAU". */
+#define ML_AUTH_MAGIC 0x55414B54u
+/** Capacity of ml_auth_t.token. */
+#define ML_AUTH_TOKEN_MAX 64u
+
 /** First frame a client sends (16 bytes). */
 typedef struct ml_hello_t {
     uint16_t version;       /* ML_PROTOCOL_VERSION the client was built with */
@@ -200,6 +215,14 @@ typedef struct ml_hello_t {
     uint16_t max_features;  /* ML_MAX_FEATURES                               */
     uint16_t flags;         /* ML_HELLO_FLAG_* bits (was reserved, 0)        */
 } ml_hello_t;
+
+/** The pre-shared token sent right after a hello with ML_HELLO_FLAG_AUTH (72 bytes). */
+typedef struct ml_auth_t {
+    uint32_t magic;                   /* ML_AUTH_MAGIC                       */
+    uint16_t token_len;               /* bytes of token used, <= ML_AUTH_TOKEN_MAX */
+    uint16_t reserved;                /* 0                                   */
+    uint8_t token[ML_AUTH_TOKEN_MAX]; /* the token; the rest zero            */
+} ml_auth_t;
 
 /** The server's answer to ml_hello_t (64 bytes). Bytes 0..11 never change. */
 /*
@@ -313,6 +336,12 @@ ML_STATIC_ASSERT(offsetof(ml_hello_t, request_size) == 8, "hello.request_size");
 ML_STATIC_ASSERT(offsetof(ml_hello_t, response_size) == 10, "hello.response_size");
 ML_STATIC_ASSERT(offsetof(ml_hello_t, max_features) == 12, "hello.max_features");
 ML_STATIC_ASSERT(offsetof(ml_hello_t, flags) == 14, "hello.flags");
+
+ML_STATIC_ASSERT(sizeof(ml_auth_t) == 72, "ml_auth_t size");
+ML_STATIC_ASSERT(offsetof(ml_auth_t, magic) == 0, "auth.magic");
+ML_STATIC_ASSERT(offsetof(ml_auth_t, token_len) == 4, "auth.token_len");
+ML_STATIC_ASSERT(offsetof(ml_auth_t, reserved) == 6, "auth.reserved");
+ML_STATIC_ASSERT(offsetof(ml_auth_t, token) == 8, "auth.token");
 
 ML_STATIC_ASSERT(sizeof(ml_hello_ack_t) == 64, "ml_hello_ack_t size");
 ML_STATIC_ASSERT(offsetof(ml_hello_ack_t, version) == 0, "ack.version");

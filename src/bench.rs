@@ -1,7 +1,9 @@
 //! `tickinfer bench`: in one run, pinned and sized to the cores it finds —
 //! the transport floor (socket and shared memory), a bare ORT run, tickinfer
 //! end to end in each poll mode and over shared memory,
-//! throughput with pipelining connections, and the quick Python alternative —
+//! throughput with pipelining connections, the quick Python alternative, and
+//! TCP (a ping-pong floor and tickinfer end to end, on loopback and, as root,
+//! across two network namespaces joined by a veth pair) —
 //! with the ratio of tickinfer to the floor, a host profile, and JSON, markdown
 //! and plot outputs. Tail latency from HdrHistogram only.
 
@@ -145,6 +147,10 @@ pub struct Ratios {
     /// The scoring stage with live signal quality on minus off, p50 ns, same run (target
     /// ≤ 50); `None` when the model has no `[label]`.
     pub quality_cost_p50_ns: Option<i64>,
+    /// tickinfer e2e over TCP on loopback − (TCP floor + engine), p50 ns, same run (target ≤ 500).
+    pub tcp_loopback_over_floor_and_engine_p50_ns: i64,
+    /// The same across two network namespaces joined by a veth pair (`None`: skipped, not root).
+    pub tcp_veth_over_floor_and_engine_p50_ns: Option<i64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -490,7 +496,39 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
         },
     );
 
+    eprintln!("bench: (f) TCP: ping-pong floor and tickinfer end to end, loopback and veth");
+    let veth = match crate::transport::netns::Pair::create("b") {
+        Ok(pair) => Some(pair),
+        Err(why) => {
+            eprintln!("bench: veth rows skipped: {why}");
+            rows.push(Row::skipped("floor: TCP ping-pong, veth", format!("skipped: {why}")));
+            rows.push(Row::skipped("tickinfer e2e TCP, veth", format!("skipped: {why}")));
+            None
+        }
+    };
+    for (path, ns) in [("loopback", None), ("veth", veth.as_ref())] {
+        if path == "veth" && ns.is_none() {
+            continue;
+        }
+        let (floor, note) = tcp_pingpong(n, server_core, client_core, ns)?;
+        rows.push(Row::of(&format!("floor: TCP ping-pong, {path}"), floor, format!("{place}; {note}")));
+        let (h, note) = tcp_e2e(&opts.model, n, server_core, client_core, scale, extras, ns)?;
+        rows.push(Row::of(
+            &format!("tickinfer e2e TCP, {path}"),
+            h,
+            format!("inline, --poll spin, {place}; {note}"),
+        ));
+    }
+    drop(veth); // the namespaces and the veth pair go
+
     let get = |name: &str| rows.iter().find(|r| r.name.starts_with(name)).cloned();
+    let tcp_over = |path: &str| -> Option<i64> {
+        let (e2e, floor) =
+            (get(&format!("tickinfer e2e TCP, {path}"))?, get(&format!("floor: TCP ping-pong, {path}"))?);
+        let engine = get("tickinfer engine (features")?;
+        (e2e.count > 0 && floor.count > 0).then(|| e2e.p50 as i64 - floor.p50 as i64 - engine.p50 as i64)
+    };
+    let (tcp_loopback, tcp_veth) = (tcp_over("loopback").unwrap_or(0), tcp_over("veth"));
     let (floor, ort, e2e) =
         (get("floor").unwrap(), get("bare ORT").unwrap(), get("tickinfer e2e --poll spin").unwrap());
     let (shm, engine) = (get("tickinfer e2e shm").unwrap(), get("tickinfer engine (features").unwrap());
@@ -503,6 +541,8 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
         sparse_p50: get("tickinfer e2e sparse").unwrap().p50 as f64 / e2e.p50 as f64,
         sparse_kept_warm_p50: get("tickinfer e2e sparse, kept warm").unwrap().p50 as f64 / e2e.p50 as f64,
         quality_cost_p50_ns,
+        tcp_loopback_over_floor_and_engine_p50_ns: tcp_loopback,
+        tcp_veth_over_floor_and_engine_p50_ns: tcp_veth,
     };
     let report = BenchReport { host, rows, ratios };
     write_outputs(&report, &opts.out)?;
@@ -510,8 +550,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
 }
 
 /// Write all of `bytes` to a non-blocking socket, busy-polling while it is full.
-fn write_all_spin(s: &mut UnixStream, mut bytes: &[u8]) -> Result<(), String> {
-    use std::io::Write;
+fn write_all_spin(s: &mut impl Write, mut bytes: &[u8]) -> Result<(), String> {
     while !bytes.is_empty() {
         match s.write(bytes) {
             Ok(0) => return Err("write: the peer closed".into()),
@@ -525,8 +564,7 @@ fn write_all_spin(s: &mut UnixStream, mut bytes: &[u8]) -> Result<(), String> {
 }
 
 /// Fill `buf` from a non-blocking socket, busy-polling.
-fn read_exact_spin(s: &mut UnixStream, buf: &mut [u8]) -> Result<(), String> {
-    use std::io::Read;
+fn read_exact_spin(s: &mut impl Read, buf: &mut [u8]) -> Result<(), String> {
     let mut got = 0;
     while got < buf.len() {
         match s.read(&mut buf[got..]) {
@@ -937,6 +975,7 @@ fn e2e(
     let server = local_server_with(cfg, server_core)?;
     let h = match transport {
         crate::replay::Transport::Socket => sync_client(&server.socket, n, client_core, scale, extras),
+        crate::replay::Transport::Tcp => Err("e2e over TCP: see tcp_e2e".into()),
         crate::replay::Transport::Shm => {
             let (socket, t) = (server.socket.clone(), Duration::from_secs(5));
             let open =
@@ -948,6 +987,145 @@ fn e2e(
     };
     server.stop()?;
     h
+}
+
+/// `SO_BUSY_POLL` the TCP rows ask for on both ends (µs).
+const BUSY_POLL_US: u32 = 50;
+
+/// Where the TCP rows listen: loopback, or the server's end of the veth pair.
+fn tcp_listen_ip(ns: Option<&crate::transport::netns::Pair>) -> Result<std::net::IpAddr, String> {
+    ns.map_or("127.0.0.1", |p| p.server_ip.as_str()).parse().map_err(|e| format!("{e}"))
+}
+
+/// Run `f` in the server's namespace (veth) or here (loopback).
+fn in_server_ns<T>(ns: Option<&crate::transport::netns::Pair>, f: impl FnOnce() -> T) -> Result<T, String> {
+    match ns {
+        Some(p) => crate::transport::netns::Pair::within(&p.server_ns, f),
+        None => Ok(f()),
+    }
+}
+
+/// `TCP_NODELAY` and `SO_BUSY_POLL` on a bench socket; what the kernel kept, for the note.
+fn tune_bench_socket(s: &std::net::TcpStream) -> Result<String, String> {
+    let refused = crate::transport::tcp::tune_std(s, Some(BUSY_POLL_US)).map_err(|e| e.to_string())?;
+    Ok(match (refused, crate::transport::tcp::busy_poll_of(s)) {
+        (None, Ok(us)) => format!("SO_BUSY_POLL {us} µs"),
+        (Some(e), _) => format!("SO_BUSY_POLL refused ({e}): kernel default"),
+        (None, Err(e)) => format!("SO_BUSY_POLL unknown ({e})"),
+    })
+}
+
+/// (f) Busy-poll ping-pong over TCP with tickinfer's frame sizes (194 B out, 58 B back),
+/// `TCP_NODELAY` and `SO_BUSY_POLL` both ends: the floor of the TCP transport, on loopback
+/// or (`ns`) across the veth pair, the echo in the server's namespace.
+fn tcp_pingpong(
+    n: usize,
+    echo_core: usize,
+    client_core: usize,
+    ns: Option<&crate::transport::netns::Pair>,
+) -> Result<(Histogram<u64>, String), String> {
+    let ip = tcp_listen_ip(ns)?;
+    let listener =
+        in_server_ns(ns, || std::net::TcpListener::bind((ip, 0)))?.map_err(|e| format!("bind {ip}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let client_ns = ns.map(|p| p.client_ns.clone());
+    let total = n + n / 10;
+    let echo = std::thread::spawn(move || -> Result<(), String> {
+        pin(echo_core);
+        let (mut b, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+        tune_bench_socket(&b)?;
+        b.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let (mut req, resp) = ([0u8; REQUEST_SIZE], [0u8; RESPONSE_SIZE]);
+        for _ in 0..total {
+            read_exact_spin(&mut b, &mut req)?;
+            write_all_spin(&mut b, &resp)?;
+        }
+        Ok(())
+    });
+    let client = std::thread::spawn(move || -> Result<(Histogram<u64>, String), String> {
+        pin(client_core);
+        if let Some(ns) = &client_ns {
+            crate::transport::netns::Pair::enter(ns)?;
+        }
+        let mut a = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+        let note = tune_bench_socket(&a)?;
+        a.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let mut h = hist();
+        let (req, mut resp) = ([1u8; REQUEST_SIZE], [0u8; RESPONSE_SIZE]);
+        for i in 0..total {
+            let t0 = now_ns();
+            write_all_spin(&mut a, &req)?;
+            read_exact_spin(&mut a, &mut resp)?;
+            if i >= n / 10 {
+                h.saturating_record(now_ns() - t0);
+            }
+        }
+        Ok((h, note))
+    });
+    let (h, note) = client.join().map_err(|_| "client panicked")??;
+    echo.join().map_err(|_| "echo panicked")??;
+    let path = if ns.is_some() { "two network namespaces, veth pair" } else { "loopback" };
+    Ok((h, format!("{path}; TCP_NODELAY, {note}; 194 B out, 58 B back")))
+}
+
+/// (f) tickinfer end to end over TCP (`--listen-tcp`, `--busy-poll-us`), one request in
+/// flight, busy-polling client: on loopback, or (`ns`) the server in one namespace and
+/// the client in the other, `--tcp-allow` naming the client's address.
+fn tcp_e2e(
+    model: &Path,
+    n: usize,
+    server_core: usize,
+    client_core: usize,
+    scale: i64,
+    extras: u16,
+    ns: Option<&crate::transport::netns::Pair>,
+) -> Result<(Histogram<u64>, String), String> {
+    let ip = tcp_listen_ip(ns)?;
+    // A free port: bound, released, then the server binds it (SO_REUSEADDR).
+    let port = in_server_ns(ns, || std::net::TcpListener::bind((ip, 0)).and_then(|l| l.local_addr()))?
+        .map_err(|e| format!("bind {ip}: {e}"))?
+        .port();
+    let addr = std::net::SocketAddr::new(ip, port);
+    let mut cfg = polling(model, PollMode::Spin);
+    let allow = match ns {
+        Some(p) => vec![format!("{}/32", p.client_ip).parse::<crate::transport::tcp::Cidr>()?],
+        None => vec![],
+    };
+    cfg.tcp = Some(crate::server::TcpListen {
+        addr,
+        policy: crate::transport::tcp::TcpPolicy {
+            allow,
+            token_file: None,
+            busy_poll_us: Some(BUSY_POLL_US),
+        },
+    });
+    let server = in_server_ns(ns, || local_server_with(cfg, server_core))??;
+    let client_ns = ns.map(|p| p.client_ns.clone());
+    let note = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let seen = note.clone();
+    let open = move || -> Result<std::net::TcpStream, String> {
+        if let Some(ns) = &client_ns {
+            crate::transport::netns::Pair::enter(ns)?;
+        }
+        let (s, _) = crate::replay::connect_tcp(addr, None)?;
+        let kept = tune_bench_socket(&s)?;
+        if let Ok(mut n) = seen.lock() {
+            *n = kept;
+        }
+        s.set_nonblocking(true).map_err(|e| e.to_string())?;
+        Ok(s)
+    };
+    let h = timed_round_trips(n, client_core, scale, extras, open, |s, req| {
+        let mut buf = [0u8; RESPONSE_SIZE];
+        write_all_spin(s, bytemuck::bytes_of(req))?;
+        read_exact_spin(s, &mut buf)?;
+        Ok(bytemuck::pod_read_unaligned(&buf))
+    });
+    server.stop()?;
+    let path =
+        if ns.is_some() { "server and client in two network namespaces, veth pair" } else { "loopback" };
+    let kept = note.lock().map(|n| n.clone()).unwrap_or_default();
+    Ok((h?, format!("{path}; --busy-poll-us {BUSY_POLL_US}; client TCP_NODELAY, {kept}; 1 in flight")))
 }
 
 /// Idle between two requests of the sparse rows.
@@ -1232,6 +1410,13 @@ pub fn markdown(r: &BenchReport) -> String {
     s += &format!(
         "One request per ms / back to back, p50: {:.2} as is, {:.2} with both ends kept warm (target ≤ 2)\n",
         r.ratios.sparse_p50, r.ratios.sparse_kept_warm_p50
+    );
+    s += &format!(
+        "E2E over TCP − (TCP floor + engine), p50: loopback {:+} ns, veth {} (target ≤ +500)\n",
+        r.ratios.tcp_loopback_over_floor_and_engine_p50_ns,
+        r.ratios
+            .tcp_veth_over_floor_and_engine_p50_ns
+            .map_or("skipped (needs root and iproute2)".into(), |v| format!("{v:+} ns"))
     );
     if let Some(cost) = r.ratios.quality_cost_p50_ns {
         s += &format!("Scoring stage with live signal quality − without, p50: {cost:+} ns (target ≤ +50)\n");

@@ -638,6 +638,18 @@ pub fn prometheus_text(shared: &Shared, host: &[crate::doctor::Finding], started
             "Per-symbol state slots given to a new symbol after the old one was idle --evict-idle-symbols-ms.",
             stats.symbols_evicted,
         ),
+        ("tcp_connections_total", "TCP connections accepted (--listen-tcp).", stats.tcp_connections),
+        (
+            "tcp_peers_refused_total",
+            "TCP peers closed at accept because their address is not in --tcp-allow (also in \
+             connections_refused_total).",
+            stats.tcp_peers_refused,
+        ),
+        (
+            "tcp_auth_refusals_total",
+            "TCP hellos refused for a missing or wrong --tcp-token-file token (also in connections_refused_total).",
+            stats.tcp_auth_refusals,
+        ),
     ] {
         let _ = writeln!(
             out,

@@ -346,6 +346,8 @@ impl Host {
             (Some(_), _) | (_, Some(_)) => f.push(ok("cgroup", "no CPU quota")),
             _ => f.push(info("cgroup", "cgroup CPU settings not found", None)),
         }
+        // TCP (`serve --listen-tcp`): kernel busy polling, and the NICs' interrupt coalescing.
+        f.extend(self.tcp_findings());
         // ONNX Runtime and execution providers.
         match crate::engine::runtime::find_existing(crate::engine::runtime::Flavor::Cpu)
             .or_else(|| crate::engine::runtime::find_existing(crate::engine::runtime::Flavor::Gpu))
@@ -384,6 +386,90 @@ impl Host {
             f.push(info("gpu", "no GPU: the CPU execution provider serves", None));
         }
         f
+    }
+}
+
+impl Host {
+    /// What matters for `--listen-tcp` between two hosts: `net.core.busy_read`/`busy_poll`
+    /// (a blocking read or epoll busy-polls the NIC queue instead of sleeping for its
+    /// interrupt), and each physical NIC's interrupt coalescing (the NIC holds a packet up
+    /// to `rx-usecs` before interrupting). Coalescing is not in /sys: it is read with
+    /// `ethtool -c` when the root is `/` and ethtool is installed. Information only when
+    /// TCP is not used; warnings name the fix.
+    fn tcp_findings(&self) -> Vec<Finding> {
+        let mut f = Vec::new();
+        let read =
+            |k: &str| self.read(&format!("/proc/sys/net/core/{k}")).and_then(|v| v.parse::<u64>().ok());
+        match (read("busy_read"), read("busy_poll")) {
+            (Some(r), Some(p)) if r > 0 && p > 0 => {
+                f.push(ok("busy-poll", format!("net.core.busy_read {r} µs, net.core.busy_poll {p} µs")))
+            }
+            (Some(r), Some(p)) => f.push(info(
+                "busy-poll",
+                format!(
+                    "net.core.busy_read {r} µs, net.core.busy_poll {p} µs: TCP reads wait for the NIC's \
+                     interrupt (for serve --listen-tcp)"
+                ),
+                Some(
+                    "sysctl -w net.core.busy_read=50 net.core.busy_poll=50 (persist in /etc/sysctl.d/), \
+                     or serve --busy-poll-us 50 with CAP_NET_ADMIN; `tickinfer bench` measures both ways",
+                ),
+            )),
+            _ => f.push(info("busy-poll", "net.core.busy_read/busy_poll not found", None)),
+        }
+        let nics: Vec<PathBuf> = self
+            .glob("/sys/class/net", "")
+            .into_iter()
+            .filter(|p| p.join("device").exists()) // physical NICs (not lo, veth, bridges)
+            .collect();
+        for nic in nics {
+            let dev = nic.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let speed =
+                std::fs::read_to_string(nic.join("speed")).map(|s| s.trim().to_string()).unwrap_or_default();
+            let defer =
+                std::fs::read_to_string(nic.join("napi_defer_hard_irqs")).map(|s| s.trim().to_string());
+            let what = format!(
+                "{dev}: {} Mb/s{}",
+                if speed.is_empty() { "?".into() } else { speed },
+                defer.map(|d| format!(", napi_defer_hard_irqs {d}")).unwrap_or_default()
+            );
+            let fix = format!(
+                "ethtool -C {dev} adaptive-rx off rx-usecs 0 tx-usecs 0 (an interrupt per packet: the lowest \
+                 latency, more CPU); pin the NIC's IRQs off the hot cores (irq finding)"
+            );
+            match self.coalescing(&dev) {
+                Some((adaptive, usecs)) if adaptive || usecs > 0 => f.push(warn(
+                    "nic",
+                    format!(
+                        "{what}; interrupt coalescing: adaptive-rx {}, rx-usecs {usecs}",
+                        if adaptive { "on" } else { "off" }
+                    ),
+                    fix,
+                )),
+                Some(_) => f.push(ok("nic", format!("{what}; interrupt coalescing off (rx-usecs 0)"))),
+                None => f.push(info(
+                    "nic",
+                    format!("{what}; interrupt coalescing not read (see `ethtool -c {dev}`)"),
+                    Some(&fix),
+                )),
+            }
+        }
+        f
+    }
+
+    /// `(adaptive-rx, rx-usecs)` from `ethtool -c DEV`, only on the live host (`/`).
+    fn coalescing(&self, dev: &str) -> Option<(bool, u64)> {
+        if self.root != Path::new("/") {
+            return None;
+        }
+        let out = std::process::Command::new("ethtool").args(["-c", dev]).output().ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let adaptive = text.lines().any(|l| l.starts_with("Adaptive RX:") && l.contains("on"));
+        let usecs = text.lines().find_map(|l| l.strip_prefix("rx-usecs:"))?.trim().parse().ok()?;
+        Some((adaptive, usecs))
     }
 }
 

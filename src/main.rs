@@ -148,12 +148,18 @@ struct ReplayArgs {
     #[arg(long)]
     keep_warm_us: Option<u64>,
     /// How requests reach the server: its Unix socket, or shared memory negotiated on it
-    /// (same host; one busy-polling thread per connection).
+    /// (same host; one busy-polling thread per connection); tcp is what --connect selects.
     #[arg(long, value_enum, default_value = "socket")]
     transport: tickinfer::replay::Transport,
     /// A running server's socket ...
-    #[arg(long, conflicts_with = "model", required_unless_present = "model")]
+    #[arg(long, conflicts_with_all = ["model", "connect"], required_unless_present_any = ["model", "connect"])]
     socket: Option<PathBuf>,
+    /// ... or a server on another host: tcp://host:port (its --listen-tcp) ...
+    #[arg(long, value_name = "tcp://HOST:PORT", conflicts_with = "model")]
+    connect: Option<String>,
+    /// With --connect: a file holding the server's pre-shared token (its --tcp-token-file).
+    #[arg(long, requires = "connect")]
+    tcp_token_file: Option<PathBuf>,
     /// ... or a model manifest: a server is started on a temporary socket and stopped after.
     #[arg(long)]
     model: Option<PathBuf>,
@@ -491,7 +497,18 @@ fn replay(args: ReplayArgs) -> Result<(), String> {
         rate: args.rate,
         connections: args.connections,
         window: args.window,
-        transport: args.transport,
+        transport: match (&args.connect, args.transport) {
+            (Some(_), tickinfer::replay::Transport::Socket | tickinfer::replay::Transport::Tcp) => {
+                tickinfer::replay::Transport::Tcp
+            }
+            (Some(_), tickinfer::replay::Transport::Shm) => {
+                return Err("--transport shm is for a server on this host (--socket), not --connect".into())
+            }
+            (None, tickinfer::replay::Transport::Tcp) => {
+                return Err("--transport tcp: give the server's address with --connect tcp://host:port".into())
+            }
+            (None, t) => t,
+        },
         client_poll: args.client_poll,
         keep_warm: args.keep_warm_us.map(std::time::Duration::from_micros),
         server_cores: vec![],
@@ -510,8 +527,20 @@ fn replay(args: ReplayArgs) -> Result<(), String> {
         score_from: args.score_from,
         limit: args.limit,
         progress: !args.json,
+        tcp_token: match &args.tcp_token_file {
+            Some(path) => Some(tickinfer::transport::tcp::Token::load(path)?.bytes().to_vec()),
+            None => None,
+        },
     };
-    let summary = match (&args.socket, &args.model) {
+    let connect = match &args.connect {
+        Some(url) => match tickinfer::transport::tcp::parse_url(url) {
+            Some(Ok(addr)) => Some(PathBuf::from(format!("tcp://{addr}"))),
+            Some(Err(e)) => return Err(format!("--connect {e}")),
+            None => return Err(format!("--connect {url}: want tcp://host:port (a Unix socket: --socket)")),
+        },
+        None => None,
+    };
+    let summary = match (args.socket.as_ref().or(connect.as_ref()), &args.model) {
         (Some(socket), _) => tickinfer::replay::run_and_report(socket, &opts, &args.out)?,
         (None, Some(model)) => {
             let mut cfg = tickinfer::server::ServerConfig::new(model, "unused");
@@ -642,6 +671,7 @@ fn demo_replay(
         score_from,
         limit: None,
         progress,
+        tcp_token: None,
     };
     let summary = tickinfer::replay::run_and_report(&local.socket, &opts, out);
     let info = local.model.clone();

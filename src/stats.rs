@@ -45,6 +45,12 @@ pub struct Stats {
     pub idle_disconnects: u64,
     /// Symbols whose state slot went to a new symbol after `--evict-idle-symbols-ms` idle.
     pub symbols_evicted: u64,
+    /// TCP connections accepted (`--listen-tcp`; also in `connections_accepted` once admitted).
+    pub tcp_connections: u64,
+    /// TCP peers closed at accept: not in `--tcp-allow` (also in `connections_refused`).
+    pub tcp_peers_refused: u64,
+    /// TCP hellos refused for a missing or wrong `--tcp-token-file` token (also in `connections_refused`).
+    pub tcp_auth_refusals: u64,
     /// Live signal quality (the scoring thread's; taken whole, never added: see [`crate::quality::Tally`]).
     pub quality: crate::quality::Tally,
 }
@@ -72,6 +78,9 @@ impl Default for Stats {
             uid_quota_refusals: 0,
             idle_disconnects: 0,
             symbols_evicted: 0,
+            tcp_connections: 0,
+            tcp_peers_refused: 0,
+            tcp_auth_refusals: 0,
             quality: Default::default(),
         }
     }
@@ -99,6 +108,9 @@ impl Stats {
         self.uid_quota_refusals += other.uid_quota_refusals;
         self.idle_disconnects += other.idle_disconnects;
         self.symbols_evicted += other.symbols_evicted;
+        self.tcp_connections += other.tcp_connections;
+        self.tcp_peers_refused += other.tcp_peers_refused;
+        self.tcp_auth_refusals += other.tcp_auth_refusals;
         self.quality.merge(&other.quality);
     }
 
@@ -120,6 +132,9 @@ impl Stats {
         self.uid_quota_refusals = 0;
         self.idle_disconnects = 0;
         self.symbols_evicted = 0;
+        self.tcp_connections = 0;
+        self.tcp_peers_refused = 0;
+        self.tcp_auth_refusals = 0;
         self.quality.mark_published();
     }
 
@@ -142,6 +157,9 @@ impl Stats {
             && self.uid_quota_refusals == 0
             && self.idle_disconnects == 0
             && self.symbols_evicted == 0
+            && self.tcp_connections == 0
+            && self.tcp_peers_refused == 0
+            && self.tcp_auth_refusals == 0
             && !self.quality.unpublished()
     }
 
@@ -173,6 +191,9 @@ impl Stats {
             uid_quota_refusals: self.uid_quota_refusals,
             idle_disconnects: self.idle_disconnects,
             symbols_evicted: self.symbols_evicted,
+            tcp_connections: self.tcp_connections,
+            tcp_peers_refused: self.tcp_peers_refused,
+            tcp_auth_refusals: self.tcp_auth_refusals,
             signal_quality: self.quality.report(),
             shadows: Vec::new(),
         }
@@ -246,6 +267,15 @@ pub struct StatsReport {
     /// State slots that went to a new symbol after `--evict-idle-symbols-ms` idle.
     #[serde(default)]
     pub symbols_evicted: u64,
+    /// TCP connections accepted (`--listen-tcp`).
+    #[serde(default)]
+    pub tcp_connections: u64,
+    /// TCP peers closed at accept: not in `--tcp-allow`.
+    #[serde(default)]
+    pub tcp_peers_refused: u64,
+    /// TCP hellos refused for a missing or wrong token.
+    #[serde(default)]
+    pub tcp_auth_refusals: u64,
     /// The live verifier of the native backend (filled in by the control plane).
     #[serde(default)]
     pub verify: VerifyReport,

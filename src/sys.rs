@@ -416,6 +416,39 @@ pub fn is_listening_unix_stream(fd: RawFd) -> io::Result<bool> {
         && opt(libc::SO_ACCEPTCONN)? != 0)
 }
 
+/// `SO_BUSY_POLL`: a blocking read or poll of this socket busy-polls the device queue for
+/// up to `usec` µs before sleeping. Raising it past the current value needs CAP_NET_ADMIN
+/// (EPERM otherwise).
+pub fn set_busy_poll(fd: RawFd, usec: u32) -> io::Result<()> {
+    let v = usec.min(i32::MAX as u32) as libc::c_int;
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    syscall!(setsockopt(fd, libc::SOL_SOCKET, libc::SO_BUSY_POLL, (&v as *const libc::c_int).cast(), len))
+        .map(drop)
+}
+
+/// The `SO_BUSY_POLL` value of a socket (µs).
+pub fn busy_poll(fd: RawFd) -> io::Result<u32> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    syscall!(getsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_BUSY_POLL,
+        (&mut v as *mut libc::c_int).cast(),
+        &mut len
+    ))?;
+    Ok(v.max(0) as u32)
+}
+
+/// Move the calling thread into the network namespace whose file is `ns` (e.g.
+/// `/var/run/netns/NAME`, or a saved `/proc/thread-self/ns/net`): sockets it creates
+/// from now on live there. Needs CAP_SYS_ADMIN.
+pub fn enter_netns(ns: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(ns)?;
+    syscall!(setns(f.as_raw_fd(), libc::CLONE_NEWNET)).map(drop)
+}
+
 /// Wait until `fd` is readable (and, with `writable`, writable) or `timeout` passes
 /// (`None`: no limit); `Interrupted` counts as a spurious return.
 pub fn wait_fd(fd: RawFd, writable: bool, timeout: Option<std::time::Duration>) -> io::Result<()> {

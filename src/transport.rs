@@ -1,13 +1,19 @@
 //! The socket side of the request's path: a safe listening socket, and one
 //! [`Conn`] per client with its read buffer, frame decoder, write buffer and
-//! in-flight accounting. No model code here: `server` drives it.
+//! in-flight accounting. No model code here: `server` drives it. A connection's
+//! socket is a Unix stream or, from another host, a TCP stream ([`tcp`]): the
+//! same frames and the same path after accept.
+
+pub mod netns;
+pub mod tcp;
 
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use mio::net::UnixStream;
+use mio::net::{TcpStream, UnixStream};
 
 use crate::sys::{self, PeerCred};
 use crate::wire::{
@@ -57,6 +63,9 @@ pub enum ListenError {
     NotASocket(PathBuf),
     #[error("cannot set up socket {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    /// The TCP listener (`--listen-tcp`): the message names the option and the fix.
+    #[error("{0}")]
+    Tcp(String),
 }
 
 /// The file of a bound listening socket; removes it on drop if it is still ours.
@@ -123,16 +132,95 @@ impl Drop for SocketFile {
     }
 }
 
+/// A connection's socket: the local Unix stream, or TCP from another host. One
+/// predictable branch per read or write.
+pub enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Read for Stream {
+    #[inline]
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    #[inline]
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(buf),
+            Stream::Tcp(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(()) // neither stream buffers in user space
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Tcp(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+impl mio::event::Source for Stream {
+    fn register(&mut self, r: &mio::Registry, t: mio::Token, i: mio::Interest) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.register(r, t, i),
+            Stream::Tcp(s) => s.register(r, t, i),
+        }
+    }
+
+    fn reregister(&mut self, r: &mio::Registry, t: mio::Token, i: mio::Interest) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.reregister(r, t, i),
+            Stream::Tcp(s) => s.reregister(r, t, i),
+        }
+    }
+
+    fn deregister(&mut self, r: &mio::Registry) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.deregister(r),
+            Stream::Tcp(s) => s.deregister(r),
+        }
+    }
+}
+
+/// Who is at the other end of a connection, for log lines.
+pub struct Who<'a>(&'a Conn);
+
+impl std::fmt::Display for Who<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.tcp_peer {
+            Some(addr) => write!(f, "tcp {addr}"),
+            None => write!(f, "pid {} uid {}", self.0.peer.pid, self.0.peer.uid),
+        }
+    }
+}
+
 /// Read buffer size per connection: 337 requests.
 pub const READ_BUFFER: usize = 64 * 1024;
 
 /// One client connection.
 pub struct Conn {
-    pub stream: UnixStream,
+    pub stream: Stream,
     /// Incremented each time a slab slot is reused, so late responses for a
     /// closed connection are dropped, never delivered to its successor.
     pub generation: u32,
+    /// Peer credentials of a Unix connection (`SO_PEERCRED`); none exist over TCP
+    /// (there: pid 0, uid and gid `u32::MAX`, and `tcp_peer` is set).
     pub peer: PeerCred,
+    /// The peer's address of a TCP connection.
+    pub tcp_peer: Option<SocketAddr>,
     pub decoder: crate::wire::Decoder,
     /// Bytes `[rpos, rlen)` are received and not yet decoded; `rpos <= rlen <= rbuf.len()`.
     rbuf: Box<[u8]>,
@@ -172,8 +260,9 @@ pub struct Conn {
 /// The next frame of a connection's received bytes (copied out).
 #[derive(Debug)]
 pub enum Decoded {
-    /// A valid hello (answer it with an ack); its flags may ask for shared memory.
-    Hello(MlHello),
+    /// A valid hello (answer it with an ack); its flags may ask for shared memory;
+    /// with the auth frame that followed it, if its flags announced one.
+    Hello(MlHello, Option<crate::wire::MlAuth>),
     /// A whole request frame (not yet validated).
     Request(MlRequest),
     /// The stream cannot be trusted: answer `e.status()` and close.
@@ -200,10 +289,21 @@ pub enum ReadOutcome {
 impl Conn {
     pub fn new(stream: UnixStream, generation: u32) -> io::Result<Conn> {
         let peer = sys::peer_cred(stream.as_raw_fd())?;
-        Ok(Conn {
+        Ok(Conn::with(Stream::Unix(stream), generation, peer, None))
+    }
+
+    /// A TCP connection from `addr` (no peer credentials: uid quotas and allow-uid do not apply).
+    pub fn new_tcp(stream: TcpStream, addr: SocketAddr, generation: u32) -> Conn {
+        let nobody = PeerCred { pid: 0, uid: u32::MAX, gid: u32::MAX };
+        Conn::with(Stream::Tcp(stream), generation, nobody, Some(addr))
+    }
+
+    fn with(stream: Stream, generation: u32, peer: PeerCred, tcp_peer: Option<SocketAddr>) -> Conn {
+        Conn {
             stream,
             generation,
             peer,
+            tcp_peer,
             decoder: crate::wire::Decoder::new(),
             rbuf: vec![0u8; READ_BUFFER].into_boxed_slice(),
             rpos: 0,
@@ -222,7 +322,18 @@ impl Conn {
             established: false,
             shm: None,
             shm_fault: None,
-        })
+        }
+    }
+
+    /// The peer, for log lines: `pid P uid U`, or `tcp ADDR`.
+    pub fn who(&self) -> Who<'_> {
+        Who(self)
+    }
+
+    /// The uid whose `--max-connections-per-uid` quota this connection counts against
+    /// (none over TCP: no credentials).
+    pub fn quota_uid(&self) -> Option<u32> {
+        self.tcp_peer.is_none().then_some(self.peer.uid)
     }
 
     /// One `read()` into the free tail of the read buffer (retrying EINTR).
@@ -268,7 +379,7 @@ impl Conn {
                 }
                 return Decoded::NeedMore;
             }
-            Ok(Some((Frame::Hello(h), n))) => (Decoded::Hello(*h), n),
+            Ok(Some((Frame::Hello(h, auth), n))) => (Decoded::Hello(*h, auth.copied()), n),
             Ok(Some((Frame::Request(r), n))) => (Decoded::Request(*r), n),
             Err(e) => return Decoded::Error(e),
         };

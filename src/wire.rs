@@ -30,6 +30,12 @@ pub const REQUEST_END: u32 = 0x5152_4B54;
 pub const RESPONSE_END: u32 = 0x5352_4B54;
 /// `ML_HELLO_FLAG_SHM`: the hello asks for the shared-memory transport (`proto/ml_shm.h`).
 pub const HELLO_FLAG_SHM: u16 = 0x0001;
+/// `ML_HELLO_FLAG_AUTH`: an [`MlAuth`] frame (a pre-shared token) follows the hello at once.
+pub const HELLO_FLAG_AUTH: u16 = 0x0002;
+/// `ML_AUTH_MAGIC` ("TKAU").
+pub const AUTH_MAGIC: u32 = 0x5541_4B54;
+/// `ML_AUTH_TOKEN_MAX`: capacity of [`MlAuth::token`].
+pub const AUTH_TOKEN_MAX: usize = 64;
 /// `ML_RESPONSE_WARMING`: the symbol had fewer earlier events than the stateful features need.
 pub const RESPONSE_WARMING: u16 = 0x0001;
 /// `ML_DEPTH_LEVELS`: book levels per side a request can carry (level 1 in its
@@ -133,7 +139,7 @@ impl Status {
             Status::ModelFailure => "model run failed",
             Status::ShuttingDown => "server shutting down",
             Status::TooManyConnections => "too many connections",
-            Status::PermissionDenied => "peer credentials not allowed",
+            Status::PermissionDenied => "peer not allowed (credentials, or the TCP token)",
             Status::Internal => "internal server error",
             Status::TooManySymbols => "no state slot left for this symbol (--max-symbols)",
         }
@@ -170,6 +176,16 @@ pub struct MlHello {
     pub max_features: u16,
     /// `ML_HELLO_FLAG_*` bits ([`HELLO_FLAG_SHM`]); was `reserved` (0).
     pub flags: u16,
+}
+
+/// `ml_auth_t`: the pre-shared token, right after a hello that sets [`HELLO_FLAG_AUTH`].
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
+pub struct MlAuth {
+    pub magic: u32,
+    pub token_len: u16,
+    pub reserved: u16,
+    pub token: [u8; AUTH_TOKEN_MAX],
 }
 
 /// `ml_hello_ack_t`: the server's answer to the hello. Bytes 0..12 never change.
@@ -232,6 +248,8 @@ pub struct MlResponse {
 
 /// `sizeof(ml_hello_t)`.
 pub const HELLO_SIZE: usize = size_of::<MlHello>();
+/// `sizeof(ml_auth_t)`.
+pub const AUTH_SIZE: usize = size_of::<MlAuth>();
 /// `sizeof(ml_hello_ack_t)`.
 pub const HELLO_ACK_SIZE: usize = size_of::<MlHelloAck>();
 /// `sizeof(ml_request_t)`.
@@ -251,6 +269,12 @@ const _: () = {
     assert!(offset_of!(MlHello, flags) == 14);
 
     assert!(HELLO_ACK_SIZE == 64);
+    assert!(AUTH_SIZE == 72);
+    assert!(offset_of!(MlAuth, magic) == 0);
+    assert!(offset_of!(MlAuth, token_len) == 4);
+    assert!(offset_of!(MlAuth, reserved) == 6);
+    assert!(offset_of!(MlAuth, token) == 8);
+
     assert!(offset_of!(MlHelloAck, version) == 0);
     assert!(offset_of!(MlHelloAck, ack_size) == 2);
     assert!(offset_of!(MlHelloAck, magic) == 4);
@@ -315,6 +339,11 @@ pub fn layout_table() -> Vec<(&'static str, usize)> {
         "ml_hello_t.response_size" => offset_of!(MlHello, response_size),
         "ml_hello_t.max_features" => offset_of!(MlHello, max_features),
         "ml_hello_t.flags" => offset_of!(MlHello, flags),
+        "sizeof ml_auth_t" => AUTH_SIZE,
+        "ml_auth_t.magic" => offset_of!(MlAuth, magic),
+        "ml_auth_t.token_len" => offset_of!(MlAuth, token_len),
+        "ml_auth_t.reserved" => offset_of!(MlAuth, reserved),
+        "ml_auth_t.token" => offset_of!(MlAuth, token),
         "sizeof ml_hello_ack_t" => HELLO_ACK_SIZE,
         "ml_hello_ack_t.version" => offset_of!(MlHelloAck, version),
         "ml_hello_ack_t.ack_size" => offset_of!(MlHelloAck, ack_size),
@@ -378,6 +407,11 @@ impl MlHello {
         self.flags & HELLO_FLAG_SHM != 0
     }
 
+    /// Whether an [`MlAuth`] frame follows this hello.
+    pub fn has_auth(&self) -> bool {
+        self.flags & HELLO_FLAG_AUTH != 0
+    }
+
     /// Check a received hello against this build: `Ok` or the refusal status.
     pub fn check(&self) -> Result<(), Status> {
         if self.magic != HELLO_MAGIC {
@@ -421,6 +455,30 @@ pub struct ServerInfo {
     pub max_inflight: u32,
     pub model_version: u32,
     pub model_name: String,
+}
+
+impl MlAuth {
+    /// An auth frame carrying `token` (at most [`AUTH_TOKEN_MAX`] bytes; `None` if longer).
+    pub fn new(token: &[u8]) -> Option<MlAuth> {
+        let mut frame = MlAuth { magic: AUTH_MAGIC, token_len: token.len() as u16, ..Zeroable::zeroed() };
+        frame.token.get_mut(..token.len())?.copy_from_slice(token);
+        Some(frame)
+    }
+
+    /// Whether this frame carries `expected`, in time independent of where they differ
+    /// (every byte of the capacity is compared, the lengths folded in).
+    pub fn token_matches(&self, expected: &[u8]) -> bool {
+        let mut want = [0u8; AUTH_TOKEN_MAX];
+        let Some(dst) = want.get_mut(..expected.len()) else { return false };
+        dst.copy_from_slice(expected);
+        let got = self.token;
+        let mut diff = u32::from(self.token_len ^ expected.len() as u16);
+        for (a, b) in got.iter().zip(want.iter()) {
+            diff |= u32::from(a ^ b);
+        }
+        // black_box: keep the optimiser from turning the fold into an early exit.
+        std::hint::black_box(diff) == 0
+    }
 }
 
 impl MlHelloAck {
@@ -582,6 +640,11 @@ pub enum WireError {
          {features} features (server: {HELLO_SIZE}, {REQUEST_SIZE}, {RESPONSE_SIZE}, {MAX_FEATURES})"
     )]
     Layout { hello: u16, request: u16, response: u16, features: u16 },
+    #[error(
+        "hello announced an auth frame (ML_HELLO_FLAG_AUTH) but the next bytes are none: magic {magic:#010x}, \
+         token length {len} (at most {AUTH_TOKEN_MAX})"
+    )]
+    BadAuth { magic: u32, len: u16 },
     #[error("request frame trailer {0:#010x} != ML_REQUEST_END (stream out of alignment)")]
     BadTrailer(u32),
 }
@@ -590,7 +653,9 @@ impl WireError {
     /// The status answered for this error.
     pub fn status(self) -> Status {
         match self {
-            WireError::BadHelloMagic(_) | WireError::BadTrailer(_) => Status::BadFrame,
+            WireError::BadHelloMagic(_) | WireError::BadTrailer(_) | WireError::BadAuth { .. } => {
+                Status::BadFrame
+            }
             WireError::Version { .. } => Status::Version,
             WireError::Layout { .. } => Status::Layout,
         }
@@ -600,7 +665,8 @@ impl WireError {
 /// One decoded client frame, borrowed from the receive buffer.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Frame<'a> {
-    Hello(&'a MlHello),
+    /// A hello, with the auth frame that followed it if it set [`HELLO_FLAG_AUTH`].
+    Hello(&'a MlHello, Option<&'a MlAuth>),
     Request(&'a MlRequest),
 }
 
@@ -656,8 +722,18 @@ impl Decoder {
                 }
                 Err(_) => unreachable!("magic and version were checked above"),
             }
+            if !hello.has_auth() {
+                self.open = true;
+                return Ok(Some((Frame::Hello(hello, None), HELLO_SIZE)));
+            }
+            // The auth frame comes with the hello: both are decoded together or not at all.
+            let Some(bytes) = buf.get(HELLO_SIZE..HELLO_SIZE + AUTH_SIZE) else { return Ok(None) };
+            let auth: &MlAuth = bytemuck::from_bytes(bytes);
+            if auth.magic != AUTH_MAGIC || auth.token_len as usize > AUTH_TOKEN_MAX {
+                return Err(WireError::BadAuth { magic: auth.magic, len: auth.token_len });
+            }
             self.open = true;
-            return Ok(Some((Frame::Hello(hello), HELLO_SIZE)));
+            return Ok(Some((Frame::Hello(hello, Some(auth)), HELLO_SIZE + AUTH_SIZE)));
         }
         let Some(bytes) = buf.get(..REQUEST_SIZE) else { return Ok(None) };
         let req: &MlRequest = bytemuck::from_bytes(bytes);
@@ -770,6 +846,34 @@ mod tests {
         d.next(bytemuck::bytes_of(&MlHello::current())).unwrap().unwrap();
         let bad = MlRequest { frame_end: 0, ..good() };
         assert_eq!(d.next(bytemuck::bytes_of(&bad)), Err(WireError::BadTrailer(0)));
+    }
+
+    #[test]
+    fn auth_frame_follows_its_hello_and_compares_whole() {
+        let hello = MlHello { flags: HELLO_FLAG_AUTH, ..MlHello::current() };
+        let auth = MlAuth::new(b"s3cret").unwrap();
+        let mut stream = bytemuck::bytes_of(&hello).to_vec();
+        stream.extend_from_slice(bytemuck::bytes_of(&auth));
+        stream.extend_from_slice(bytemuck::bytes_of(&good()));
+        for cut in 0..HELLO_SIZE + AUTH_SIZE {
+            assert_eq!(Decoder::new().next(&stream[..cut]), Ok(None), "cut at {cut}");
+        }
+        let mut d = Decoder::new();
+        let (frame, n) = d.next(&stream).unwrap().unwrap();
+        assert_eq!((frame, n), (Frame::Hello(&hello, Some(&auth)), HELLO_SIZE + AUTH_SIZE));
+        assert!(matches!(d.next(&stream[n..]), Ok(Some((Frame::Request(_), REQUEST_SIZE)))));
+        assert!(auth.token_matches(b"s3cret"));
+        for wrong in [&b"s3creT"[..], b"s3cre", b"s3cret\0", b"", &[b'x'; 65]] {
+            assert!(!auth.token_matches(wrong), "{wrong:?}");
+        }
+        assert!(MlAuth::new(&[0u8; 65]).is_none());
+        let mut bad = stream.clone();
+        bad[HELLO_SIZE] ^= 1; // the auth magic
+        assert_eq!(Decoder::new().next(&bad).unwrap_err().status(), Status::BadFrame);
+        let long = MlAuth { token_len: 65, ..auth };
+        let mut bad = bytemuck::bytes_of(&hello).to_vec();
+        bad.extend_from_slice(bytemuck::bytes_of(&long));
+        assert!(matches!(Decoder::new().next(&bad), Err(WireError::BadAuth { len: 65, .. })));
     }
 
     #[test]

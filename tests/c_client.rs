@@ -84,3 +84,35 @@ fn other_layout_or_version_is_refused_in_the_ack() {
         assert_eq!(s.read(&mut [0u8; 8]).unwrap(), 0, "connection closed after refusal");
     }
 }
+
+/// The C client over TCP (`ml_client_connect_tcp`, `_auth`): ids in order, statuses in
+/// place, stamps, the token; and the example's `tcp://host:port`.
+#[test]
+fn c_client_over_tcp() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "tcp-test-token\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let server = Server::start(&["--listen-tcp", "127.0.0.1:0", "--tcp-token-file", token.to_str().unwrap()]);
+    let addr = server.tcp_addr();
+    let exe = dir.path().join("tcp_client");
+    compile("c", &[&repo_root().join("tests/c/tcp_client.c")], &exe);
+    let out = run(&exe, &[&addr.ip().to_string(), &addr.port().to_string(), "tcp-test-token"]);
+    assert!(out.contains("all checks passed"), "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("ok ")).count(), 10, "{out}");
+
+    let example = dir.path().join("client_example");
+    compile("c", &[&repo_root().join("proto/examples/client_example.c")], &example);
+    let url = format!("tcp://{addr}");
+    let out = util::run_ok(
+        Command::new(&example)
+            .args([url.as_str(), "2000", "spin", "16"])
+            .env("TICKINFER_TCP_TOKEN", "tcp-test-token"),
+    );
+    assert!(out.contains("transport=tcp"), "{out}");
+    assert_eq!((field(&out, "received"), field(&out, "mismatched")), (2000, 0), "{out}");
+    assert!(out.contains("status 0 (ok): 2000"), "{out}");
+    let bad = Command::new(&example).args([url.as_str(), "10"]).output().unwrap();
+    assert!(!bad.status.success(), "no token: refused");
+}

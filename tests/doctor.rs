@@ -131,6 +131,37 @@ fn untuned_host_names_each_problem_and_its_fix() {
     assert!(!ok, "--strict exits non-zero when something should be fixed");
 }
 
+/// `serve --listen-tcp`: kernel busy polling and each physical NIC (coalescing is read with
+/// ethtool only on the live host, so a fixture tree gets the command and the fix).
+#[test]
+fn tcp_settings_are_named_with_their_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    tuned(dir.path());
+    put(dir.path(), "proc/sys/net/core/busy_read", "0\n");
+    put(dir.path(), "proc/sys/net/core/busy_poll", "0\n");
+    put(dir.path(), "sys/class/net/eth0/speed", "10000\n");
+    put(dir.path(), "sys/class/net/eth0/device/vendor", "0x1924\n");
+    put(dir.path(), "sys/class/net/lo/speed", "\n"); // no device: not a NIC
+    let found = levels(dir.path());
+    let busy = found.iter().find(|f| f.0 == "busy-poll").expect("busy-poll finding");
+    assert_eq!(busy.1, Level::Info, "{}", busy.2);
+    assert!(busy.2.contains("net.core.busy_read=50") && busy.2.contains("--busy-poll-us"), "{}", busy.2);
+    let nics: Vec<_> = found.iter().filter(|f| f.0 == "nic").collect();
+    assert_eq!(nics.len(), 1, "{nics:?}");
+    assert!(
+        nics[0].2.contains("eth0: 10000 Mb/s") && nics[0].2.contains("ethtool -C eth0 adaptive-rx off"),
+        "{}",
+        nics[0].2
+    );
+    put(dir.path(), "proc/sys/net/core/busy_read", "50\n");
+    put(dir.path(), "proc/sys/net/core/busy_poll", "50\n");
+    let busy = levels(dir.path()).into_iter().find(|f| f.0 == "busy-poll").unwrap();
+    assert_eq!(busy.1, Level::Ok, "{}", busy.2);
+    // Information only: a host not using TCP has nothing more to fix.
+    let (ok, text) = doctor(dir.path(), true);
+    assert!(ok, "{text}");
+}
+
 #[test]
 fn this_machine_runs() {
     let (ok, text) = doctor(Path::new("/"), false);

@@ -773,6 +773,59 @@ fn replay_over_shared_memory_matches_the_socket() {
     }
 }
 
+/// `--connect tcp://host:port` gets the same answers as the Unix socket, with the token.
+#[test]
+fn replay_over_tcp_matches_the_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let sample = repo_root().join("data/sample/SYNTH_2026-01-05_sample.zip");
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "replay-token\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let server = util::server::Server::start(&[
+        "--listen-tcp",
+        "127.0.0.1:0",
+        "--tcp-token-file",
+        token.to_str().unwrap(),
+    ]);
+    let url = format!("tcp://{}", server.tcp_addr());
+    let run = |target: &[&str]| -> serde_json::Value {
+        let out = tempfile::tempdir().unwrap();
+        let mut args =
+            vec!["replay", "--input", sample.to_str().unwrap(), "--format", "lobster", "--limit", "3000"];
+        args.extend_from_slice(target);
+        args.extend_from_slice(&[
+            "--connections",
+            "2",
+            "--window",
+            "16",
+            "--out",
+            out.path().to_str().unwrap(),
+            "--json",
+        ]);
+        serde_json::from_str(&tickinfer(&args)).unwrap()
+    };
+    let socket = run(&["--socket", server.socket.to_str().unwrap()]);
+    let tcp = run(&["--connect", &url, "--tcp-token-file", token.to_str().unwrap()]);
+    assert_eq!(tcp["transport"], "tcp");
+    assert_eq!((tcp["events"].as_u64(), tcp["lost"].as_u64()), (Some(3000), Some(0)), "{tcp}");
+    assert_eq!(tcp["mismatched_ids"], 0);
+    assert_eq!(tcp["by_status"], socket["by_status"]);
+    assert_eq!(tcp["quality"], socket["quality"], "same answers, same signal quality");
+    // Without the token: refused, and said so.
+    let out = Command::new(env!("CARGO_BIN_EXE_tickinfer"))
+        .args(["replay", "--input", sample.to_str().unwrap(), "--format", "lobster", "--limit", "10"])
+        .args(["--connect", &url, "--out", dir.path().join("x").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("TCP token"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Pacing options that cannot work are refused before anything is sent (a huge window
 /// once aborted on allocation; a zero rate never sent).
 #[test]

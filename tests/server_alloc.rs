@@ -1,8 +1,8 @@
 //! Zero heap allocations on the serving threads in steady state: the whole server loop,
 //! not the engine alone — reading, decoding, admitting, scoring (native with every answer
 //! sampled for the live verifier, or ONNX Runtime), routing and writing — over a Unix
-//! socket and over shared memory, in inline and pipeline mode, with a shadow candidate
-//! attached (each request copied into its ring on the counted path).
+//! socket, over TCP and over shared memory, in inline and pipeline mode, with a shadow
+//! candidate attached (each request copied into its ring on the counted path).
 //!
 //! The server runs in this process (`replay::LocalServer`); a global allocator counts the
 //! allocations made by its hot threads, found by name (`tickinfer-server`: the inline or
@@ -82,8 +82,10 @@ fn hot_allocations_during(f: impl FnOnce()) -> u64 {
     COUNT.load(Ordering::Relaxed)
 }
 
-fn start(mode: Mode, backend: &str, scratch: &std::path::Path) -> LocalServer {
+fn start(mode: Mode, backend: &str, scratch: &std::path::Path) -> (LocalServer, std::net::SocketAddr) {
     let model = util::repo_root().join("models/lobster_direction.toml");
+    // A free loopback port for --listen-tcp (bound, released, bound again by the server).
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     // The same model as a shadow, under another name.
     let onnx = util::repo_root().join("models/lobster_direction.onnx");
     let shadow = scratch.join("shadow.toml");
@@ -93,6 +95,7 @@ fn start(mode: Mode, backend: &str, scratch: &std::path::Path) -> LocalServer {
         .replace("onnx = \"lobster_direction.onnx\"", &format!("onnx = \"{}\"", onnx.display()));
     std::fs::write(&shadow, text).unwrap();
     let opts = ServeOptions {
+        listen_tcp: Some(tcp),
         model: Some(model),
         socket: Some("unused.sock".into()),
         mode: Some(mode),
@@ -126,11 +129,11 @@ fn start(mode: Mode, backend: &str, scratch: &std::path::Path) -> LocalServer {
     for (slot, tid) in HOT.iter().zip(hot.iter().chain(std::iter::repeat(&0))) {
         slot.store(*tid, Ordering::Relaxed);
     }
-    server
+    (server, tcp)
 }
 
-/// `n` requests pipelined 32 at a time on one socket connection, answers checked.
-fn socket_traffic(c: &mut Client, first: u64, n: u64) {
+/// `n` requests pipelined 32 at a time on one socket (Unix or TCP) connection, answers checked.
+fn socket_traffic<S: std::io::Read + std::io::Write>(c: &mut Client<S>, first: u64, n: u64) {
     for window in (first..first + n).collect::<Vec<_>>().chunks(32) {
         let reqs: Vec<_> = window.iter().map(|&i| request(i)).collect();
         c.send(&reqs).unwrap();
@@ -161,7 +164,7 @@ fn the_serving_threads_allocate_nothing_per_request() {
     for mode in [Mode::Inline, Mode::Pipeline] {
         for backend in ["native", "ort"] {
             let scratch = tempfile::tempdir().unwrap();
-            let server = start(mode, backend, scratch.path());
+            let (server, tcp_addr) = start(mode, backend, scratch.path());
             assert!(server.model.backend.starts_with(backend), "{}", server.model.backend);
             let what = format!("{mode:?} mode, {backend}");
 
@@ -173,6 +176,11 @@ fn the_serving_threads_allocate_nothing_per_request() {
             let n = hot_allocations_during(|| socket_traffic(&mut socket, 2_000, 20_000));
             assert_eq!(n, 0, "{what}, socket: the hot threads allocated {n} times in 20 000 requests");
 
+            let mut tcp = Client::connect_tcp(tcp_addr).unwrap();
+            socket_traffic(&mut tcp, 50_000, 2_000);
+            let n = hot_allocations_during(|| socket_traffic(&mut tcp, 60_000, 20_000));
+            assert_eq!(n, 0, "{what}, TCP: the hot threads allocated {n} times in 20 000 requests");
+
             let (mut shm, _) = ShmClient::connect(&server.socket, Duration::from_secs(20)).unwrap();
             shm_traffic(&mut shm, 30_000, 2_000);
             let n = hot_allocations_during(|| shm_traffic(&mut shm, 40_000, 20_000));
@@ -182,7 +190,7 @@ fn the_serving_threads_allocate_nothing_per_request() {
             let t0 = std::time::Instant::now();
             loop {
                 let s = server.shadows().pop().unwrap();
-                if s.scored + s.dropped == 44_000 {
+                if s.scored + s.dropped == 66_000 {
                     break;
                 }
                 assert!(t0.elapsed() < Duration::from_secs(60), "{what}: the shadow saw {s:?}");
@@ -190,7 +198,7 @@ fn the_serving_threads_allocate_nothing_per_request() {
             }
             let stats = server.stop().unwrap();
             if backend == "native" {
-                assert!(stats.responses >= 44_000, "{what}: {}", stats.responses);
+                assert!(stats.responses >= 66_000, "{what}: {}", stats.responses);
             }
         }
     }

@@ -44,6 +44,7 @@ fn c_program() -> String {
         "#include <stdio.h>\n#include <string.h>\n#include \"ml_wire.h\"\n#include \"ml_shm.h\"\nint main(void) {{\n{rows}{statuses}    \
          printf(\"status_count %u\\n\", ML_STATUS_COUNT);\n    \
          printf(\"response_warming %u\\n\", ML_RESPONSE_WARMING);\n    \
+         printf(\"auth_constants %u %u %u\\n\", ML_HELLO_FLAG_AUTH, ML_AUTH_MAGIC, ML_AUTH_TOKEN_MAX);\n    \
          printf(\"shm_constants %u %u %u %u %u %u %u %u %u %u %u %u\\n\", ML_SHM_MAGIC, ML_SHM_VERSION, \
          ML_SHM_LINE, ML_SHM_REQUEST_SLOT, ML_SHM_RESPONSE_SLOT, ML_SHM_SERVER_COUNTERS_OFFSET, \
          ML_SHM_CLIENT_COUNTERS_OFFSET, ML_SHM_SLOTS_OFFSET, ML_SHM_MAX_CAPACITY, ML_SHM_FDS, ML_SHM_MAPPED, \
@@ -99,6 +100,15 @@ fn c_and_rust_agree_on_every_size_and_offset() {
             assert_eq!(n.parse::<usize>().unwrap(), Status::COUNT, "ML_STATUS_COUNT");
         } else if let Some(n) = line.strip_prefix("response_warming ") {
             assert_eq!(n.parse::<u16>().unwrap(), tickinfer::wire::RESPONSE_WARMING, "ML_RESPONSE_WARMING");
+        } else if let Some(rest) = line.strip_prefix("auth_constants ") {
+            use tickinfer::wire::{AUTH_MAGIC, AUTH_TOKEN_MAX, HELLO_FLAG_AUTH};
+            let v: Vec<u64> = rest.split(' ').map(|x| x.parse().unwrap()).collect();
+            assert_eq!(
+                v,
+                [HELLO_FLAG_AUTH as u64, AUTH_MAGIC as u64, AUTH_TOKEN_MAX as u64],
+                "auth constants"
+            );
+            checked_lines += 1;
         } else if let Some(rest) = line.strip_prefix("shm_constants ") {
             use tickinfer::shm::*;
             let v: Vec<u64> = rest.split(' ').map(|x| x.parse().unwrap()).collect();
@@ -152,8 +162,8 @@ fn c_and_rust_agree_on_every_size_and_offset() {
     }
     assert_eq!(
         checked_lines,
-        1 + (tickinfer::wire::DEPTH_LEVELS - 1) + 1 + 2,
-        "every depth and shm line printed"
+        1 + (tickinfer::wire::DEPTH_LEVELS - 1) + 1 + 2 + 1,
+        "every depth, shm and auth line printed"
     );
     let rust: BTreeMap<String, usize> = rust_table().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     assert_eq!(c_layout, rust, "C (left) and Rust (right) layouts differ");

@@ -15,7 +15,7 @@ fn drive(chunks: &[Vec<u8>]) -> (Vec<MlRequest>, Option<WireError>) {
         loop {
             match d.next(&buf[pos..]) {
                 Ok(None) => break,
-                Ok(Some((Frame::Hello(h), n))) => {
+                Ok(Some((Frame::Hello(h, _), n))) => {
                     assert_eq!(h.check(), Ok(()));
                     pos += n;
                 }

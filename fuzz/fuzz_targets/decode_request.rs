@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         loop {
             match d.next(&buf[pos..]) {
                 Ok(None) => break,
-                Ok(Some((Frame::Hello(_), n))) => pos += n,
+                Ok(Some((Frame::Hello(..), n))) => pos += n,
                 Ok(Some((Frame::Request(r), n))) => {
                     let _ = wire::validate(r, &limits);
                     pos += n;

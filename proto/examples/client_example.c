@@ -7,6 +7,9 @@
  *
  * `shm` (anywhere after the path) sends through shared memory (ml_client_connect_shm,
  * proto/ml_shm.h) instead of the socket; the other arguments keep their places.
+ * A path of the form tcp://host:port connects over TCP (ml_client_connect_tcp) to a
+ * server started with --listen-tcp; $TICKINFER_TCP_TOKEN, if set, is sent as the
+ * pre-shared token (--tcp-token-file). e.g. ./client_example tcp://10.0.0.1:7001 10000 spin
  *
  * Round trip = CLOCK_MONOTONIC after the response is read minus before the
  * request's send(). Every response is checked against its request id.
@@ -66,7 +69,28 @@ int main(int argc_in, char **argv_in) {
     int rc;
 
     if (!rtt || !sent_at || window == 0) return 2;
-    rc = use_shm ? ml_client_connect_shm(&c, path, 5000) : ml_client_connect(&c, path, 5000);
+    if (strncmp(path, "tcp://", 6) == 0) {
+        /* tcp://host:port, host may be [v6]: the port follows the last ':'. */
+        char host[256];
+        const char *colon = strrchr(path + 6, ':');
+        const char *token = getenv("TICKINFER_TCP_TOKEN");
+        size_t hl = colon ? (size_t)(colon - (path + 6)) : 0;
+        long port = colon ? strtol(colon + 1, NULL, 10) : 0;
+        if (!colon || hl == 0 || hl >= sizeof(host) || port <= 0 || port > 65535 || use_shm) {
+            fprintf(stderr, "bad address %s: want tcp://host:port (and no shm over TCP)\n", path);
+            return 2;
+        }
+        memcpy(host, path + 6, hl);
+        host[hl] = '\0';
+        if (hl > 2 && host[0] == '[' && host[hl - 1] == ']') { /* [::1] */
+            memmove(host, host + 1, hl - 2);
+            host[hl - 2] = '\0';
+        }
+        rc = token && *token ? ml_client_connect_tcp_auth(&c, host, (uint16_t)port, token, 5000)
+                             : ml_client_connect_tcp(&c, host, (uint16_t)port, 5000);
+    } else {
+        rc = use_shm ? ml_client_connect_shm(&c, path, 5000) : ml_client_connect(&c, path, 5000);
+    }
     if (rc != 0) {
         fprintf(stderr, "connect failed: %s\n", c.error);
         return 1;
@@ -103,7 +127,8 @@ int main(int argc_in, char **argv_in) {
     ml_client_close(&c);
 
     qsort(rtt, n, sizeof(uint64_t), cmp_u64);
-    printf("transport=%s mode=%s window=%zu sent=%zu received=%zu mismatched=%zu\n", use_shm ? "shm" : "socket", spin ? "spin" : "block", window, sent,
+    printf("transport=%s mode=%s window=%zu sent=%zu received=%zu mismatched=%zu\n",
+           strncmp(path, "tcp://", 6) == 0 ? "tcp" : use_shm ? "shm" : "socket", spin ? "spin" : "block", window, sent,
            received, mismatched);
     printf("rtt_ns p50=%llu p99=%llu p999=%llu max=%llu\n", (unsigned long long)pct(rtt, n, 50.0),
            (unsigned long long)pct(rtt, n, 99.0), (unsigned long long)pct(rtt, n, 99.9),

@@ -56,9 +56,9 @@ pub(super) trait Link {
     fn wait(&mut self, max: Option<std::time::Duration>);
 }
 
-/// A Unix socket connection: requests are batched into one `write`.
+/// A socket connection (Unix or TCP): requests are batched into one `write`.
 pub(super) struct SocketLink {
-    stream: std::os::unix::net::UnixStream,
+    stream: super::ClientStream,
     /// Bytes of offered requests not yet written: `out[written..]`.
     out: Vec<u8>,
     written: usize,
@@ -71,7 +71,7 @@ pub(super) struct SocketLink {
 }
 
 impl SocketLink {
-    pub(super) fn new(stream: std::os::unix::net::UnixStream) -> Result<SocketLink, String> {
+    pub(super) fn new(stream: super::ClientStream) -> Result<SocketLink, String> {
         stream.set_nonblocking(true).map_err(|e| e.to_string())?;
         Ok(SocketLink {
             stream,

@@ -73,6 +73,8 @@ pub enum Transport {
     Socket,
     /// Shared-memory rings negotiated on the socket (same host).
     Shm,
+    /// TCP to a server's --listen-tcp (what --connect tcp://host:port selects).
+    Tcp,
 }
 
 /// Options of a replay run.
@@ -110,6 +112,8 @@ pub struct ReplayOptions {
     /// Replay at most this many events (all when `None`).
     pub limit: Option<usize>,
     pub progress: bool,
+    /// The pre-shared token sent to a TCP server (`--connect tcp://…` with `--tcp-token-file`).
+    pub tcp_token: Option<Vec<u8>>,
 }
 
 /// What one request got.
@@ -188,7 +192,18 @@ pub fn run(socket: &Path, opts: &ReplayOptions, signals: Option<&Path>) -> Resul
     let mut conns = Vec::with_capacity(connections);
     for _ in 0..connections {
         conns.push(match opts.transport {
-            Transport::Socket => connect(socket).map(|(s, ack)| (Link::Socket(s), ack))?,
+            Transport::Socket => {
+                connect(socket).map(|(s, ack)| (Link::Socket(ClientStream::Unix(s)), ack))?
+            }
+            Transport::Tcp => {
+                let addr = crate::transport::tcp::parse_url(&socket.to_string_lossy())
+                    .ok_or("--transport tcp needs --connect tcp://host:port")??;
+                connect_tcp(addr, opts.tcp_token.as_deref())
+                    .map(|(s, ack)| (Link::Socket(ClientStream::Tcp(s)), ack))?
+            }
+            Transport::Shm if socket.to_string_lossy().starts_with("tcp://") => {
+                return Err("--transport shm is for a server on this host: connect to its Unix socket".into());
+            }
             Transport::Shm => crate::shm::ShmClient::connect(socket, Duration::from_secs(30))
                 .map(|(c, ack)| (Link::Shm(Box::new(c)), ack))
                 .map_err(|e| format!("shared memory on {}: {e}", socket.display()))?,
@@ -542,9 +557,94 @@ pub(crate) fn connect(socket: &Path) -> Result<(UnixStream, MlHelloAck), String>
     Ok((s, ack))
 }
 
+/// `--connect tcp://host:port`: connect (TCP_NODELAY), send the hello (and the token, if
+/// any), read the ack.
+pub(crate) fn connect_tcp(
+    addr: std::net::SocketAddr,
+    token: Option<&[u8]>,
+) -> Result<(std::net::TcpStream, MlHelloAck), String> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(30))
+        .map_err(|e| format!("connect tcp://{addr}: {e}"))?;
+    crate::transport::tcp::tune_std(&s, None).map_err(|e| format!("tcp://{addr}: TCP_NODELAY: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    let mut hello = MlHello::current();
+    let mut bytes = Vec::with_capacity(crate::wire::HELLO_SIZE + crate::wire::AUTH_SIZE);
+    if let Some(token) = token {
+        let auth = crate::wire::MlAuth::new(token).ok_or_else(|| {
+            format!("the TCP token is {} bytes: at most {}", token.len(), crate::wire::AUTH_TOKEN_MAX)
+        })?;
+        hello.flags |= crate::wire::HELLO_FLAG_AUTH;
+        bytes.extend_from_slice(bytemuck::bytes_of(&hello));
+        bytes.extend_from_slice(bytemuck::bytes_of(&auth));
+    } else {
+        bytes.extend_from_slice(bytemuck::bytes_of(&hello));
+    }
+    // A peer refused at accept is closed at once: the write may fail, the read says why.
+    let wrote = s.write_all(&bytes);
+    let mut ack = [0u8; HELLO_ACK_SIZE];
+    if let Err(e) = s.read_exact(&mut ack) {
+        return Err(match wrote {
+            Err(w) => format!("tcp://{addr}: hello: {w} (is this address in the server's --tcp-allow?)"),
+            Ok(()) => format!("tcp://{addr}: hello: {e} (is this address in the server's --tcp-allow?)"),
+        });
+    }
+    let ack: MlHelloAck = bytemuck::pod_read_unaligned(&ack);
+    if ack.status != Status::Ok.code() {
+        let st = Status::from_code(ack.status).map_or("unknown".into(), |s| s.to_string());
+        return Err(format!("server refused the connection: {st}"));
+    }
+    Ok((s, ack))
+}
+
+/// A replay connection's socket: the server's Unix socket, or TCP.
+pub(crate) enum ClientStream {
+    Unix(UnixStream),
+    Tcp(std::net::TcpStream),
+}
+
+impl ClientStream {
+    pub(crate) fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
+        match self {
+            ClientStream::Unix(s) => s.set_nonblocking(on),
+            ClientStream::Tcp(s) => s.set_nonblocking(on),
+        }
+    }
+}
+
+impl Read for ClientStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            ClientStream::Unix(s) => s.read(buf),
+            ClientStream::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for ClientStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            ClientStream::Unix(s) => s.write(buf),
+            ClientStream::Tcp(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl std::os::fd::AsRawFd for ClientStream {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            ClientStream::Unix(s) => s.as_raw_fd(),
+            ClientStream::Tcp(s) => s.as_raw_fd(),
+        }
+    }
+}
+
 /// One replay connection.
 enum Link {
-    Socket(UnixStream),
+    Socket(ClientStream),
     Shm(Box<crate::shm::ShmClient>),
 }
 

@@ -367,6 +367,7 @@ pub fn print(s: &Summary) -> String {
         match s.transport {
             super::Transport::Socket => "the socket",
             super::Transport::Shm => "shared memory",
+            super::Transport::Tcp => "TCP",
         }
     );
     for (why, n) in &s.skipped_rows {

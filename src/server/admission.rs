@@ -16,38 +16,10 @@ impl IoLoop {
             let Some(listener) = &self.listener else { return };
             let stream = match listener.accept() {
                 Ok((stream, _)) => stream,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Queue drained with descriptors to spare (at the limit, accept says EMFILE
-                    // even with nothing queued): the episode is over.
-                    if self.accept_retry_at.take().is_some() {
-                        log::info!("accept recovered: descriptors are available again");
-                    }
-                    return;
-                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    let out_of_fds = matches!(
-                        e.raw_os_error(),
-                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-                    );
-                    if out_of_fds {
-                        // Edge-triggered: the clients already queued raise no new event. Retry on a timer.
-                        if self.accept_retry_at.is_none() {
-                            // Logged once per episode: the timer stays set until accept says WouldBlock.
-                            log::warn!(
-                                "accept failed: {e}; retrying every {ACCEPT_RETRY:?} until descriptors free up \
-                                 (logged once until it recovers; raise `ulimit -n` / LimitNOFILE=)"
-                            );
-                        }
-                        self.accept_retry_at = Some(now_ns() + ACCEPT_RETRY.as_nanos() as u64);
-                    } else {
-                        log::warn!("accept failed: {e}");
-                    }
-                    return;
-                }
+                Err(e) => return self.accept_failed(e),
             };
-            let generation = self.next_generation;
-            self.next_generation = self.next_generation.wrapping_add(1).max(1);
+            let generation = self.next_generation();
             let mut conn = match Conn::new(stream, generation) {
                 Ok(c) => c,
                 Err(e) => {
@@ -59,24 +31,62 @@ impl IoLoop {
                 self.refuse(&mut conn, Status::PermissionDenied);
                 continue;
             }
-            if self.pending >= self.cfg.max_pending {
-                self.drop_oldest_pending();
-            }
-            let entry = self.conns.vacant_entry();
-            let slot = entry.key();
-            if let Err(e) =
-                self.poll.registry().register(&mut conn.stream, Token(slot + 1), Interest::READABLE)
-            {
-                log::warn!("cannot register connection: {e}");
-                continue;
-            }
-            log::debug!("connection {slot} from pid {} uid {}", conn.peer.pid, conn.peer.uid);
-            entry.insert(conn);
-            self.pending += 1;
-            self.stats.connections_accepted += 1;
-            // Data may already be waiting (edge-triggered): read now.
-            self.read_conn(slot);
+            self.add_pending(conn);
         }
+    }
+
+    /// A new slot generation (never 0).
+    pub(super) fn next_generation(&mut self) -> u32 {
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        generation
+    }
+
+    /// `accept` failed (not `EINTR`): queue drained, or out of descriptors (retry on a timer).
+    pub(super) fn accept_failed(&mut self, e: io::Error) {
+        if e.kind() == io::ErrorKind::WouldBlock {
+            // Queue drained with descriptors to spare (at the limit, accept says EMFILE
+            // even with nothing queued): the episode is over.
+            if self.accept_retry_at.take().is_some() {
+                log::info!("accept recovered: descriptors are available again");
+            }
+            return;
+        }
+        let out_of_fds =
+            matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM));
+        if out_of_fds {
+            // Edge-triggered: the clients already queued raise no new event. Retry on a timer.
+            if self.accept_retry_at.is_none() {
+                // Logged once per episode: the timer stays set until accept says WouldBlock.
+                log::warn!(
+                    "accept failed: {e}; retrying every {ACCEPT_RETRY:?} until descriptors free up \
+                     (logged once until it recovers; raise `ulimit -n` / LimitNOFILE=)"
+                );
+            }
+            self.accept_retry_at = Some(now_ns() + ACCEPT_RETRY.as_nanos() as u64);
+        } else {
+            log::warn!("accept failed: {e}");
+        }
+    }
+
+    /// An accepted, admitted connection joins the pending pool (dropping the oldest
+    /// pending one if full), is registered, and read at once.
+    pub(super) fn add_pending(&mut self, mut conn: Conn) {
+        if self.pending >= self.cfg.max_pending {
+            self.drop_oldest_pending();
+        }
+        let entry = self.conns.vacant_entry();
+        let slot = entry.key();
+        if let Err(e) = self.poll.registry().register(&mut conn.stream, Token(slot + 1), Interest::READABLE) {
+            log::warn!("cannot register connection: {e}");
+            return;
+        }
+        log::debug!("connection {slot} from {}", conn.who());
+        entry.insert(conn);
+        self.pending += 1;
+        self.stats.connections_accepted += 1;
+        // Data may already be waiting (edge-triggered): read now.
+        self.read_conn(slot);
     }
 
     /// Accept was retried on a timer after running out of descriptors: is it time?
@@ -84,6 +94,7 @@ impl IoLoop {
         if let Some(at) = self.accept_retry_at {
             if now_ns() >= at {
                 self.accept();
+                self.accept_tcp();
             }
         }
     }
@@ -111,15 +122,14 @@ impl IoLoop {
             .iter()
             .filter(|(_, c)| !c.established)
             .min_by_key(|(_, c)| c.accepted_ns)
-            .map(|(k, c)| (k, c.peer));
-        if let Some((slot, peer)) = oldest {
+            .map(|(k, c)| (k, c.who().to_string()));
+        if let Some((slot, who)) = oldest {
             if let Some(left_out) = self.flood_log.event(now_ns()) {
                 log::warn!(
-                    "{} connections without a hello (--max-pending): dropping the oldest, from pid {} uid {} \
+                    "{} connections without a hello (--max-pending): dropping the oldest, from {} \
                      ({left_out} more dropped since the last such line)",
                     self.pending,
-                    peer.pid,
-                    peer.uid
+                    who
                 );
             }
             self.close(slot);
@@ -143,9 +153,8 @@ impl IoLoop {
             if let Some(c) = self.conns.get(first) {
                 log::warn!(
                     "{n} connection(s) sent no hello within {HELLO_TIMEOUT:?} (or, granted shared memory, no \
-                     ML_SHM_MAPPED); closing them (first: pid {} uid {})",
-                    c.peer.pid,
-                    c.peer.uid,
+                     ML_SHM_MAPPED); closing them (first: {})",
+                    c.who(),
                 );
             }
         }
@@ -177,10 +186,9 @@ impl IoLoop {
             if let Some(c) = self.conns.get(slot) {
                 if let Some(left_out) = self.idle_log.event(now) {
                     log::warn!(
-                        "closing connection {slot} (pid {} uid {}): no request for {:?} (--idle-timeout-s) \
+                        "closing connection {slot} ({}): no request for {:?} (--idle-timeout-s) \
                          ({left_out} more closed since the last such line)",
-                        c.peer.pid,
-                        c.peer.uid,
+                        c.who(),
                         std::time::Duration::from_nanos(idle_ns)
                     );
                 }
@@ -194,10 +202,12 @@ impl IoLoop {
         if let Some(mut conn) = self.conns.try_remove(slot) {
             if conn.established {
                 self.established -= 1;
-                if let Some(held) = self.uid_connections.get_mut(&conn.peer.uid) {
-                    *held -= 1;
-                    if *held == 0 {
-                        self.uid_connections.remove(&conn.peer.uid);
+                if let Some(uid) = conn.quota_uid() {
+                    if let Some(held) = self.uid_connections.get_mut(&uid) {
+                        *held -= 1;
+                        if *held == 0 {
+                            self.uid_connections.remove(&uid);
+                        }
                     }
                 }
             } else {

@@ -109,6 +109,25 @@ pub struct ServeOptions {
     /// Bytes of unsent responses per connection before a slow reader is disconnected [default: 4194304].
     #[arg(long)]
     pub write_buffer_limit: Option<usize>,
+    /// Also listen on TCP at ADDR:PORT (e.g. 10.0.0.1:7001; port 0 picks one, logged): the same
+    /// hello, frames, order and bounds as the Unix socket, TCP_NODELAY. A non-loopback address
+    /// needs --tcp-allow [default: off].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen_tcp: Option<std::net::SocketAddr>,
+    /// TCP peers allowed, as CIDRs or addresses, comma-separated or repeated (e.g.
+    /// 10.0.0.2/32,fd00::/8); others are closed at accept, counted (tcp_peers_refused) and
+    /// logged once a second [default: loopback peers only].
+    #[arg(long = "tcp-allow", value_name = "CIDR,…", value_delimiter = ',')]
+    pub tcp_allow: Option<Vec<String>>,
+    /// File (mode 600) holding a pre-shared token (1..=64 bytes) every TCP hello must carry
+    /// (ML_HELLO_FLAG_AUTH; compared in constant time); for a shared network [default: none].
+    #[arg(long, value_name = "PATH")]
+    pub tcp_token_file: Option<PathBuf>,
+    /// SO_BUSY_POLL on accepted TCP sockets: a blocking read busy-polls the NIC queue this
+    /// many µs (raising it needs CAP_NET_ADMIN; see `tickinfer doctor`) [default: the
+    /// system's net.core.busy_read].
+    #[arg(long)]
+    pub busy_poll_us: Option<u32>,
     /// Socket file mode, octal [default: 600].
     #[arg(long)]
     pub socket_mode: Option<String>,
@@ -304,7 +323,23 @@ impl ServeOptions {
                 return Err(format!("--rt-priority {p}: SCHED_FIFO priorities are 1..=99"));
             }
         }
+        let tcp_allow = crate::transport::tcp::parse_allow(&self.tcp_allow.unwrap_or_default())?;
+        let tcp = match self.listen_tcp {
+            Some(addr) => Some(TcpListen {
+                addr,
+                policy: crate::transport::tcp::TcpPolicy {
+                    allow: tcp_allow,
+                    token_file: self.tcp_token_file,
+                    busy_poll_us: self.busy_poll_us,
+                },
+            }),
+            None if !tcp_allow.is_empty() || self.tcp_token_file.is_some() || self.busy_poll_us.is_some() => {
+                return Err("--tcp-allow, --tcp-token-file and --busy-poll-us need --listen-tcp".into());
+            }
+            None => None,
+        };
         Ok(ServerConfig {
+            tcp,
             lock_memory: self.lock_memory.unwrap_or(false),
             rt_priority: self.rt_priority,
             inherited_listener: None,
@@ -376,6 +411,13 @@ fn group_option(flag: &str, value: Option<&str>) -> Result<Option<u32>, String> 
     value.map(|g| crate::sys::group_id(g).map_err(|e| format!("{flag} {g}: {e}"))).transpose()
 }
 
+/// `--listen-tcp` and its admission.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpListen {
+    pub addr: std::net::SocketAddr,
+    pub policy: crate::transport::tcp::TcpPolicy,
+}
+
 /// A resolved server configuration.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -427,6 +469,8 @@ pub struct ServerConfig {
     /// A listening socket handed over by systemd (socket activation), served instead of
     /// binding `socket` (which must be its path); `run` takes it.
     pub inherited_listener: Option<std::sync::Arc<std::os::unix::net::UnixListener>>,
+    /// `--listen-tcp`: a TCP listener beside the Unix socket.
+    pub tcp: Option<TcpListen>,
 }
 
 impl ServerConfig {
@@ -511,6 +555,10 @@ mod tests {
         ("record_max_bytes", "1000000"),
         ("lock_memory", "true"),
         ("rt_priority", "40"),
+        ("listen_tcp", "\"127.0.0.1:7001\""),
+        ("tcp_allow", "[\"10.0.0.0/24\", \"127.0.0.1\"]"),
+        ("tcp_token_file", "\"/etc/tickinfer/tcp.token\""),
+        ("busy_poll_us", "50"),
     ];
 
     /// Walks every option `serve` has (from clap's own list): each works from the file
@@ -558,6 +606,10 @@ mod tests {
         let record = crate::record::RecordOptions { overwrite: true, max_bytes: Some(1_000_000) };
         assert_eq!(cfg.record_options, record);
         assert_eq!((cfg.lock_memory, cfg.rt_priority), (true, Some(40)));
+        let tcp = cfg.tcp.as_ref().unwrap();
+        assert_eq!((tcp.addr, tcp.policy.busy_poll_us), ("127.0.0.1:7001".parse().unwrap(), Some(50)));
+        assert_eq!(tcp.policy.allow.len(), 2);
+        assert_eq!(tcp.policy.token_file.as_deref(), Some(std::path::Path::new("/etc/tickinfer/tcp.token")));
         assert_eq!(cfg.keep_warm, Some(Duration::from_micros(50)));
         assert_eq!(
             (cfg.mode, cfg.poll, cfg.spin),
@@ -612,6 +664,16 @@ mod tests {
         assert!(e.contains("--idle-timeout-s"), "{e}");
         let e = ServeOptions { evict_idle_symbols_ms: Some(0), ..base() }.resolve().unwrap_err();
         assert!(e.contains("--evict-idle-symbols-ms"), "{e}");
+        let e = ServeOptions { tcp_allow: Some(vec!["10.0.0.0/24".into()]), ..base() }.resolve().unwrap_err();
+        assert!(e.contains("--listen-tcp"), "{e}");
+        let e = ServeOptions {
+            listen_tcp: Some("127.0.0.1:7001".parse().unwrap()),
+            tcp_allow: Some(vec!["10.0.0.0/99".into()]),
+            ..base()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(e.contains("--tcp-allow") && e.contains("prefix"), "{e}");
         let defaults = base().resolve().unwrap();
         assert_eq!((defaults.max_connections_per_uid, defaults.idle_timeout), (64, None));
     }

@@ -13,6 +13,9 @@ impl IoLoop {
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
+        if let Some(mut l) = self.tcp_listener.take() {
+            let _ = self.poll.registry().deregister(&mut l); // dropped: new TCP connects are refused
+        }
         self.socket_file.take(); // removes the socket file: no new clients find us
         log::info!("draining: stopped accepting; answering {} connections' requests", self.conns.len());
         let deadline = now_ns() + DRAIN_DEADLINE.as_nanos() as u64;

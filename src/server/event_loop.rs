@@ -29,7 +29,8 @@ use mio::Token;
 
 use super::worker::publish;
 use super::{
-    IoLoop, PollMode, Stage, ACCEPT_RETRY, LISTENER, PUBLISH_EVERY_NS, SHM_DOORBELL, SHM_STALLED_POLL, WAKER,
+    IoLoop, PollMode, Stage, ACCEPT_RETRY, LISTENER, PUBLISH_EVERY_NS, SHM_DOORBELL, SHM_STALLED_POLL,
+    TCP_LISTENER, WAKER,
 };
 use crate::clock::now_ns;
 
@@ -161,6 +162,7 @@ impl IoLoop {
         for &(token, readable, writable) in &ready {
             match token {
                 LISTENER => self.accept(),
+                TCP_LISTENER => self.accept_tcp(),
                 WAKER => {}
                 // A shm client rang: its ring is read after the poll (disarming drains the eventfd).
                 Token(t) if t >= SHM_DOORBELL => {}

@@ -45,6 +45,7 @@ pub mod reload;
 mod routing;
 mod shm_sessions;
 pub mod stage;
+mod tcp;
 mod tuning;
 mod worker;
 
@@ -53,11 +54,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use mio::net::UnixListener;
+use mio::net::{TcpListener, UnixListener};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-pub use config::{Mode, PollMode, ServeOptions, ServerConfig};
+pub use config::{Mode, PollMode, ServeOptions, ServerConfig, TcpListen};
 use stage::{Done, Job, Scorer};
 use worker::Worker;
 
@@ -70,6 +71,8 @@ use crate::wire::{Limits, ServerInfo, REQUEST_SIZE};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(usize::MAX);
+/// The TCP listener (`--listen-tcp`).
+const TCP_LISTENER: Token = Token(usize::MAX - 1);
 /// Inline mode scores at most this many jobs at once (the buffer never grows).
 const INLINE_JOBS: usize = 1024;
 /// How often hot threads fold their stats into the shared copy.
@@ -284,6 +287,19 @@ pub fn run(
             (listener, Some(file))
         }
     };
+    // The TCP listener too, before the model loads: a bad address or a missing allowlist
+    // is said at once. Its token file is read now (a secret: never from the command line).
+    let (tcp_listener, tcp_token) = match &cfg.tcp {
+        Some(listen) => {
+            let listener = crate::transport::tcp::bind(listen.addr, &listen.policy)?;
+            let token = match &listen.policy.token_file {
+                Some(path) => Some(crate::transport::tcp::Token::load(path).map_err(ListenError::Tcp)?),
+                None => None,
+            };
+            (Some(listener), token)
+        }
+        None => (None, None),
+    };
     pin(io_core, if mode == Mode::Inline { "inline thread" } else { "I/O thread" });
     // The inline thread runs the model: the floating-point mode ONNX Runtime expects (and a
     // native evaluator must compare in), whichever thread built the session.
@@ -294,6 +310,14 @@ pub fn run(
     let _ = shared.shutdown.waker.set(waker.clone());
     let mut listener = UnixListener::from_std(std_listener);
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+    let tcp_listener = match tcp_listener {
+        Some(std_listener) => {
+            let mut l = TcpListener::from_std(std_listener);
+            poll.registry().register(&mut l, TCP_LISTENER, Interest::READABLE)?;
+            Some(l)
+        }
+        None => None,
+    };
 
     let hard_limit = cfg.max_inflight + (READ_BUFFER / REQUEST_SIZE) as u32;
     let (stage, model) = match mode {
@@ -355,6 +379,10 @@ pub fn run(
         events: Events::with_capacity(256),
         listener: Some(listener),
         socket_file,
+        tcp_listener,
+        tcp_token,
+        tcp_refused_log: RateLimited::new(1_000_000_000),
+        busy_poll_warned: false,
         conns: Slab::with_capacity(cfg.max_connections + cfg.max_pending),
         established: 0,
         pending: 0,
@@ -405,6 +433,19 @@ pub fn run(
             .map_err(ServerError::Tuning)?;
     }
     log::info!("listening on {} (control: {}.ctl)", io.cfg.socket.display(), io.cfg.socket.display());
+    if let (Some(l), Some(listen)) = (&io.tcp_listener, &io.cfg.tcp) {
+        let addr = l.local_addr().map_or_else(|_| listen.addr.to_string(), |a| a.to_string());
+        let allow = if listen.policy.allow.is_empty() {
+            "loopback peers only".to_string()
+        } else {
+            listen.policy.allow.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",")
+        };
+        log::info!(
+            "listening on tcp {addr} (allow: {allow}; token: {}; TCP_NODELAY; SO_BUSY_POLL: {})",
+            if io.tcp_token.is_some() { "required" } else { "none" },
+            listen.policy.busy_poll_us.map_or("system default".to_string(), |us| format!("{us} us"))
+        );
+    }
     // Release: a control command that sees this sees the serving model recorded above.
     io.shared.serving.store(true, Ordering::Release);
     on_ready(&ready);
@@ -464,6 +505,13 @@ struct IoLoop {
     events: Events,
     listener: Option<UnixListener>,
     socket_file: Option<SocketFile>,
+    /// `--listen-tcp`: the TCP listener, and the token its hellos must carry.
+    tcp_listener: Option<TcpListener>,
+    tcp_token: Option<crate::transport::tcp::Token>,
+    /// TCP peers refused (allowlist, token), logged once a second.
+    tcp_refused_log: RateLimited,
+    /// `--busy-poll-us` refused by the kernel: said once.
+    busy_poll_warned: bool,
     conns: Slab<Conn>,
     /// Connections whose hello was accepted (at most `max_connections`).
     established: usize,

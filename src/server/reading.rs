@@ -51,10 +51,9 @@ impl IoLoop {
                         }
                         Some(byte) => {
                             log::warn!(
-                                "connection {slot} (pid {} uid {}): byte {byte:#04x} on the socket where a \
+                                "connection {slot} ({}): byte {byte:#04x} on the socket where a \
                                  shared-memory session's ML_SHM_MAPPED was due; answering {} and closing",
-                                conn.peer.pid,
-                                conn.peer.uid,
+                                conn.who(),
                                 Status::BadFrame
                             );
                             admit_bad_frame(&mut self.stage, conn, slot, recv_ns);
@@ -64,7 +63,28 @@ impl IoLoop {
                 }
                 match conn.decode_next() {
                     Decoded::NeedMore => break,
-                    Decoded::Hello(hello) => {
+                    Decoded::Hello(hello, auth) => {
+                        if conn.tcp_peer.is_some()
+                            && self.tcp_token.as_ref().is_some_and(|t| !t.admits(auth.as_ref()))
+                        {
+                            // No token, or another one: refused without a word about the server.
+                            conn.queue(bytemuck::bytes_of(&super::tcp::blank_refusal(
+                                Status::PermissionDenied,
+                            )));
+                            conn.close_after_flush = true;
+                            conn.mark_dirty(slot, &mut self.dirty);
+                            self.stats.connections_refused += 1;
+                            self.stats.tcp_auth_refusals += 1;
+                            if let Some(left_out) = self.tcp_refused_log.event(recv_ns) {
+                                log::warn!(
+                                    "refusing TCP connection from {}: {} (--tcp-token-file) ({left_out} more \
+                                     refused since the last such line)",
+                                    conn.who(),
+                                    if auth.is_some() { "wrong token" } else { "no token in its hello" }
+                                );
+                            }
+                            return;
+                        }
                         if self.established >= self.cfg.max_connections {
                             conn.queue_ack(Status::TooManyConnections, &self.info);
                             conn.close_after_flush = true;
@@ -72,17 +92,17 @@ impl IoLoop {
                             self.stats.connections_refused += 1;
                             if let Some(left_out) = self.refused_log.event(recv_ns) {
                                 log::warn!(
-                                    "refusing connection from pid {} uid {}: {} established (--max-connections) \
+                                    "refusing connection from {}: {} established (--max-connections) \
                                      ({left_out} more refused since the last such line)",
-                                    conn.peer.pid,
-                                    conn.peer.uid,
+                                    conn.who(),
                                     self.established
                                 );
                             }
                             return;
                         }
-                        let held = self.uid_connections.get(&conn.peer.uid).copied().unwrap_or(0);
-                        if held >= self.cfg.max_connections_per_uid {
+                        let uid = conn.quota_uid();
+                        let held = uid.and_then(|u| self.uid_connections.get(&u).copied()).unwrap_or(0);
+                        if uid.is_some() && held >= self.cfg.max_connections_per_uid {
                             conn.queue_ack(Status::TooManyConnections, &self.info);
                             conn.close_after_flush = true;
                             conn.mark_dirty(slot, &mut self.dirty);
@@ -90,20 +110,22 @@ impl IoLoop {
                             self.stats.uid_quota_refusals += 1;
                             if let Some(left_out) = self.quota_log.event(recv_ns) {
                                 log::warn!(
-                                    "refusing connection from pid {} uid {}: that uid holds {held} connections \
+                                    "refusing connection from {}: that uid holds {held} connections \
                                      (--max-connections-per-uid) ({left_out} more refused since the last such line)",
-                                    conn.peer.pid,
-                                    conn.peer.uid
+                                    conn.who()
                                 );
                             }
                             return;
                         }
-                        *self.uid_connections.entry(conn.peer.uid).or_insert(0) += 1;
+                        if let Some(uid) = uid {
+                            *self.uid_connections.entry(uid).or_insert(0) += 1;
+                        }
                         conn.established = true;
                         conn.last_request_ns = recv_ns;
                         self.pending -= 1;
                         self.established += 1;
-                        if hello.wants_shm() && self.cfg.shm {
+                        // Shared memory is for the same host: a TCP hello asking for it gets a plain ack.
+                        if hello.wants_shm() && self.cfg.shm && conn.tcp_peer.is_none() {
                             self.grant_shm(slot);
                             // Read on: anything after this hello on the socket is an error.
                             continue 'read;
@@ -113,10 +135,9 @@ impl IoLoop {
                     }
                     Decoded::Request(_) if conn.shm.is_some() => {
                         log::warn!(
-                            "connection {slot} (pid {} uid {}): request bytes on the socket of a shared-memory \
+                            "connection {slot} ({}): request bytes on the socket of a shared-memory \
                              session (requests go through the ring); answering {} and closing",
-                            conn.peer.pid,
-                            conn.peer.uid,
+                            conn.who(),
                             Status::BadFrame
                         );
                         admit_bad_frame(&mut self.stage, conn, slot, recv_ns);
@@ -125,9 +146,8 @@ impl IoLoop {
                     Decoded::Request(req) => self.intake.admit(&mut self.stage, conn, slot, recv_ns, req),
                     Decoded::Error(e) => {
                         log::warn!(
-                            "connection {slot} (pid {} uid {}): {e}; answering {} and closing",
-                            conn.peer.pid,
-                            conn.peer.uid,
+                            "connection {slot} ({}): {e}; answering {} and closing",
+                            conn.who(),
                             e.status()
                         );
                         if conn.decoder.is_open() {

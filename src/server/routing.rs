@@ -66,9 +66,8 @@ impl IoLoop {
             conn.dirty = false;
             if let Some(fault) = conn.shm_fault {
                 log::warn!(
-                    "connection {slot} (pid {} uid {}): shared-memory session broken: {fault}; disconnecting",
-                    conn.peer.pid,
-                    conn.peer.uid
+                    "connection {slot} ({}): shared-memory session broken: {fault}; disconnecting",
+                    conn.who()
                 );
                 self.stats.shm_faults += 1;
                 self.close(slot);
@@ -91,10 +90,9 @@ impl IoLoop {
                 }
                 Ok(false) if conn.queued() > self.cfg.write_buffer_limit => {
                     log::warn!(
-                        "connection {slot} (pid {} uid {}): slow reader, {} bytes of answers unread (limit {}); \
+                        "connection {slot} ({}): slow reader, {} bytes of answers unread (limit {}); \
                          disconnecting",
-                        conn.peer.pid,
-                        conn.peer.uid,
+                        conn.who(),
                         conn.queued(),
                         self.cfg.write_buffer_limit
                     );

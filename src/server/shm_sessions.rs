@@ -42,9 +42,8 @@ impl IoLoop {
             Ok(end) => end,
             Err(e) => {
                 log::warn!(
-                    "connection {slot} (pid {} uid {}): cannot set up shared memory ({e}); serving it over the socket",
-                    conn.peer.pid,
-                    conn.peer.uid
+                    "connection {slot} ({}): cannot set up shared memory ({e}); serving it over the socket",
+                    conn.who()
                 );
                 conn.queue_ack(Status::Ok, &self.info);
                 conn.mark_dirty(slot, &mut self.dirty);
@@ -69,10 +68,9 @@ impl IoLoop {
             }
         }
         log::info!(
-            "connection {slot} (pid {} uid {}): shared-memory session, rings of {capacity} requests and {capacity} \
+            "connection {slot} ({}): shared-memory session, rings of {capacity} requests and {capacity} \
              responses (server region {} KiB, client region {} KiB)",
-            conn.peer.pid,
-            conn.peer.uid,
+            conn.who(),
             crate::shm::server_region_size(capacity) / 1024,
             crate::shm::client_region_size(capacity) / 1024
         );
@@ -147,10 +145,9 @@ impl IoLoop {
                 taken += 1;
                 if { req.frame_end } != REQUEST_END {
                     log::warn!(
-                        "connection {slot} (pid {} uid {}): request frame trailer {:#010x} in the shared-memory ring; \
+                        "connection {slot} ({}): request frame trailer {:#010x} in the shared-memory ring; \
                          answering {} and closing",
-                        conn.peer.pid,
-                        conn.peer.uid,
+                        conn.who(),
                         { req.frame_end },
                         Status::BadFrame
                     );

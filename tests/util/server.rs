@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -134,6 +135,16 @@ impl Server {
         text.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or(text)
     }
 
+    /// The address of the TCP listener a server started with `--listen-tcp ADDR` logged.
+    pub fn tcp_addr(&self) -> SocketAddr {
+        let log = self.log();
+        log.lines()
+            .find_map(|l| l.split("listening on tcp ").nth(1))
+            .and_then(|r| r.split(' ').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no TCP address logged:\n{log}"))
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().unwrap().id() as i32
     }
@@ -199,19 +210,47 @@ impl Server {
     }
 }
 
-/// A blocking client speaking the protocol (hello on connect).
-pub struct Client {
-    pub stream: UnixStream,
+/// A blocking client speaking the protocol (hello on connect), on a Unix socket or
+/// (`Client<TcpStream>`) over TCP.
+pub struct Client<S = UnixStream> {
+    pub stream: S,
     pub ack: MlHelloAck,
 }
 
 impl Client {
     pub fn connect(path: &Path) -> io::Result<Client> {
-        let mut stream = UnixStream::connect(path)?;
+        let stream = UnixStream::connect(path)?;
         stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        Client::handshake(stream, None)
+    }
+}
+
+impl Client<TcpStream> {
+    /// Connect over TCP (`--listen-tcp`), `TCP_NODELAY`.
+    pub fn connect_tcp(addr: SocketAddr) -> io::Result<Client<TcpStream>> {
+        Client::connect_tcp_with(addr, None)
+    }
+
+    /// Connect over TCP sending `token` in an auth frame after the hello.
+    pub fn connect_tcp_with(addr: SocketAddr, token: Option<&[u8]>) -> io::Result<Client<TcpStream>> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        Client::handshake(stream, token)
+    }
+}
+
+impl<S: Read + Write> Client<S> {
+    fn handshake(mut stream: S, token: Option<&[u8]>) -> io::Result<Client<S>> {
+        let mut hello = bytemuck::bytes_of(&MlHello::current()).to_vec();
+        if let Some(token) = token {
+            let auth = tickinfer::wire::MlAuth::new(token).expect("token of at most 64 bytes");
+            hello[14] |= tickinfer::wire::HELLO_FLAG_AUTH as u8; // flags, low byte
+            hello.extend_from_slice(bytemuck::bytes_of(&auth));
+        }
         // A server refusing the peer at accept writes its ack and closes at once: the hello may
         // then meet a closed socket (EPIPE) while the ack waits in ours to be read.
-        if let Err(e) = stream.write_all(bytemuck::bytes_of(&MlHello::current())) {
+        if let Err(e) = stream.write_all(&hello) {
             if !matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset) {
                 return Err(e);
             }
