@@ -414,6 +414,11 @@ fn serve(opts: ServeOptions) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Shadows attach once the primary serves: a manifest that is not there is refused now.
+    if let Some(missing) = cfg.shadows.iter().find(|p| !p.is_file()) {
+        eprintln!("tickinfer serve: --shadow {}: no such manifest", missing.display());
+        return ExitCode::from(2);
+    }
     // Socket activation: systemd holds the listening socket; serve the one it passed.
     match tickinfer::systemd::inherited_listener(&cfg.socket) {
         Ok(inherited) => cfg.inherited_listener = inherited.map(std::sync::Arc::new),

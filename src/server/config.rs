@@ -294,9 +294,6 @@ impl ServeOptions {
         if shadows.len() > crate::shadow::MAX_SHADOWS {
             return Err(format!("--shadow: at most {} shadows", crate::shadow::MAX_SHADOWS));
         }
-        if let Some(missing) = shadows.iter().find(|p| !p.is_file()) {
-            return Err(format!("--shadow {}: no such manifest", missing.display()));
-        }
         let evict_idle_symbols =
             seconds("--evict-idle-symbols-ms", self.evict_idle_symbols_ms, Duration::from_millis)?;
         if max_inflight == 0 || max_inflight > 65_536 {
@@ -533,6 +530,7 @@ mod tests {
         ("allow_uids", "[0, 1000]"),
         ("allow_gids", "[0]"),
         ("symbols", "[3, 4]"),
+        ("shadows", "[\"/tmp/candidate.toml\"]"),
         ("max_symbols", "77"),
         ("control_socket_mode", "\"660\""),
         ("control_socket_group", "\"0\""),
@@ -611,6 +609,7 @@ mod tests {
         assert_eq!(tcp.policy.allow.len(), 2);
         assert_eq!(tcp.policy.token_file.as_deref(), Some(std::path::Path::new("/etc/tickinfer/tcp.token")));
         assert_eq!(cfg.keep_warm, Some(Duration::from_micros(50)));
+        assert_eq!(cfg.shadows, [std::path::PathBuf::from("/tmp/candidate.toml")]);
         assert_eq!(
             (cfg.mode, cfg.poll, cfg.spin),
             (Mode::Pipeline, PollMode::Adaptive, Duration::from_micros(77))
