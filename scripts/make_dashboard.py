@@ -127,7 +127,7 @@ ts("Reloads and model version",
 table("Serving model", "tickinfer_model_info: name, execution provider and backend of the serving model, per instance.",
       f'tickinfer_model_info{{{SEL}}}', 16, y, 8, 8)
 y += 8
-row("Native backend: the live verifier (README \"Backends\")", y); y += 1
+row("Native backend: the live verifier (docs/models-and-backends.md, \"Backends\")", y); y += 1
 ts("Native answers re-run on ONNX Runtime",
    "Per interval: native answers the live verifier re-ran on ONNX Runtime (1 in verify_every), those ONNX Runtime "
    "answered differently (alert TickinferBackendDisagreement), those within tolerance but across a rounding edge, "
@@ -145,7 +145,7 @@ stat("Fallbacks to ONNX Runtime", "Models switched from native to ONNX Runtime a
 stat("Verifying 1 answer in", "verify_every of the serving model (0: not verified: it runs on ONNX Runtime).",
      [(f'max(tickinfer_backend_verify_every{{{SEL}}})', "")], "none", 16, y)
 y += 8
-row("Signal quality (answers scored against the realised move at the model's label horizon; README \"Signal quality\")", y)
+row("Signal quality (answers scored against the realised move at the model's label horizon; docs/signal-quality.md)", y)
 y += 1
 QW = "10m"  # the window of the quality panels (the alert's)
 
@@ -218,7 +218,7 @@ ts("Target error (regression models)",
 ts("Pending answers", "Answers waiting for their symbol's mid at the model's horizon (bounded: horizon_events per symbol).",
    [(f'sum by (model) (tickinfer_signal_pending{{{SEL}}})', "{{model}}")], "none", 16, y)
 y += 8
-row("Shadow candidates beside the primary (README \"Shadow candidates\")", y); y += 1
+row("Shadow candidates beside the primary (docs/shadow-candidates.md)", y); y += 1
 ts("Agreement with the primary",
    "Share of requests both answered ok on which a shadow gave the primary's direction, per interval, by shadow.",
    [(f'sum by (model) (increase(tickinfer_shadow_agreement_total{{{SEL}, primary="-1", shadow="-1"}}[$__rate_interval]) '

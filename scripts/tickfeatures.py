@@ -81,7 +81,7 @@ BENCH_FEATURES = ["spread_bps", "size_imbalance", "microprice_offset_bps", "log_
 def label_section(horizon, reference_macro_f1=None, flat_bps=0.0):
     """The manifest's `[label]` section: how the training labels were made (the sign of the mid
     change `horizon` events ahead; a move of at most `flat_bps` is flat) and the test-set macro-F1,
-    which the server's live signal quality scores answers against (README "Signal quality")."""
+    which the server's live signal quality scores answers against (docs/signal-quality.md)."""
     ref = f"reference_macro_f1 = {reference_macro_f1:.4f}\n" if reference_macro_f1 is not None else ""
     return f"""
 [label]

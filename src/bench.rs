@@ -1399,8 +1399,16 @@ pub fn markdown(r: &BenchReport) -> String {
             row.note
         );
     }
+    s += "\n";
+    s += &ratio_lines(r);
+    s
+}
+
+/// The run's ratios against their targets, one line each (shared by `bench.md` and `--markdown`).
+fn ratio_lines(r: &BenchReport) -> String {
+    let mut s = String::new();
     s += &format!(
-        "\nE2E / (floor + bare ORT): p50 {:.2} (target ≤ 1.2), p99 {:.2} (target ≤ 1.3); pipelined throughput {:.0} signals/s (target ≥ 500 000)\n",
+        "E2E / (floor + bare ORT): p50 {:.2} (target ≤ 1.2), p99 {:.2} (target ≤ 1.3); pipelined throughput {:.0} signals/s (target ≥ 500 000)\n",
         r.ratios.p50, r.ratios.p99, r.ratios.throughput_per_s
     );
     s += &format!(
@@ -1421,6 +1429,135 @@ pub fn markdown(r: &BenchReport) -> String {
     if let Some(cost) = r.ratios.quality_cost_p50_ns {
         s += &format!("Scoring stage with live signal quality − without, p50: {cost:+} ns (target ≤ +50)\n");
     }
+    let row = |name: &str| r.rows.iter().find(|row| row.name == name && row.count > 0);
+    if let (Some(bare), Some(shadowed)) =
+        (row("tickinfer e2e --poll spin"), row("tickinfer e2e --poll spin, one shadow"))
+    {
+        let pct = |a: u64, b: u64| 100.0 * (a as f64 / b.max(1) as f64 - 1.0);
+        s += &format!(
+            "E2E with one shadow / without, --poll spin: p50 {:+.1} %, p99 {:+.1} % (target ≤ +5 % at p50)\n",
+            pct(shadowed.p50, bare.p50),
+            pct(shadowed.p99, bare.p99)
+        );
+    }
+    if let (Some(bare), Some(shadowed)) =
+        (row("tickinfer throughput (pipelined)"), row("tickinfer throughput (pipelined), one shadow"))
+    {
+        if let (Some(a), Some(b)) = (bare.throughput_per_s, shadowed.throughput_per_s) {
+            s += &format!("Pipelined throughput with one shadow / without: {:.2}\n", b / a.max(1e-9));
+        }
+    }
+    s
+}
+
+/// The prefixes of the per-model rows (`bare ORT: NAME`, then the engines `bare_ort` ran).
+const MODEL_ROWS: [&str; 4] = ["bare ORT: ", "engine: ", "engine, verify off: ", "engine (ort): "];
+
+/// `p50 / p99 / p99.9` of a row in µs, as the hand-written tables of docs/performance.md give them.
+fn us3(row: &Row) -> String {
+    let us = |ns: u64| {
+        let v = ns as f64 / 1e3;
+        if v < 10.0 {
+            format!("{v:.2}")
+        } else {
+            format!("{v:.1}")
+        }
+    };
+    format!("{} / {} / {}", us(row.p50), us(row.p99), us(row.p999))
+}
+
+/// The first word after `backend ` in a row's note (`native` or `ort`).
+fn backend_of(row: &Row) -> &str {
+    row.note.split("backend ").nth(1).and_then(|b| b.split([' ', ';']).next()).unwrap_or("?")
+}
+
+/// `secs` since the epoch as `YYYY-MM-DD HH:MM` (UTC; the civil calendar from days, no time zone).
+pub fn utc_minute(secs: u64) -> String {
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Howard Hinnant's days_from_civil, inverted.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", rem / 3600, rem % 3600 / 60)
+}
+
+/// What `tickinfer bench --markdown` prints, ready for the generated block of
+/// docs/performance.md: when (UTC), on what machine and with what configuration the run
+/// was taken, then its rows as two tables (the request path; the stateful and sequence
+/// models, engine beside bare ORT) and the ratios against their targets.
+pub fn docs_markdown(r: &BenchReport, opts: &BenchOptions) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let load = read_to_string("/proc/loadavg").split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+    let h = &r.host;
+    let mut s = format!(
+        "Run of {} UTC, `tickinfer bench --requests {} --throughput-secs {} --connections {} --window {}`.\n\
+         Machine: {}, {} cores online (usable {:?}), kernel {}, clocksource {}, isolated `{}`, governor {}, steal {:.2}%, \
+         load average {} when the run ended.\n\
+         Pinning: echo/server core {}, client core {}; {} round trips per latency row.\n\n",
+        utc_minute(now),
+        opts.requests,
+        opts.throughput_secs,
+        opts.connections,
+        opts.window,
+        h.cpu,
+        h.cores_online,
+        h.usable_cores,
+        h.kernel,
+        h.clocksource,
+        h.isolated,
+        h.governor,
+        h.steal_percent,
+        if load.is_empty() { "-".into() } else { load },
+        h.server_core,
+        h.client_core,
+        opts.requests.max(10),
+    );
+    let is_model_row = |row: &Row| MODEL_ROWS.iter().any(|p| row.name.starts_with(p));
+    let mut skipped = Vec::new();
+    s += "| row | p50 ns | p99 ns | p99.9 ns | signals/s |\n|---|---:|---:|---:|---:|\n";
+    for row in r.rows.iter().filter(|row| !is_model_row(row)) {
+        if row.count == 0 {
+            s += &format!("| {} | skipped | | | |\n", row.name);
+            skipped.push(format!("{}: {}", row.name, row.note));
+            continue;
+        }
+        let per_s = row.throughput_per_s.map_or(String::new(), |t| format!("{t:.0}"));
+        s += &format!("| {} | {} | {} | {} | {per_s} |\n", row.name, row.p50, row.p99, row.p999);
+    }
+    let models: Vec<&str> = r.rows.iter().filter_map(|row| row.name.strip_prefix("bare ORT: ")).collect();
+    if !models.is_empty() {
+        s += "\n| model, p50 / p99 / p99.9 µs | bare ORT | engine, backend `auto` chose | engine, verify off | engine on ORT |\n";
+        s += "|---|---:|---:|---:|---:|\n";
+        for m in models {
+            let find =
+                |prefix: &str| r.rows.iter().find(|row| row.name == format!("{prefix}{m}") && row.count > 0);
+            let bare = find("bare ORT: ").expect("the model's own row");
+            let what = bare.note.split("; ").nth(1).map_or("", |w| w.trim_end_matches(", input rows ready"));
+            let cell = |prefix: &str| find(prefix).map_or("(same)".to_string(), us3);
+            let engine =
+                find("engine: ").map_or("skipped".to_string(), |e| format!("{}: {}", backend_of(e), us3(e)));
+            s += &format!(
+                "| {m} ({what}) | {} | {engine} | {} | {} |\n",
+                us3(bare),
+                cell("engine, verify off: "),
+                cell("engine (ort): ")
+            );
+        }
+    }
+    for row in r.rows.iter().filter(|row| is_model_row(row) && row.count == 0) {
+        skipped.push(format!("{}: {}", row.name, row.note));
+    }
+    s += "\n";
+    for why in skipped {
+        s += &format!("Skipped — {why}\n");
+    }
+    s += &ratio_lines(r);
     s
 }
 

@@ -401,7 +401,7 @@ impl FeatureMap {
     }
 }
 
-/// One stateful feature's value from its symbol's view (README "Stateful features").
+/// One stateful feature's value from its symbol's view (docs/models-and-backends.md, "Stateful features").
 /// Sums run oldest event first, as in the Python twin.
 #[inline]
 fn stateful_value(feature: Feature, v: &SymbolView) -> f64 {

@@ -10,7 +10,7 @@
 //! message through a private socket pair (the kernel's Unix-socket send and
 //! receive code, its allocator caches) and, for the server, one model run on a
 //! made-up request with its own state (`Scorer::keep_warm`). Measured with a C
-//! ping-pong (`/tmp`-only experiment, numbers in the README): warming both ends
+//! ping-pong (`/tmp`-only experiment, numbers in docs/serving.md): warming both ends
 //! every 50 µs brings the 4 ms-idle round trip to 6.6–6.8 µs; one end alone,
 //! 6.9–9.4 µs.
 //!

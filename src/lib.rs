@@ -1,6 +1,6 @@
 //! tickinfer — low-latency trading-signal inference over a Unix socket.
 //!
-//! The request's path, one module per stage (see README "Architecture"):
+//! The request's path, one module per stage (see docs/architecture.md):
 //! [`wire`] (the C header's mirror) → [`transport`] (sockets, buffers, decoding)
 //! → [`ring`] (SPSC hand-off, pipeline mode) → [`features`] → [`engine`] (ONNX
 //! Runtime) → [`manifest`] (output decoding) → response. [`server`] drives the

@@ -95,6 +95,10 @@ enum Command {
         /// Output directory (bench.json, bench.md, bench.svg, bench.png).
         #[arg(long, default_value = "bench-out")]
         out: PathBuf,
+        /// Print, instead of the plain table, the run's markdown tables for docs/performance.md
+        /// with the date (UTC), the machine and the configuration (scripts/update_perf_docs.sh).
+        #[arg(long)]
+        markdown: bool,
     },
     /// Check whether this host is tuned for low latency, with the fix for each finding.
     Doctor {
@@ -144,7 +148,7 @@ struct ReplayArgs {
     client_poll: tickinfer::replay::ClientPoll,
     /// Spinning connection threads: after this many µs idle, send a message round a private
     /// socket pair so their kernel socket path stays in cache (what a latency-minded client
-    /// does between sparse events; see the README) [default: off].
+    /// does between sparse events; see docs/serving.md, "Keeping warm") [default: off].
     #[arg(long)]
     keep_warm_us: Option<u64>,
     /// How requests reach the server: its Unix socket, or shared memory negotiated on it
@@ -338,7 +342,17 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Bench { model, requests, throughput_secs, connections, window, short, python, out } => {
+        Command::Bench {
+            model,
+            requests,
+            throughput_secs,
+            connections,
+            window,
+            short,
+            python,
+            out,
+            markdown,
+        } => {
             let model = if model.exists() { model } else { bundled("models/lobster_direction.toml") };
             let mut opts = tickinfer::bench::BenchOptions::short(model, out);
             if !short {
@@ -352,6 +366,11 @@ fn main() -> ExitCode {
                 opts.python = p;
             }
             match tickinfer::bench::run(&opts) {
+                Ok(report) if markdown => {
+                    print!("{}", tickinfer::bench::docs_markdown(&report, &opts));
+                    eprintln!("written: {}/bench.{{json,md,svg,png}}", opts.out.display());
+                    ExitCode::SUCCESS
+                }
                 Ok(report) => {
                     print!("{}", tickinfer::bench::markdown(&report));
                     println!("written: {}/bench.{{json,md,svg,png}}", opts.out.display());
@@ -634,7 +653,7 @@ fn compare_signals(out: &std::path::Path) -> Result<(), String> {
         "(round trips closed loop, window 1; per-model signals and plots under {}/compare/)",
         out.display()
     );
-    // Which backend served each model, and why (README "Backends").
+    // Which backend served each model, and why (docs/models-and-backends.md, "Backends").
     println!("backends:");
     for b in backends {
         println!("  {b}");

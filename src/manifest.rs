@@ -9,12 +9,12 @@
 //! onnx = "lobster_direction.onnx"      # relative to this file
 //! price_scale = 10000                   # fixed point of every price on the wire
 //! size_scale = 1                        # fixed point of sizes (power of ten; default 1)
-//! backend = "auto"                      # optional: "ort" | "native" | "auto" (README "Backends")
+//! backend = "auto"                      # optional: "ort" | "native" | "auto" (docs/models-and-backends.md)
 //! verify_every = 1000                   # optional: re-run 1 in N native answers on ONNX Runtime (0: off)
 //! on_disagreement = "fallback"          # optional: "fallback" (switch to ONNX Runtime) | "log"
 //!
-//! [label]                               # optional: how the training labels were made (README
-//! horizon_events = 10                   # "Signal quality"): the mid k same-symbol events later,
+//! [label]                               # optional: how the training labels were made
+//! horizon_events = 10                   # (docs/signal-quality.md): the mid k same-symbol events later,
 //! # horizon_ms = 500                    # and/or the mid in force h ms later (request timestamps);
 //! flat_bps = 0.0                        # |move| <= this is flat (0: only an unchanged mid)
 //! reference_macro_f1 = 0.368            # optional: the test-set macro-F1 of the training script
@@ -35,7 +35,7 @@
 //! # kind = "regression"; name = "variable"; target = "mid_return_bps" | "mid_change"
 //! # flat_threshold = 0.5  (|y| at or below → direction 0); full_confidence = 3.0 (|y| → confidence 100)
 //!
-//! [sequence]                            # optional: a sequence model (README "Sequence models")
+//! [sequence]                            # optional: a sequence model (docs/models-and-backends.md)
 //! kind = "window"                       # input float32 [batch, window, features]: the symbol's
 //! window = 16                           # last 16 feature rows, oldest first
 //! # or one recurrent step, state carried per symbol between requests:
@@ -145,7 +145,7 @@ struct ModelSection {
 }
 
 /// `verify_every` when the manifest says nothing: measured invisible on the hot path
-/// (README "Backends": the live verifier's cost).
+/// (docs/models-and-backends.md, "Backends": the live verifier's cost).
 pub const DEFAULT_VERIFY_EVERY: u32 = 1000;
 
 fn default_verify_every() -> u32 {

@@ -18,7 +18,7 @@
 //! at least that long, then gives its slot (and its history) to the new one. A
 //! reset frees the slots it clears.
 //!
-//! The definitions (formulas in README "Stateful features") live in
+//! The definitions (formulas in docs/models-and-backends.md, "Stateful features") live in
 //! [`crate::features`]; `scripts/tickfeatures.py` mirrors them operation for
 //! operation, and the parity test holds both to the same bits.
 

@@ -1,7 +1,7 @@
 //! `serve --keep-warm-us`: warm-ups run while idle and never change an answer — not
 //! the stateful features, not a window or recurrent model's memory, in either mode —
 //! and they are counted. (What they buy in latency is measured by
-//! `tests/replay_open_loop.rs` and quoted in the README, not asserted here.)
+//! `tests/replay_open_loop.rs` and quoted in docs/serving.md, not asserted here.)
 mod util;
 
 use std::path::Path;

@@ -14,7 +14,7 @@
 //! - a generated bursty stream (7 of 8 events within 10 µs of the previous) at
 //!   `--speed 10`: open-loop p50 within 3× of closed loop.
 //!
-//! Run alone for the numbers the README quotes:
+//! Run alone for the numbers docs/replay-and-recording.md quotes:
 //! `cargo test --release --test replay_open_loop -- --nocapture`.
 mod util;
 
@@ -127,7 +127,7 @@ fn open_loop_latency_matches_closed_loop_at_light_load_and_in_bursts() {
     drop(f);
     let bursts = closed_then_open("bursty stream at --speed 10", &bursty, "csv", 4000, &["--speed", "10"]);
 
-    // Acceptance (README): 2× and 3× on a quiet machine, release build; asserted at twice
+    // Acceptance (docs/replay-and-recording.md): 2× and 3× on a quiet machine, release build; asserted at twice
     // that. An unoptimised build's server is several times slower when cold (light load:
     // 3.4–11× measured here), so it is held only to what catches a client that blocks or
     // waits on answers (the defect this replaces measured 60 µs against 7.8, unflagged).
@@ -135,7 +135,7 @@ fn open_loop_latency_matches_closed_loop_at_light_load_and_in_bursts() {
     // said itself that it measured the machine: the ratio is then printed, not asserted —
     // what must never happen is a bad ratio the report does not explain.
     // Kept warm or not, the same bounds: keep-warm is what closes the light-load gap on a
-    // VM (README), but a run without it must not be unexplainably worse either.
+    // VM (docs/serving.md, "Keeping warm"), but a run without it must not be unexplainably worse either.
     let (light_bound, burst_bound) = if cfg!(debug_assertions) { (20.0, 10.0) } else { (4.0, 6.0) };
     eprintln!("bounds: {light_bound}× and {burst_bound}× (debug build: {})", cfg!(debug_assertions));
     if std::env::var_os("TICKINFER_TIMED_ASSERTS").is_none() {

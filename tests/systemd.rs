@@ -49,7 +49,7 @@ fn units_pass_systemd_analyze_verify_and_security() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.trim().is_empty(), "systemd-analyze verify:\n{stderr}");
-    // The sandboxing's exposure score (README quotes it): 0 is locked down, 10 is wide open.
+    // The sandboxing's exposure score (docs/deployment.md quotes it): 0 is locked down, 10 is wide open.
     let out = Command::new("systemd-analyze")
         .args(["security", "--offline=true", "--no-pager"])
         .arg(&service)
@@ -63,7 +63,10 @@ fn units_pass_systemd_analyze_verify_and_security() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no exposure level in:\n{text}{}", String::from_utf8_lossy(&out.stderr)));
     eprintln!("systemd-analyze security: exposure {score}");
-    assert!(score <= 2.0, "exposure {score} (README says 1.3): a sandboxing line was lost\n{text}");
+    assert!(
+        score <= 2.0,
+        "exposure {score} (docs/deployment.md says 1.3): a sandboxing line was lost\n{text}"
+    );
 }
 
 /// The unit, the socket unit and the example config name one socket path.
