@@ -606,21 +606,17 @@ static inline int ml_client_connect(ml_client_t *c, const char *path, int timeou
  * timeout_ms passes. A peer not in the server's --tcp-allow is closed at accept
  * (ML_CLIENT_ERR_CLOSED).
  */
+static inline int ml_client_connect_tcp_auth(ml_client_t *c, const char *host, uint16_t port, const char *token,
+                                             int timeout_ms);
+
 static inline int ml_client_connect_tcp(ml_client_t *c, const char *host, uint16_t port, int timeout_ms) {
-    uint64_t deadline = ml__deadline(timeout_ms);
-    int rc;
-    memset(c, 0, sizeof(*c));
-    c->fd = -1;
-    c->shm_doorbell = -1;
-    rc = ml__open_tcp(c, host, port, deadline);
-    if (rc != 0) return rc;
-    return ml__handshake(c, deadline, 0, NULL);
+    return ml_client_connect_tcp_auth(c, host, port, NULL, timeout_ms);
 }
 
 /**
  * As ml_client_connect_tcp, with the pre-shared token (1..ML_AUTH_TOKEN_MAX bytes, NUL-
  * terminated) a server started with --tcp-token-file wants; a wrong one is refused
- * ML_ERR_PERMISSION_DENIED (ML_CLIENT_ERR_REFUSED, c.ack.status).
+ * ML_ERR_PERMISSION_DENIED (ML_CLIENT_ERR_REFUSED, c.ack.status). NULL: no token.
  */
 static inline int ml_client_connect_tcp_auth(ml_client_t *c, const char *host, uint16_t port, const char *token,
                                              int timeout_ms) {

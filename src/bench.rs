@@ -595,17 +595,7 @@ fn pingpong(n: usize, echo_core: usize, client_core: usize) -> Result<Histogram<
     });
     let client = std::thread::spawn(move || -> Result<Histogram<u64>, String> {
         pin(client_core);
-        let mut h = hist();
-        let (req, mut resp) = ([1u8; REQUEST_SIZE], [0u8; RESPONSE_SIZE]);
-        for i in 0..total {
-            let t0 = now_ns();
-            write_all_spin(&mut a, &req)?;
-            read_exact_spin(&mut a, &mut resp)?;
-            if i >= n / 10 {
-                h.saturating_record(now_ns() - t0);
-            }
-        }
-        Ok(h)
+        ping_pong(&mut a, n, total)
     });
     let h = client.join().map_err(|_| "client panicked")??;
     echo.join().map_err(|_| "echo panicked")??;
@@ -927,6 +917,26 @@ fn sync_client(
     })
 }
 
+/// The floor's client side: `total` request-sized writes, each answered by a response-sized
+/// read, busy-polling; the last `total - n / 10` timed (the first tenth warms).
+fn ping_pong<S: std::io::Read + std::io::Write>(
+    a: &mut S,
+    n: usize,
+    total: usize,
+) -> Result<Histogram<u64>, String> {
+    let mut h = hist();
+    let (req, mut resp) = ([1u8; REQUEST_SIZE], [0u8; RESPONSE_SIZE]);
+    for i in 0..total {
+        let t0 = now_ns();
+        write_all_spin(a, &req)?;
+        read_exact_spin(a, &mut resp)?;
+        if i >= n / 10 {
+            h.saturating_record(now_ns() - t0);
+        }
+    }
+    Ok(h)
+}
+
 /// The defaults for `model`, polling `poll`.
 fn polling(model: &Path, poll: PollMode) -> ServerConfig {
     let mut cfg = ServerConfig::new(model, "unused");
@@ -1050,17 +1060,7 @@ fn tcp_pingpong(
         let mut a = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
         let note = tune_bench_socket(&a)?;
         a.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let mut h = hist();
-        let (req, mut resp) = ([1u8; REQUEST_SIZE], [0u8; RESPONSE_SIZE]);
-        for i in 0..total {
-            let t0 = now_ns();
-            write_all_spin(&mut a, &req)?;
-            read_exact_spin(&mut a, &mut resp)?;
-            if i >= n / 10 {
-                h.saturating_record(now_ns() - t0);
-            }
-        }
-        Ok((h, note))
+        Ok((ping_pong(&mut a, n, total)?, note))
     });
     let (h, note) = client.join().map_err(|_| "client panicked")??;
     echo.join().map_err(|_| "echo panicked")??;
