@@ -42,7 +42,12 @@ fn answers(model: &Path, backend: &str, mode: &str, keep_warm: bool) -> (Vec<Ans
         std::thread::sleep(Duration::from_millis(2));
     }
     let n = out.len() as u64;
-    let stats = server.stats_when(|s| s["responses"].as_u64() == Some(n));
+    // The answers are counted by the I/O thread, the warm-ups (pipeline mode) by the worker:
+    // each publishes on its own 200 ms clock, so wait for both (a server that never warms up
+    // still fails, when the wait gives up).
+    let stats = server.stats_when(|s| {
+        s["responses"].as_u64() == Some(n) && (!keep_warm || s["keep_warm_runs"].as_u64() > Some(0))
+    });
     (out, (stats["keep_warm_runs"].as_u64().unwrap(), stats["keep_warm_socket_trips"].as_u64().unwrap()))
 }
 
