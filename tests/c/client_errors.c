@@ -5,14 +5,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-#define CHECK(cond, name)                                                         \
-    do {                                                                          \
-        if (!(cond)) {                                                            \
-            fprintf(stderr, "FAIL %s (line %d): %s\n", name, __LINE__, c.error);  \
-            return 1;                                                             \
-        }                                                                         \
-        printf("ok %s\n", name);                                                  \
-    } while (0)
+#include "check.h"
 
 static ml_client_t c;
 
