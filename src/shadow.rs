@@ -178,14 +178,24 @@ impl Shadow {
     }
 
     /// Its report and the quality counts behind it (for the metrics endpoint).
+    /// Both from one snapshot of its counters.
     fn report_and_tally(&self) -> (ShadowReport, Tally) {
-        let tally = self.published.lock().map(|c| c.tally.clone()).unwrap_or_default();
-        (self.report(), tally)
+        let c = self.counts();
+        let tally = c.tally.clone();
+        (self.report_of(c), tally)
     }
 
     fn report(&self) -> ShadowReport {
+        self.report_of(self.counts())
+    }
+
+    /// Its thread's last published counters.
+    fn counts(&self) -> Counts {
+        self.published.lock().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn report_of(&self, c: Counts) -> ShadowReport {
         let (info, path) = self.model.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let c = self.published.lock().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone());
         let both: u64 = c.agreement.iter().flatten().sum();
         let same: u64 = (0..3).map(|i| c.agreement[i][i]).sum();
         ShadowReport {
