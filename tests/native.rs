@@ -179,11 +179,13 @@ fn native_tree_ensembles_agree_with_ort_nan_and_thresholds_included() {
         ("tests/fixtures/models/tree_regressor.toml", "native (TreeEnsembleRegressor 3 trees"),
         ("tests/fixtures/models/tree_wide.toml", "native (TreeEnsembleRegressor 1 trees"),
     ] {
-        // `==`/`!=` nodes take the node walk (tree_modes); a 48-leaf tree, 64-bit leaf vectors.
+        // `==`/`!=` nodes take the node walk (tree_modes); a 48-leaf tree, 64-bit leaf vectors;
+        // trees of ≤ 32 leaves the tree lanes (16 lanes for ≤ 16 leaves).
         let path = match manifest {
             m if m.contains("tree_modes") => "node walk",
             m if m.contains("tree_wide") => "bit vectors u64",
-            _ => "bit vectors u32",
+            m if m.contains("lgbm_100x31") => "tree lanes x32",
+            _ => "tree lanes x16",
         };
         let mut ort = load(manifest, Backend::Ort).unwrap();
         let mut native = load(manifest, Backend::Native).unwrap();

@@ -36,6 +36,8 @@
 
 use std::collections::HashMap;
 
+mod lanes;
+
 use super::graph::{logistic, text, Graph, PostTransform};
 use super::onnx_pb::{GraphProto, NodeProto};
 use crate::manifest::Manifest;
@@ -170,9 +172,68 @@ struct BitVectors<M> {
 }
 
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
 enum Quick {
+    /// Tree-major, a byte lane per node ([`lanes::Lanes`]): trees of ≤ 32 leaves, ≤ 64
+    /// features, ≤ 254 cut points per feature.
+    Lanes(lanes::Lanes),
     Narrow(BitVectors<u32>),
     Wide(BitVectors<u64>),
+}
+
+/// The exit leaves' weights summed per output in registers, when every leaf holds one
+/// weight and each tree weighs one output (LightGBM, XGBoost): per output, its trees'
+/// weights added in tree order — ONNX Runtime's order of additions for that output —
+/// with no pass through memory per tree.
+#[derive(Clone, Debug)]
+struct Grouped {
+    /// `order[starts[o]..starts[o + 1]]`: the trees that weigh output o, in tree order, as
+    /// (tree, where its leaves' weights start in `weight`).
+    starts: Vec<usize>,
+    order: Vec<(u32, u32)>,
+    /// Each tree's leaves' weights by exit bit, from its `base` in `order`.
+    weight: Vec<f32>,
+    /// Every output weighed by this many trees (LightGBM's rounds of a multi-class model):
+    /// the outputs' sums are then interleaved, each still in its own tree order.
+    rounds: Option<usize>,
+}
+
+impl Grouped {
+    /// The sums per output into `out`, and `has`, from each tree's exit bit.
+    #[inline]
+    fn sum(&self, exit: &[u8], out: &mut [f32], has: &mut [bool]) {
+        for (o, h) in has.iter_mut().enumerate() {
+            *h = self.starts[o] < self.starts[o + 1];
+        }
+        match (out.len(), self.rounds) {
+            (2, Some(n)) => self.interleaved::<2>(n, exit, out),
+            (3, Some(n)) => self.interleaved::<3>(n, exit, out),
+            (4, Some(n)) => self.interleaved::<4>(n, exit, out),
+            _ => {
+                for (o, out) in out.iter_mut().enumerate() {
+                    let mut s = 0f32;
+                    for &(t, base) in &self.order[self.starts[o]..self.starts[o + 1]] {
+                        s += self.weight[base as usize + exit[t as usize] as usize];
+                    }
+                    *out = s;
+                }
+            }
+        }
+    }
+
+    /// N outputs of `n` trees each: N independent chains of additions in registers (one
+    /// output's chain after another would wait on each addition's latency in turn).
+    #[inline]
+    fn interleaved<const N: usize>(&self, n: usize, exit: &[u8], out: &mut [f32]) {
+        let mut acc = [0f32; N];
+        for i in 0..n {
+            for (o, acc) in acc.iter_mut().enumerate() {
+                let (t, base) = self.order[o * n + i];
+                *acc += self.weight[base as usize + exit[t as usize] as usize];
+            }
+        }
+        out.copy_from_slice(&acc);
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -183,6 +244,8 @@ pub struct Trees {
     /// The bit-vector path, when every tree has ≤ 64 leaves, no node compares by `==`/`!=`
     /// and no threshold is a denormal; else why not (for `describe`).
     quick: Result<Quick, &'static str>,
+    /// With [`Quick::Lanes`], the sums per output when the leaves allow them.
+    grouped: Option<Grouped>,
     /// Per node: range into `weights` (empty for branches).
     leaf_range: Vec<(u32, u32)>,
     /// `(output index, weight)` pairs, leaves' in the model's order.
@@ -445,7 +508,7 @@ impl Trees {
             return Err(format!("leaf {} of tree {} has no weight", nodeids[i], treeids[i]));
         }
         let mut weights = Vec::with_capacity(w_vals.len());
-        let leaf_range = per_leaf
+        let leaf_range: Vec<(u32, u32)> = per_leaf
             .into_iter()
             .map(|ws| {
                 let start = weights.len() as u32;
@@ -453,7 +516,12 @@ impl Trees {
                 (start, weights.len() as u32)
             })
             .collect();
+        let grouped = match &quick {
+            Ok(Quick::Lanes(l)) => grouped(l, &leaf_range, &weights, outputs),
+            _ => None,
+        };
         Ok(Trees {
+            grouped,
             exact,
             leaf_of: vec![0; roots.len()],
             max_depth: depths.iter().copied().max().unwrap_or(0),
@@ -481,9 +549,10 @@ impl Trees {
             self.exact.len(),
             self.max_depth,
             match &self.quick {
-                Ok(Quick::Narrow(_)) => "bit vectors u32",
-                Ok(Quick::Wide(_)) => "bit vectors u64",
-                Err(why) => why,
+                Ok(Quick::Lanes(l)) => l.describe(),
+                Ok(Quick::Narrow(_)) => "bit vectors u32".into(),
+                Ok(Quick::Wide(_)) => "bit vectors u64".into(),
+                Err(why) => why.to_string(),
             },
             self.features,
             self.outputs,
@@ -504,13 +573,48 @@ impl Trees {
     pub fn run(&mut self, x: &[f32], out: &mut [f32]) {
         debug_assert_eq!(x.len(), self.features);
         debug_assert_eq!(out.len(), self.outputs);
-        match &mut self.quick {
-            _ if x.iter().any(|v| v.is_nan()) => self.walk_exact(x),
-            Ok(Quick::Narrow(q)) => q.exits(x, &mut self.leaf_of),
-            Ok(Quick::Wide(q)) => q.exits(x, &mut self.leaf_of),
-            Err(_) => self.walk_exact(x),
+        // Whether the sums per output are in `out` (and `has`) already.
+        let summed = match &mut self.quick {
+            _ if x.iter().any(|v| v.is_nan()) => {
+                self.walk_exact(x);
+                false
+            }
+            Ok(Quick::Lanes(l)) => {
+                l.exits(x);
+                if let Some(g) = &self.grouped {
+                    g.sum(&l.exit, out, &mut self.has);
+                    true
+                } else {
+                    for ((leaf, &base), &bit) in self.leaf_of.iter_mut().zip(&l.leaf_base).zip(&l.exit) {
+                        *leaf = l.leaves[base + bit as usize];
+                    }
+                    false
+                }
+            }
+            Ok(Quick::Narrow(q)) => {
+                q.exits(x, &mut self.leaf_of);
+                false
+            }
+            Ok(Quick::Wide(q)) => {
+                q.exits(x, &mut self.leaf_of);
+                false
+            }
+            Err(_) => {
+                self.walk_exact(x);
+                false
+            }
+        };
+        if summed {
+            self.finish(out);
+        } else {
+            self.aggregate(out);
         }
-        self.aggregate(out);
+        self.scale(out);
+    }
+
+    /// The trailing `Mul`s.
+    #[inline]
+    fn scale(&self, out: &mut [f32]) {
         for &k in &self.scales {
             out.iter_mut().for_each(|o| *o *= k);
         }
@@ -522,17 +626,13 @@ impl Trees {
     /// added or not — before the post-transform; `has` mirrors those flags.
     #[inline]
     fn aggregate(&mut self, out: &mut [f32]) {
-        let trees = self.roots.len() as f32;
-        if let Aggregate::One { average, origin } = self.aggregate {
+        if let Aggregate::One { .. } = self.aggregate {
             let mut s = 0f32;
             for &leaf in &self.leaf_of {
                 s += self.weights[self.leaf_range[leaf as usize].0 as usize].1;
             }
-            if average {
-                s /= trees;
-            }
-            out[0] = s + origin;
-            return;
+            out[0] = s;
+            return self.finish(out);
         }
         // Sum the leaves in the model's tree order (ONNX Runtime's order of additions).
         out.fill(0.0);
@@ -545,8 +645,23 @@ impl Trees {
                 has[o as usize] = true;
             }
         }
+        self.finish(out);
+    }
+
+    /// From the sums in `out` (and `has`, which outputs a reached leaf weighed) to the
+    /// output row: averages, base values, the two-class rules, the post-transform.
+    #[inline]
+    fn finish(&mut self, out: &mut [f32]) {
+        let trees = self.roots.len() as f32;
+        let has = &mut self.has[..];
         match self.aggregate {
-            Aggregate::One { .. } => unreachable!("returned above"),
+            Aggregate::One { average, origin } => {
+                if average {
+                    out[0] /= trees;
+                }
+                out[0] += origin;
+                return;
+            }
             Aggregate::Targets { average } if self.base.is_empty() => {
                 if average {
                     out.iter_mut().for_each(|o| *o /= trees);
@@ -1106,10 +1221,46 @@ fn quick_path(exact: &[Exact], roots: &[u32], features: usize) -> Result<Quick, 
     if exact.iter().any(|e| e.mode != Mode::Leaf && e.thr.is_subnormal()) {
         return Err("node walk: a denormal threshold");
     }
-    bit_vectors::<u32>(exact, roots, features)
-        .map(Quick::Narrow)
+    lanes::Lanes::build(exact, roots, features)
+        .map(Quick::Lanes)
+        .or_else(|| bit_vectors::<u32>(exact, roots, features).map(Quick::Narrow))
         .or_else(|| bit_vectors::<u64>(exact, roots, features).map(Quick::Wide))
         .ok_or("node walk: a tree of more than 64 leaves")
+}
+
+/// [`Grouped`] sums for `lanes`' trees, when every leaf holds one weight and all of a
+/// tree's leaves weigh the same output.
+fn grouped(
+    lanes: &lanes::Lanes,
+    leaf_range: &[(u32, u32)],
+    weights: &[(u32, f32)],
+    outputs: usize,
+) -> Option<Grouped> {
+    let trees = lanes.leaf_base.len();
+    let mut per_output: Vec<Vec<(u32, u32)>> = vec![Vec::new(); outputs];
+    let mut weight = Vec::with_capacity(lanes.leaves.len());
+    for t in 0..trees {
+        let end = lanes.leaf_base.get(t + 1).copied().unwrap_or(lanes.leaves.len());
+        let mut output = None;
+        let base = weight.len() as u32;
+        for &leaf in &lanes.leaves[lanes.leaf_base[t]..end] {
+            let (s, e) = leaf_range[leaf as usize];
+            let [(o, w)] = weights[s as usize..e as usize] else { return None };
+            if *output.get_or_insert(o) != o {
+                return None;
+            }
+            weight.push(w);
+        }
+        per_output[output? as usize].push((t as u32, base));
+    }
+    let rounds = per_output.iter().all(|ts| ts.len() == per_output[0].len()).then(|| per_output[0].len());
+    let starts = std::iter::once(0)
+        .chain(per_output.iter().scan(0, |at, ts| {
+            *at += ts.len();
+            Some(*at)
+        }))
+        .collect();
+    Some(Grouped { starts, order: per_output.concat(), weight, rounds })
 }
 
 /// The bit vectors of `exact`'s trees in `M`, or `None` when a tree has more leaves than `M` has bits.
@@ -1220,6 +1371,31 @@ impl<M: Mask> BitVectors<M> {
 #[cfg(test)]
 mod tests {
     use super::{down, stable, up};
+
+    /// The feature-major bit vectors (what serves trees the lanes cannot take: more than
+    /// 64 features or 254 cut points a feature) reach the walk's leaves.
+    #[test]
+    fn bit_vectors_reach_the_walks_leaves() {
+        use super::{bit_vectors, Trees};
+        use crate::engine::native::NativeModel;
+        for toml in ["models/lobster_stateful.toml", "tests/fixtures/models/trust_lt_regressor.toml"] {
+            let manifest = crate::manifest::Manifest::load(&crate::source_root().join(toml)).expect(toml);
+            let Ok(NativeModel::Trees(mut walk)) = NativeModel::from_manifest(&manifest, &[]) else {
+                panic!("{toml}")
+            };
+            let mut q = bit_vectors::<u32>(&walk.exact, &walk.roots, walk.features).expect("≤ 32 leaves");
+            let mut leaves = vec![0; walk.roots.len()];
+            let rows: Vec<f32> = walk.covering_rows();
+            let mut checked = 0;
+            for x in rows.chunks_exact(walk.features).filter(|r| !r.iter().any(|v| v.is_nan())) {
+                Trees::walk_exact(&mut walk, x);
+                q.exits(x, &mut leaves);
+                assert_eq!(leaves, walk.leaf_of, "{toml}: row {x:?}");
+                checked += 1;
+            }
+            assert!(checked > 100, "{toml}: {checked} rows");
+        }
+    }
 
     #[test]
     fn stepping_skips_denormals_and_keeps_order() {
