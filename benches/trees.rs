@@ -23,7 +23,7 @@ use ort::value::TensorRef;
 use tickinfer::bench::{ready_rows, real_stream};
 use tickinfer::clock::now_ns;
 use tickinfer::engine::native::NativeModel;
-use tickinfer::engine::{ort_environment, Engine, EngineOptions};
+use tickinfer::engine::{ort_environment, Backend, Engine, EngineOptions};
 use tickinfer::manifest::{Manifest, Prediction};
 use tickinfer::verify::VerifyOptions;
 
@@ -97,10 +97,15 @@ fn study(label: &str, toml: &Path, calls: usize, c: &mut Criterion, table: &mut 
             h_ort.saturating_record(now_ns() - t0);
         }
     }
-    // The engine as the server's worker calls it (state and features per request), verify off.
-    let quiet = EngineOptions { verify: VerifyOptions { every: Some(0), ..Default::default() }, ..opts };
+    // The engine as the server's worker calls it (state and features per request), verify off,
+    // on the native backend (`auto` times both at load and may pick ORT in a debug build).
+    let quiet = EngineOptions {
+        verify: VerifyOptions { every: Some(0), ..Default::default() },
+        backend: Some(Backend::Native),
+        ..opts
+    };
     let mut engine = Engine::load(toml, &quiet).expect("engine");
-    assert_ne!(engine.info().backend, "ort", "{label}: the engine chose ONNX Runtime");
+    assert!(engine.info().backend.starts_with("native"), "{label}: served by {}", engine.info().backend);
     let mut state = engine.new_state(1);
     let mut p = [None::<Prediction>];
     let mut h_engine = hist();
