@@ -24,6 +24,9 @@
 //!     cargo bench --bench engine                          # ORT settings + engine per backend
 //!     cargo bench --bench engine --features bench-tract   # + tract
 //!     TICKINFER_STUDY_MODELS=LightGBM cargo bench --bench engine   # one model
+#[path = "util/mod.rs"]
+mod util;
+
 use std::path::Path;
 use std::time::Instant;
 
@@ -387,18 +390,10 @@ const ROW_SECONDS: f64 = 3.0;
 
 fn bench(c: &mut Criterion) {
     let _ = env_logger::builder().is_test(true).try_init();
-    // `cargo bench` passes --bench; `cargo test --benches` does not: a short pass then.
-    let full = std::env::args().any(|a| a == "--bench");
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
-    if let Some(last) = cores.last() {
-        core_affinity::set_for_current(*last);
-    }
+    let full = util::full();
+    let pinned = util::pin_to_last_core();
     let root = tickinfer::source_root();
-    let mut table = format!(
-        "# Engine study (per call, µs; pinned to core {} of {})\n\n| model | batch | runtime / setting | p50 | p99 | vs `ort tickinfer settings` p50 |\n|---|---|---|---|---|---|\n",
-        cores.last().map_or(0, |c| c.id),
-        cores.len()
-    );
+    let mut table = format!("# Engine study (per call, µs; pinned to {pinned})\n\n| model | batch | runtime / setting | p50 | p99 | vs `ort tickinfer settings` p50 |\n|---|---|---|---|---|---|\n");
     let mut g = c.benchmark_group("engine");
     g.sample_size(20).warm_up_time(std::time::Duration::from_millis(300));
     g.measurement_time(std::time::Duration::from_secs(1));

@@ -13,6 +13,9 @@
 //!
 //!     cargo bench --bench trees
 //!     TICKINFER_BENCH_DATA=path/to/LOBSTER.zip cargo bench --bench trees
+#[path = "util/mod.rs"]
+mod util;
+
 use std::path::Path;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
@@ -150,18 +153,10 @@ fn study(label: &str, toml: &Path, calls: usize, c: &mut Criterion, table: &mut 
 }
 
 fn bench(c: &mut Criterion) {
-    // `cargo bench` passes --bench; `cargo test --benches` does not: a short pass then.
-    let full = std::env::args().any(|a| a == "--bench");
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
-    if let Some(last) = cores.last() {
-        core_affinity::set_for_current(*last);
-    }
+    let full = util::full();
+    let pinned = util::pin_to_last_core();
     let root = tickinfer::source_root();
-    let mut table = format!(
-        "# Trees on real rows (per call, µs; pinned to core {} of {})\n\n| model | row | p50 | p99 | p99.9 |\n|---|---|---|---|---|\n",
-        cores.last().map_or(0, |c| c.id),
-        cores.len()
-    );
+    let mut table = format!("# Trees on real rows (per call, µs; pinned to {pinned})\n\n| model | row | p50 | p99 | p99.9 |\n|---|---|---|---|---|\n");
     let calls = if full { 200_000 } else { 2_000 };
     for (label, toml) in MODELS {
         study(label, &root.join(toml), calls, c, &mut table);

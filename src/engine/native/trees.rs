@@ -241,8 +241,8 @@ pub struct Trees {
     exact: Vec<Exact>,
     /// Global index of each tree's root (its first node listed), in the model's tree order.
     roots: Vec<u32>,
-    /// The bit-vector path, when every tree has ≤ 64 leaves, no node compares by `==`/`!=`
-    /// and no threshold is a denormal; else why not (for `describe`).
+    /// The lanes or the bit vectors, when every tree has ≤ 64 leaves, no node compares by
+    /// `==`/`!=` and no threshold is a denormal; else why not (for `describe`).
     quick: Result<Quick, &'static str>,
     /// With [`Quick::Lanes`], the sums per output when the leaves allow them.
     grouped: Option<Grouped>,
@@ -1263,62 +1263,86 @@ fn grouped(
     Some(Grouped { starts, order: per_output.concat(), weight, rounds })
 }
 
+/// A branch of one tree as the leaf-bit layouts (the bit vectors, the lanes) see it: its
+/// two sides, and the tree's leaves on each (bits `a..b`: the tree's leaves in order, the
+/// small side first).
+struct Split {
+    node: u32,
+    /// `v == thr` goes to the large side (`<` and `>=` nodes).
+    tie_large: bool,
+    /// The true child is the small side (`<=` and `<` nodes).
+    yes_small: bool,
+    small: (usize, usize),
+    large: (usize, usize),
+}
+
+/// One tree's leaves in order, the small side first (their global node indices), and its
+/// branches in post-order; `None` when it has more than `max_leaves` leaves. The tree holds
+/// no `==`/`!=` node (the caller's check).
+fn splits(exact: &[Exact], root: u32, max_leaves: usize) -> Option<(Vec<u32>, Vec<Split>)> {
+    let (mut leaves, mut splits) = (Vec::new(), Vec::new());
+    // Post-order by an explicit stack of (node, children already pushed).
+    let mut stack = vec![(root, false)];
+    let mut spans: Vec<(usize, usize)> = Vec::new(); // leaf bits a..b of each finished subtree
+    while let Some((i, expanded)) = stack.pop() {
+        let e = &exact[i as usize];
+        if e.mode == Mode::Leaf {
+            let bit = leaves.len();
+            if bit >= max_leaves {
+                return None;
+            }
+            leaves.push(i);
+            spans.push((bit, bit + 1));
+            continue;
+        }
+        // (tie goes large, small-side child, large-side child).
+        let (tie_large, small, large) = match e.mode {
+            Mode::Leq => (false, e.yes, e.no),
+            Mode::Lt => (true, e.yes, e.no),
+            Mode::Gte => (true, e.no, e.yes),
+            Mode::Gt => (false, e.no, e.yes),
+            Mode::Leaf | Mode::Eq | Mode::Neq => unreachable!("branches only"),
+        };
+        if !expanded {
+            stack.push((i, true));
+            stack.push((large, false));
+            stack.push((small, false));
+            continue;
+        }
+        // Both subtrees done: the large side's span on top, the small side's under it.
+        let (large_span, small_span) = (spans.pop().expect("large side"), spans.pop().expect("small side"));
+        spans.push((small_span.0, large_span.1));
+        splits.push(Split {
+            node: i,
+            tie_large,
+            yes_small: e.yes == small,
+            small: small_span,
+            large: large_span,
+        });
+    }
+    Some((leaves, splits))
+}
+
 /// The bit vectors of `exact`'s trees in `M`, or `None` when a tree has more leaves than `M` has bits.
 fn bit_vectors<M: Mask>(exact: &[Exact], roots: &[u32], features: usize) -> Option<BitVectors<M>> {
-    // Every node as (threshold, tie goes large, small-side child, large-side child).
-    let norm = |e: &Exact| match e.mode {
-        Mode::Leq => (e.thr, false, e.yes, e.no),
-        Mode::Lt => (e.thr, true, e.yes, e.no),
-        Mode::Gte => (e.thr, true, e.no, e.yes),
-        Mode::Gt => (e.thr, false, e.no, e.yes),
-        Mode::Leaf | Mode::Eq | Mode::Neq => unreachable!("branches only"),
-    };
     let mut init = vec![M::ALL; roots.len()];
     let (mut leaf_base, mut leaves) = (Vec::with_capacity(roots.len()), Vec::new());
     // (feature, thr, tie goes large, tree, mask) of every branch.
     let mut entries: Vec<(u32, f32, bool, u32, M)> = Vec::new();
     for (t, &root) in roots.iter().enumerate() {
         // Leaves in order, the small side first; each branch's mask clears its small side's leaves.
+        let (tree_leaves, splits) = splits(exact, root, M::BITS)?;
         leaf_base.push(leaves.len());
-        let first = leaves.len();
-        // Post-order by an explicit stack of (node, children already pushed).
-        let mut stack = vec![(root, false)];
-        let mut spans: Vec<(usize, usize)> = Vec::new(); // leaf bits a..b of each finished subtree
-        while let Some((i, expanded)) = stack.pop() {
-            let e = &exact[i as usize];
-            if e.mode == Mode::Leaf {
-                let bit = leaves.len() - first;
-                if bit >= M::BITS {
-                    return None;
-                }
-                leaves.push(i);
-                spans.push((bit, bit + 1));
-                continue;
-            }
-            let (thr, tie_large, small, large) = norm(e);
-            if !expanded {
-                stack.push((i, true));
-                stack.push((large, false));
-                stack.push((small, false));
-                continue;
-            }
-            // Both subtrees done: the large side's span on top, the small side's under it.
-            let (large_span, small_span) =
-                (spans.pop().expect("large side"), spans.pop().expect("small side"));
-            spans.push((small_span.0, large_span.1));
-            if thr.is_nan() {
+        leaves.extend(tree_leaves);
+        for s in splits {
+            let e = &exact[s.node as usize];
+            if e.thr.is_nan() {
                 // Every non-NaN row goes to the node's false child: clear the true child's side.
-                let true_span = if e.yes == small { small_span } else { large_span };
+                let true_span = if s.yes_small { s.small } else { s.large };
                 init[t] &= M::span(true_span.0, true_span.1).not();
             } else {
-                let thr = if thr == 0.0 { 0.0 } else { thr };
-                entries.push((
-                    e.feature,
-                    thr,
-                    tie_large,
-                    t as u32,
-                    M::span(small_span.0, small_span.1).not(),
-                ));
+                let thr = if e.thr == 0.0 { 0.0 } else { e.thr };
+                entries.push((e.feature, thr, s.tie_large, t as u32, M::span(s.small.0, s.small.1).not()));
             }
         }
     }
@@ -1378,7 +1402,12 @@ mod tests {
     fn bit_vectors_reach_the_walks_leaves() {
         use super::{bit_vectors, Trees};
         use crate::engine::native::NativeModel;
-        for toml in ["models/lobster_stateful.toml", "tests/fixtures/models/trust_lt_regressor.toml"] {
+        for toml in [
+            "models/lobster_stateful.toml",
+            "tests/fixtures/models/trust_lt_regressor.toml",
+            "tests/fixtures/models/trust_gte_classifier.toml",
+            "tests/fixtures/models/trust_nan_threshold.toml",
+        ] {
             let manifest = crate::manifest::Manifest::load(&crate::source_root().join(toml)).expect(toml);
             let Ok(NativeModel::Trees(mut walk)) = NativeModel::from_manifest(&manifest, &[]) else {
                 panic!("{toml}")

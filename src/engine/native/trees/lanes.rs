@@ -22,7 +22,7 @@
 //! unit tests hold the two equal). The node semantics (ties, NaN thresholds, ±0) are the
 //! bit vectors', so the gate (tolerance 0) holds this path to ONNX Runtime as it did them.
 
-use super::{stable, Exact, Mode};
+use super::{splits, stable, Exact};
 
 /// Most features the `q` tables hold (four 16-byte `pshufb` tables).
 const MAX_FEATURES: usize = 64;
@@ -39,6 +39,16 @@ enum Width {
     W32,
 }
 
+impl Width {
+    /// Lanes (nodes) per tree, and leaves at most.
+    fn lanes(self) -> usize {
+        match self {
+            Width::W16 => 16,
+            Width::W32 => 32,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(super) struct Lanes {
     width: Width,
@@ -46,14 +56,11 @@ pub(super) struct Lanes {
     features: usize,
     /// `q` tables in use: ⌈features / 16⌉ ≤ 4.
     tables: usize,
-    /// `cut_thr[cut_start[f]..cut_start[f + 1]]`: feature f's cut points, ascending, ties
-    /// large first at one threshold; `cut_tie_large` beside them.
-    cut_start: Vec<usize>,
-    cut_thr: Vec<f32>,
-    cut_tie_large: Vec<bool>,
-    /// The same cut points for the AVX2 count, in blocks of 8 from `block_start[f]`: each
-    /// feature's padded with +∞ to whole blocks, plus one block of +∞ (so a value above
-    /// every cut point finds a block); ties beside them.
+    /// Feature f's cut points, ascending, ties large first at one threshold, from
+    /// `block_thr[block_start[f]]`, in blocks of 8 (the AVX2 count reads whole blocks):
+    /// padded with +∞ to whole blocks, plus one block of +∞ (so a value above every cut point
+    /// finds a block; +∞ is below no value, so the padding is passed by none); whether a tie
+    /// goes large beside them.
     block_start: Vec<usize>,
     block_thr: Vec<f32>,
     block_tie_large: Vec<bool>,
@@ -106,50 +113,21 @@ impl Lanes {
         let (mut leaf_base, mut leaves) = (Vec::with_capacity(roots.len()), Vec::new());
         let mut most_leaves = 0;
         for &root in roots {
+            let (tree_leaves, splits) = splits(exact, root, 32)?;
             leaf_base.push(leaves.len());
-            let first = leaves.len();
-            let mut branches = Vec::new();
-            let mut stack = vec![(root, false)];
-            let mut spans: Vec<(usize, usize)> = Vec::new();
-            while let Some((i, expanded)) = stack.pop() {
-                let e = &exact[i as usize];
-                if e.mode == Mode::Leaf {
-                    let bit = leaves.len() - first;
-                    if bit >= 32 {
-                        return None;
-                    }
-                    leaves.push(i);
-                    spans.push((bit, bit + 1));
-                    continue;
-                }
-                // (tie goes large, small-side child, large-side child), as the bit vectors.
-                let (tie_large, small, large) = match e.mode {
-                    Mode::Leq => (false, e.yes, e.no),
-                    Mode::Lt => (true, e.yes, e.no),
-                    Mode::Gte => (true, e.no, e.yes),
-                    Mode::Gt => (false, e.no, e.yes),
-                    Mode::Leaf | Mode::Eq | Mode::Neq => unreachable!("branches only"),
-                };
-                if !expanded {
-                    stack.push((i, true));
-                    stack.push((large, false));
-                    stack.push((small, false));
-                    continue;
-                }
-                let (large_span, small_span) = (spans.pop()?, spans.pop()?);
-                spans.push((small_span.0, large_span.1));
-                // A NaN threshold sends every non-NaN row to the false child.
-                let test = if e.thr.is_nan() { Err(e.no == large) } else { Ok((stable(e.thr), tie_large)) };
-                branches.push(Branch { feature: e.feature, test, small: small_span });
-            }
-            most_leaves = most_leaves.max(leaves.len() - first);
-            trees.push(branches);
+            most_leaves = most_leaves.max(tree_leaves.len());
+            leaves.extend(tree_leaves);
+            let branches = splits.iter().map(|s| {
+                let e = &exact[s.node as usize];
+                // A NaN threshold sends every non-NaN row to the false child: the large side
+                // when the true child is the small one.
+                let test = if e.thr.is_nan() { Err(s.yes_small) } else { Ok((stable(e.thr), s.tie_large)) };
+                Branch { feature: e.feature, test, small: s.small }
+            });
+            trees.push(branches.collect());
         }
         let width = if most_leaves <= 16 { Width::W16 } else { Width::W32 };
-        let lanes = match width {
-            Width::W16 => 16,
-            Width::W32 => 32,
-        };
+        let lanes = width.lanes();
         // Cut points per feature.
         let mut cuts: Vec<Vec<(f32, bool)>> = vec![Vec::new(); features];
         for b in trees.iter().flatten() {
@@ -216,20 +194,11 @@ impl Lanes {
             summary.resize(at_summary + blocks.div_ceil(8) * 8, f32::INFINITY);
             summary_start.push(summary.len());
         }
-        let cut_start = std::iter::once(0)
-            .chain(cuts.iter().scan(0, |at, c| {
-                *at += c.len();
-                Some(*at)
-            }))
-            .collect();
         Some(Lanes {
             width,
             trees: trees.len(),
             features,
             tables,
-            cut_start,
-            cut_thr: cuts.iter().flatten().map(|c| c.0).collect(),
-            cut_tie_large: cuts.iter().flatten().map(|c| c.1).collect(),
             block_start,
             block_thr,
             block_tie_large,
@@ -250,11 +219,7 @@ impl Lanes {
 
     /// "tree lanes x16 (avx2)".
     pub(super) fn describe(&self) -> String {
-        let w = match self.width {
-            Width::W16 => 16,
-            Width::W32 => 32,
-        };
-        format!("tree lanes x{w} ({})", if self.avx2 { "avx2" } else { "portable" })
+        format!("tree lanes x{} ({})", self.width.lanes(), if self.avx2 { "avx2" } else { "portable" })
     }
 
     /// Tests only: take the portable path even where AVX2 exists.
@@ -278,12 +243,13 @@ impl Lanes {
             return;
         }
         for (f, &v) in x.iter().enumerate() {
-            let (s, e) = (self.cut_start[f], self.cut_start[f + 1]);
-            let thr = &self.cut_thr[s..e];
+            let (s, e) = (self.block_start[f], self.block_start[f + 1]);
+            let thr = &self.block_thr[s..e];
             // The cut points v passes are a prefix: `thr < v`, then at `thr == v` the one
-            // whose tie goes large (ties-large sort first; cut points are distinct).
+            // whose tie goes large (ties-large sort first; cut points are distinct). The +∞
+            // padding is passed by no value, and leaves a cut point after the last one passed.
             let mut n = thr.partition_point(|&t| t < v);
-            if n < thr.len() && thr[n] == v && self.cut_tie_large[s + n] {
+            if thr[n] == v && self.block_tie_large[s + n] {
                 n += 1;
             }
             self.q[f] = n as u8;
@@ -326,10 +292,7 @@ impl Lanes {
 
     /// The lane-by-lane form of [`exits_avx2`](Self::exits_avx2).
     fn exits_portable(&mut self) {
-        let lanes = match self.width {
-            Width::W16 => 16,
-            Width::W32 => 32,
-        };
+        let lanes = self.width.lanes();
         for t in 0..self.trees {
             let mut large = 0u32;
             for j in 0..lanes {
