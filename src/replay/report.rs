@@ -182,29 +182,19 @@ pub fn summarize(run: &ReplayRun, opts: &super::ReplayOptions) -> Summary {
 
 /// Where answers go as they complete, in event order: the signals file, the counts by
 /// status, and the signal-quality evaluation, which keeps only the events each symbol's
-/// oldest unresolved answer still waits on (bounded memory whatever the input's size).
+/// oldest unresolved answer still waits on ([`super::horizon::Lookahead`]: bounded memory
+/// whatever the input's size).
 pub struct Sink {
     signals: Option<std::io::BufWriter<std::fs::File>>,
     pub events: u64,
     by_status: Vec<u64>,
     lost: u64,
     rule: LabelRule,
-    horizon_ns: Option<u64>,
     score_from: u64,
-    /// Per symbol, its events from the oldest one not yet resolved on.
-    recent: std::collections::HashMap<u16, std::collections::VecDeque<Recent>>,
+    /// Per symbol, its events from the oldest one not yet resolved on: (index in the
+    /// replay, the model's (direction, confidence, target price) if answered ok).
+    recent: super::horizon::Lookahead<(u64, Option<(i8, u8, i64)>)>,
     counts: crate::quality::Counts,
-}
-
-/// One event of a symbol, waiting for the horizon.
-struct Recent {
-    /// Index in the replay.
-    i: u64,
-    ts_ns: u64,
-    /// bid + ask.
-    mid2: i128,
-    /// The model's (direction, confidence, target price) if answered ok.
-    answer: Option<(i8, u8, i64)>,
 }
 
 impl Sink {
@@ -226,10 +216,9 @@ impl Sink {
             events: 0,
             by_status: vec![0; Status::COUNT + 1],
             lost: 0,
-            horizon_ns: rule.horizon_ns(),
             rule,
             score_from: score_from as u64,
-            recent: Default::default(),
+            recent: super::horizon::Lookahead::new(rule),
             counts: Default::default(),
         })
     }
@@ -268,28 +257,14 @@ impl Sink {
             return Ok(()); // no usable mid: not an event of its symbol's history
         }
         // This event resolves the symbol's oldest events whose horizon it reaches.
-        let recent = self.recent.entry(meta.symbol).or_default();
-        while let Some(oldest) = recent.front() {
-            let expired = self.horizon_ns.is_some_and(|h| meta.ts_ns > oldest.ts_ns.saturating_add(h));
-            let reached = self.rule.horizon_events.is_some_and(|k| recent.len() >= k as usize);
-            if !(expired || reached) {
-                break;
-            }
-            let Some(e) = recent.pop_front() else { break };
-            let Some(answer) = e.answer.filter(|_| e.i >= self.score_from) else { continue };
-            // Reached: this event is the k-th later one. Expired: the mid in force at the
-            // horizon is the last event before this one (ms alone), if any came after it.
-            let realised_mid = match (expired, self.rule.horizon_events) {
-                (false, _) => Some(meta.mid2),
-                (true, None) => recent.back().map(|later| later.mid2),
-                (true, Some(_)) => None,
-            };
-            self.counts.add(&match realised_mid {
-                Some(now) => Resolved::scored(&self.rule, e.mid2, answer, now),
+        let (rule, score_from, counts) = (&self.rule, self.score_from, &mut self.counts);
+        self.recent.push(meta.symbol, meta.ts_ns, meta.mid2, (i, answer), |(i, answer), then, realised| {
+            let Some(answer) = answer.filter(|_| i >= score_from) else { return };
+            counts.add(&match realised {
+                Some(now) => Resolved::scored(rule, then, answer, now),
                 None => Resolved::unscored(Unscored::NotSeen),
             });
-        }
-        recent.push_back(Recent { i, ts_ns: meta.ts_ns, mid2: meta.mid2, answer });
+        });
         Ok(())
     }
 
@@ -299,7 +274,7 @@ impl Sink {
             w.flush()?;
         }
         let pending =
-            self.recent.values().flatten().filter(|e| e.answer.is_some() && e.i >= self.score_from).count()
+            self.recent.items().filter(|(i, answer)| answer.is_some() && *i >= self.score_from).count()
                 as u64;
         let quality = quality_of(&self.counts, &self.rule, pending);
         Ok((self.events, self.by_status, self.lost, quality))
