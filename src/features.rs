@@ -6,7 +6,7 @@
 //!
 //! Arithmetic is f64, normalised as `(x - mean) / std` in f64, then cast to f32.
 
-use crate::state::{StateSpec, SymbolView};
+use crate::state::{State, StateSpec, SymbolView};
 use crate::wire::{depth_features_for, depth_index, MlRequest, DEPTH_LEVELS, IMBALANCE_SCALE, MAX_FEATURES};
 
 /// Largest window (events) a stateful feature may ask for: bounds the memory per symbol.
@@ -313,6 +313,11 @@ impl FeatureMap {
         &self.spec
     }
 
+    /// Whether the rows are normalised (`mean`/`std` in the manifest, not the identity).
+    pub fn is_normalised(&self) -> bool {
+        self.norm.iter().any(|&(m, s)| m != 0.0 || s != 1.0)
+    }
+
     /// Width of one row.
     pub fn len(&self) -> usize {
         self.features.len()
@@ -338,6 +343,21 @@ impl FeatureMap {
     pub fn fill(&self, req: &MlRequest, row: &mut [f32]) {
         debug_assert!(self.spec.is_stateless(), "a stateful map needs the symbol's state: fill_with");
         self.fill_with(req, None, row)
+    }
+
+    /// One valid request's row as the scoring stage computes it, in request order: its
+    /// symbol's `state` updated with it first (a stateful map; the symbol admitted), then the
+    /// row filled. Whether the symbol is still warming. The engine's single-row path and
+    /// `tickinfer features` (`crate::dataset`) both call this. No allocation.
+    #[inline]
+    pub fn fill_next(&self, state: &mut State, req: &MlRequest, row: &mut [f32]) -> bool {
+        if state.is_stateless() {
+            self.fill_with(req, None, row);
+            return false;
+        }
+        let view = state.update(req, self.scales());
+        self.fill_with(req, Some(&view), row);
+        view.warming
     }
 
     /// Fill `row` from `req` and its symbol's state, already updated with `req`

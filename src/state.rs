@@ -196,7 +196,15 @@ impl SymbolView<'_> {
     #[inline]
     pub fn window(&self, n: usize) -> impl Iterator<Item = &Entry> + '_ {
         let m = n.min(self.count as usize).min(self.ring.len());
-        (0..m).rev().filter_map(move |b| self.back(b))
+        // The ring's run from the oldest of them to the newest, as two slices (no division
+        // per entry): the same entries in the same order as `back(m - 1)` … `back(0)`.
+        let (cap, newest) = (self.ring.len(), self.newest);
+        let (older, newer): (&[Entry], &[Entry]) = match m {
+            0 => (&[], &[]),
+            _ if newest + 1 >= m => (&self.ring[newest + 1 - m..=newest], &[]),
+            _ => (&self.ring[cap + newest + 1 - m..], &self.ring[..=newest]),
+        };
+        older.iter().chain(newer)
     }
 }
 

@@ -608,23 +608,32 @@ fn state_spec(manifest: &Manifest, state_widths: &[usize]) -> Result<StateSpec, 
     use sha2::{Digest, Sha256};
     let mut spec = manifest.features.state_spec().clone();
     let features = format!("{:?}", manifest.features);
+    spec.history += sequence_history(&manifest.sequence);
     match &manifest.sequence {
         Sequence::None => {}
         Sequence::Window { window } => {
             spec.sequence_floats = window * manifest.features.len();
-            spec.history += window - 1;
             spec.sequence_id = format!("window {window} of {features}");
         }
-        Sequence::Recurrent { warmup_events, .. } => {
+        Sequence::Recurrent { .. } => {
             // The carried state means something only to the weights that made it.
             let bytes = std::fs::read(&manifest.onnx)
                 .map_err(|e| EngineError::Config(format!("cannot read {}: {e}", manifest.onnx.display())))?;
             spec.sequence_floats = state_widths.iter().sum();
-            spec.history += warmup_events;
             spec.sequence_id = format!("recurrent {:x} of {features}", Sha256::digest(&bytes));
         }
     }
     Ok(spec)
+}
+
+/// Earlier events of its symbol a sequence model needs beyond its features' for a request to
+/// be warm: a window's other rows, or a recurrent model's warm-up.
+pub fn sequence_history(sequence: &Sequence) -> usize {
+    match sequence {
+        Sequence::None => 0,
+        Sequence::Window { window } => window - 1,
+        Sequence::Recurrent { warmup_events, .. } => *warmup_events,
+    }
 }
 
 /// Run `reqs` (1..=max_batch, in order) and return their output rows. A recurrent
@@ -735,8 +744,7 @@ fn run_slot(
                 for ((req, row), warm) in
                     reqs.iter().zip(data.chunks_exact_mut(width)).zip(warming.iter_mut())
                 {
-                    features.fill_with(req, None, row);
-                    *warm = false;
+                    *warm = features.fill_next(state, req, row);
                 }
             }
             Sequence::None => {
@@ -745,9 +753,7 @@ fn run_slot(
                     reqs.iter().zip(data.chunks_exact_mut(width)).zip(warming.iter_mut())
                 {
                     admitted(state, req)?;
-                    let view = state.update(req, inv);
-                    *warm = view.warming;
-                    features.fill_with(req, Some(&view), row);
+                    *warm = features.fill_next(state, req, row);
                 }
             }
             Sequence::Window { window } => {
