@@ -100,6 +100,11 @@ impl SymbolTable {
         Ok(Some(id))
     }
 
+    /// The name given id `id` (a capture's ids have none).
+    pub fn name(&self, id: u16) -> Option<&str> {
+        self.map.iter().find(|(_, &v)| v == id).map(|(k, _)| k.as_str())
+    }
+
     fn listing(&self) -> Vec<(String, u16)> {
         let mut v: Vec<_> = self.map.iter().map(|(k, &v)| (k.clone(), v)).collect();
         v.sort_by_key(|(_, id)| *id);
@@ -374,23 +379,37 @@ impl ByteCount {
 }
 
 /// Lines of a text file or of a zip entry, read incrementally (a zip entry by a thread
-/// of its own that owns its archive, handing over batches of lines), counted in `bytes`.
+/// of its own that owns its archive, inflating it and handing over chunks of whole lines),
+/// counted in `bytes`.
 pub(crate) enum Lines {
-    File(std::io::BufReader<std::fs::File>, ByteCount),
-    Zip(std::sync::mpsc::Receiver<std::io::Result<Vec<String>>>, std::collections::VecDeque<String>),
+    /// The file, its byte count, and the line being read.
+    File(std::io::BufReader<std::fs::File>, ByteCount, String),
+    Zip(Chunks),
 }
+
+/// A zip entry's bytes as chunks that end at a line's end (the last one perhaps not), from
+/// its inflating thread; the chunk being read and where.
+pub(crate) struct Chunks {
+    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    at: usize,
+    done: bool,
+}
+
+/// Bytes a zip entry's thread inflates per chunk (then cut back to the last line's end).
+const CHUNK: usize = 1 << 16;
 
 impl Lines {
     pub(crate) fn file(path: &Path, bytes: &ByteCount) -> std::io::Result<Lines> {
         let f = std::fs::File::open(path)?;
         bytes.set_total(f.metadata()?.len());
-        Ok(Lines::File(std::io::BufReader::with_capacity(1 << 16, f), bytes.clone()))
+        Ok(Lines::File(std::io::BufReader::with_capacity(1 << 16, f), bytes.clone(), String::new()))
     }
 
     /// Entry `name` of the zip at `path`; `bytes` counts its uncompressed bytes (and takes
     /// its size as the total) when `count` is set.
     pub(crate) fn zip_entry(path: &Path, name: &str, bytes: Option<&ByteCount>) -> Result<Lines, String> {
-        use std::io::BufRead;
+        use std::io::Read;
         let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
         let mut zip = zip::ZipArchive::new(file).map_err(|e| e.to_string())?;
         let size = zip
@@ -405,69 +424,90 @@ impl Lines {
         std::thread::Builder::new()
             .name("tickinfer-unzip".into())
             .spawn(move || {
-                let Ok(entry) = zip.by_name(&name) else { return };
-                let mut reader = std::io::BufReader::with_capacity(1 << 16, entry);
+                let Ok(mut entry) = zip.by_name(&name) else { return };
+                // The bytes after the last line's end of the previous read start the next chunk.
+                let mut carry: Vec<u8> = Vec::new();
                 loop {
-                    let mut batch = Vec::with_capacity(1024);
-                    let mut n = 0u64;
-                    while batch.len() < 1024 {
-                        let mut line = String::new();
-                        match reader.read_line(&mut line) {
-                            Ok(0) => break,
-                            Ok(k) => {
-                                n += k as u64;
-                                batch.push(line);
-                            }
-                            Err(e) => {
-                                let _ = tx.send(Err(e));
-                                return;
-                            }
+                    let mut chunk = Vec::with_capacity(CHUNK + carry.len());
+                    chunk.append(&mut carry);
+                    let before = chunk.len();
+                    let n = match (&mut entry).take(CHUNK as u64).read_to_end(&mut chunk) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    if let Some(c) = &counter {
+                        c.add(n as u64);
+                    }
+                    let end = n == 0;
+                    if !end {
+                        // Keep the partial last line for the next chunk.
+                        if let Some(last) = chunk[before..].iter().rposition(|&b| b == b'\n') {
+                            carry.extend_from_slice(&chunk[before + last + 1..]);
+                            chunk.truncate(before + last + 1);
+                        } else {
+                            carry = std::mem::take(&mut chunk);
+                            continue;
                         }
                     }
-                    if let Some(c) = &counter {
-                        c.add(n);
-                    }
-                    let done = batch.is_empty();
                     // The reader dropped (replay stopped early): stop reading.
-                    if tx.send(Ok(batch)).is_err() || done {
+                    if (!chunk.is_empty() && tx.send(Ok(chunk)).is_err()) || end {
                         return;
                     }
                 }
             })
             .map_err(|e| e.to_string())?;
-        Ok(Lines::Zip(rx, Default::default()))
+        Ok(Lines::Zip(Chunks { rx, chunk: Vec::new(), at: 0, done: false }))
     }
 
     /// The next line without its line ending, or `None` at the end.
     pub(crate) fn next_line(&mut self, line: &mut String) -> std::io::Result<bool> {
-        use std::io::BufRead;
         line.clear();
-        match self {
-            Lines::File(r, bytes) => {
+        match self.next_str()? {
+            Some(text) => {
+                line.push_str(text);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// The next line without its line ending (borrowed until the next call), or `None` at
+    /// the end. No copy of a zip entry's line.
+    #[inline]
+    pub(crate) fn next_str(&mut self) -> std::io::Result<Option<&str>> {
+        use std::io::BufRead;
+        let text = match self {
+            Lines::File(r, bytes, line) => {
+                line.clear();
                 let n = r.read_line(line)?;
                 bytes.add(n as u64);
                 if n == 0 {
-                    return Ok(false);
+                    return Ok(None);
                 }
+                line.as_str()
             }
-            Lines::Zip(rx, queue) => {
-                if queue.is_empty() {
-                    match rx.recv() {
-                        Ok(Ok(batch)) => queue.extend(batch),
+            Lines::Zip(c) => {
+                while c.at >= c.chunk.len() {
+                    if c.done {
+                        return Ok(None);
+                    }
+                    match c.rx.recv() {
+                        Ok(Ok(chunk)) => (c.chunk, c.at) = (chunk, 0),
                         Ok(Err(e)) => return Err(e),
-                        Err(_) => {}
+                        Err(_) => c.done = true,
                     }
                 }
-                match queue.pop_front() {
-                    Some(l) => *line = l,
-                    None => return Ok(false),
-                }
+                let rest = &c.chunk[c.at..];
+                let len = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+                c.at += len;
+                std::str::from_utf8(&rest[..len])
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?
             }
-        }
-        while line.ends_with(['\n', '\r']) {
-            line.pop();
-        }
-        Ok(true)
+        };
+        Ok(Some(text.trim_end_matches(['\n', '\r'])))
     }
 }
 
