@@ -12,6 +12,7 @@ pub mod bench;
 pub mod client_install;
 pub mod clock;
 pub mod control;
+pub mod dataset;
 pub mod doctor;
 pub mod engine;
 pub mod features;

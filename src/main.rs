@@ -63,6 +63,11 @@ enum Command {
     },
     /// Replay recorded market data through a server: latency profile, signals, plot.
     Replay(Box<ReplayArgs>),
+    /// Training data from the server's own feature code: for every event of recorded market
+    /// data, the row the server would feed the model (warming flag included), its timestamp,
+    /// symbol and mid, and the label at the model's horizon, as Parquet: one file per input.
+    /// Exit status 2 on bad input (no partial file is left under the final name).
+    Features(Box<FeaturesArgs>),
     /// The demo: serve the bundled model, replay the bundled sample stream, report, stop.
     Demo {
         /// Where the signals, summary and plots go.
@@ -213,6 +218,105 @@ struct ReplayArgs {
     json: bool,
 }
 
+#[derive(clap::Args)]
+struct FeaturesArgs {
+    /// The model's manifest: its features (and mean/std), price and size scales, [label]. The
+    /// .onnx is not read: a manifest written for training, before any model, does.
+    #[arg(long)]
+    model: PathBuf,
+    /// Inputs, one Parquet file each: LOBSTER (message CSV with its orderbook beside it, or a
+    /// zip), DBN (.dbn/.dbn.zst), CSV, or capture.
+    #[arg(long, num_args = 1.., required = true)]
+    input: Vec<PathBuf>,
+    #[arg(long, value_enum)]
+    format: tickinfer::replay::source::Format,
+    /// Output directory: OUT/<input name>.parquet.
+    #[arg(long)]
+    out: PathBuf,
+    /// Files written at once (one thread each).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// CSV: read our column NAME from the file's COLUMN (as replay's --columns); repeatable.
+    #[arg(long)]
+    columns: Vec<String>,
+    /// CSV: unit of the timestamp column [default: ns for `timestamp_ns`, s for `timestamp`].
+    #[arg(long, value_enum)]
+    time_unit: Option<tickinfer::replay::source::TimeUnit>,
+    /// Symbol mapping NAME=ID; repeatable. Default: ids by first appearance, per file.
+    #[arg(long = "symbols")]
+    symbols: Vec<String>,
+    /// The label's horizon in same-symbol events [default: the manifest's [label], else 10].
+    #[arg(long)]
+    horizon: Option<u32>,
+    /// The label's mid is the one in force this many ms later (with --horizon: the k-th later
+    /// event counts only within it).
+    #[arg(long)]
+    horizon_ms: Option<f64>,
+    /// A move of at most this many bps is flat [default: the manifest's flat_bps, else 0].
+    #[arg(long)]
+    flat_bps: Option<f64>,
+    /// Leave out each file's first N events.
+    #[arg(long, default_value_t = 0)]
+    skip: usize,
+    /// Take at most N events of each file (after --skip).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Rows per Parquet row group.
+    #[arg(long, default_value_t = tickinfer::dataset::ROW_GROUP_ROWS)]
+    row_group_rows: usize,
+    /// Rows that may wait for their label beyond a row group (the memory bound); a row still
+    /// waiting past it is written with a null label, counted in the summary.
+    #[arg(long, default_value_t = tickinfer::dataset::LOOKAHEAD_ROWS)]
+    lookahead_rows: usize,
+    /// Symbols with state per file, as the server's --max-symbols: events of more are
+    /// refused (no row), as the server would answer them.
+    #[arg(long, default_value_t = 1024)]
+    max_symbols: usize,
+    /// Print the JSON summary (every file's counts) on stdout instead of the written paths.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `tickinfer features`: the options into [`tickinfer::dataset::run`]; paths on stdout, the
+/// summary on stderr.
+fn features(args: FeaturesArgs) -> Result<(), String> {
+    let label = {
+        let mut rule = label_of(Some(&args.model));
+        if args.horizon.is_some() || args.horizon_ms.is_some() {
+            (rule.horizon_events, rule.horizon_ms) = (args.horizon, args.horizon_ms);
+        }
+        rule.flat_bps = args.flat_bps.unwrap_or(rule.flat_bps);
+        rule.checked().map_err(|e| format!("--horizon, --horizon-ms, --flat-bps: {e}"))?
+    };
+    let opts = tickinfer::dataset::Options {
+        model: args.model,
+        inputs: args.input,
+        format: args.format,
+        out: args.out,
+        jobs: args.jobs.max(1),
+        symbols: args.symbols,
+        columns: tickinfer::replay::source::LoadOptions::parse_columns(&args.columns)?,
+        time_unit: args.time_unit,
+        label,
+        skip: args.skip,
+        limit: args.limit,
+        row_group_rows: args.row_group_rows.max(1),
+        lookahead_rows: args.lookahead_rows,
+        max_symbols: args.max_symbols,
+        progress: !args.json,
+    };
+    let summary = tickinfer::dataset::run(&opts)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?);
+    } else {
+        for f in &summary.files {
+            println!("{}", f.output.display());
+        }
+    }
+    eprintln!("{}", summary.line());
+    Ok(())
+}
+
 #[derive(Subcommand)]
 enum ShadowAction {
     /// Load a model beside the primary (at most 4 shadows).
@@ -333,6 +437,13 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("tickinfer replay: {e}");
                 ExitCode::FAILURE
+            }
+        },
+        Command::Features(args) => match features(*args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tickinfer features: {e}");
+                ExitCode::from(2)
             }
         },
         Command::Demo { out } => match demo(&out) {

@@ -342,6 +342,17 @@ pub fn online_cpus() -> usize {
     n.max(1) as usize
 }
 
+/// CPU time this process has used, user + system, every thread (`getrusage(RUSAGE_SELF)`), seconds.
+pub fn cpu_seconds() -> f64 {
+    // SAFETY: rusage is plain data; all zeros is a valid value, filled by the call.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if syscall!(getrusage(libc::RUSAGE_SELF, &mut usage)).is_err() {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
 /// Lower the calling thread's scheduling priority to `nice` (Linux: per thread).
 pub fn set_thread_nice(nice: i32) -> io::Result<()> {
     // SAFETY: gettid has no preconditions.

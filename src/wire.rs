@@ -553,12 +553,22 @@ impl MlRequest {
         // A copy out of the packed struct. As the C helper: the distance in f64 (exact for
         // any realistic tick count), then f32.
         let mut features = self.features;
-        features[i] = ((self.bid_price as i128 - bid_price as i128) as f64 / scale) as f32;
+        features[i] = (wide_to_f64(self.bid_price as i128 - bid_price as i128) / scale) as f32;
         features[i + 1] = bid_size as f32;
-        features[i + 2] = ((ask_price as i128 - self.ask_price as i128) as f64 / scale) as f32;
+        features[i + 2] = (wide_to_f64(ask_price as i128 - self.ask_price as i128) / scale) as f32;
         features[i + 3] = ask_size as f32;
         self.features = features;
         self.n_features = self.n_features.max(depth_features_for(k) as u16);
+    }
+}
+
+/// `v as f64`, through i64 when it fits (one instruction, the same value: both round the
+/// exact integer to nearest); i128 → f64 is a library call.
+#[inline]
+fn wide_to_f64(v: i128) -> f64 {
+    match i64::try_from(v) {
+        Ok(v) => v as f64,
+        Err(_) => v as f64,
     }
 }
 

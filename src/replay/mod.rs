@@ -25,6 +25,7 @@
 //! horizon per symbol), sleeping whenever there is nothing to move.
 
 pub mod drive;
+pub mod horizon;
 pub mod report;
 pub mod source;
 
@@ -471,32 +472,19 @@ impl Feed {
         };
         let i = self.taken;
         self.taken += 1;
-        source::rescale_event(&mut e, i, self.source.price_scale, self.server_price_scale)
-            .map_err(|m| format!("{}: {m}", self.path.display()))?;
-        let depth = self.source.depth_levels;
-        if depth > 1 {
-            // The file carries book depth (levels 2..=depth in features[]): send as much of
-            // it as the model reads, since the server wants n_features equal to the model's.
-            let carried = crate::wire::depth_features_for(depth) as u16;
-            if self.extras > carried && !self.warned {
-                self.warned = true;
-                log::warn!(
-                    "the model reads {} extra features; {} carries book depth to level {depth} ({carried} \
-                     features): requests will be answered ML_ERR_FEATURE_COUNT",
-                    self.extras,
-                    self.path.display()
-                );
-            }
-            e.req.n_features = self.extras.min(carried);
-        } else if self.extras > 0 && { e.req.n_features } == 0 && !self.warned {
+        let short = fit_to_model(
+            &mut e,
+            i,
+            self.source.price_scale,
+            self.source.depth_levels,
+            self.server_price_scale,
+            self.extras,
+        )
+        .map_err(|m| format!("{}: {m}", self.path.display()))?;
+        if let Some(short) = short.filter(|_| !self.warned) {
             self.warned = true;
-            log::warn!(
-                "the model reads {} extra features but {} has none: requests will be answered ML_ERR_FEATURE_COUNT",
-                self.extras,
-                self.path.display()
-            );
+            log::warn!("{}: {short}: requests will be answered ML_ERR_FEATURE_COUNT", self.path.display());
         }
-        e.req.request_id = i;
         let t_first = *self.t_first.get_or_insert(e.ts_ns);
         let due = due(i, e.ts_ns, t_first, self.speed, self.rate);
         let symbol = { e.req.symbol_id };
@@ -523,6 +511,37 @@ impl Feed {
             (_, None) => bar.set_position(self.taken),
         }
     }
+}
+
+/// Event `i` of a source as a server whose model has `price_scale` and reads `extras` extra
+/// features receives it: prices rescaled from the source's `from_scale`, `request_id = i`,
+/// and — when the file carries book depth (`depth` levels so far, levels 2.. in
+/// `features[]`) — as much of it as the model reads (`n_features`: the server wants the
+/// model's count). `Ok(Some(why))`: the model reads more than the event carries (the server
+/// answers `ML_ERR_FEATURE_COUNT`). Replay and `tickinfer features` both prepare events here.
+pub fn fit_to_model(
+    e: &mut Event,
+    i: u64,
+    from_scale: i64,
+    depth: usize,
+    price_scale: i64,
+    extras: u16,
+) -> Result<Option<String>, String> {
+    source::rescale_event(e, i, from_scale, price_scale)?;
+    e.req.request_id = i;
+    if depth > 1 {
+        let carried = crate::wire::depth_features_for(depth) as u16;
+        e.req.n_features = extras.min(carried);
+        if extras > carried {
+            return Ok(Some(format!(
+                "the model reads {extras} extra features; the file carries book depth to level {depth} \
+                 ({carried} features)"
+            )));
+        }
+    } else if extras > 0 && { e.req.n_features } == 0 {
+        return Ok(Some(format!("the model reads {extras} extra features but the file has none")));
+    }
+    Ok(None)
 }
 
 /// When each event is due, in ns after the replay's start: `None` for closed

@@ -22,7 +22,8 @@ const LOBSTER_DUMMY: i64 = 9_999_999_999;
 
 /// Comma-separated fields of a line.
 fn fields(line: &str) -> usize {
-    memchr::memchr_iter(b',', line.as_bytes()).count() + 1
+    // A plain loop: LLVM vectorises it, and short lines pay no set-up.
+    line.bytes().filter(|&b| b == b',').count() + 1
 }
 
 /// The fields of a line, read one by one in a single pass (`""` past the last).
