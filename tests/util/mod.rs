@@ -1,9 +1,11 @@
 //! Helpers shared by the integration tests: the real server and a Rust client
-//! (`server`), running the binary as another uid (`other_uid`), parity fixtures, and a
+//! (`server`), running the binary as another uid (`other_uid`), Parquet files read back
+//! (`parquet`), parity fixtures, and a
 //! C/C++ compiler driver.
 #![allow(dead_code)]
 
 pub mod other_uid;
+pub mod parquet;
 pub mod server;
 
 use std::path::{Path, PathBuf};
