@@ -12,12 +12,15 @@ IMBALANCE_SCALE = 1_000_000.0
 def feature_column(name, r, price_scale, size_scale=1):
     """One named feature over a dict of request-field arrays `r` (float64)."""
     import numpy as np
-    inv_size = 1.0 / size_scale
-    bid = r["bid_price"] / price_scale
-    ask = r["ask_price"] / price_scale
+    # As the server (and stateless_value): prices times 1/price_scale, mid times 0.5. Dividing
+    # by price_scale instead rounds differently now and then: the default model was once
+    # trained on rows 1 833 of whose microprice_offset_bps differed from the server's.
+    inv, inv_size = 1.0 / price_scale, 1.0 / size_scale
+    bid = r["bid_price"] * inv
+    ask = r["ask_price"] * inv
     bsz = r["bid_size"].astype(np.float64) * inv_size
     asz = r["ask_size"].astype(np.float64) * inv_size
-    mid = (bid + ask) / 2.0
+    mid = (bid + ask) * 0.5
     tot = bsz + asz
     safe_tot = np.where(tot > 0, tot, 1.0)
     micro = np.where(tot > 0, (bid * asz + ask * bsz) / safe_tot, mid)

@@ -3,13 +3,19 @@
 
     python3 scripts/train_default_model.py ../shared/data/lobster/LOBSTER_SampleFile_AMZN_2012-06-21_1.zip
     python3 scripts/train_default_model.py path/to/TICKER_..._message_N.csv   # orderbook file found beside it
+    python3 scripts/train_default_model.py --twin DAY.zip   # rows from the Python twin instead
+
+Rows come from the server's own code: `tickinfer features` (target/release/tickinfer, or
+`--tickinfer BIN`) writes every event's model row and label as Parquet (scripts/tickparquet.py);
+`--twin` computes them with the Python twin from the files directly (same rows, same labels on
+the sample day: tests/dataset.rs holds the rows bit-equal).
 
 Label: direction of the mid price k events ahead (sell / flat / buy). Split by time:
 first 60% train, next 10% validation (model choice), last 30% test (reported once).
 Writes models/<name>.onnx, models/<name>.toml (manifest, with the label rule and the test-set
 macro-F1 in its [label] section: the server's live signal quality scores against them) and
 models/<name>.report.md.
-Needs: numpy scikit-learn skl2onnx onnx onnxruntime (see scripts/requirements.txt).
+Needs: numpy pyarrow scikit-learn skl2onnx onnx onnxruntime (see scripts/requirements.txt).
 """
 import argparse
 import io
@@ -22,7 +28,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.neural_network import MLPClassifier
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tickparquet  # noqa: E402
 from tickfeatures import feature_matrix, label_section, toml_list  # noqa: E402
 
 PRICE_SCALE = 10_000  # LOBSTER prices are USD x 10000
@@ -71,16 +78,25 @@ def main():
     ap.add_argument("--k", type=int, default=10, help="label horizon in events (default 10)")
     ap.add_argument("--name", default="lobster_direction")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "models"))
+    tickparquet.add_arguments(ap)
     args = ap.parse_args()
 
-    m, b = read_lobster(args.input)
-    r, y, t = build(m, b, args.k)
-    n = len(y)
+    if args.twin:
+        m, b = read_lobster(args.input)
+        r, y, t = build(m, b, args.k)
+        n = len(y)
+        i_tr = int(n * 0.6)
+        raw = feature_matrix(FEATURES, r, PRICE_SCALE).astype(np.float64)
+        mean, std = raw[:i_tr].mean(axis=0), raw[:i_tr].std(axis=0)
+        std[std == 0] = 1.0
+        x = feature_matrix(FEATURES, r, PRICE_SCALE, mean, std)
+        rows_by = "the Python twin (`tickfeatures.feature_matrix`)"
+    else:
+        x, mean, std, y, n, ts = tickparquet.normalised_rows(tickparquet.binary(args.tickinfer), args.input,
+                                                              FEATURES, args.k)
+        t = (ts % 86_400_000_000_000) / 1e9  # seconds after midnight, as LOBSTER writes them
+        rows_by = "`tickinfer features` (the server's own code)"
     i_tr, i_va = int(n * 0.6), int(n * 0.7)
-    raw = feature_matrix(FEATURES, r, PRICE_SCALE).astype(np.float64)
-    mean, std = raw[:i_tr].mean(axis=0), raw[:i_tr].std(axis=0)
-    std[std == 0] = 1.0
-    x = feature_matrix(FEATURES, r, PRICE_SCALE, mean, std)
     xtr, ytr, xva, yva, xte, yte = x[:i_tr], y[:i_tr], x[i_tr:i_va], y[i_tr:i_va], x[i_va:], y[i_va:]
 
     candidates = {
@@ -149,7 +165,7 @@ Written by `scripts/train_default_model.py` from `{os.path.basename(args.input)}
 
 - Data: {n} usable events (one-sided books and trading halts dropped), times {t[0]:.0f}s-{t[-1]:.0f}s after midnight.
 - Label: sign of the mid-price change {args.k} events ahead: sell / flat / buy.
-- Features ({len(FEATURES)}): {", ".join(FEATURES)}; normalised with train-set mean/std (in the manifest).
+- Features ({len(FEATURES)}), computed by {rows_by}: {", ".join(FEATURES)}; normalised with train-set mean/std (in the manifest).
 - Split by time: train {i_tr} events, validation {i_va - i_tr} (model choice), test {n - i_va} (last 30%, reported once).
 - Candidates on validation (macro-F1): {", ".join(f"{k_} {v:.3f}" for k_, v in scores.items())} -> chose **{best}**, refit on train+validation.
 

@@ -2,10 +2,16 @@
 """Train tickinfer's stateful models on a LOBSTER day, with the default model's protocol.
 
     python3 scripts/train_stateful_model.py ../shared/data/lobster/LOBSTER_SampleFile_AMZN_2012-06-21_1.zip
+    python3 scripts/train_stateful_model.py --twin DAY.zip   # rows from the Python twin instead
 
-Features are computed by `tickfeatures.stateful_rows`, the server's bit-exact twin, over the
-stream exactly as `tickinfer replay` sends it (so the model is trained on the very rows the
-server will feed it). Label: sign of the mid change 10 events ahead (sell / flat / buy).
+Rows come from the server's own code: `tickinfer features` (target/release/tickinfer, or
+`--tickinfer BIN`) writes every event's model row and label as Parquet, read back with pyarrow
+(scripts/tickparquet.py): run once for the raw rows the train-set mean/std come from, once for the
+rows the server normalises with them. `--twin` computes the same rows with
+`tickfeatures.stateful_rows`, the server's bit-exact twin, over the stream exactly as
+`tickinfer replay` sends it (tests/dataset.rs holds the two equal bit for bit): the same model
+either way. `--skip-lstm` leaves the LSTM out (no torch; its files are left as they are).
+Label: sign of the mid change 10 events ahead (sell / flat / buy).
 Split by time: first 60% train, next 10% validation (model choice), last 30% test (reported once).
 
 Candidates, all scored on the same split:
@@ -19,7 +25,7 @@ models/lobster_lstm_{step,window}.{onnx,toml} whatever its rank, for the sequenc
 Each manifest's [label] section carries the label rule and the model's own test-set macro-F1
 (the server's live signal quality scores against them).
 
-Needs: numpy scikit-learn skl2onnx lightgbm onnxmltools torch onnx onnxruntime (scripts/requirements.txt).
+Needs: numpy pyarrow scikit-learn skl2onnx lightgbm onnxmltools torch onnx onnxruntime (scripts/requirements.txt).
 """
 import argparse
 import os
@@ -31,6 +37,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import tickparquet  # noqa: E402
 from tickfeatures import classifier_manifest, read_lobster, stateful_rows  # noqa: E402
 
 PRICE_SCALE = 10_000
@@ -107,13 +114,21 @@ def main():
     ap.add_argument("input", help="LOBSTER zip or *_message_N.csv")
     ap.add_argument("--k", type=int, default=10, help="label horizon in events (default 10)")
     ap.add_argument("--out", default=os.path.join(HERE, "..", "models"))
+    ap.add_argument("--skip-lstm", action="store_true", help="leave the LSTM candidate and its export out (no torch)")
+    tickparquet.add_arguments(ap)
     args = ap.parse_args()
 
-    reqs = read_lobster(args.input)
-    y, n = labels(reqs, args.k)
-    i_tr, i_va = int(n * 0.6), int(n * 0.7)
-    x0, mean0, std0 = normalised(STATELESS, reqs, i_tr)
-    x1, mean1, std1 = normalised(STATEFUL, reqs, i_tr)
+    if not args.twin:
+        tickinfer = tickparquet.binary(args.tickinfer)
+        x0, mean0, std0, y, n, _ = tickparquet.normalised_rows(tickinfer, args.input, STATELESS, args.k)
+        x1, mean1, std1, _, _, _ = tickparquet.normalised_rows(tickinfer, args.input, STATEFUL, args.k)
+        i_tr, i_va = int(n * 0.6), int(n * 0.7)
+    else:
+        reqs = read_lobster(args.input)
+        y, n = labels(reqs, args.k)
+        i_tr, i_va = int(n * 0.6), int(n * 0.7)
+        x0, mean0, std0 = normalised(STATELESS, reqs, i_tr)
+        x1, mean1, std1 = normalised(STATEFUL, reqs, i_tr)
     x0, x1 = x0[:n], x1[:n]
     f1 = lambda yt, p: f1_score(yt, p, average="macro")  # noqa: E731
 
@@ -133,15 +148,18 @@ def main():
         fitted[key] = clf
         p = clf.predict(x[i_va:])
         test[key] = (accuracy_score(y[i_va:], p), f1(y[i_va:], p))
-    lstm = train_lstm(x1, y, i_tr)
-    p = lstm_stream_predict(lstm, x1)
-    val["lstm"] = f1(y[i_tr:i_va], p[i_tr:i_va])
-    lstm = train_lstm(x1, y, i_va)
-    p = lstm_stream_predict(lstm, x1)[i_va:]
-    test["lstm"] = (accuracy_score(y[i_va:], p), f1(y[i_va:], p))
-    # The window model's own test score (the same weights over the last LSTM_WINDOW rows only):
-    # the reference its manifest carries for live signal quality.
-    lstm_window_f1 = f1(y[i_va:], lstm_window_predict(lstm, x1, LSTM_WINDOW, i_va)[:n - i_va])
+    if not args.skip_lstm:
+        lstm = train_lstm(x1, y, i_tr)
+        p = lstm_stream_predict(lstm, x1)
+        val["lstm"] = f1(y[i_tr:i_va], p[i_tr:i_va])
+        lstm = train_lstm(x1, y, i_va)
+        p = lstm_stream_predict(lstm, x1)[i_va:]
+        test["lstm"] = (accuracy_score(y[i_va:], p), f1(y[i_va:], p))
+        # The window model's own test score (the same weights over the last LSTM_WINDOW rows only):
+        # the reference its manifest carries for live signal quality.
+        lstm_window_f1 = f1(y[i_va:], lstm_window_predict(lstm, x1, LSTM_WINDOW, i_va)[:n - i_va])
+    else:
+        lstm_window_f1 = float("nan")
     best = max((k for k in val if k != "stateless logistic"), key=val.get)
     if best == "lstm":  # the LSTM ships anyway as its own pair; the single-row default stays a table model
         best = max((k for k in val if k not in ("stateless logistic", "lstm")), key=val.get)
@@ -172,13 +190,20 @@ def main():
             f"{best} direction classifier on stateful LOBSTER features, label = mid direction {args.k} events ahead",
             STATEFUL, mean1, std1, output=out_name, horizon=args.k, reference_macro_f1=test[best][1]))
 
-    from export_lstm import write_pair
-    write_pair(lstm, STATEFUL, LSTM_WINDOW, args.out, "lobster_lstm",
-               f"LSTM {LSTM_HIDDEN} on stateful LOBSTER features, label = mid direction {args.k} events ahead",
-               mean=list(mean1), std=list(std1), warmup=LSTM_WINDOW, horizon=args.k,
-               check_rows=x1[i_va:i_va + 4 * LSTM_WINDOW], writer="train_stateful_model.py",
-               reference_macro_f1=(test["lstm"][1], lstm_window_f1))
+    if not args.skip_lstm:
+        from export_lstm import write_pair
+        write_pair(lstm, STATEFUL, LSTM_WINDOW, args.out, "lobster_lstm",
+                   f"LSTM {LSTM_HIDDEN} on stateful LOBSTER features, label = mid direction {args.k} events ahead",
+                   mean=list(mean1), std=list(std1), warmup=LSTM_WINDOW, horizon=args.k,
+                   check_rows=x1[i_va:i_va + 4 * LSTM_WINDOW], writer="train_stateful_model.py",
+                   reference_macro_f1=(test["lstm"][1], lstm_window_f1))
 
+    FEATURES_BY = ("`tickinfer features` (the server's own code)" if not args.twin
+                   else "`tickfeatures.stateful_rows` (the server's bit-exact twin)")
+    lstm_line = (f"The LSTM ships as `lobster_lstm_step` / `lobster_lstm_window` (window {LSTM_WINDOW}) for the "
+                 f"sequence-model demo;\nthe window model, the same weights over the last {LSTM_WINDOW} rows only, "
+                 f"scores test macro-F1 {lstm_window_f1:.3f}." if not args.skip_lstm
+                 else "The LSTM was not trained in this run (`--skip-lstm`): its files were left as they were.")
     table = "\n".join(f"| {k}{' (shipped)' if k == best else ''} | {val[k]:.3f} | {test[k][0]:.3f} | {test[k][1]:.3f} |"
                       for k in val)
     report = f"""# {name}: out-of-sample report
@@ -187,7 +212,7 @@ Written by `scripts/train_stateful_model.py` from `{os.path.basename(args.input)
 
 - Data: {n} events as `tickinfer replay` sends them (halts and one-sided books skipped).
 - Label: sign of the mid-price change {args.k} events ahead: sell / flat / buy.
-- Features ({len(STATEFUL)}), computed by `tickfeatures.stateful_rows` (the server's bit-exact twin):
+- Features ({len(STATEFUL)}), computed by {FEATURES_BY}:
   {", ".join(STATEFUL)}; normalised with train-set mean/std (in the manifest).
 - Split by time: train {i_tr} events, validation {i_va - i_tr} (model choice), test {n - i_va} (last 30%, reported once).
 - Every candidate is refit on train+validation before its one test score. The LSTM (hidden {LSTM_HIDDEN}) is trained on
@@ -198,8 +223,7 @@ Written by `scripts/train_stateful_model.py` from `{os.path.basename(args.input)
 {table}
 
 Shipped as `{name}`: **{best}**, the best stateful table model on validation.
-The LSTM ships as `lobster_lstm_step` / `lobster_lstm_window` (window {LSTM_WINDOW}) for the sequence-model demo;
-the window model, the same weights over the last {LSTM_WINDOW} rows only, scores test macro-F1 {lstm_window_f1:.3f}.
+{lstm_line}
 
 ONNX export agrees with the trained model on {agree:.2%} of test predictions (onnxruntime {ort.__version__}).
 """
