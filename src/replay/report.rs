@@ -193,9 +193,12 @@ pub struct Sink {
     score_from: u64,
     /// Per symbol, its events from the oldest one not yet resolved on: (index in the
     /// replay, the model's (direction, confidence, target price) if answered ok).
-    recent: super::horizon::Lookahead<(u64, Option<(i8, u8, i64)>)>,
+    recent: super::horizon::Lookahead<(u64, Option<Answer>)>,
     counts: crate::quality::Counts,
 }
+
+/// A model's answer as scored: (direction, confidence, target price).
+type Answer = (i8, u8, i64);
 
 impl Sink {
     pub fn new(signals: Option<&Path>, rule: LabelRule, score_from: usize) -> Result<Sink, String> {
