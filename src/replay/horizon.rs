@@ -172,7 +172,7 @@ mod tests {
         for i in 0..3u64 {
             l.push(7, i, 100 + i as i128, i, |item, _, now| out.push((item, now)));
         }
-        l.forget_oldest_while(|&i| i < 1);
+        l.forget_oldest_while(|&i| i < 2);
         assert_eq!(l.waiting(), 1, "0 resolved, 1 forgotten, 2 waits");
         for (i, mid2) in [(3, 200), (4, 300)] {
             l.push(7, i, mid2, i, |item, _, now| out.push((item, now)));
