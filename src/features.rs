@@ -207,6 +207,8 @@ pub struct FeatureMap {
     features: Vec<Feature>,
     /// Per-feature (mean, std), std > 0; identity (0, 1) where the manifest has none.
     norm: Vec<(f64, f64)>,
+    /// Whether a feature takes `ln(1 + size)`: both logs are then computed once per row.
+    logs: bool,
     /// 1 / price_scale: fixed point → price units.
     inv_price_scale: f64,
     /// 1 / size_scale: fixed point → size units (shares, contracts, coins).
@@ -286,7 +288,10 @@ impl FeatureMap {
             .unwrap_or(0)
             .max(depth_block as u16);
         let inv_price_scale = 1.0 / price_scale as f64;
-        Ok(FeatureMap { features, norm, inv_price_scale, inv_size_scale: 1.0, extras, spec })
+        let logs = features
+            .iter()
+            .any(|f| matches!(f, Feature::LogBidSize | Feature::LogAskSize | Feature::LogSizeRatio));
+        Ok(FeatureMap { features, norm, logs, inv_price_scale, inv_size_scale: 1.0, extras, spec })
     }
 
     /// Sizes on the wire are fixed point at `size_scale` (a power of ten, `ML_SIZE_SCALE`);
@@ -372,6 +377,8 @@ impl FeatureMap {
         let asz = req.ask_size as f64 * inv_size;
         let mid = (bid + ask) * 0.5;
         let tot = bsz + asz;
+        // ln_1p is a libm call: once per row for the three features that take it.
+        let (log_bsz, log_asz) = if self.logs { (bsz.ln_1p(), asz.ln_1p()) } else { (0.0, 0.0) };
         let extras = req.features; // one copy out of the packed struct
         for ((slot, feature), &(mean, std)) in row.iter_mut().zip(&self.features).zip(&self.norm) {
             let x = match *feature {
@@ -392,9 +399,9 @@ impl FeatureMap {
                         0.0
                     }
                 }
-                Feature::LogBidSize => bsz.ln_1p(),
-                Feature::LogAskSize => asz.ln_1p(),
-                Feature::LogSizeRatio => bsz.ln_1p() - asz.ln_1p(),
+                Feature::LogBidSize => log_bsz,
+                Feature::LogAskSize => log_asz,
+                Feature::LogSizeRatio => log_bsz - log_asz,
                 Feature::Extra(i) => extras[i as usize] as f64,
                 Feature::BidPx(k) => bid - depth(&extras, k, 0),
                 Feature::AskPx(k) => ask + depth(&extras, k, 2),

@@ -36,7 +36,7 @@
 
 use std::sync::Arc;
 
-use crate::wire::{MlRequest, MlResponse, Status};
+use crate::wire::{wide_to_f64, MlRequest, MlResponse, Status};
 
 /// How a model's training labels were made: the `[label]` section of its manifest.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -123,26 +123,10 @@ impl LabelRule {
 #[inline]
 fn return_of(mid2_then: i128, mid2_now: i128) -> (f64, i64) {
     // The difference first, in i128: an unchanged mid is exactly 0, whatever the price.
-    let bps = to_f64(mid2_now - mid2_then) / to_f64(mid2_then) * 1e4;
+    let bps = wide_to_f64(mid2_now - mid2_then) / wide_to_f64(mid2_then) * 1e4;
     // Rounded half away from zero by hand: `f64::round` is a libm call on baseline x86-64.
     let v = (bps * RET_SCALE).clamp(-RET_LIMIT as f64, RET_LIMIT as f64);
     (bps, (v + 0.5f64.copysign(v)) as i64) // NaN (never: mid2_then > 0) would give 0
-}
-
-/// `v` as f64 through i64 when it fits (one instruction; i128 → f64 is a library call,
-/// kept out of line: LLVM would otherwise merge both paths into the call).
-#[inline]
-fn to_f64(v: i128) -> f64 {
-    #[cold]
-    #[inline(never)]
-    fn wide(v: i128) -> f64 {
-        v as f64
-    }
-    if v as i64 as i128 == v {
-        v as i64 as f64
-    } else {
-        wide(v)
-    }
 }
 
 /// Why an answer with status OK was not scored.

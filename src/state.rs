@@ -23,7 +23,7 @@
 //! operation, and the parity test holds both to the same bits.
 
 use crate::features::Scales;
-use crate::wire::MlRequest;
+use crate::wire::{wide_to_f64, MlRequest};
 
 /// What the stateful features of one model need kept per symbol.
 #[derive(Clone, Debug, PartialEq)]
@@ -187,8 +187,9 @@ impl SymbolView<'_> {
         if back as u64 >= self.count || back >= self.ring.len() {
             return None;
         }
-        let cap = self.ring.len();
-        Some(&self.ring[(self.newest + cap - back) % cap])
+        // `newest < cap` and `back < cap`: one wrap at most (a compare, not a division).
+        let at = if self.newest >= back { self.newest - back } else { self.newest + self.ring.len() - back };
+        Some(&self.ring[at])
     }
 
     /// The last `n` entries (fewer while the symbol is new), oldest first: sums over
@@ -481,7 +482,7 @@ impl State {
             if ask >= p.ask {
                 e += p.ask_size;
             }
-            let dt_ms = (ts_ns as i128 - p.ts_ns as i128) as f64 / 1e6;
+            let dt_ms = wide_to_f64(ts_ns as i128 - p.ts_ns as i128) / 1e6;
             let dt_s = ts_ns.saturating_sub(p.ts_ns) as f64 / 1e9;
             (e, (mid - p.mid) / p.mid * 1e4, dt_ms, dt_s)
         };
@@ -495,7 +496,8 @@ impl State {
         }
         let ring = &mut self.entries[slot * cap..(slot + 1) * cap];
         if cap > 0 {
-            head.newest = if head.count == 0 { 0 } else { (head.newest + 1) % cap };
+            // A compare, not `% cap`: a division per event on the hot path.
+            head.newest = if head.count == 0 || head.newest + 1 == cap { 0 } else { head.newest + 1 };
             ring[head.newest] = Entry { mid, spread_bps: (ask - bid) / mid * 1e4, ofi, ret_bps };
         }
         head.count += 1;

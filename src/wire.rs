@@ -563,12 +563,20 @@ impl MlRequest {
 }
 
 /// `v as f64`, through i64 when it fits (one instruction, the same value: both round the
-/// exact integer to nearest); i128 → f64 is a library call.
+/// exact integer to nearest); i128 → f64 is a library call (`__floattidf`), kept out of
+/// line: LLVM would otherwise merge both paths into the call. The state's update, the
+/// quality scorer and the depth features convert differences of fixed-point values with it.
 #[inline]
-fn wide_to_f64(v: i128) -> f64 {
-    match i64::try_from(v) {
-        Ok(v) => v as f64,
-        Err(_) => v as f64,
+pub(crate) fn wide_to_f64(v: i128) -> f64 {
+    #[cold]
+    #[inline(never)]
+    fn wide(v: i128) -> f64 {
+        v as f64
+    }
+    if v as i64 as i128 == v {
+        v as i64 as f64
+    } else {
+        wide(v)
     }
 }
 

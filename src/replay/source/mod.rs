@@ -388,12 +388,26 @@ pub(crate) enum Lines {
 }
 
 /// A zip entry's bytes as chunks that end at a line's end (the last one perhaps not), from
-/// its inflating thread; the chunk being read and where.
+/// its inflating thread; the chunk being read and where. Read chunks go back to the thread
+/// to be filled again (no allocation, no zeroing per chunk).
 pub(crate) struct Chunks {
-    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
-    chunk: Vec<u8>,
+    rx: std::sync::mpsc::Receiver<std::io::Result<Chunk>>,
+    back: std::sync::mpsc::SyncSender<Vec<u8>>,
+    chunk: Chunk,
     at: usize,
     done: bool,
+}
+
+/// Inflated bytes: `buf[..len]`, of which `buf[..utf8]` was checked to be UTF-8 by the
+/// inflating thread (all of it, unless the input is not text; a line past `utf8` is checked
+/// again by the reader, so that its error names the line).
+#[derive(Default)]
+pub(crate) struct Chunk {
+    buf: Vec<u8>,
+    /// Invariant: `len <= buf.len()`.
+    len: usize,
+    /// Invariant: `utf8 <= len`, and `buf[..utf8]` is valid UTF-8.
+    utf8: usize,
 }
 
 /// Bytes a zip entry's thread inflates per chunk (then cut back to the last line's end).
@@ -420,6 +434,8 @@ impl Lines {
             b.set_total(size);
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        // Room for every chunk in flight (4 queued, one being read, one being filled).
+        let (back, recycled) = std::sync::mpsc::sync_channel::<Vec<u8>>(6);
         let (name, counter) = (name.to_string(), bytes.cloned());
         std::thread::Builder::new()
             .name("tickinfer-unzip".into())
@@ -428,38 +444,62 @@ impl Lines {
                 // The bytes after the last line's end of the previous read start the next chunk.
                 let mut carry: Vec<u8> = Vec::new();
                 loop {
-                    let mut chunk = Vec::with_capacity(CHUNK + carry.len());
-                    chunk.append(&mut carry);
-                    let before = chunk.len();
-                    let n = match (&mut entry).take(CHUNK as u64).read_to_end(&mut chunk) {
-                        Ok(n) => n,
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                            return;
+                    // A returned buffer keeps its length: its bytes are initialised already.
+                    let mut buf = recycled.try_recv().unwrap_or_default();
+                    let want = carry.len() + CHUNK;
+                    if buf.len() < want {
+                        buf.resize(want, 0);
+                    }
+                    buf[..carry.len()].copy_from_slice(&carry);
+                    let before = carry.len();
+                    carry.clear();
+                    let mut len = before;
+                    let end = loop {
+                        match entry.read(&mut buf[len..want]) {
+                            Ok(0) => break true,
+                            Ok(n) => {
+                                len += n;
+                                if len == want {
+                                    break false;
+                                }
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            Err(e) => {
+                                let _ = tx.send(Err(e));
+                                return;
+                            }
                         }
                     };
                     if let Some(c) = &counter {
-                        c.add(n as u64);
+                        c.add((len - before) as u64);
                     }
-                    let end = n == 0;
                     if !end {
                         // Keep the partial last line for the next chunk.
-                        if let Some(last) = chunk[before..].iter().rposition(|&b| b == b'\n') {
-                            carry.extend_from_slice(&chunk[before + last + 1..]);
-                            chunk.truncate(before + last + 1);
-                        } else {
-                            carry = std::mem::take(&mut chunk);
-                            continue;
+                        match buf[before..len].iter().rposition(|&b| b == b'\n') {
+                            Some(last) => {
+                                carry.extend_from_slice(&buf[before + last + 1..len]);
+                                len = before + last + 1;
+                            }
+                            None => {
+                                carry.extend_from_slice(&buf[..len]);
+                                continue;
+                            }
                         }
                     }
+                    // Checked here, a chunk at a time (the reader's thread then takes its lines
+                    // as they are): per line, the check cost more than the parsing of a field.
+                    let utf8 = match std::str::from_utf8(&buf[..len]) {
+                        Ok(_) => len,
+                        Err(e) => e.valid_up_to(),
+                    };
                     // The reader dropped (replay stopped early): stop reading.
-                    if (!chunk.is_empty() && tx.send(Ok(chunk)).is_err()) || end {
+                    if (len > 0 && tx.send(Ok(Chunk { buf, len, utf8 })).is_err()) || end {
                         return;
                     }
                 }
             })
             .map_err(|e| e.to_string())?;
-        Ok(Lines::Zip(Chunks { rx, chunk: Vec::new(), at: 0, done: false }))
+        Ok(Lines::Zip(Chunks { rx, back, chunk: Chunk::default(), at: 0, done: false }))
     }
 
     /// The next line without its line ending, or `None` at the end.
@@ -490,21 +530,32 @@ impl Lines {
                 line.as_str()
             }
             Lines::Zip(c) => {
-                while c.at >= c.chunk.len() {
+                while c.at >= c.chunk.len {
                     if c.done {
                         return Ok(None);
                     }
                     match c.rx.recv() {
-                        Ok(Ok(chunk)) => (c.chunk, c.at) = (chunk, 0),
+                        Ok(Ok(chunk)) => {
+                            let used = std::mem::replace(&mut c.chunk, chunk);
+                            c.at = 0;
+                            // Full (the thread has buffers enough) or gone: dropped then.
+                            let _ = c.back.try_send(used.buf);
+                        }
                         Ok(Err(e)) => return Err(e),
                         Err(_) => c.done = true,
                     }
                 }
-                let rest = &c.chunk[c.at..];
+                let (start, rest) = (c.at, &c.chunk.buf[c.at..c.chunk.len]);
                 let len = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
                 c.at += len;
-                std::str::from_utf8(&rest[..len])
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?
+                let line = &rest[..len];
+                if start + len <= c.chunk.utf8 {
+                    // SAFETY: `line` lies in `buf[..utf8]`, valid UTF-8 (Chunk's invariant), from a char boundary (0, or after a `\n`) to one (after a `\n`, or the chunk's end, then `utf8`).
+                    unsafe { std::str::from_utf8_unchecked(line) }
+                } else {
+                    std::str::from_utf8(line)
+                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?
+                }
             }
         };
         Ok(Some(text.trim_end_matches(['\n', '\r'])))
@@ -699,6 +750,34 @@ mod tests {
         assert!(rescale(&mut ev, 0, 100).unwrap_err().contains("positive"));
         assert_eq!(imbalance(i64::MAX, i64::MAX), 0, "sizes whose sum overflows i64");
         assert_eq!(imbalance(i64::MAX, 0), IMBALANCE_SCALE);
+    }
+
+    /// A zip entry's lines through the inflating thread: several chunks (lines cut at chunk
+    /// ends carried over, buffers handed back and refilled), every line as written, and a
+    /// line that is not UTF-8 an error at that line, after every line before it.
+    #[test]
+    fn zip_entry_lines_across_chunks() {
+        use std::io::Write;
+        let dir = std::env::temp_dir().join(format!("tickinfer-zip-lines-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("lines.zip");
+        let lines: Vec<String> = (0..40_000).map(|i| format!("{i},{}", "é".repeat(i % 23))).collect();
+        let mut body = lines.join("\n").into_bytes();
+        body.extend_from_slice(b"\nbad \xff line\nafter\n");
+        assert!(body.len() > 8 * CHUNK, "several chunks, more than the buffers in flight");
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        zip.start_file("lines.txt", zip::write::SimpleFileOptions::default()).unwrap();
+        zip.write_all(&body).unwrap();
+        zip.finish().unwrap();
+        let counted = ByteCount::default();
+        let mut src = Lines::zip_entry(&path, "lines.txt", Some(&counted)).unwrap();
+        for (i, want) in lines.iter().enumerate() {
+            assert_eq!(src.next_str().unwrap(), Some(want.as_str()), "line {i}");
+        }
+        let e = src.next_str().unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+        assert_eq!(counted.read(), body.len() as u64, "every byte inflated is counted");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
