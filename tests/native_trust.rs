@@ -322,6 +322,9 @@ fn on_disagreement_log_only_counts() {
 }
 
 /// A correct evaluator under verification of every answer: all checked, none disagree.
+/// The client waits for the verifier every 16 answers (its queue holds 64): on a loaded
+/// machine the verifier falls behind and drops samples by design, which would leave too few
+/// checked to show anything.
 #[test]
 fn a_correct_evaluator_passes_verification_of_every_answer() {
     let model = repo_root().join("tests/fixtures/models/trust_lt_regressor.toml");
@@ -329,6 +332,8 @@ fn a_correct_evaluator_passes_verification_of_every_answer() {
     let server = Server::start(&["--model", model, "--backend", "native", "--verify-every", "1"]);
     let mut client = Client::connect(&server.socket).unwrap();
     let mut rng = Rng(7);
+    let mut answered_ok = 0u64;
+    let mut stats = server.stats_json();
     for i in 0..300 {
         let mut r = request(i);
         r.n_features = 3;
@@ -337,21 +342,26 @@ fn a_correct_evaluator_passes_verification_of_every_answer() {
             *f = feed_value(&mut rng);
         }
         r.features = features;
-        client.roundtrip(&r).unwrap();
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let stats = loop {
-        let stats = server.stats_json();
-        let v = &stats["verify"];
-        if v["checked"].as_u64().unwrap() + v["dropped"].as_u64().unwrap() >= 300
-            || std::time::Instant::now() > deadline
-        {
-            break stats;
+        let resp = client.roundtrip(&r).unwrap();
+        answered_ok += u64::from({ resp.status } == 0);
+        if i % 16 == 15 || i == 299 {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                stats = server.stats_json();
+                let v = &stats["verify"];
+                if v["checked"].as_u64().unwrap() + v["dropped"].as_u64().unwrap() >= answered_ok
+                    || std::time::Instant::now() > deadline
+                {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    }
     let v = &stats["verify"];
-    assert!(v["checked"].as_u64().unwrap() >= 100, "{stats}");
+    assert!(answered_ok >= 250, "most generated rows are finite: {stats}");
+    assert_eq!(v["checked"].as_u64().unwrap(), answered_ok, "every answer checked: {stats}");
+    assert_eq!(v["dropped"], 0, "{stats}");
     assert_eq!(v["disagreed"], 0, "{stats}");
     assert!(stats["model"]["backend"].as_str().unwrap().starts_with("native"), "{stats}");
 }
