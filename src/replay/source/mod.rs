@@ -780,6 +780,36 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// The edges of the chunking: a line longer than several chunks, a valid line after a
+    /// bad one (checked on its own, read on), a last line without a line end, an empty entry.
+    #[test]
+    fn zip_entry_long_bad_and_unterminated_lines() {
+        use std::io::Write;
+        let dir = std::env::temp_dir().join(format!("tickinfer-zip-edges-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("edges.zip");
+        let long: String = (0..3 * CHUNK + 7).map(|i| if i % 5 == 0 { 'é' } else { 'x' }).collect();
+        let mut body = format!("first\n{long}\n").into_bytes();
+        body.extend_from_slice(b"bad \xff\nafter bad\nno line end");
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        let opts = zip::write::SimpleFileOptions::default();
+        zip.start_file("edges.txt", opts).unwrap();
+        zip.write_all(&body).unwrap();
+        zip.start_file("empty.txt", opts).unwrap();
+        zip.finish().unwrap();
+        let mut src = Lines::zip_entry(&path, "edges.txt", None).unwrap();
+        assert_eq!(src.next_str().unwrap(), Some("first"));
+        assert_eq!(src.next_str().unwrap(), Some(long.as_str()), "a line of {} bytes", long.len());
+        assert_eq!(src.next_str().unwrap_err().kind(), std::io::ErrorKind::InvalidData);
+        assert_eq!(src.next_str().unwrap(), Some("after bad"));
+        assert_eq!(src.next_str().unwrap(), Some("no line end"));
+        assert_eq!(src.next_str().unwrap(), None);
+        assert_eq!(src.next_str().unwrap(), None, "the end stays the end");
+        let mut empty = Lines::zip_entry(&path, "empty.txt", None).unwrap();
+        assert_eq!(empty.next_str().unwrap(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn symbol_tables() {
         let mut t = SymbolTable::new(&[]).unwrap();
