@@ -757,18 +757,11 @@ mod tests {
     /// line that is not UTF-8 an error at that line, after every line before it.
     #[test]
     fn zip_entry_lines_across_chunks() {
-        use std::io::Write;
-        let dir = std::env::temp_dir().join(format!("tickinfer-zip-lines-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("lines.zip");
         let lines: Vec<String> = (0..40_000).map(|i| format!("{i},{}", "é".repeat(i % 23))).collect();
         let mut body = lines.join("\n").into_bytes();
         body.extend_from_slice(b"\nbad \xff line\nafter\n");
         assert!(body.len() > 8 * CHUNK, "several chunks, more than the buffers in flight");
-        let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
-        zip.start_file("lines.txt", zip::write::SimpleFileOptions::default()).unwrap();
-        zip.write_all(&body).unwrap();
-        zip.finish().unwrap();
+        let (_dir, path) = zip_of(&[("lines.txt", &body)]);
         let counted = ByteCount::default();
         let mut src = Lines::zip_entry(&path, "lines.txt", Some(&counted)).unwrap();
         for (i, want) in lines.iter().enumerate() {
@@ -777,26 +770,16 @@ mod tests {
         let e = src.next_str().unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
         assert_eq!(counted.read(), body.len() as u64, "every byte inflated is counted");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// The edges of the chunking: a line longer than several chunks, a valid line after a
     /// bad one (checked on its own, read on), a last line without a line end, an empty entry.
     #[test]
     fn zip_entry_long_bad_and_unterminated_lines() {
-        use std::io::Write;
-        let dir = std::env::temp_dir().join(format!("tickinfer-zip-edges-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("edges.zip");
         let long: String = (0..3 * CHUNK + 7).map(|i| if i % 5 == 0 { 'é' } else { 'x' }).collect();
         let mut body = format!("first\n{long}\n").into_bytes();
         body.extend_from_slice(b"bad \xff\nafter bad\nno line end");
-        let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
-        let opts = zip::write::SimpleFileOptions::default();
-        zip.start_file("edges.txt", opts).unwrap();
-        zip.write_all(&body).unwrap();
-        zip.start_file("empty.txt", opts).unwrap();
-        zip.finish().unwrap();
+        let (_dir, path) = zip_of(&[("edges.txt", &body), ("empty.txt", b"")]);
         let mut src = Lines::zip_entry(&path, "edges.txt", None).unwrap();
         assert_eq!(src.next_str().unwrap(), Some("first"));
         assert_eq!(src.next_str().unwrap(), Some(long.as_str()), "a line of {} bytes", long.len());
@@ -807,7 +790,20 @@ mod tests {
         assert_eq!(src.next_str().unwrap(), None, "the end stays the end");
         let mut empty = Lines::zip_entry(&path, "empty.txt", None).unwrap();
         assert_eq!(empty.next_str().unwrap(), None);
-        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A zip of `entries` (name, bytes) in a directory removed when the guard drops.
+    fn zip_of(entries: &[(&str, &[u8])]) -> (tempfile::TempDir, std::path::PathBuf) {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("entries.zip");
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        for (name, bytes) in entries {
+            zip.start_file(*name, zip::write::SimpleFileOptions::default()).unwrap();
+            zip.write_all(bytes).unwrap();
+        }
+        zip.finish().unwrap();
+        (dir, path)
     }
 
     #[test]
