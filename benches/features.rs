@@ -98,7 +98,8 @@ fn bench(c: &mut Criterion) {
             let mut src = source::open(&input, Format::Lobster, &Default::default()).unwrap();
             let mut symbols = SymbolTable::new(&[]).unwrap();
             let mut n = 0u64;
-            while src.next_event(&mut symbols).unwrap().is_some() {
+            let mut e = source::Event { ts_ns: 0, req: tickinfer::wire::MlRequest::new() };
+            while src.next_into(&mut symbols, &mut e).unwrap() {
                 n += 1;
             }
             n
@@ -110,7 +111,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let mut rows = Rows::new(&plan, Vec::with_capacity(16 << 20), &input).unwrap();
             for e in &stream.events {
-                rows.event(*e, stream.price_scale, stream.depth_levels, &symbols).unwrap();
+                rows.event(&mut e.clone(), stream.price_scale, stream.depth_levels, &symbols).unwrap();
             }
             rows.finish().unwrap().0.events
         })

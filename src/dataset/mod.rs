@@ -304,9 +304,12 @@ pub fn rows_into<W: std::io::Write + Send>(
             break;
         }
     }
+    let mut e = source::Event { ts_ns: 0, req: crate::wire::MlRequest::new() };
     while opts.limit.is_none_or(|n| rows.events < n as u64) {
-        let Some(e) = src.next_event(&mut symbols).map_err(|e| e.to_string())? else { break };
-        rows.event(e, src.price_scale, src.depth_levels, &symbols)?;
+        if !src.next_into(&mut symbols, &mut e).map_err(|e| e.to_string())? {
+            break;
+        }
+        rows.event(&mut e, src.price_scale, src.depth_levels, &symbols)?;
         if rows.events % 8192 == 0 {
             let (read, total) = src.progress();
             bar.set_length(total.unwrap_or(read));
@@ -367,11 +370,11 @@ impl<'p, W: std::io::Write + Send> Rows<'p, W> {
     }
 
     /// The next event of the input, prices at the source's `price_scale`, with `depth` book
-    /// levels so far; `symbols` names its symbol.
+    /// levels so far; `symbols` names its symbol. The event is fitted to the model in place.
     #[inline]
     pub fn event(
         &mut self,
-        mut e: source::Event,
+        e: &mut source::Event,
         price_scale: i64,
         depth: usize,
         symbols: &SymbolTable,
@@ -380,9 +383,7 @@ impl<'p, W: std::io::Write + Send> Rows<'p, W> {
         let i = self.events;
         self.events += 1;
         let extras = self.limits.model_features.unwrap_or(0);
-        if let Some(short) =
-            crate::replay::fit_to_model(&mut e, i, price_scale, depth, m.price_scale, extras)?
-        {
+        if let Some(short) = crate::replay::fit_to_model(e, i, price_scale, depth, m.price_scale, extras)? {
             return Err(format!("{short}: the server would refuse every event (ML_ERR_FEATURE_COUNT)"));
         }
         let req = &e.req;

@@ -38,7 +38,8 @@ impl Reader {
         &mut self,
         path: &Path,
         skips: &mut Skips,
-    ) -> Result<Option<(Event, usize)>, SourceError> {
+        ev: &mut Event,
+    ) -> Result<Option<usize>, SourceError> {
         let mut rec = [0u8; std::mem::size_of::<CaptureRecord>()];
         let mut got = 0;
         while got < rec.len() {
@@ -57,6 +58,7 @@ impl Reader {
             return Ok(None);
         }
         let r: CaptureRecord = bytemuck::pod_read_unaligned(&rec);
-        Ok(Some((Event { ts_ns: r.request.timestamp_ns, req: r.request }, 1)))
+        *ev = Event { ts_ns: r.request.timestamp_ns, req: r.request };
+        Ok(Some(1))
     }
 }

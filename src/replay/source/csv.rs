@@ -64,13 +64,14 @@ impl Reader {
         Ok(Reader { lines, cols, digits, size_scale, line_no, line: String::new() })
     }
 
-    /// The next event (top of book only: depth 1).
+    /// The next event into `ev` (top of book only: depth 1).
     pub(super) fn next(
         &mut self,
         path: &Path,
         symbols: &mut SymbolTable,
         skips: &mut Skips,
-    ) -> Result<Option<(Event, usize)>, SourceError> {
+        ev: &mut Event,
+    ) -> Result<Option<usize>, SourceError> {
         loop {
             if !self.lines.next_line(&mut self.line).map_err(|e| err(path, e.to_string()))? {
                 return Ok(None);
@@ -80,7 +81,8 @@ impl Reader {
                 continue;
             }
             if let Some(e) = self.parse(path, symbols, skips)? {
-                return Ok(Some((e, 1)));
+                *ev = e;
+                return Ok(Some(1));
             }
         }
     }

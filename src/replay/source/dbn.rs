@@ -39,13 +39,14 @@ impl Reader {
         Ok(Reader { decoder })
     }
 
-    /// The next event and the deepest book level it carries.
+    /// The next event into `ev`, and the deepest book level it carries.
     pub(super) fn next(
         &mut self,
         path: &Path,
         symbols: &mut SymbolTable,
         skips: &mut Skips,
-    ) -> Result<Option<(Event, usize)>, SourceError> {
+        ev: &mut Event,
+    ) -> Result<Option<usize>, SourceError> {
         while let Some(rec) = self.decoder.decode_record_ref().map_err(|e| err(path, e.to_string()))? {
             let mut deeper = None;
             let (instrument, ts, l) = if let Some(m) = rec.get::<Mbp1Msg>() {
@@ -67,7 +68,7 @@ impl Reader {
                 skips.add("instrument not in --symbols");
                 continue;
             };
-            let mut ev = request(ts, symbol_id, l.bid_px, l.ask_px, l.bid_sz as i64, l.ask_sz as i64);
+            *ev = request(ts, symbol_id, l.bid_px, l.ask_px, l.bid_sz as i64, l.ask_sz as i64);
             let mut depth = 1;
             if let Some(levels) = deeper {
                 let price = |p: i64| (p != dbn::UNDEF_PRICE).then_some(p);
@@ -79,7 +80,7 @@ impl Reader {
                 });
                 depth = fill_depth(&mut ev.req, levels, PRICE_SCALE);
             }
-            return Ok(Some((ev, depth)));
+            return Ok(Some(depth));
         }
         Ok(None)
     }

@@ -149,13 +149,14 @@ impl Reader {
         })
     }
 
-    /// The next event and the deepest book level it carries.
+    /// The next event into `ev`, and the deepest book level it carries.
     pub(super) fn next(
         &mut self,
         path: &Path,
         symbols: &mut SymbolTable,
         skips: &mut Skips,
-    ) -> Result<Option<(Event, usize)>, SourceError> {
+        ev: &mut Event,
+    ) -> Result<Option<usize>, SourceError> {
         let symbol_id = match self.symbol_id {
             Some(id) => id,
             None => {
@@ -204,7 +205,7 @@ impl Reader {
                     "time {secs} (negative, or past the nanosecond clock's range from the file's date)"
                 ))
             })?;
-            let mut ev = request(ts, symbol_id, bid, ask, bsz, asz);
+            *ev = request(ts, symbol_id, bid, ask, bsz, asz);
             let mut depth = 1;
             if b_n > 4 {
                 self.levels.clear();
@@ -222,7 +223,7 @@ impl Reader {
                 }
                 depth = fill_depth(&mut ev.req, self.levels.drain(..), PRICE_SCALE);
             }
-            return Ok(Some((ev, depth)));
+            return Ok(Some(depth));
         }
     }
 }

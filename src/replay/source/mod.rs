@@ -332,19 +332,28 @@ pub fn open(path: &Path, format: Format, opts: &LoadOptions) -> Result<Source, S
 impl Source {
     /// The next event, or `None` at the end; a bad row is an error naming its place.
     pub fn next_event(&mut self, symbols: &mut SymbolTable) -> Result<Option<Event>, SourceError> {
+        let mut e = Event { ts_ns: 0, req: MlRequest::new() };
+        Ok(self.next_into(symbols, &mut e)?.then_some(e))
+    }
+
+    /// The next event written into `e` (`false` at the end, `e` then unspecified); a bad row
+    /// is an error naming its place. The readers fill the caller's event in place: returned
+    /// by value, the 202-byte event was copied at each of three returns, 5 % of `tickinfer
+    /// features` (measured, `perf`).
+    #[inline]
+    pub fn next_into(&mut self, symbols: &mut SymbolTable, e: &mut Event) -> Result<bool, SourceError> {
         let next = match &mut self.rows {
-            Rows::Lobster(r) => r.next(&self.path, symbols, &mut self.skips)?,
-            Rows::Dbn(r) => r.next(&self.path, symbols, &mut self.skips)?,
-            Rows::Csv(r) => r.next(&self.path, symbols, &mut self.skips)?,
-            Rows::Capture(r) => r.next(&self.path, &mut self.skips)?,
+            Rows::Lobster(r) => r.next(&self.path, symbols, &mut self.skips, e)?,
+            Rows::Dbn(r) => r.next(&self.path, symbols, &mut self.skips, e)?,
+            Rows::Csv(r) => r.next(&self.path, symbols, &mut self.skips, e)?,
+            Rows::Capture(r) => r.next(&self.path, &mut self.skips, e)?,
         };
-        let Some((mut e, depth)) = next else { return Ok(None) };
+        let Some(depth) = next else { return Ok(false) };
         self.depth_levels = self.depth_levels.max(depth);
         if self.rows_size_scale != self.size_scale {
-            rescale_sizes(&mut e, depth, self.rows_size_scale, self.size_scale)
-                .map_err(|m| err(&self.path, m))?;
+            rescale_sizes(e, depth, self.rows_size_scale, self.size_scale).map_err(|m| err(&self.path, m))?;
         }
-        Ok(Some(e))
+        Ok(true)
     }
 
     /// Input rows skipped so far, with why (count per reason).
