@@ -623,6 +623,11 @@ pub fn prometheus_text(shared: &Shared, host: &[crate::doctor::Finding], started
             stats.keep_warm_socket_trips,
         ),
         (
+            "direct_reads_total",
+            "Reads of the one connection made instead of a poll while spinning that took requests.",
+            stats.direct_reads,
+        ),
+        (
             "uid_quota_refusals_total",
             "Hellos refused because their uid held --max-connections-per-uid connections (also in \
              connections_refused_total).",

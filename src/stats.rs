@@ -38,6 +38,9 @@ pub struct Stats {
     pub keep_warm_runs: u64,
     /// Keep-warm round trips on the private socket pair, by the thread that owns the sockets.
     pub keep_warm_socket_trips: u64,
+    /// Reads of the one connection, made instead of a poll while spinning, that took requests
+    /// (see `server::direct_read`).
+    pub direct_reads: u64,
     /// Hellos refused because their uid held `--max-connections-per-uid` connections
     /// (also counted in `connections_refused`).
     pub uid_quota_refusals: u64,
@@ -75,6 +78,7 @@ impl Default for Stats {
             nonfinite_outputs: 0,
             keep_warm_runs: 0,
             keep_warm_socket_trips: 0,
+            direct_reads: 0,
             uid_quota_refusals: 0,
             idle_disconnects: 0,
             symbols_evicted: 0,
@@ -105,6 +109,7 @@ impl Stats {
         self.nonfinite_outputs += other.nonfinite_outputs;
         self.keep_warm_runs += other.keep_warm_runs;
         self.keep_warm_socket_trips += other.keep_warm_socket_trips;
+        self.direct_reads += other.direct_reads;
         self.uid_quota_refusals += other.uid_quota_refusals;
         self.idle_disconnects += other.idle_disconnects;
         self.symbols_evicted += other.symbols_evicted;
@@ -129,6 +134,7 @@ impl Stats {
         self.nonfinite_outputs = 0;
         self.keep_warm_runs = 0;
         self.keep_warm_socket_trips = 0;
+        self.direct_reads = 0;
         self.uid_quota_refusals = 0;
         self.idle_disconnects = 0;
         self.symbols_evicted = 0;
@@ -154,6 +160,7 @@ impl Stats {
             && self.nonfinite_outputs == 0
             && self.keep_warm_runs == 0
             && self.keep_warm_socket_trips == 0
+            && self.direct_reads == 0
             && self.uid_quota_refusals == 0
             && self.idle_disconnects == 0
             && self.symbols_evicted == 0
@@ -186,6 +193,7 @@ impl Stats {
             nonfinite_outputs: self.nonfinite_outputs,
             keep_warm_runs: self.keep_warm_runs,
             keep_warm_socket_trips: self.keep_warm_socket_trips,
+            direct_reads: self.direct_reads,
             verify: VerifyReport::default(),
             model: None,
             uid_quota_refusals: self.uid_quota_refusals,
@@ -258,6 +266,9 @@ pub struct StatsReport {
     /// Keep-warm socket round trips done while idle.
     #[serde(default)]
     pub keep_warm_socket_trips: u64,
+    /// Reads of the one connection, instead of a poll while spinning, that took requests.
+    #[serde(default)]
+    pub direct_reads: u64,
     /// Hellos refused for `--max-connections-per-uid` (within `connections_refused`).
     #[serde(default)]
     pub uid_quota_refusals: u64,
@@ -361,7 +372,7 @@ impl std::fmt::Display for StatsReport {
             f,
             "responses {} (connections accepted {}, refused {} ({} over the per-uid quota), idle disconnects {}, \
              slow-reader disconnects {}, shared-memory sessions {} (faults {}), non-finite model outputs {}, \
-             keep-warm runs {} (socket round trips {}), symbols evicted {})",
+             keep-warm runs {} (socket round trips {}), symbols evicted {}, direct reads {})",
             self.responses,
             self.connections_accepted,
             self.connections_refused,
@@ -373,7 +384,8 @@ impl std::fmt::Display for StatsReport {
             self.nonfinite_outputs,
             self.keep_warm_runs,
             self.keep_warm_socket_trips,
-            self.symbols_evicted
+            self.symbols_evicted,
+            self.direct_reads
         )?;
         for (status, n) in &self.by_status {
             writeln!(f, "  status {status}: {n}")?;

@@ -359,6 +359,12 @@ impl Conn {
         }
     }
 
+    /// Received bytes not yet decoded (a partial frame, or frames left at a pause).
+    #[inline]
+    pub fn has_buffered(&self) -> bool {
+        self.rpos < self.rlen
+    }
+
     /// Take one received byte, if any (a shared-memory session's `ML_SHM_MAPPED`).
     pub fn take_byte(&mut self) -> Option<u8> {
         let byte = self.rbuf[..self.rlen].get(self.rpos).copied()?;

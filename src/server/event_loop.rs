@@ -14,9 +14,13 @@
 //!   iteration looks at each session's request ring (one acquire load of its
 //!   head per session when idle), and before the loop blocks it arms their
 //!   doorbells (see `shm_sessions`).
+//! - Spinning with exactly one connection, three iterations in four read that
+//!   connection's socket instead of polling (`direct_read`): its next request is
+//!   then one `read` away, not a poll and a read. Two connections or more: every
+//!   iteration polls.
 //! - `EINTR` is retried everywhere (`poll`, `read`, `write`).
 //! - Spurious events are harmless: every handler tolerates finding nothing to do.
-//! - Each iteration: poll → accept/read/write per event → read the shm rings →
+//! - Each iteration: poll (or the direct read) → accept/read/write per event → read the shm rings →
 //!   score (inline) or exchange with the worker (pipeline) → route responses to
 //!   their connections → flush → close what is finished → stats tick →
 //!   shutdown check.
@@ -39,7 +43,13 @@ impl IoLoop {
         loop {
             let timeout = if self.deferred.is_empty() { self.poll_timeout() } else { Some(Duration::ZERO) };
             self.spinning = timeout == Some(Duration::ZERO);
-            let events = self.poll_once(timeout)?;
+            let events = match self.spinning.then(|| self.direct_read_due()).flatten() {
+                Some(slot) => self.read_direct(slot),
+                None => {
+                    self.direct.polled();
+                    self.poll_once(timeout)?
+                }
+            };
             self.disarm_doorbells();
             self.read_deferred();
             self.read_rings();
@@ -61,7 +71,13 @@ impl IoLoop {
             let moved = self.exchange();
             routed += moved;
             self.resume_paused();
-            if moved == 0 {
+            // Again while there is work: inline, jobs read by the resumed connections (a
+            // request's own iteration scores once, not twice); pipeline, answers still coming.
+            let more = match &self.stage {
+                Stage::Inline { jobs, .. } => !jobs.is_empty(),
+                Stage::Pipeline(_) => moved > 0,
+            };
+            if !more {
                 break;
             }
         }

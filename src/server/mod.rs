@@ -38,6 +38,7 @@
 
 mod admission;
 pub mod config;
+mod direct_read;
 mod drain;
 mod event_loop;
 mod reading;
@@ -407,7 +408,8 @@ pub fn run(
         last_publish: now_ns(),
         last_log: now_ns(),
         last_work: now_ns(),
-        intake: reading::Intake { limits, recorder, max_inflight: cfg.max_inflight },
+        intake: reading::Intake { limits, recorder, max_inflight: cfg.max_inflight, admitted: 0 },
+        direct: direct_read::DirectRead::default(),
         seen_swaps: 0,
         ready: Vec::with_capacity(256),
         ticks: 0,
@@ -564,5 +566,7 @@ struct IoLoop {
     keep_warm: Option<crate::keep_warm::KeepWarm>,
     /// Where requests read (from a socket or a ring) go: recorder, checks, in-flight bound.
     intake: reading::Intake,
+    /// Spinning with one connection: which to read directly instead of polling.
+    direct: direct_read::DirectRead,
     cfg: ServerConfig,
 }

@@ -29,6 +29,9 @@ impl IoLoop {
                 return;
             }
             let outcome = conn.read_some();
+            if outcome == ReadOutcome::WouldBlock && !conn.has_buffered() {
+                return; // nothing new, nothing left: no clock read for an empty read
+            }
             let recv_ns = now_ns();
             let mut blocked = false; // stopped decoding with bytes left
             loop {
@@ -143,7 +146,10 @@ impl IoLoop {
                         admit_bad_frame(&mut self.stage, conn, slot, recv_ns);
                         return;
                     }
-                    Decoded::Request(req) => self.intake.admit(&mut self.stage, conn, slot, recv_ns, req),
+                    Decoded::Request(req) => {
+                        self.intake.admit(&mut self.stage, conn, slot, recv_ns, req);
+                        self.direct.note(slot);
+                    }
                     Decoded::Error(e) => {
                         log::warn!(
                             "connection {slot} ({}): {e}; answering {} and closing",
@@ -213,6 +219,8 @@ pub(super) struct Intake {
     pub(super) recorder: Option<Recorder>,
     /// Past this many in flight, requests are answered `ML_ERR_OVERLOADED`.
     pub(super) max_inflight: u32,
+    /// Requests admitted so far (wrapping): a direct read sees whether it found any.
+    pub(super) admitted: u64,
 }
 
 impl Intake {
@@ -237,6 +245,7 @@ impl Intake {
             crate::wire::validate(&req, &self.limits)
         };
         conn.inflight += 1;
+        self.admitted = self.admitted.wrapping_add(1);
         stage.admit(Job { slot: slot as u32, generation: conn.generation, recv_ns, status, req });
     }
 }

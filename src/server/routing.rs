@@ -36,11 +36,14 @@ impl IoLoop {
                 }
             }
         }
-        // Route the answers, in order, to their connections.
-        let send_ns = now_ns();
+        // Route the answers, in order, to their connections: one clock read for them all,
+        // none when there are none (most spinning iterations; the request's own iteration
+        // calls this twice).
+        let mut send_ns = None;
         let IoLoop { stage, conns, dirty, resume, stats, hard_limit, .. } = self;
         let mut routed = 0;
         let mut deliver = |done| {
+            let send_ns = *send_ns.get_or_insert_with(now_ns);
             route(conns, dirty, resume, stats, *hard_limit, done, send_ns);
             routed += 1;
         };

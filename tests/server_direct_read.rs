@@ -1,0 +1,91 @@
+//! Direct reads (`server::direct_read`): a spinning server with exactly one connection
+//! reads that connection's socket in place of three polls in four. The lone connection is
+//! read directly (counted in `direct_reads`), over a Unix socket and over TCP; a second
+//! client still gets in and is served while the first keeps a request in flight without
+//! pause; while two connections exist nothing is read directly; every answer comes back
+//! once, in order, to its own client — inline and pipelined.
+mod util;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tickinfer::wire::Status;
+use util::server::{request, Client, Server};
+
+/// `n` round trips, one request in flight, ids from `first`: each answer is the request's own.
+fn round_trips<S: std::io::Read + std::io::Write>(c: &mut Client<S>, first: u64, n: u64) {
+    for id in first..first + n {
+        let r = c.roundtrip(&request(id)).unwrap_or_else(|e| panic!("request {id}: {e}"));
+        assert_eq!({ r.request_id }, id, "an answer out of order or not ours");
+        assert_eq!({ r.status }, Status::Ok.code(), "request {id}");
+    }
+}
+
+/// Stats once `responses` reached `n` (published every 200 ms).
+fn stats_after(server: &Server, n: u64) -> serde_json::Value {
+    server.stats_when(|s| s["responses"].as_u64() == Some(n))
+}
+
+fn direct_reads(stats: &serde_json::Value) -> u64 {
+    stats["direct_reads"].as_u64().expect("stats report direct_reads")
+}
+
+fn lone_connections_are_read_directly_and_others_still_get_in(mode: &str) {
+    let server = Server::start(&["--poll", "spin", "--mode", mode, "--listen-tcp", "127.0.0.1:0"]);
+    let mut answered = 0;
+
+    // One Unix connection: read directly.
+    let mut a = Client::connect(&server.socket).unwrap();
+    round_trips(&mut a, 0, 3000);
+    answered += 3000;
+    let s = stats_after(&server, answered);
+    let alone = direct_reads(&s);
+    assert!(alone > 0 && alone <= answered, "a lone spinning connection read directly: {s}");
+
+    // It keeps one request in flight without a pause; a TCP client connects and is served
+    // meanwhile (the loop still polls: its accept and hello are seen).
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut id = 1 << 32;
+            // Relaxed: a stop flag; the join below orders everything after it.
+            while !stop.load(Ordering::Relaxed) {
+                round_trips(&mut a, id, 1);
+                id += 1;
+            }
+            (a, id - (1 << 32))
+        })
+    };
+    let mut b = Client::connect_tcp(server.tcp_addr()).expect("a second client gets in beside a busy one");
+    round_trips(&mut b, 2 << 32, 200);
+    answered += 200;
+    stop.store(true, Ordering::Relaxed);
+    let (mut a, busy_n) = busy.join().expect("the busy client's answers all came back in order");
+    answered += busy_n;
+
+    // Two connections: every iteration polls, nothing is read directly.
+    let before = direct_reads(&stats_after(&server, answered));
+    round_trips(&mut a, 3 << 32, 500);
+    round_trips(&mut b, 4 << 32, 500);
+    answered += 1000;
+    let s = stats_after(&server, answered);
+    assert_eq!(direct_reads(&s), before, "read directly while two connections were open: {s}");
+
+    // The Unix client leaves; the TCP one, alone again, is read directly.
+    drop(a);
+    round_trips(&mut b, 5 << 32, 3000);
+    answered += 3000;
+    let s = stats_after(&server, answered);
+    assert!(direct_reads(&s) > before, "a lone TCP connection read directly: {s}");
+}
+
+#[test]
+fn inline_lone_connections_are_read_directly_and_others_still_get_in() {
+    lone_connections_are_read_directly_and_others_still_get_in("inline");
+}
+
+#[test]
+fn pipelined_lone_connections_are_read_directly_and_others_still_get_in() {
+    lone_connections_are_read_directly_and_others_still_get_in("pipeline");
+}
