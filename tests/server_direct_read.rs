@@ -1,9 +1,10 @@
 //! Direct reads (`server::direct_read`): a spinning server with exactly one connection
 //! reads that connection's socket in place of three polls in four. The lone connection is
-//! read directly (counted in `direct_reads`), over a Unix socket and over TCP; a second
-//! client still gets in and is served while the first keeps a request in flight without
-//! pause; while two connections exist nothing is read directly; every answer comes back
-//! once, in order, to its own client — inline and pipelined.
+//! read directly (counted in `direct_reads`), over a Unix socket and over TCP, one request
+//! in flight or a pipelined burst; a second client still gets in and is served while the
+//! first, being read directly, keeps a request in flight without pause; while two
+//! connections exist nothing is read directly; every answer comes back once, in order, to
+//! its own client, and nothing after the last — inline and pipelined.
 mod util;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +27,17 @@ fn stats_after(server: &Server, n: u64) -> serde_json::Value {
     server.stats_when(|s| s["responses"].as_u64() == Some(n))
 }
 
+/// A burst of `n` requests sent at once, ids from `first`: the answers in order, each once.
+fn burst<S: std::io::Read + std::io::Write>(c: &mut Client<S>, first: u64, n: u64) {
+    let reqs: Vec<_> = (first..first + n).map(request).collect();
+    c.send(&reqs).unwrap();
+    for id in first..first + n {
+        let r = c.recv().unwrap_or_else(|e| panic!("burst answer {id}: {e}"));
+        assert_eq!({ r.request_id }, id, "a burst's answer out of order, missing or repeated");
+        assert_eq!({ r.status }, Status::Ok.code(), "request {id}");
+    }
+}
+
 fn direct_reads(stats: &serde_json::Value) -> u64 {
     stats["direct_reads"].as_u64().expect("stats report direct_reads")
 }
@@ -37,13 +49,15 @@ fn lone_connections_are_read_directly_and_others_still_get_in(mode: &str) {
     // One Unix connection: read directly.
     let mut a = Client::connect(&server.socket).unwrap();
     round_trips(&mut a, 0, 3000);
-    answered += 3000;
+    burst(&mut a, 1 << 40, 200); // within the default --max-inflight (256)
+    round_trips(&mut a, 3000, 100);
+    answered += 3300;
     let s = stats_after(&server, answered);
     let alone = direct_reads(&s);
     assert!(alone > 0 && alone <= answered, "a lone spinning connection read directly: {s}");
 
-    // It keeps one request in flight without a pause; a TCP client connects and is served
-    // meanwhile (the loop still polls: its accept and hello are seen).
+    // It keeps one request in flight without a pause, read directly; a TCP client connects
+    // and is served meanwhile (the loop still polls: its accept and hello are seen).
     let stop = Arc::new(AtomicBool::new(false));
     let busy = {
         let stop = stop.clone();
@@ -57,6 +71,7 @@ fn lone_connections_are_read_directly_and_others_still_get_in(mode: &str) {
             (a, id - (1 << 32))
         })
     };
+    server.stats_when(|s| direct_reads(s) > alone); // the busy client is being read directly
     let mut b = Client::connect_tcp(server.tcp_addr()).expect("a second client gets in beside a busy one");
     round_trips(&mut b, 2 << 32, 200);
     answered += 200;
@@ -75,9 +90,20 @@ fn lone_connections_are_read_directly_and_others_still_get_in(mode: &str) {
     // The Unix client leaves; the TCP one, alone again, is read directly.
     drop(a);
     round_trips(&mut b, 5 << 32, 3000);
-    answered += 3000;
+    burst(&mut b, 6 << 32, 200);
+    answered += 3200;
     let s = stats_after(&server, answered);
     assert!(direct_reads(&s) > before, "a lone TCP connection read directly: {s}");
+
+    // Nothing after the last answer.
+    b.stream.set_read_timeout(Some(std::time::Duration::from_millis(300))).unwrap();
+    let mut extra = [0u8; 1];
+    match std::io::Read::read(&mut b.stream, &mut extra) {
+        Ok(n) => panic!("{n} byte(s) after the last answer"),
+        Err(e) => {
+            assert!(matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut), "{e}")
+        }
+    }
 }
 
 #[test]

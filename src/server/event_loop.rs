@@ -72,16 +72,19 @@ impl IoLoop {
             routed += moved;
             self.resume_paused();
             // Again while there is work: inline, jobs read by the resumed connections (a
-            // request's own iteration scores once, not twice); pipeline, answers still coming.
+            // request's own iteration scores once, not twice); pipeline, answers still coming
+            // or jobs pushed by the resumed connections (the worker is rung for them).
             let more = match &self.stage {
-                Stage::Inline { jobs, .. } => !jobs.is_empty(),
-                Stage::Pipeline(_) => moved > 0,
+                Stage::Inline { jobs, scored, .. } => jobs.len() > *scored,
+                Stage::Pipeline(w) => moved > 0 || w.pushed,
             };
             if !more {
                 break;
             }
         }
         self.flush_dirty();
+        // The answers are on their way: now their quality and shadow taps.
+        self.stage.observe_answered(&mut self.stats);
         self.tick();
         self.refresh_model_info();
         self.retry_accept();

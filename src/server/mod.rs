@@ -335,6 +335,7 @@ pub fn run(
                 ),
                 jobs: Vec::with_capacity(INLINE_JOBS),
                 dones: Vec::with_capacity(INLINE_JOBS),
+                scored: 0,
             };
             (stage, model)
         }
@@ -473,11 +474,28 @@ enum Stage {
         jobs: Vec<Job>,
         /// Their answers, in order; same capacity.
         dones: Vec<Done>,
+        /// `jobs[..scored]` were answered and wait for [`Stage::observe_answered`].
+        /// Invariant: `scored <= jobs.len()`.
+        scored: usize,
     },
     Pipeline(Worker),
 }
 
 impl Stage {
+    /// Inline: the jobs answered since the last call go to live quality and the shadows, in
+    /// order, and leave the buffer — after their answers were flushed, or before more jobs
+    /// are scored, a reload or a promotion ([`Scorer::observe`]). Pipeline: the worker does it.
+    fn observe_answered(&mut self, stats: &mut Stats) {
+        if let Stage::Inline { scorer, jobs, scored, .. } = self {
+            debug_assert!(*scored <= jobs.len());
+            if *scored > 0 {
+                scorer.observe(&jobs[..*scored], stats);
+                jobs.drain(..*scored);
+                *scored = 0;
+            }
+        }
+    }
+
     /// Room for another job without growing a buffer.
     fn has_room(&self) -> bool {
         match self {

@@ -11,10 +11,12 @@ use crate::wire::{Limits, MlRequest, Status};
 impl IoLoop {
     /// Read and decode one connection until `WouldBlock`, EOF, the hard
     /// in-flight limit (→ resume list) or a full stage (→ score, continue).
-    pub(super) fn read_conn(&mut self, slot: usize) {
+    /// Returns whether any read gave bytes or the end.
+    pub(super) fn read_conn(&mut self, slot: usize) -> bool {
         let mut reads = 0;
+        let mut read_any = false;
         'read: loop {
-            let Some(conn) = self.conns.get_mut(slot) else { return };
+            let Some(conn) = self.conns.get_mut(slot) else { return read_any };
             if reads == READS_PER_TURN {
                 // Fairness and the write-buffer bound: answers are flushed and other
                 // connections served before this one is read again (next iteration).
@@ -22,15 +24,19 @@ impl IoLoop {
                     conn.read_deferred = true;
                     self.deferred.push(slot);
                 }
-                return;
+                return read_any;
             }
             reads += 1;
             if conn.close_after_flush || conn.peer_closed {
-                return;
+                return read_any;
             }
             let outcome = conn.read_some();
-            if outcome == ReadOutcome::WouldBlock && !conn.has_buffered() {
-                return; // nothing new, nothing left: no clock read for an empty read
+            if outcome == ReadOutcome::WouldBlock {
+                if !conn.has_buffered() {
+                    return read_any; // nothing new, nothing left: no clock read for an empty read
+                }
+            } else {
+                read_any = true;
             }
             let recv_ns = now_ns();
             let mut blocked = false; // stopped decoding with bytes left
@@ -60,7 +66,7 @@ impl IoLoop {
                                 Status::BadFrame
                             );
                             admit_bad_frame(&mut self.stage, conn, slot, recv_ns);
-                            return;
+                            return read_any;
                         }
                     }
                 }
@@ -86,7 +92,7 @@ impl IoLoop {
                                     if auth.is_some() { "wrong token" } else { "no token in its hello" }
                                 );
                             }
-                            return;
+                            return read_any;
                         }
                         if self.established >= self.cfg.max_connections {
                             conn.queue_ack(Status::TooManyConnections, &self.info);
@@ -101,7 +107,7 @@ impl IoLoop {
                                     self.established
                                 );
                             }
-                            return;
+                            return read_any;
                         }
                         let uid = conn.quota_uid();
                         let held = uid.and_then(|u| self.uid_connections.get(&u).copied()).unwrap_or(0);
@@ -118,7 +124,7 @@ impl IoLoop {
                                     conn.who()
                                 );
                             }
-                            return;
+                            return read_any;
                         }
                         if let Some(uid) = uid {
                             *self.uid_connections.entry(uid).or_insert(0) += 1;
@@ -144,11 +150,11 @@ impl IoLoop {
                             Status::BadFrame
                         );
                         admit_bad_frame(&mut self.stage, conn, slot, recv_ns);
-                        return;
+                        return read_any;
                     }
                     Decoded::Request(req) => {
                         self.intake.admit(&mut self.stage, conn, slot, recv_ns, req);
-                        self.direct.note(slot);
+                        self.direct.note(slot, conn.generation);
                     }
                     Decoded::Error(e) => {
                         log::warn!(
@@ -163,13 +169,13 @@ impl IoLoop {
                             conn.close_after_flush = true;
                             conn.mark_dirty(slot, &mut self.dirty);
                         }
-                        return;
+                        return read_any;
                     }
                 }
             }
             if blocked {
                 if conn.read_paused {
-                    return; // resumed from resume_paused() when answers drain
+                    return read_any; // resumed from resume_paused() when answers drain
                 }
                 self.exchange(); // full stage: score/route now, then keep reading
                 continue;
@@ -178,11 +184,11 @@ impl IoLoop {
                 ReadOutcome::Data => continue,
                 // A short read drained the socket: skip the read() that would only say WouldBlock
                 // (one syscall less per request on the hot path).
-                ReadOutcome::Drained | ReadOutcome::WouldBlock => return,
+                ReadOutcome::Drained | ReadOutcome::WouldBlock => return read_any,
                 ReadOutcome::Closed => {
                     conn.peer_closed = true;
                     conn.mark_dirty(slot, &mut self.dirty); // so close-when-done is checked
-                    return;
+                    return read_any;
                 }
             }
         }

@@ -15,14 +15,16 @@ impl IoLoop {
     /// Returns how many answers were routed.
     pub(super) fn exchange(&mut self) -> usize {
         // Stage work: score the inline jobs, or ring the worker for the ones pushed.
+        self.stage.observe_answered(&mut self.stats); // any left from before: first, in order
         match &mut self.stage {
-            Stage::Inline { scorer, jobs, dones } => {
+            Stage::Inline { scorer, jobs, dones, scored } => {
                 // Every turn, jobs or not: an idle server takes a reload at once (one atomic load).
                 scorer.poll_reload(&self.shared.reload);
                 scorer.poll_shadows(&self.shared.shadows, &self.shared.reload, &mut self.stats);
                 if !jobs.is_empty() {
-                    scorer.score(jobs, &mut self.stats, |done| dones.push(done));
-                    jobs.clear();
+                    // Observed once flushed (`advance`), or at the next turn's start.
+                    scorer.answer(jobs, &mut self.stats, |done| dones.push(done));
+                    *scored = jobs.len();
                 }
             }
             Stage::Pipeline(w) => {
@@ -37,8 +39,7 @@ impl IoLoop {
             }
         }
         // Route the answers, in order, to their connections: one clock read for them all,
-        // none when there are none (most spinning iterations; the request's own iteration
-        // calls this twice).
+        // none when there are none (most spinning iterations).
         let mut send_ns = None;
         let IoLoop { stage, conns, dirty, resume, stats, hard_limit, .. } = self;
         let mut routed = 0;

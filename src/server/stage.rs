@@ -75,7 +75,16 @@ pub struct Scorer {
     /// Shadow candidates: each request admitted to the model, with its answer, queued for
     /// each (never waited for).
     shadows: Taps,
+    /// The answers of the last [`Scorer::answer`], in job order, until [`Scorer::observe`]
+    /// gives them to quality and the shadows (capacity `ANSWERED`, never grows).
+    answered: Vec<MlResponse>,
+    /// The clock of that call (0 when stateless without shadows: no symbol ages).
+    answered_seen_ns: u64,
 }
+
+/// Jobs one call of [`Scorer::answer`] takes at most without allocating: the inline stage's
+/// buffer (a pipeline worker's batch is smaller unless `max_batch` is larger still).
+const ANSWERED: usize = super::INLINE_JOBS;
 
 impl Scorer {
     /// `max_symbols`: state slots for a stateful model (allocated now).
@@ -105,6 +114,8 @@ impl Scorer {
             nonfinite_log: RateLimited::new(1_000_000_000),
             eviction_log: RateLimited::new(1_000_000_000),
             shadows: Taps::default(),
+            answered: Vec::with_capacity(ANSWERED.max(max_batch)),
+            answered_seen_ns: 0,
         }
     }
 
@@ -209,13 +220,40 @@ impl Scorer {
         stats.keep_warm_runs += 1;
     }
 
-    /// Score `jobs` and call `emit` once per job, in order. Runnable jobs are
-    /// run in batches of up to `max_batch` (a batch spans the error answers
-    /// between them). No allocation.
-    pub fn score(&mut self, jobs: &[Job], stats: &mut Stats, mut emit: impl FnMut(Done)) {
+    /// Score `jobs` and call `emit` once per job, in order, then [`Scorer::observe`] them:
+    /// [`Scorer::answer`] and [`Scorer::observe`] in one call. No allocation.
+    pub fn score(&mut self, jobs: &[Job], stats: &mut Stats, emit: impl FnMut(Done)) {
+        self.answer(jobs, stats, emit);
+        self.observe(jobs, stats);
+    }
+
+    /// Give the answers of the last [`Scorer::answer`] (`jobs`, the same slice) to live
+    /// signal quality and the shadows, in order — after the answers are on their way: the
+    /// request's path does not wait for them (in situ, quality's tables cost ~0.2 µs a
+    /// request on the Unix socket's round trip, measured). Due before the next `answer`,
+    /// reload or promotion (the stage calls it first thing). No allocation.
+    pub fn observe(&mut self, jobs: &[Job], stats: &mut Stats) {
+        debug_assert_eq!(jobs.len(), self.answered.len(), "observe the jobs last answered");
+        let seen_ns = self.answered_seen_ns;
+        for (job, resp) in jobs.iter().zip(&self.answered) {
+            self.quality.observe(&job.req, resp, &mut stats.quality);
+            if !self.shadows.is_empty() && job.status == Status::Ok {
+                self.shadows.offer(&job.req, seen_ns, resp);
+            }
+        }
+        self.answered.clear();
+    }
+
+    /// Score `jobs` and call `emit` once per job, in order; [`Scorer::observe`] is due next.
+    /// Runnable jobs are run in batches of up to `max_batch` (a batch spans the error answers
+    /// between them). No allocation for up to `ANSWERED` jobs.
+    pub fn answer(&mut self, jobs: &[Job], stats: &mut Stats, mut emit: impl FnMut(Done)) {
+        debug_assert!(self.answered.is_empty(), "the last answers were observed");
+        debug_assert!(jobs.len() <= self.answered.capacity(), "more jobs than ANSWERED");
         // One clock for the whole call: a symbol admitted in it is never idle within it.
         // Shadows admit symbols at the same instant (their state may be stateful).
         let seen_ns = if self.state.is_stateless() && self.shadows.is_empty() { 0 } else { now_ns() };
+        self.answered_seen_ns = seen_ns;
         let mut start = 0;
         while start < jobs.len() {
             // Take jobs until max_batch runnable ones are collected (at most SPAN looked at).
@@ -292,10 +330,7 @@ impl Scorer {
                     k += 1;
                 }
                 debug_assert_eq!({ resp.frame_end }, RESPONSE_END);
-                self.quality.observe(&job.req, &resp, &mut stats.quality);
-                if !self.shadows.is_empty() && job.status == Status::Ok {
-                    self.shadows.offer(&job.req, seen_ns, &resp);
-                }
+                self.answered.push(resp);
                 emit(Done { slot: job.slot, generation: job.generation, resp });
             }
             start = end;

@@ -116,7 +116,7 @@ impl Worker {
                     }
                     continue;
                 }
-                scorer.score(&jobs, &mut stats, |done| {
+                scorer.answer(&jobs, &mut stats, |done| {
                     if done_tx.push(done).is_err() {
                         // The I/O thread counts every job until its answer is popped and
                         // keeps that count within the capacity of each ring.
@@ -127,6 +127,8 @@ impl Worker {
                 if ib.should_wake() {
                     let _ = waker.wake();
                 }
+                // The answers are out: now their quality and shadow taps.
+                scorer.observe(&jobs, &mut stats);
             }
             publish(&mut stats, &shared.stats, true);
         })?;

@@ -336,8 +336,8 @@ impl Source {
         Ok(self.next_into(symbols, &mut e)?.then_some(e))
     }
 
-    /// The next event written into `e` (`false` at the end, `e` then unspecified); a bad row
-    /// is an error naming its place. The readers fill the caller's event in place: returned
+    /// The next event written into `e` (`false` at the end; `e` is then unspecified, and after
+    /// an error too); a bad row is an error naming its place. The readers fill the caller's event in place: returned
     /// by value, the 202-byte event was copied at each of three returns, 5 % of `tickinfer
     /// features` (measured, `perf`).
     #[inline]
