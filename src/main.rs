@@ -132,8 +132,8 @@ struct ReplayArgs {
     /// Input: LOBSTER message CSV (orderbook beside it) or zip, DBN (.dbn/.dbn.zst), CSV, or capture.
     #[arg(long)]
     input: PathBuf,
-    #[arg(long, value_enum)]
-    format: tickinfer::replay::source::Format,
+    #[command(flatten)]
+    reader: ReaderArgs,
     /// max (closed loop), realtime, or a factor (10 = ten times faster than recorded).
     #[arg(long, default_value = "max")]
     speed: String,
@@ -178,28 +178,8 @@ struct ReplayArgs {
     /// With --model: that server's --keep-warm-us [default: off].
     #[arg(long)]
     server_keep_warm_us: Option<u64>,
-    /// CSV: read our column NAME from the file's COLUMN, e.g. `--columns timestamp=ts_event,bid_price=bid_px_00,
-    /// symbol=ticker` (names: timestamp, timestamp_ns, symbol, symbol_id, bid_price, ask_price, bid_size,
-    /// ask_size, book_imbalance, f0..f31); repeatable.
-    #[arg(long)]
-    columns: Vec<String>,
-    /// CSV: unit of the timestamp column [default: ns for `timestamp_ns`, s for `timestamp`].
-    #[arg(long, value_enum)]
-    time_unit: Option<tickinfer::replay::source::TimeUnit>,
-    /// Symbol mapping NAME=ID (ticker, DBN instrument id or CSV symbol); repeatable. Default: ids by first appearance.
-    #[arg(long = "symbols")]
-    symbols: Vec<String>,
-    /// Events ahead (same symbol) for the realised direction [default: the manifest's [label]
-    /// rule (the one a server scores live), else 10 events, flat within 0 bps].
-    #[arg(long)]
-    horizon: Option<u32>,
-    /// The realised mid is the one in force this many ms later (request timestamps); with
-    /// --horizon, the k-th later event counts only within it.
-    #[arg(long)]
-    horizon_ms: Option<f64>,
-    /// A move of at most this many bps is flat [default: the manifest's flat_bps, else 0].
-    #[arg(long)]
-    flat_bps: Option<f64>,
+    #[command(flatten)]
+    label: LabelArgs,
     /// Leave out the first N events (e.g. the model's training period).
     #[arg(long, default_value_t = 0)]
     skip: usize,
@@ -228,33 +208,16 @@ struct FeaturesArgs {
     /// zip), DBN (.dbn/.dbn.zst), CSV, or capture.
     #[arg(long, num_args = 1.., required = true)]
     input: Vec<PathBuf>,
-    #[arg(long, value_enum)]
-    format: tickinfer::replay::source::Format,
+    #[command(flatten)]
+    reader: ReaderArgs,
     /// Output directory: OUT/<input name>.parquet.
     #[arg(long)]
     out: PathBuf,
     /// Files written at once (one thread each).
     #[arg(long, default_value_t = 1)]
     jobs: usize,
-    /// CSV: read our column NAME from the file's COLUMN (as replay's --columns); repeatable.
-    #[arg(long)]
-    columns: Vec<String>,
-    /// CSV: unit of the timestamp column [default: ns for `timestamp_ns`, s for `timestamp`].
-    #[arg(long, value_enum)]
-    time_unit: Option<tickinfer::replay::source::TimeUnit>,
-    /// Symbol mapping NAME=ID; repeatable. Default: ids by first appearance, per file.
-    #[arg(long = "symbols")]
-    symbols: Vec<String>,
-    /// The label's horizon in same-symbol events [default: the manifest's [label], else 10].
-    #[arg(long)]
-    horizon: Option<u32>,
-    /// The label's mid is the one in force this many ms later (with --horizon: the k-th later
-    /// event counts only within it).
-    #[arg(long)]
-    horizon_ms: Option<f64>,
-    /// A move of at most this many bps is flat [default: the manifest's flat_bps, else 0].
-    #[arg(long)]
-    flat_bps: Option<f64>,
+    #[command(flatten)]
+    label: LabelArgs,
     /// Leave out each file's first N events.
     #[arg(long, default_value_t = 0)]
     skip: usize,
@@ -277,26 +240,66 @@ struct FeaturesArgs {
     json: bool,
 }
 
+/// How the input files are read: the options replay and features share.
+#[derive(clap::Args)]
+struct ReaderArgs {
+    #[arg(long, value_enum)]
+    format: tickinfer::replay::source::Format,
+    /// CSV: read our column NAME from the file's COLUMN, e.g. `--columns timestamp=ts_event,bid_price=bid_px_00,
+    /// symbol=ticker` (names: timestamp, timestamp_ns, symbol, symbol_id, bid_price, ask_price, bid_size,
+    /// ask_size, book_imbalance, f0..f31); repeatable.
+    #[arg(long)]
+    columns: Vec<String>,
+    /// CSV: unit of the timestamp column [default: ns for `timestamp_ns`, s for `timestamp`].
+    #[arg(long, value_enum)]
+    time_unit: Option<tickinfer::replay::source::TimeUnit>,
+    /// Symbol mapping NAME=ID (ticker, DBN instrument id or CSV symbol); repeatable. Default: ids
+    /// by first appearance (per input file).
+    #[arg(long = "symbols")]
+    symbols: Vec<String>,
+}
+
+/// The realised-direction rule (the label): the options replay and features share.
+#[derive(clap::Args)]
+struct LabelArgs {
+    /// Events ahead (same symbol) for the realised direction [default: the manifest's [label]
+    /// rule (the one a server scores live), else 10 events, flat within 0 bps].
+    #[arg(long)]
+    horizon: Option<u32>,
+    /// The realised mid is the one in force this many ms later (request timestamps); with
+    /// --horizon, the k-th later event counts only within it.
+    #[arg(long)]
+    horizon_ms: Option<f64>,
+    /// A move of at most this many bps is flat [default: the manifest's flat_bps, else 0].
+    #[arg(long)]
+    flat_bps: Option<f64>,
+}
+
+impl LabelArgs {
+    /// `model`'s rule (see [`label_of`]) with these options over it, checked.
+    fn rule(&self, model: Option<&std::path::Path>) -> Result<tickinfer::quality::LabelRule, String> {
+        let mut rule = label_of(model);
+        if self.horizon.is_some() || self.horizon_ms.is_some() {
+            (rule.horizon_events, rule.horizon_ms) = (self.horizon, self.horizon_ms);
+        }
+        rule.flat_bps = self.flat_bps.unwrap_or(rule.flat_bps);
+        rule.checked().map_err(|e| format!("--horizon, --horizon-ms, --flat-bps: {e}"))
+    }
+}
+
 /// `tickinfer features`: the options into [`tickinfer::dataset::run`]; paths on stdout, the
 /// summary on stderr.
 fn features(args: FeaturesArgs) -> Result<(), String> {
-    let label = {
-        let mut rule = label_of(Some(&args.model));
-        if args.horizon.is_some() || args.horizon_ms.is_some() {
-            (rule.horizon_events, rule.horizon_ms) = (args.horizon, args.horizon_ms);
-        }
-        rule.flat_bps = args.flat_bps.unwrap_or(rule.flat_bps);
-        rule.checked().map_err(|e| format!("--horizon, --horizon-ms, --flat-bps: {e}"))?
-    };
+    let label = args.label.rule(Some(&args.model))?;
     let opts = tickinfer::dataset::Options {
         model: args.model,
         inputs: args.input,
-        format: args.format,
+        format: args.reader.format,
         out: args.out,
         jobs: args.jobs.max(1),
-        symbols: args.symbols,
-        columns: tickinfer::replay::source::LoadOptions::parse_columns(&args.columns)?,
-        time_unit: args.time_unit,
+        symbols: args.reader.symbols,
+        columns: tickinfer::replay::source::LoadOptions::parse_columns(&args.reader.columns)?,
+        time_unit: args.reader.time_unit,
         label,
         skip: args.skip,
         limit: args.limit,
@@ -627,7 +630,7 @@ fn replay(args: ReplayArgs) -> Result<(), String> {
     let speed: tickinfer::replay::Speed = args.speed.parse()?;
     let opts = tickinfer::replay::ReplayOptions {
         input: args.input,
-        format: args.format,
+        format: args.reader.format,
         speed,
         rate: args.rate,
         connections: args.connections,
@@ -647,17 +650,10 @@ fn replay(args: ReplayArgs) -> Result<(), String> {
         client_poll: args.client_poll,
         keep_warm: args.keep_warm_us.map(std::time::Duration::from_micros),
         server_cores: vec![],
-        symbols: args.symbols,
-        columns: tickinfer::replay::source::LoadOptions::parse_columns(&args.columns)?,
-        time_unit: args.time_unit,
-        label: {
-            let mut rule = label_of(args.model.as_deref());
-            if args.horizon.is_some() || args.horizon_ms.is_some() {
-                (rule.horizon_events, rule.horizon_ms) = (args.horizon, args.horizon_ms);
-            }
-            rule.flat_bps = args.flat_bps.unwrap_or(rule.flat_bps);
-            rule.checked().map_err(|e| format!("--horizon, --horizon-ms, --flat-bps: {e}"))?
-        },
+        symbols: args.reader.symbols,
+        columns: tickinfer::replay::source::LoadOptions::parse_columns(&args.reader.columns)?,
+        time_unit: args.reader.time_unit,
+        label: args.label.rule(args.model.as_deref())?,
         skip: args.skip,
         score_from: args.score_from,
         limit: args.limit,
