@@ -337,9 +337,9 @@ impl Source {
     }
 
     /// The next event written into `e` (`false` at the end; `e` is then unspecified, and after
-    /// an error too); a bad row is an error naming its place. The readers fill the caller's event in place: returned
-    /// by value, the 202-byte event was copied at each of three returns, 5 % of `tickinfer
-    /// features` (measured, `perf`).
+    /// an error too); a bad row is an error naming its place. The readers fill the caller's
+    /// event in place: returned by value, the 202-byte event was copied at each of three
+    /// returns, 5 % of `tickinfer features` (measured, `perf`).
     #[inline]
     pub fn next_into(&mut self, symbols: &mut SymbolTable, e: &mut Event) -> Result<bool, SourceError> {
         let next = match &mut self.rows {
