@@ -628,6 +628,11 @@ pub fn prometheus_text(shared: &Shared, host: &[crate::doctor::Finding], started
             stats.direct_reads,
         ),
         (
+            "direct_detaches_total",
+            "Times the one connection was taken out of the poll to be read directly.",
+            stats.direct_detaches,
+        ),
+        (
             "uid_quota_refusals_total",
             "Hellos refused because their uid held --max-connections-per-uid connections (also in \
              connections_refused_total).",

@@ -41,6 +41,8 @@ pub struct Stats {
     /// Reads of the one connection, made instead of a poll while spinning, that took requests
     /// (see `server::direct_read`).
     pub direct_reads: u64,
+    /// Times that connection was taken out of the poll to be read directly.
+    pub direct_detaches: u64,
     /// Hellos refused because their uid held `--max-connections-per-uid` connections
     /// (also counted in `connections_refused`).
     pub uid_quota_refusals: u64,
@@ -79,6 +81,7 @@ impl Default for Stats {
             keep_warm_runs: 0,
             keep_warm_socket_trips: 0,
             direct_reads: 0,
+            direct_detaches: 0,
             uid_quota_refusals: 0,
             idle_disconnects: 0,
             symbols_evicted: 0,
@@ -110,6 +113,7 @@ impl Stats {
         self.keep_warm_runs += other.keep_warm_runs;
         self.keep_warm_socket_trips += other.keep_warm_socket_trips;
         self.direct_reads += other.direct_reads;
+        self.direct_detaches += other.direct_detaches;
         self.uid_quota_refusals += other.uid_quota_refusals;
         self.idle_disconnects += other.idle_disconnects;
         self.symbols_evicted += other.symbols_evicted;
@@ -135,6 +139,7 @@ impl Stats {
         self.keep_warm_runs = 0;
         self.keep_warm_socket_trips = 0;
         self.direct_reads = 0;
+        self.direct_detaches = 0;
         self.uid_quota_refusals = 0;
         self.idle_disconnects = 0;
         self.symbols_evicted = 0;
@@ -161,6 +166,7 @@ impl Stats {
             && self.keep_warm_runs == 0
             && self.keep_warm_socket_trips == 0
             && self.direct_reads == 0
+            && self.direct_detaches == 0
             && self.uid_quota_refusals == 0
             && self.idle_disconnects == 0
             && self.symbols_evicted == 0
@@ -194,6 +200,7 @@ impl Stats {
             keep_warm_runs: self.keep_warm_runs,
             keep_warm_socket_trips: self.keep_warm_socket_trips,
             direct_reads: self.direct_reads,
+            direct_detaches: self.direct_detaches,
             verify: VerifyReport::default(),
             model: None,
             uid_quota_refusals: self.uid_quota_refusals,
@@ -269,6 +276,9 @@ pub struct StatsReport {
     /// Reads of the one connection, instead of a poll while spinning, that took requests.
     #[serde(default)]
     pub direct_reads: u64,
+    /// Times it was taken out of the poll to be read directly.
+    #[serde(default)]
+    pub direct_detaches: u64,
     /// Hellos refused for `--max-connections-per-uid` (within `connections_refused`).
     #[serde(default)]
     pub uid_quota_refusals: u64,
@@ -372,7 +382,7 @@ impl std::fmt::Display for StatsReport {
             f,
             "responses {} (connections accepted {}, refused {} ({} over the per-uid quota), idle disconnects {}, \
              slow-reader disconnects {}, shared-memory sessions {} (faults {}), non-finite model outputs {}, \
-             keep-warm runs {} (socket round trips {}), symbols evicted {}, direct reads {})",
+             keep-warm runs {} (socket round trips {}), symbols evicted {}, direct reads {} (out of the poll {} times))",
             self.responses,
             self.connections_accepted,
             self.connections_refused,
@@ -385,7 +395,8 @@ impl std::fmt::Display for StatsReport {
             self.keep_warm_runs,
             self.keep_warm_socket_trips,
             self.symbols_evicted,
-            self.direct_reads
+            self.direct_reads,
+            self.direct_detaches
         )?;
         for (status, n) in &self.by_status {
             writeln!(f, "  status {status}: {n}")?;

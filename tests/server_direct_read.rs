@@ -4,7 +4,8 @@
 //! in flight or a pipelined burst; a second client still gets in and is served while the
 //! first, being read directly, keeps a request in flight without pause; while two
 //! connections exist nothing is read directly; every answer comes back once, in order, to
-//! its own client, and nothing after the last — inline and pipelined.
+//! its own client, and nothing after the last — inline and pipelined. While read directly
+//! it is out of the poll, and back in before the loop blocks and while it waits to write.
 mod util;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -114,4 +115,61 @@ fn inline_lone_connections_are_read_directly_and_others_still_get_in() {
 #[test]
 fn pipelined_lone_connections_are_read_directly_and_others_still_get_in() {
     lone_connections_are_read_directly_and_others_still_get_in("pipeline");
+}
+
+fn direct_detaches(stats: &serde_json::Value) -> u64 {
+    stats["direct_detaches"].as_u64().expect("stats report direct_detaches")
+}
+
+/// Adaptive polling: the lone connection is out of the poll while read directly, and back
+/// in before the loop blocks — its next request, sent while the loop sleeps, wakes it.
+fn lone_connection_back_in_the_poll_before_the_loop_blocks(mode: &str) {
+    let server = Server::start(&["--poll", "adaptive", "--spin-us", "200", "--mode", mode]);
+    let mut a = Client::connect(&server.socket).unwrap();
+    a.stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let mut answered = 0;
+    for round in 0..4u64 {
+        round_trips(&mut a, round * 1000, 500); // spinning: read directly, out of the poll
+        answered += 500;
+        std::thread::sleep(std::time::Duration::from_millis(30)); // past the spin window: it blocks
+    }
+    let s = stats_after(&server, answered);
+    assert!(direct_reads(&s) > 0, "read directly while spinning: {s}");
+    assert!(direct_detaches(&s) >= 4, "out of the poll again after each sleep: {s}");
+}
+
+#[test]
+fn inline_lone_connection_back_in_the_poll_before_the_loop_blocks() {
+    lone_connection_back_in_the_poll_before_the_loop_blocks("inline");
+}
+
+#[test]
+fn pipelined_lone_connection_back_in_the_poll_before_the_loop_blocks() {
+    lone_connection_back_in_the_poll_before_the_loop_blocks("pipeline");
+}
+
+/// A lone connection read directly that stops reading its answers: once the kernel's buffer
+/// is full it goes back into the poll with its writable interest, and every answer comes
+/// once the client reads again, in order.
+#[test]
+fn lone_connection_waiting_to_write_is_polled_for_it() {
+    let server = Server::start(&["--poll", "spin"]);
+    let mut a = Client::connect(&server.socket).unwrap();
+    a.stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    round_trips(&mut a, 0, 200);
+    let s = stats_after(&server, 200);
+    assert!(direct_detaches(&s) >= 1, "out of the poll while read directly: {s}");
+    // 15 000 answers (870 KB): more than the socket's buffers hold, less than
+    // --write-buffer-limit (4 MiB).
+    let n = 15_000;
+    let reqs: Vec<_> = (1000..1000 + n).map(request).collect();
+    a.send(&reqs).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200)); // its buffer full meanwhile
+    for id in 1000..1000 + n {
+        let r = a.recv().unwrap_or_else(|e| panic!("answer {id}: {e}"));
+        assert_eq!({ r.request_id }, id, "an answer out of order, missing or repeated");
+    }
+    round_trips(&mut a, 100_000, 100); // and read directly again after
+    let s = stats_after(&server, 200 + n + 100);
+    assert!(direct_detaches(&s) >= 2, "out of the poll again once it could write: {s}");
 }

@@ -17,6 +17,7 @@ impl IoLoop {
             let _ = self.poll.registry().deregister(&mut l); // dropped: new TCP connects are refused
         }
         self.socket_file.take(); // removes the socket file: no new clients find us
+        self.reattach_direct(); // the drain's polls see every connection
         log::info!("draining: stopped accepting; answering {} connections' requests", self.conns.len());
         let deadline = now_ns() + DRAIN_DEADLINE.as_nanos() as u64;
         loop {

@@ -16,8 +16,10 @@
 //!   doorbells (see `shm_sessions`).
 //! - Spinning with exactly one connection, three iterations in four read that
 //!   connection's socket instead of polling (`direct_read`): its next request is
-//!   then one `read` away, not a poll and a read. Two connections or more: every
-//!   iteration polls.
+//!   then one `read` away, not a poll and a read. Meanwhile it is out of the poll
+//!   (deregistered), and back in before any poll that must see it — before the
+//!   loop blocks, once a second connection exists, when it must wait to write.
+//!   Two connections or more: every iteration polls.
 //! - `EINTR` is retried everywhere (`poll`, `read`, `write`).
 //! - Spurious events are harmless: every handler tolerates finding nothing to do.
 //! - Each iteration: poll (or the direct read) → accept/read/write per event → read the shm rings →
@@ -43,7 +45,7 @@ impl IoLoop {
         loop {
             let timeout = if self.deferred.is_empty() { self.poll_timeout() } else { Some(Duration::ZERO) };
             self.spinning = timeout == Some(Duration::ZERO);
-            let events = match self.spinning.then(|| self.direct_read_due()).flatten() {
+            let events = match self.direct_read_due() {
                 Some(slot) => self.read_direct(slot),
                 None => {
                     self.direct.polled();
